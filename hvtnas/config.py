@@ -1,0 +1,383 @@
+"""Architecture configs: one concrete point of the MetaFormer design space.
+
+``ArchConfig`` is what the zoo files hold, what a search exports and what ``build_model`` takes.
+It holds names and numbers only, validates every field (unknown keys are rejected) and
+round-trips through YAML. Errors name the field path, and the file and line when read from YAML.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    NonNegativeInt,
+    PositiveInt,
+    SerializeAsAny,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from hvtnas.errors import ConfigError, RegistryError
+from hvtnas.models.layers import ACTIVATIONS
+from hvtnas.models.mixers import MIXERS, MixerParams
+
+MAX_STAGES = 4  # strides 4, 8, 16, 32
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _kind_shorthand(value: Any) -> Any:
+    """Let YAML say ``norm: layernorm`` for ``norm: {kind: layernorm}``."""
+    return {"kind": value} if isinstance(value, str) else value
+
+
+def _check_act(value: str) -> str:
+    if value not in ACTIVATIONS:
+        raise PydanticCustomError(
+            "unknown_act", "unknown activation '{value}'; known: {known}",
+            {"value": value, "known": ", ".join(sorted(ACTIVATIONS))},
+        )
+    return value
+
+
+Activation = Annotated[str, BeforeValidator(_check_act)]
+
+
+class NormConfig(_Strict):
+    kind: Literal["layernorm", "groupnorm", "batchnorm"] = "layernorm"
+    eps: float = Field(1e-5, gt=0)
+    bias: bool = True  # MetaFormer baselines use norms without bias
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        return _kind_shorthand(value)
+
+    @model_validator(mode="after")
+    def _batchnorm_has_bias(self) -> NormConfig:
+        if self.kind == "batchnorm" and not self.bias:
+            raise PydanticCustomError("bn_bias", "batchnorm always has a bias; remove 'bias: false'")
+        return self
+
+
+class InputConfig(_Strict):
+    channels: PositiveInt = 3
+    resolution: PositiveInt = 224  # square input the model is configured for (absolute PE size)
+    num_classes: NonNegativeInt = 1000  # 0: no classifier, forward() returns pooled features
+
+
+class StemConfig(_Strict):
+    """The stride-4 entry into stage 1.
+
+    - ``patch``: non-overlapping 4x4 conv, stride 4 (ViT/Swin patch embedding);
+    - ``overlap``: one k x k conv, stride 4 (PVTv2 7x7 pad 3, PoolFormer 7x7 pad 2);
+    - ``conv``: ``depth`` stacked 3x3 convs, the first two with stride 2, norm + act between
+      (convolutional stem of CoAtNet / early-conv ViTs).
+    """
+
+    kind: Literal["patch", "overlap", "conv"] = "patch"
+    kernel_size: PositiveInt | None = None  # overlap only (default 7)
+    padding: NonNegativeInt | None = None  # overlap only (default kernel_size // 2)
+    depth: int = Field(2, ge=2)  # conv only
+    hidden_ratio: float = Field(0.5, gt=0)  # conv only: hidden width = ratio * stage-1 width
+    act: Activation = "gelu"  # conv only
+    norm: NormConfig | None = None  # after the (last) conv; conv stems also between convs
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        return _kind_shorthand(value)
+
+    @model_validator(mode="after")
+    def _fields_fit_kind(self) -> StemConfig:
+        if self.kind != "overlap" and (self.kernel_size is not None or self.padding is not None):
+            raise PydanticCustomError(
+                "stem_kernel", "kernel_size/padding apply to the 'overlap' stem only (this one is '{kind}')",
+                {"kind": self.kind},
+            )
+        if self.kind == "conv" and self.norm is None:
+            raise PydanticCustomError("stem_norm", "the 'conv' stem needs a norm (e.g. batchnorm)")
+        return self
+
+
+class DownsampleConfig(_Strict):
+    """Patch merging between stages (stride 2).
+
+    - ``conv``: k x k conv with stride 2, padding (k-1)//2: k=2 is the strided 2x2 conv
+      (Twins, ShiftViT), k=3 the overlapping conv (PVTv2, PoolFormer, MetaFormer);
+    - ``patch_merging``: Swin's concat of 2x2 neighbours -> norm(4C) -> Linear(4C, C_out, no bias).
+    ``norm_position`` says whether the norm acts on the input (pre) or output (post) channels.
+    """
+
+    kind: Literal["conv", "patch_merging"] = "conv"
+    kernel_size: PositiveInt = 2
+    bias: bool = True
+    norm: NormConfig | None = None
+    norm_position: Literal["pre", "post"] = "post"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        return _kind_shorthand(value)
+
+    @model_validator(mode="after")
+    def _merging_is_pre_norm(self) -> DownsampleConfig:
+        if self.kind == "patch_merging" and self.norm is not None and self.norm_position != "pre":
+            raise PydanticCustomError(
+                "merge_norm", "patch_merging normalises the concatenated 4C input: norm_position must be 'pre'"
+            )
+        return self
+
+
+class PosEmbedConfig(_Strict):
+    """Model-level positional encoding.
+
+    ``absolute`` (learnable, interpolated at other input sizes) and ``sinusoidal`` (fixed 2-D)
+    are added at the entrance of stage 1, or of every stage with ``per_stage`` (PVT v1);
+    ``peg`` is CPVT's conditional encoding, a depthwise conv + residual after the first block
+    of each stage (Twins). Relative position bias is a parameter of the window mixers and the
+    Mix-FFN depthwise conv an FFN kind.
+    """
+
+    kind: Literal["none", "absolute", "sinusoidal", "peg"] = "none"
+    per_stage: bool = False
+    kernel_size: PositiveInt = 3  # peg only
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        return _kind_shorthand(value)
+
+
+class FFNConfig(_Strict):
+    """``mlp``: Linear -> act -> Linear; ``mixffn``: Linear -> depthwise 3x3 -> act -> Linear
+    (PVTv2 / SegFormer, positional information from the zero padding); ``none``: no FFN
+    sub-block (CoAtNet's MBConv stages)."""
+
+    kind: Literal["mlp", "mixffn", "none"] = "mlp"
+    act: Activation = "gelu"
+    bias: bool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        return _kind_shorthand(value)
+
+
+def _parse_mixer(value: Any) -> Any:
+    if isinstance(value, MixerParams):
+        value = value.model_dump()
+    value = _kind_shorthand(value)
+    if not isinstance(value, dict):
+        raise PydanticCustomError("mixer_type", "a mixer is a name or a mapping with a 'kind' key")
+    if "kind" not in value:
+        raise PydanticCustomError("mixer_kind", "a mixer needs a 'kind'; known: {known}",
+                                  {"known": ", ".join(MIXERS.names())})
+    try:
+        mixer_cls = MIXERS.get(value["kind"])
+    except RegistryError as err:
+        raise PydanticCustomError("unknown_mixer", str(err)) from None
+    return mixer_cls.Params.model_validate(value)
+
+
+MixerSpec = Annotated[SerializeAsAny[MixerParams], BeforeValidator(_parse_mixer)]
+
+
+class StageConfig(_Strict):
+    depth: PositiveInt
+    width: PositiveInt
+    # cycled over the stage's blocks: Swin is [window, shifted_window]
+    mixers: list[MixerSpec] = Field(min_length=1)
+    head_dim: PositiveInt | None = Field(None, validate_default=True)  # alternative to heads
+    heads: PositiveInt | None = Field(None, validate_default=True)
+    mlp_ratio: float = Field(4.0, gt=0)
+    ffn: FFNConfig = FFNConfig()
+    norm: NormConfig = NormConfig()
+    layer_scale: float | None = Field(None, gt=0)  # init value of per-channel branch scales
+    res_scale: bool = False  # learnable per-channel scale on the shortcut (MetaFormer baselines)
+    out_norm: bool = False  # a norm on the stage output (PVT): the pyramid level is normalised
+
+    @field_validator("head_dim")
+    @classmethod
+    def _head_dim_divides_width(cls, head_dim: int | None, info: ValidationInfo) -> int | None:
+        width = info.data.get("width")
+        if head_dim is not None and width is not None and width % head_dim:
+            raise PydanticCustomError(
+                "head_dim", "{head_dim} does not divide width {width}", {"head_dim": head_dim, "width": width}
+            )
+        return head_dim
+
+    @field_validator("heads")
+    @classmethod
+    def _heads_fit(cls, heads: int | None, info: ValidationInfo) -> int | None:
+        width, head_dim = info.data.get("width"), info.data.get("head_dim")
+        if heads is not None and width is not None:
+            if width % heads:
+                raise PydanticCustomError(
+                    "heads", "{heads} does not divide width {width}", {"heads": heads, "width": width}
+                )
+            if head_dim is not None and heads * head_dim != width:
+                raise PydanticCustomError(
+                    "heads", "heads ({heads}) x head_dim ({head_dim}) must equal width ({width}); give one of them",
+                    {"heads": heads, "head_dim": head_dim, "width": width},
+                )
+        needs_heads = [m.kind for m in info.data.get("mixers", []) if MIXERS.get(m.kind).uses_heads]
+        # "head_dim" is absent from info.data when it failed its own check: report that error only
+        if needs_heads and heads is None and "head_dim" in info.data and head_dim is None:
+            raise PydanticCustomError(
+                "heads_missing", "mixer '{kind}' needs 'heads' or 'head_dim'", {"kind": needs_heads[0]}
+            )
+        return heads
+
+    @property
+    def num_heads(self) -> int | None:
+        if self.heads is not None:
+            return self.heads
+        return self.width // self.head_dim if self.head_dim is not None else None
+
+    def mixer_for_block(self, index: int) -> MixerParams:
+        return self.mixers[index % len(self.mixers)]
+
+
+class HeadConfig(_Strict):
+    """Classifier: norm (before or after global average pooling) -> [MLP] -> Linear."""
+
+    norm: NormConfig | None = NormConfig()
+    norm_position: Literal["pre_pool", "post_pool"] = "pre_pool"
+    mlp_ratio: float | None = Field(None, gt=0)  # MetaFormer baselines' MLP head (ratio 4)
+    act: Activation = "squared_relu"  # MLP head only
+    dropout: float = Field(0.0, ge=0, lt=1)
+
+
+class ArchConfig(_Strict):
+    """One concrete architecture: stem -> up to 4 stages (strides 4..32) -> head."""
+
+    name: str | None = None
+    input: InputConfig = InputConfig()
+    stem: StemConfig = StemConfig()
+    pos_embed: PosEmbedConfig = PosEmbedConfig()
+    stages: list[StageConfig] = Field(min_length=1, max_length=MAX_STAGES)
+    downsample: DownsampleConfig = DownsampleConfig()
+    head: HeadConfig = HeadConfig()
+    drop_path_rate: float = Field(0.0, ge=0, lt=1)
+
+    # ------------------------------------------------------------------ I/O
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> ArchConfig:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError([f"{path}: no such file"], source=str(path))
+        return cls.from_yaml_text(path.read_text(), source=str(path))
+
+    @classmethod
+    def from_yaml_text(cls, text: str, source: str = "<string>") -> ArchConfig:
+        data, lines = load_yaml_with_lines(text, source)
+        return cls.from_dict(data, source=source, lines=lines)
+
+    @classmethod
+    def from_dict(
+        cls, data: Any, source: str | None = None, lines: dict[tuple, int] | None = None
+    ) -> ArchConfig:
+        if not isinstance(data, dict):
+            where = f"{source}: " if source else ""
+            raise ConfigError([f"{where}expected a mapping at the top level, got {type(data).__name__}"], source)
+        try:
+            return cls.model_validate(data)
+        except ValidationError as err:
+            raise ConfigError(format_validation_error(err, source, lines), source) from None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field, defaults included, so an exported config builds the same model even if
+        hvtnas's defaults change later."""
+        return self.model_dump(mode="json")
+
+    def to_yaml(self, path: str | Path | None = None) -> str:
+        text = yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None)
+        if path is not None:
+            Path(path).write_text(text)
+        return text
+
+
+# ---------------------------------------------------------------------- error formatting
+def _path(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "<top level>"
+
+
+def format_validation_error(
+    err: ValidationError, source: str | None = None, lines: dict[tuple, int] | None = None
+) -> list[str]:
+    problems = []
+    for e in err.errors():
+        # drop pydantic's names for validator wrappers (e.g. "function-after[...]"): not fields
+        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and "[" in p))
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif e["type"] == "missing":
+            msg = "required field is missing"
+        elif msg.startswith("Value error, "):
+            msg = msg[len("Value error, "):]
+        where = ""
+        if source:
+            line = _line_for(loc, lines or {})
+            where = f"{source}:{line}: " if line else f"{source}: "
+        got = ""
+        value = e.get("input")
+        if e["type"] not in ("missing", "extra_forbidden") and value is not None and not isinstance(value, dict):
+            got = f" (got {e['input']!r})"
+            if str(e["input"]) in msg:
+                got = ""
+        problems.append(f"{where}{_path(loc)}: {msg}{got}")
+    return problems
+
+
+def _line_for(loc: tuple, lines: dict[tuple, int]) -> int | None:
+    for cut in range(len(loc), -1, -1):  # the deepest prefix the YAML has a line for
+        if loc[:cut] in lines:
+            return lines[loc[:cut]]
+    return None
+
+
+def load_yaml_with_lines(text: str, source: str) -> tuple[Any, dict[tuple, int]]:
+    """Parse YAML and record the 1-based line of every mapping key and list item by its path."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err)
+        raise ConfigError([f"{source}{line}: YAML syntax error: {problem}"], source) from None
+    lines: dict[tuple, int] = {}
+
+    def walk(n: yaml.Node, path: tuple) -> None:
+        lines[path] = n.start_mark.line + 1
+        if isinstance(n, yaml.MappingNode):
+            for key, value in n.value:
+                lines[(*path, key.value)] = key.start_mark.line + 1
+                walk(value, (*path, key.value))
+                lines[(*path, key.value)] = key.start_mark.line + 1
+        elif isinstance(n, yaml.SequenceNode):
+            for i, item in enumerate(n.value):
+                walk(item, (*path, i))
+
+    if node is not None:
+        walk(node, ())
+    return data, lines

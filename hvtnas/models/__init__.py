@@ -1,0 +1,27 @@
+"""Models: the MetaFormer skeleton, its parts, the mixer registry, the builder and the zoo.
+
+Attributes are imported lazily: ``hvtnas.config`` reads the mixer registry while the builder
+reads ``hvtnas.config``, so an eager import here would be circular.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "build_model": "hvtnas.models.build",
+    "resolve_config": "hvtnas.models.build",
+    "MetaFormer": "hvtnas.models.metaformer",
+    "MIXERS": "hvtnas.models.mixers",
+    "MixerParams": "hvtnas.models.mixers",
+    "TokenMixer": "hvtnas.models.mixers",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'hvtnas.models' has no attribute {name!r}")

@@ -1,0 +1,83 @@
+"""The MetaFormer block and stage."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import Tensor, nn
+
+from hvtnas.models.layers import DropPath, Scale
+from hvtnas.models.mixers.base import TokenMixer
+
+
+def _scale(dim: int, init: float | None) -> nn.Module:
+    return Scale(dim, init) if init is not None else nn.Identity()
+
+
+class MetaFormerBlock(nn.Module):
+    """``x = s1(x) + ls1(drop(mixer(norm1(x))))``, then ``x = s2(x) + ls2(drop(ffn(norm2(x))))``.
+
+    ``ls`` is layer scale (branch scale), ``s`` residual scale (shortcut scale); both identity
+    unless configured. A mixer with ``residual = False`` replaces x (ShiftViT); ``ffn=None``
+    drops the second sub-block (CoAtNet MBConv stages).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        mixer: TokenMixer,
+        ffn: nn.Module | None,
+        norm: Callable[[], nn.Module],
+        drop_path: float = 0.0,
+        layer_scale: float | None = None,
+        res_scale: bool = False,
+    ) -> None:
+        super().__init__()
+        self.mixer_residual = mixer.residual
+        if self.mixer_residual:
+            self.norm1 = norm()
+            self.res_scale1 = _scale(dim, 1.0 if res_scale else None)
+            self.layer_scale1 = _scale(dim, layer_scale)
+        self.mixer = mixer
+        self.ffn = ffn
+        if ffn is not None:
+            self.norm2 = norm()
+            self.res_scale2 = _scale(dim, 1.0 if res_scale else None)
+            self.layer_scale2 = _scale(dim, layer_scale)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:  # x: (B, H, W, C)
+        if self.mixer_residual:
+            x = self.res_scale1(x) + self.drop_path(self.layer_scale1(self.mixer(self.norm1(x))))
+        else:
+            x = self.mixer(x)
+        if self.ffn is not None:
+            x = self.res_scale2(x) + self.drop_path(self.layer_scale2(self.ffn(self.norm2(x))))
+        return x
+
+
+class Stage(nn.Module):
+    """[downsample] -> [absolute PE] -> blocks (PEG after the first) -> [output norm]."""
+
+    def __init__(
+        self,
+        blocks: list[MetaFormerBlock],
+        downsample: nn.Module | None = None,
+        pos_embed: nn.Module | None = None,
+        peg: nn.Module | None = None,
+        out_norm: nn.Module | None = None,
+    ) -> None:
+        super().__init__()
+        self.downsample = downsample if downsample is not None else nn.Identity()
+        self.pos_embed = pos_embed if pos_embed is not None else nn.Identity()
+        self.blocks = nn.ModuleList(blocks)
+        self.peg = peg
+        self.out_norm = out_norm if out_norm is not None else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.pos_embed(self.downsample(x))
+        for i, block in enumerate(self.blocks):
+            x = block(x)
+            if i == 0 and self.peg is not None:
+                x = self.peg(x)
+        return self.out_norm(x)

@@ -1,0 +1,161 @@
+"""``build_model``: the one place that reads an ``ArchConfig`` and turns it into modules.
+
+Everything below it (mixers, blocks, stems) takes plain constructor arguments.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from hvtnas.config import ArchConfig, DownsampleConfig, NormConfig, StemConfig
+from hvtnas.errors import ConfigError
+from hvtnas.models.blocks import MetaFormerBlock, Stage
+from hvtnas.models.embed import (
+    PEG,
+    AbsolutePosEmbed,
+    ConvDownsample,
+    ConvStem,
+    OverlapStem,
+    PatchMerging,
+    PatchStem,
+    SinusoidalPosEmbed,
+)
+from hvtnas.models.ffn import FFNS
+from hvtnas.models.layers import make_act, make_norm
+from hvtnas.models.metaformer import ClassifierHead, MetaFormer
+from hvtnas.models.mixers import MIXERS
+
+ModelSpec = str | Path | ArchConfig | dict[str, Any]
+
+
+def resolve_config(spec: ModelSpec) -> ArchConfig:
+    """A config from a zoo name, a YAML path, a dict or an ``ArchConfig``."""
+    from hvtnas.models import zoo
+
+    if isinstance(spec, ArchConfig):
+        return spec
+    if isinstance(spec, dict):
+        return ArchConfig.from_dict(spec)
+    text = str(spec)
+    if isinstance(spec, Path) or Path(text).suffix in (".yaml", ".yml") or Path(text).is_file():
+        return ArchConfig.from_yaml(text)
+    if text in zoo.names():
+        return zoo.get_config(text)
+    raise ConfigError(
+        [f"{text!r} is neither a zoo model nor a config file; zoo models: {', '.join(zoo.names())}"]
+    )
+
+
+def _norm_factory(cfg: NormConfig) -> Callable[[int], nn.Module]:
+    return lambda dim: make_norm(cfg.kind, dim, cfg.eps, cfg.bias)
+
+
+def _optional_norm(cfg: NormConfig | None, dim: int) -> nn.Module | None:
+    return make_norm(cfg.kind, dim, cfg.eps, cfg.bias) if cfg is not None else None
+
+
+def build_stem(cfg: StemConfig, in_channels: int, dim: int) -> nn.Module:
+    if cfg.kind == "patch":
+        return PatchStem(in_channels, dim, _optional_norm(cfg.norm, dim))
+    if cfg.kind == "overlap":
+        k = cfg.kernel_size or 7
+        padding = cfg.padding if cfg.padding is not None else k // 2
+        return OverlapStem(in_channels, dim, k, padding, _optional_norm(cfg.norm, dim))
+    assert cfg.norm is not None  # the config requires it for conv stems
+    hidden = max(1, int(cfg.hidden_ratio * dim))
+    widths = [hidden] * (cfg.depth - 1) + [dim]
+    norms = [make_norm(cfg.norm.kind, w, cfg.norm.eps, cfg.norm.bias) for w in widths]
+    acts = [make_act(cfg.act) for _ in range(cfg.depth - 1)]
+    return ConvStem(in_channels, dim, hidden, cfg.depth, norms, acts)
+
+
+def build_downsample(cfg: DownsampleConfig, in_dim: int, out_dim: int) -> nn.Module:
+    if cfg.kind == "patch_merging":
+        return PatchMerging(in_dim, out_dim, _optional_norm(cfg.norm, 4 * in_dim))
+    pre = _optional_norm(cfg.norm, in_dim) if cfg.norm_position == "pre" else None
+    post = _optional_norm(cfg.norm, out_dim) if cfg.norm_position == "post" else None
+    return ConvDownsample(in_dim, out_dim, cfg.kernel_size, cfg.bias, pre, post)
+
+
+def _init_weights(module: nn.Module) -> None:
+    # timm's convention for these families: truncated normal(0.02) weights, zero biases
+    if isinstance(module, nn.Linear | nn.Conv2d):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+
+def build_model(spec: ModelSpec, *, num_classes: int | None = None) -> MetaFormer:
+    """Build the backbone + classifier that a config (or zoo name / YAML path) describes.
+
+    ``num_classes`` overrides the config's (0 gives a headless backbone, timm's convention).
+    """
+    cfg = resolve_config(spec)
+    if num_classes is not None:
+        cfg = cfg.model_copy(update={"input": cfg.input.model_copy(update={"num_classes": num_classes})})
+    widths = [s.width for s in cfg.stages]
+    depths = [s.depth for s in cfg.stages]
+    drop_rates = torch.linspace(0, cfg.drop_path_rate, sum(depths)).tolist()
+    stem_size = -(-cfg.input.resolution // 4)  # ceil: the patch stem pads
+
+    stages = []
+    for i, scfg in enumerate(cfg.stages):
+        dim = scfg.width
+        blocks = []
+        for j in range(scfg.depth):
+            params = scfg.mixer_for_block(j)
+            mixer_cls = MIXERS.get(params.kind)
+            kwargs = params.model_dump(exclude={"kind"})
+            if mixer_cls.uses_heads:
+                kwargs["num_heads"] = scfg.num_heads
+            ffn = None
+            if scfg.ffn.kind != "none":
+                hidden = int(dim * scfg.mlp_ratio)
+                ffn = FFNS[scfg.ffn.kind](dim, hidden, act=scfg.ffn.act, bias=scfg.ffn.bias)
+            blocks.append(
+                MetaFormerBlock(
+                    dim,
+                    mixer_cls(dim, **kwargs),
+                    ffn,
+                    norm=lambda n=_norm_factory(scfg.norm), d=dim: n(d),
+                    drop_path=drop_rates[sum(depths[:i]) + j],
+                    layer_scale=scfg.layer_scale,
+                    res_scale=scfg.res_scale,
+                )
+            )
+        pos_embed = None
+        if cfg.pos_embed.kind in ("absolute", "sinusoidal") and (i == 0 or cfg.pos_embed.per_stage):
+            if cfg.pos_embed.kind == "absolute":
+                size = max(1, stem_size // 2**i)
+                pos_embed = AbsolutePosEmbed(dim, (size, size))
+            else:
+                pos_embed = SinusoidalPosEmbed(dim)
+        stages.append(
+            Stage(
+                blocks,
+                downsample=build_downsample(cfg.downsample, widths[i - 1], dim) if i > 0 else None,
+                pos_embed=pos_embed,
+                peg=PEG(dim, cfg.pos_embed.kernel_size) if cfg.pos_embed.kind == "peg" else None,
+                out_norm=make_norm(scfg.norm.kind, dim, scfg.norm.eps, scfg.norm.bias) if scfg.out_norm else None,
+            )
+        )
+    head_cfg = cfg.head
+    head = ClassifierHead(
+        widths[-1],
+        cfg.input.num_classes,
+        norm=_optional_norm(head_cfg.norm, widths[-1]),
+        norm_position=head_cfg.norm_position,
+        mlp_ratio=head_cfg.mlp_ratio,
+        act=head_cfg.act,
+        dropout=head_cfg.dropout,
+    )
+    model = MetaFormer(build_stem(cfg.stem, cfg.input.channels, widths[0]), stages, head, widths)
+    for module in model.modules():
+        _init_weights(module)
+    model.arch_config = cfg  # the config it was built from (for summaries and export)
+    return model

@@ -1,0 +1,160 @@
+"""Stems (image -> stride-4 map), downsampling between stages, and positional encodings.
+
+All modules here return channels-last maps ``(B, H, W, C)``; stems take NCHW images.
+"""
+
+from __future__ import annotations
+
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from hvtnas.models.layers import nchw_to_nhwc, nhwc_to_nchw, pad_to_multiple
+
+
+
+# ----------------------------------------------------------------------------- stems
+class PatchStem(nn.Module):
+    """Non-overlapping 4x4 patches: conv k = s = 4 (+ norm). Inputs not divisible by 4 are padded."""
+
+    def __init__(self, in_channels: int, dim: int, norm: nn.Module | None) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(in_channels, dim, kernel_size=4, stride=4)
+        self.norm = norm if norm is not None else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        H, W = x.shape[-2:]
+        if H % 4 or W % 4:
+            x = F.pad(x, (0, (-W) % 4, 0, (-H) % 4))
+        return self.norm(nchw_to_nhwc(self.proj(x)))
+
+
+class OverlapStem(nn.Module):
+    """One overlapping k x k conv with stride 4 (+ norm): PVTv2 (7, pad 3), PoolFormer (7, pad 2)."""
+
+    def __init__(self, in_channels: int, dim: int, kernel_size: int, padding: int, norm: nn.Module | None) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(in_channels, dim, kernel_size=kernel_size, stride=4, padding=padding)
+        self.norm = norm if norm is not None else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.norm(nchw_to_nhwc(self.proj(x)))
+
+
+class ConvStem(nn.Module):
+    """Stacked 3x3 convs (no bias), the first two with stride 2, norm + act between, norm at the end."""
+
+    def __init__(self, in_channels: int, dim: int, hidden: int, depth: int, norms: list[nn.Module],
+                 acts: list[nn.Module]) -> None:
+        super().__init__()
+        widths = [in_channels] + [hidden] * (depth - 1) + [dim]
+        self.convs = nn.ModuleList(
+            nn.Conv2d(widths[i], widths[i + 1], 3, stride=2 if i < 2 else 1, padding=1, bias=False)
+            for i in range(depth)
+        )
+        self.norms = nn.ModuleList(norms)
+        self.acts = nn.ModuleList(acts)  # depth - 1 of them: none after the last conv
+
+    def forward(self, x: Tensor) -> Tensor:
+        for i, conv in enumerate(self.convs):
+            x = self.norms[i](nchw_to_nhwc(conv(x)))
+            if i < len(self.acts):
+                x = nhwc_to_nchw(self.acts[i](x))
+        return x  # (B, H/4, W/4, C)
+
+
+# ----------------------------------------------------------------------------- downsampling
+class ConvDownsample(nn.Module):
+    """k x k conv with stride 2 and padding (k-1)//2, with an optional pre- or post-norm.
+
+    With k = 2 an odd map is zero-padded at the bottom/right first, so no row is dropped.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, kernel_size: int, bias: bool,
+                 pre_norm: nn.Module | None, post_norm: nn.Module | None) -> None:
+        super().__init__()
+        self.pre_norm = pre_norm if pre_norm is not None else nn.Identity()
+        self.conv = nn.Conv2d(in_dim, out_dim, kernel_size, stride=2, padding=(kernel_size - 1) // 2, bias=bias)
+        self.post_norm = post_norm if post_norm is not None else nn.Identity()
+        self.pad_odd = kernel_size == 2
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.pre_norm(x)
+        if self.pad_odd:
+            x = pad_to_multiple(x, 2)
+        return self.post_norm(nchw_to_nhwc(self.conv(nhwc_to_nchw(x))))
+
+
+class PatchMerging(nn.Module):
+    """Swin: concatenate each 2x2 neighbourhood -> norm(4C) -> Linear(4C, C_out, bias=False)."""
+
+    def __init__(self, in_dim: int, out_dim: int, norm: nn.Module | None) -> None:
+        super().__init__()
+        self.norm = norm if norm is not None else nn.Identity()
+        self.reduction = nn.Linear(4 * in_dim, out_dim, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = pad_to_multiple(x, 2)
+        # Swin's channel order [x(0,0), x(1,0), x(0,1), x(1,1)]: the row offset varies fastest
+        x = rearrange(x, "b (h dh) (w dw) c -> b h w (dw dh c)", dh=2, dw=2)
+        return self.reduction(self.norm(x))
+
+
+# ----------------------------------------------------------------------------- positional encodings
+class AbsolutePosEmbed(nn.Module):
+    """Learnable embedding of the configured map size, bicubically resized for other input sizes."""
+
+    def __init__(self, dim: int, size: tuple[int, int]) -> None:
+        super().__init__()
+        self.pos_embed = nn.Parameter(torch.zeros(1, *size, dim))
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+
+    def forward(self, x: Tensor) -> Tensor:
+        pos = self.pos_embed
+        if pos.shape[1:3] != x.shape[1:3]:
+            pos = F.interpolate(nhwc_to_nchw(pos), size=x.shape[1:3], mode="bicubic", align_corners=False)
+            pos = nchw_to_nhwc(pos)
+        return x + pos.to(x.dtype)
+
+
+class SinusoidalPosEmbed(nn.Module):
+    """Fixed 2-D sine-cosine embedding (MAE / MoCo v3 style): a quarter of the channels each for
+    sin(y), cos(y), sin(x), cos(x) at geometric frequencies. No parameters; computed per map size."""
+
+    def __init__(self, dim: int, temperature: float = 10000.0) -> None:
+        super().__init__()
+        if dim % 4:
+            raise ValueError(f"sinusoidal position embedding needs a width divisible by 4, got {dim}")
+        self.dim = dim
+        self.temperature = temperature
+        self._cache: dict[tuple, Tensor] = {}
+
+    def embedding(self, H: int, W: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+        key = (H, W, device, dtype)
+        if key not in self._cache:
+            quarter = self.dim // 4
+            omega = 1.0 / self.temperature ** (torch.arange(quarter, dtype=torch.float64) / quarter)
+            y, x = torch.meshgrid(torch.arange(H, dtype=torch.float64), torch.arange(W, dtype=torch.float64),
+                                  indexing="ij")
+            ay, ax = y[..., None] * omega, x[..., None] * omega  # (H, W, dim/4)
+            emb = torch.cat([ay.sin(), ay.cos(), ax.sin(), ax.cos()], dim=-1)  # (H, W, dim)
+            self._cache[key] = emb.to(device=device, dtype=dtype)
+        return self._cache[key]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.embedding(x.shape[1], x.shape[2], x.device, x.dtype)
+
+
+class PEG(nn.Module):
+    """CPVT's positional encoding generator: x + depthwise k x k conv(x), after a stage's first block."""
+
+    def __init__(self, dim: int, kernel_size: int = 3) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + nchw_to_nhwc(self.proj(nhwc_to_nchw(x)))
+
+

@@ -1,0 +1,40 @@
+"""Feed-forward (channel-mixing) sub-blocks on channels-last maps."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from hvtnas.models.layers import make_act, nchw_to_nhwc, nhwc_to_nchw
+
+
+class Mlp(nn.Module):
+    """Linear -> act -> Linear (1x1 convs in NCHW codebases: same weights, same count)."""
+
+    def __init__(self, dim: int, hidden: int, act: str = "gelu", bias: bool = True) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden, bias=bias)
+        self.act = make_act(act)
+        self.fc2 = nn.Linear(hidden, dim, bias=bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class MixFFN(nn.Module):
+    """PVTv2 / SegFormer: Linear -> depthwise 3x3 conv -> act -> Linear. The zero-padded conv
+    leaks position information, which is why PVTv2 needs no positional embedding."""
+
+    def __init__(self, dim: int, hidden: int, act: str = "gelu", bias: bool = True) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden, bias=bias)
+        self.dwconv = nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden)
+        self.act = make_act(act)
+        self.fc2 = nn.Linear(hidden, dim, bias=bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.fc1(x)
+        x = nchw_to_nhwc(self.dwconv(nhwc_to_nchw(x)))
+        return self.fc2(self.act(x))
+
+
+FFNS: dict[str, type[nn.Module]] = {"mlp": Mlp, "mixffn": MixFFN}

@@ -1,0 +1,35 @@
+"""The token-mixer registry.
+
+Adding a mixer: write a ``TokenMixer`` subclass (with a ``Params`` model if it has parameters) in
+the file of its family, and add one ``MIXERS.register`` line below. The config validation, the
+builder, the contract tests and the search space all read this registry.
+"""
+
+from __future__ import annotations
+
+from hvtnas.models.mixers.attention import (
+    GlobalAttention,
+    PooledReductionAttention,
+    ShiftedWindowAttention,
+    SpatialReductionAttention,
+    WindowAttention,
+)
+from hvtnas.models.mixers.base import MixerParams, TokenMixer
+from hvtnas.models.mixers.conv import MBConv, SepConv
+from hvtnas.models.mixers.pooling import Identity, Pooling
+from hvtnas.models.mixers.shift import Shift
+from hvtnas.registry import Registry
+
+MIXERS: Registry[type[TokenMixer]] = Registry("token mixer")
+MIXERS.register("attention", GlobalAttention)  # ViT / CAFormer global MHSA
+MIXERS.register("window", WindowAttention)  # Swin W-MSA, Twins-SVT locally-grouped
+MIXERS.register("shifted_window", ShiftedWindowAttention)  # Swin SW-MSA
+MIXERS.register("spatial_reduction", SpatialReductionAttention)  # PVT / PVTv2 / Twins GSA
+MIXERS.register("pooled_reduction", PooledReductionAttention)  # PVTv2-Li linear SRA
+MIXERS.register("pooling", Pooling)  # PoolFormer
+MIXERS.register("shift", Shift)  # ShiftViT
+MIXERS.register("sepconv", SepConv)  # ConvFormer
+MIXERS.register("mbconv", MBConv)  # CoAtNet stages 1-2
+MIXERS.register("identity", Identity)  # IdentityFormer
+
+__all__ = ["MIXERS", "MixerParams", "TokenMixer"]

@@ -1,0 +1,247 @@
+"""Attention token mixers: global MHSA, (shifted) window attention, spatial-reduction attention.
+
+All attention goes through ``F.scaled_dot_product_attention`` so GPUs use flash / memory-efficient
+kernels. Masks and relative-position indices depend only on the feature-map size and are cached.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from pydantic import PositiveInt
+from torch import Tensor, nn
+
+from hvtnas.models.layers import LayerNormLast, make_act, nchw_to_nhwc, nhwc_to_nchw, pad_to_multiple
+from hvtnas.models.mixers.base import MixerParams, TokenMixer
+
+
+class AttentionParams(MixerParams):
+    qkv_bias: bool = True
+    proj_bias: bool = True
+
+
+# ----------------------------------------------------------------------------- global attention
+class GlobalAttention(TokenMixer):
+    """Multi-head self-attention over all tokens of the map (ViT; CAFormer stages 3-4)."""
+
+    Params: ClassVar[type[MixerParams]] = AttentionParams
+    uses_heads = True
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, proj_bias: bool = True) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim, bias=proj_bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        H = x.shape[1]
+        q, k, v = rearrange(self.qkv(x), "b h w (three n d) -> three b n (h w) d", three=3, n=self.num_heads)
+        out = F.scaled_dot_product_attention(q, k, v)
+        out = rearrange(out, "b n (h w) d -> b h w (n d)", h=H)
+        return self.proj(out)
+
+
+# ----------------------------------------------------------------------------- window attention
+class WindowParams(AttentionParams):
+    window_size: PositiveInt = 7
+    relative_position_bias: bool = True  # Swin: True; Twins-SVT's locally-grouped attention: False
+
+
+class WindowAttention(TokenMixer):
+    """Attention inside non-overlapping windows (Swin W-MSA, Twins-SVT LSA).
+
+    A relative position bias table of ``(2M-1)^2 x heads`` entries is shared by all windows.
+    Maps not divisible by the window are zero-padded at the bottom/right (as Swin does for
+    detection) and padded keys are masked so real tokens never attend to padding. A map smaller
+    than the window in a dimension uses a window of the map's size there, with no shift (Swin's rule),
+    and reads the matching central part of the bias table.
+    """
+
+    Params: ClassVar[type[MixerParams]] = WindowParams
+    uses_heads = True
+    shift: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        window_size: int = 7,
+        relative_position_bias: bool = True,
+        qkv_bias: bool = True,
+        proj_bias: bool = True,
+    ) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.window_size = window_size
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim, bias=proj_bias)
+        if relative_position_bias:
+            self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window_size - 1) ** 2, num_heads))
+            nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
+        else:
+            self.relative_position_bias_table = None
+        self._index_cache: dict[tuple[int, int, torch.device], Tensor] = {}
+        self._mask_cache: dict[tuple[int, int, torch.device], Tensor | None] = {}
+
+    # geometry --------------------------------------------------------------------------------
+    def geometry(self, H: int, W: int) -> tuple[int, int, int, int]:
+        """Effective window (wh, ww) and shift (sh, sw) for an H x W map."""
+        ws = self.window_size
+        wh, ww = min(ws, H), min(ws, W)
+        sh = ws // 2 if self.shift and H > ws else 0
+        sw = ws // 2 if self.shift and W > ws else 0
+        return wh, ww, sh, sw
+
+    def _relative_index(self, wh: int, ww: int, device: torch.device) -> Tensor:
+        key = (wh, ww, device)
+        if key not in self._index_cache:
+            coords = torch.stack(
+                torch.meshgrid(torch.arange(wh), torch.arange(ww), indexing="ij")
+            ).flatten(1)  # (2, N)
+            rel = coords[:, :, None] - coords[:, None, :]  # (2, N, N) offsets in [-(w-1), w-1]
+            side = 2 * self.window_size - 1
+            index = (rel[0] + self.window_size - 1) * side + (rel[1] + self.window_size - 1)
+            self._index_cache[key] = index.to(device)
+        return self._index_cache[key]
+
+    def blocked_mask(self, H: int, W: int, device: torch.device | None = None) -> Tensor | None:
+        """Boolean ``(num_windows, N, N)``, True where attention is forbidden; None if nothing is.
+
+        Forbidden: query and key come from different regions of the rolled map (the cyclic shift
+        brought them together), or the key is padding and the query is not.
+        """
+        device = device or torch.device("cpu")
+        key = (H, W, device)
+        if key in self._mask_cache:
+            return self._mask_cache[key]
+        wh, ww, sh, sw = self.geometry(H, W)
+        Hp, Wp = H + (-H) % wh, W + (-W) % ww
+        if not (sh or sw or Hp != H or Wp != W):
+            self._mask_cache[key] = None
+            return None
+
+        def regions(size: int, window: int, shift: int) -> Tensor:
+            # Swin's slices (0, -w), (-w, -s), (-s, None) of the rolled axis; one region if no shift
+            label = torch.zeros(size, dtype=torch.long)
+            if shift:
+                label[size - window : size - shift] = 1
+                label[size - shift :] = 2
+            return label
+
+        def padding(size: int, real: int, shift: int) -> Tensor:
+            # rolled position r holds original position (r + shift) mod size
+            return (torch.arange(size) + shift) % size >= real
+
+        label = regions(Hp, wh, sh)[:, None] * 3 + regions(Wp, ww, sw)[None, :]  # (Hp, Wp)
+        pad = padding(Hp, H, sh)[:, None] | padding(Wp, W, sw)[None, :]
+        label = rearrange(label, "(nh wh) (nw ww) -> (nh nw) (wh ww)", wh=wh, ww=ww)
+        pad = rearrange(pad, "(nh wh) (nw ww) -> (nh nw) (wh ww)", wh=wh, ww=ww)
+        blocked = (label[:, :, None] != label[:, None, :]) | (pad[:, None, :] & ~pad[:, :, None])
+        mask = blocked.to(device)
+        self._mask_cache[key] = mask
+        return mask
+
+    def _attn_mask(self, H: int, W: int, wh: int, ww: int, x: Tensor) -> Tensor | None:
+        blocked = self.blocked_mask(H, W, x.device)  # (nW, N, N) or None
+        if self.relative_position_bias_table is None:
+            return None if blocked is None else ~blocked[:, None]  # bool, True = may attend
+        N = wh * ww
+        bias = self.relative_position_bias_table[self._relative_index(wh, ww, x.device).view(-1)]
+        bias = bias.view(N, N, self.num_heads).permute(2, 0, 1).to(x.dtype)  # (heads, N, N)
+        if blocked is None:
+            return bias
+        return bias.masked_fill(blocked[:, None], float("-inf"))  # (nW, heads, N, N)
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, H, W, C = x.shape
+        wh, ww, sh, sw = self.geometry(H, W)
+        x = pad_to_multiple(x, (wh, ww))
+        if sh or sw:
+            x = torch.roll(x, shifts=(-sh, -sw), dims=(1, 2))
+        Hp = x.shape[1]
+        windows = rearrange(x, "b (nh wh) (nw ww) c -> b (nh nw) (wh ww) c", wh=wh, ww=ww)
+        q, k, v = rearrange(
+            self.qkv(windows), "b nw t (three n d) -> three b nw n t d", three=3, n=self.num_heads
+        )
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=self._attn_mask(H, W, wh, ww, q))
+        out = rearrange(out, "b (nh nw) n (wh ww) d -> b (nh wh) (nw ww) (n d)", nh=Hp // wh, wh=wh, ww=ww)
+        out = self.proj(out)
+        if sh or sw:
+            out = torch.roll(out, shifts=(sh, sw), dims=(1, 2))
+        return out[:, :H, :W]
+
+
+class ShiftedWindowAttention(WindowAttention):
+    """Swin's SW-MSA: windows displaced by half a window through a cyclic shift, with its mask."""
+
+    shift = True
+
+
+# ----------------------------------------------------------------------------- spatial reduction
+class SpatialReductionParams(AttentionParams):
+    sr_ratio: PositiveInt = 1
+
+
+class SpatialReductionAttention(TokenMixer):
+    """PVT / PVTv2 / Twins GSA: keys and values from a map reduced by a strided conv + LayerNorm.
+
+    ``sr_ratio == 1`` is plain global attention (with separate q and kv projections, as in PVT).
+    A map not divisible by the ratio is zero-padded before the reduction.
+    """
+
+    Params: ClassVar[type[MixerParams]] = SpatialReductionParams
+    uses_heads = True
+
+    def __init__(
+        self, dim: int, num_heads: int, sr_ratio: int = 1, qkv_bias: bool = True, proj_bias: bool = True
+    ) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.sr_ratio = sr_ratio
+        self.q = nn.Linear(dim, dim, bias=qkv_bias)
+        self.kv = nn.Linear(dim, 2 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim, bias=proj_bias)
+        if sr_ratio > 1:
+            self.sr = nn.Conv2d(dim, dim, kernel_size=sr_ratio, stride=sr_ratio)
+            self.norm = LayerNormLast(dim)
+
+    def reduce(self, x: Tensor) -> Tensor:
+        if self.sr_ratio == 1:
+            return x
+        x = pad_to_multiple(x, self.sr_ratio)
+        return self.norm(nchw_to_nhwc(self.sr(nhwc_to_nchw(x))))  # (B, H/R, W/R, C)
+
+    def forward(self, x: Tensor) -> Tensor:
+        H = x.shape[1]
+        q = rearrange(self.q(x), "b h w (n d) -> b n (h w) d", n=self.num_heads)
+        k, v = rearrange(self.kv(self.reduce(x)), "b h w (two n d) -> two b n (h w) d", two=2, n=self.num_heads)
+        out = F.scaled_dot_product_attention(q, k, v)
+        out = rearrange(out, "b n (h w) d -> b h w (n d)", h=H)
+        return self.proj(out)
+
+
+class PooledReductionParams(AttentionParams):
+    pool_size: PositiveInt = 7
+
+
+class PooledReductionAttention(SpatialReductionAttention):
+    """PVTv2-Li's linear SRA: keys and values from an adaptive average pool to a fixed
+    ``pool_size`` x ``pool_size`` map, then 1x1 conv, LayerNorm and GELU (cost linear in tokens)."""
+
+    Params: ClassVar[type[MixerParams]] = PooledReductionParams
+
+    def __init__(
+        self, dim: int, num_heads: int, pool_size: int = 7, qkv_bias: bool = True, proj_bias: bool = True
+    ) -> None:
+        super().__init__(dim, num_heads, sr_ratio=1, qkv_bias=qkv_bias, proj_bias=proj_bias)
+        self.pool_size = pool_size
+        self.sr = nn.Conv2d(dim, dim, kernel_size=1)
+        self.norm = LayerNormLast(dim)
+        self.act = make_act("gelu")
+
+    def reduce(self, x: Tensor) -> Tensor:
+        pooled = F.adaptive_avg_pool2d(nhwc_to_nchw(x), self.pool_size)
+        return self.act(self.norm(nchw_to_nhwc(self.sr(pooled))))  # (B, P, P, C)

@@ -1,0 +1,38 @@
+"""What every token mixer is: an ``nn.Module`` on channels-last maps plus a declared parameter model."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from pydantic import BaseModel, ConfigDict
+from torch import Tensor, nn
+
+
+class MixerParams(BaseModel):
+    """A mixer's configurable parameters. Subclasses add fields; unknown keys are rejected.
+
+    ``kind`` is the registry name; the search space reads these fields to know which knobs exist
+    (a window size exists only for window mixers, a reduction ratio only for reduction mixers).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    kind: str
+
+
+class TokenMixer(nn.Module):
+    """Base class: ``forward(x)`` maps ``(B, H, W, C)`` to ``(B, H, W, C)``.
+
+    Class attributes tell the builder and the contract tests what the mixer needs:
+    ``Params`` (its parameter model), ``uses_heads`` (it is given ``num_heads``),
+    ``flop_free`` (it does no multiply-accumulates by design, e.g. shift or identity).
+    The instance attribute ``residual`` is False for mixers that replace their input instead of
+    being added to it (ShiftViT applies the shift with neither norm nor shortcut).
+    """
+
+    Params: ClassVar[type[MixerParams]] = MixerParams
+    uses_heads: ClassVar[bool] = False
+    flop_free: ClassVar[bool] = False
+    residual: bool = True
+
+    def forward(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError

@@ -1,0 +1,64 @@
+"""The zoo: published backbones as architecture configs (YAML files beside this module).
+
+Each file reproduces the official implementation's parameter count exactly (see tests/test_zoo.py
+and ``PUBLISHED`` below for the figures the papers report).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+
+from hvtnas.config import ArchConfig
+from hvtnas.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Published:
+    """Figures as the paper / official repository reports them (ImageNet-1k, 224x224)."""
+
+    params_m: float
+    gmacs: float
+    top1: float
+    source: str
+
+
+# ../shared/reference/published.md, from the official repositories' READMEs
+PUBLISHED: dict[str, Published] = {
+    "swin_t": Published(28.3, 4.5, 81.2, "microsoft/Swin-Transformer"),
+    "swin_s": Published(49.6, 8.7, 83.2, "microsoft/Swin-Transformer"),
+    "pvt_v2_b0": Published(3.7, 0.6, 70.5, "whai362/PVT"),
+    "pvt_v2_b1": Published(14.0, 2.1, 78.7, "whai362/PVT"),
+    "pvt_v2_b2": Published(25.4, 4.0, 82.0, "whai362/PVT"),
+    "poolformer_s12": Published(11.9, 1.8, 77.2, "sail-sg/poolformer"),
+    "poolformer_s24": Published(21.4, 3.4, 80.3, "sail-sg/poolformer"),
+    "convformer_s18": Published(26.8, 3.9, 83.0, "sail-sg/metaformer"),
+    "caformer_s18": Published(26.3, 4.1, 83.6, "sail-sg/metaformer"),
+    "identityformer_s12": Published(11.9, 1.8, 74.6, "sail-sg/metaformer"),
+    "twins_svt_s": Published(24.1, 2.9, 81.7, "Meituan-AutoML/Twins"),
+    "twins_pcpvt_s": Published(24.1, 3.7, 81.2, "Meituan-AutoML/Twins"),
+    "shiftvit_t": Published(28.5, 4.5, 81.7, "microsoft/SPACH"),
+}
+
+
+def _files() -> dict[str, resources.abc.Traversable]:
+    root = resources.files(__name__)
+    return {f.name.removesuffix(".yaml"): f for f in root.iterdir() if f.name.endswith(".yaml")}
+
+
+def names() -> list[str]:
+    return sorted(_files())
+
+
+@cache
+def _load(name: str) -> ArchConfig:
+    files = _files()
+    if name not in files:
+        raise ConfigError([f"unknown zoo model {name!r}; known: {', '.join(sorted(files))}"])
+    return ArchConfig.from_yaml_text(files[name].read_text(), source=f"zoo/{name}.yaml")
+
+
+def get_config(name: str) -> ArchConfig:
+    """The zoo config ``name`` (a fresh copy: callers may modify it)."""
+    return _load(name).model_copy(deep=True)

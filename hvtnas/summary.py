@@ -1,0 +1,54 @@
+"""What a built model is: parameter counts (total and per stage) and the pyramid's shapes."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from hvtnas.models.build import ModelSpec, build_model
+from hvtnas.models.metaformer import MetaFormer
+
+
+def count_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+@dataclass
+class ModelSummary:
+    name: str | None
+    params: int
+    params_per_part: dict[str, int]  # stem, stage1..stage4 (with the downsampling into it), head
+    resolution: int
+    stages: list[dict[str, int]] = field(default_factory=list)  # {"channels", "height", "width"}
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def summarize(spec: ModelSpec | MetaFormer, resolution: int | None = None) -> ModelSummary:
+    """Build (unless given a model) and describe a model; stage shapes from one forward pass
+    of a single image at ``resolution`` (default: the config's)."""
+    model = spec if isinstance(spec, MetaFormer) else build_model(spec)
+    cfg = getattr(model, "arch_config", None)
+    if resolution is None:
+        resolution = cfg.input.resolution if cfg is not None else 224
+    channels = cfg.input.channels if cfg is not None else 3
+    parts = {"stem": count_params(model.stem)}
+    parts.update({f"stage{i + 1}": count_params(s) for i, s in enumerate(model.stages)})
+    parts["head"] = count_params(model.head)
+    was_training = model.training
+    model.eval()
+    with torch.inference_mode():
+        pyramid = model.forward_features(torch.zeros(1, channels, resolution, resolution))
+    model.train(was_training)
+    stages = [{"channels": f.shape[1], "height": f.shape[2], "width": f.shape[3]} for f in pyramid]
+    return ModelSummary(
+        name=cfg.name if cfg is not None else None,
+        params=count_params(model),
+        params_per_part=parts,
+        resolution=resolution,
+        stages=stages,
+    )
