@@ -24,7 +24,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_core import PydanticCustomError
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from hvtnas.errors import ConfigError, RegistryError
 from hvtnas.models.layers import ACTIVATIONS
@@ -272,6 +272,16 @@ class ArchConfig(_Strict):
     head: HeadConfig = HeadConfig()
     drop_path_rate: float = Field(0.0, ge=0, lt=1)
 
+    @model_validator(mode="after")
+    def _sinusoidal_widths(self) -> ArchConfig:
+        if self.pos_embed.kind == "sinusoidal":
+            used = self.stages if self.pos_embed.per_stage else self.stages[:1]
+            for i, stage in enumerate(used):
+                if stage.width % 4:
+                    _fail(("stages", i, "width"), stage.width,
+                          f"{stage.width} is not divisible by 4, as the sinusoidal position embedding needs")
+        return self
+
     # ------------------------------------------------------------------ I/O
     @classmethod
     def from_yaml(cls, path: str | Path) -> ArchConfig:
@@ -307,6 +317,13 @@ class ArchConfig(_Strict):
         if path is not None:
             Path(path).write_text(text)
         return text
+
+
+def _fail(loc: tuple, value: Any, message: str) -> None:
+    """Raise a validation error at ``loc`` (relative to the model being validated) from a
+    model-level check, so the message names the field rather than the whole model."""
+    error = InitErrorDetails(type=PydanticCustomError("invalid", message), loc=loc, input=value)
+    raise ValidationError.from_exception_data("ArchConfig", [error])
 
 
 # ---------------------------------------------------------------------- error formatting

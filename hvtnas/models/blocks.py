@@ -36,14 +36,17 @@ class MetaFormerBlock(nn.Module):
         self.mixer_residual = mixer.residual
         if self.mixer_residual:
             self.norm1 = norm()
-            self.res_scale1 = _scale(dim, 1.0 if res_scale else None)
-            self.layer_scale1 = _scale(dim, layer_scale)
         self.mixer = mixer
-        self.ffn = ffn
+        if self.mixer_residual:
+            self.layer_scale1 = _scale(dim, layer_scale)
+            self.res_scale1 = _scale(dim, 1.0 if res_scale else None)
         if ffn is not None:
             self.norm2 = norm()
-            self.res_scale2 = _scale(dim, 1.0 if res_scale else None)
+            self.ffn = ffn
             self.layer_scale2 = _scale(dim, layer_scale)
+            self.res_scale2 = _scale(dim, 1.0 if res_scale else None)
+        else:
+            self.ffn = None
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:  # x: (B, H, W, C)

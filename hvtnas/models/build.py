@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from hvtnas.config import ArchConfig, DownsampleConfig, NormConfig, StemConfig
-from hvtnas.errors import ConfigError
+from hvtnas.errors import HvtnasError
 from hvtnas.models.blocks import MetaFormerBlock, Stage
 from hvtnas.models.embed import (
     PEG,
@@ -46,8 +46,8 @@ def resolve_config(spec: ModelSpec) -> ArchConfig:
         return ArchConfig.from_yaml(text)
     if text in zoo.names():
         return zoo.get_config(text)
-    raise ConfigError(
-        [f"{text!r} is neither a zoo model nor a config file; zoo models: {', '.join(zoo.names())}"]
+    raise HvtnasError(
+        f"{text!r} is neither a zoo model nor an existing config file; zoo models: {', '.join(zoo.names())}"
     )
 
 

@@ -11,7 +11,7 @@ from functools import cache
 from importlib import resources
 
 from hvtnas.config import ArchConfig
-from hvtnas.errors import ConfigError
+from hvtnas.errors import HvtnasError
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ def names() -> list[str]:
 def _load(name: str) -> ArchConfig:
     files = _files()
     if name not in files:
-        raise ConfigError([f"unknown zoo model {name!r}; known: {', '.join(sorted(files))}"])
+        raise HvtnasError(f"unknown zoo model {name!r}; known: {', '.join(sorted(files))}")
     return ArchConfig.from_yaml_text(files[name].read_text(), source=f"zoo/{name}.yaml")
 
 

@@ -1,0 +1,24 @@
+"""The ``hvtnas`` command line: a thin layer over the library, one module per command."""
+
+from __future__ import annotations
+
+import typer
+
+from hvtnas.cli.build import build_command
+from hvtnas.cli.mixers import mixers_command
+from hvtnas.cli.zoo import zoo_command
+
+app = typer.Typer(
+    name="hvtnas",
+    help="Neural architecture search over the MetaFormer design space of hierarchical vision transformers.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+app.command("zoo")(zoo_command)
+app.command("build")(build_command)
+app.command("mixers")(mixers_command)
+
+
+def main() -> None:
+    app()
