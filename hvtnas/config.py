@@ -45,7 +45,8 @@ def _kind_shorthand(value: Any) -> Any:
 def _check_act(value: str) -> str:
     if value not in ACTIVATIONS:
         raise PydanticCustomError(
-            "unknown_act", "unknown activation '{value}'; known: {known}",
+            "unknown_act",
+            "unknown activation '{value}'; known: {known}",
             {"value": value, "known": ", ".join(sorted(ACTIVATIONS))},
         )
     return value
@@ -103,7 +104,8 @@ class StemConfig(_Strict):
     def _fields_fit_kind(self) -> StemConfig:
         if self.kind != "overlap" and (self.kernel_size is not None or self.padding is not None):
             raise PydanticCustomError(
-                "stem_kernel", "kernel_size/padding apply to the 'overlap' stem only (this one is '{kind}')",
+                "stem_kernel",
+                "kernel_size/padding apply to the 'overlap' stem only (this one is '{kind}')",
                 {"kind": self.kind},
             )
         if self.kind == "conv" and self.norm is None:
@@ -135,7 +137,8 @@ class DownsampleConfig(_Strict):
     def _merging_is_pre_norm(self) -> DownsampleConfig:
         if self.kind == "patch_merging" and self.norm is not None and self.norm_position != "pre":
             raise PydanticCustomError(
-                "merge_norm", "patch_merging normalises the concatenated 4C input: norm_position must be 'pre'"
+                "merge_norm",
+                "patch_merging normalises the concatenated 4C input: norm_position must be 'pre'",
             )
         return self
 
@@ -182,8 +185,9 @@ def _parse_mixer(value: Any) -> Any:
     if not isinstance(value, dict):
         raise PydanticCustomError("mixer_type", "a mixer is a name or a mapping with a 'kind' key")
     if "kind" not in value:
-        raise PydanticCustomError("mixer_kind", "a mixer needs a 'kind'; known: {known}",
-                                  {"known": ", ".join(MIXERS.names())})
+        raise PydanticCustomError(
+            "mixer_kind", "a mixer needs a 'kind'; known: {known}", {"known": ", ".join(MIXERS.names())}
+        )
     try:
         mixer_cls = MIXERS.get(value["kind"])
     except RegistryError as err:
@@ -229,7 +233,8 @@ class StageConfig(_Strict):
                 )
             if head_dim is not None and heads * head_dim != width:
                 raise PydanticCustomError(
-                    "heads", "heads ({heads}) x head_dim ({head_dim}) must equal width ({width}); give one of them",
+                    "heads",
+                    "heads ({heads}) x head_dim ({head_dim}) must equal width ({width}); give one of them",
                     {"heads": heads, "head_dim": head_dim, "width": width},
                 )
         needs_heads = [m.kind for m in info.data.get("mixers", []) if MIXERS.get(m.kind).uses_heads]
@@ -278,8 +283,11 @@ class ArchConfig(_Strict):
             used = self.stages if self.pos_embed.per_stage else self.stages[:1]
             for i, stage in enumerate(used):
                 if stage.width % 4:
-                    _fail(("stages", i, "width"), stage.width,
-                          f"{stage.width} is not divisible by 4, as the sinusoidal position embedding needs")
+                    _fail(
+                        ("stages", i, "width"),
+                        stage.width,
+                        f"{stage.width} is not divisible by 4, as the sinusoidal position embedding needs",
+                    )
         return self
 
     # ------------------------------------------------------------------ I/O
@@ -287,7 +295,7 @@ class ArchConfig(_Strict):
     def from_yaml(cls, path: str | Path) -> ArchConfig:
         path = Path(path)
         if not path.is_file():
-            raise ConfigError([f"{path}: no such file"], source=str(path))
+            raise ConfigError([f"{path}: no such file"])
         return cls.from_yaml_text(path.read_text(), source=str(path))
 
     @classmethod
@@ -301,7 +309,9 @@ class ArchConfig(_Strict):
     ) -> ArchConfig:
         if not isinstance(data, dict):
             where = f"{source}: " if source else ""
-            raise ConfigError([f"{where}expected a mapping at the top level, got {type(data).__name__}"], source)
+            raise ConfigError(
+                [f"{where}expected a mapping at the top level, got {type(data).__name__}"], source
+            )
         try:
             return cls.model_validate(data)
         except ValidationError as err:
@@ -350,14 +360,18 @@ def format_validation_error(
         elif e["type"] == "missing":
             msg = "required field is missing"
         elif msg.startswith("Value error, "):
-            msg = msg[len("Value error, "):]
+            msg = msg[len("Value error, ") :]
         where = ""
         if source:
             line = _line_for(loc, lines or {})
             where = f"{source}:{line}: " if line else f"{source}: "
         got = ""
         value = e.get("input")
-        if e["type"] not in ("missing", "extra_forbidden") and value is not None and not isinstance(value, dict):
+        if (
+            e["type"] not in ("missing", "extra_forbidden")
+            and value is not None
+            and not isinstance(value, dict)
+        ):
             got = f" (got {e['input']!r})"
             if str(e["input"]) in msg:
                 got = ""

@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from hvtnas.errors import HvtnasError
 
@@ -25,7 +26,9 @@ def user_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except HvtnasError as err:
-            err_console.print(f"[bold red]error:[/] {err}", markup=True, highlight=False)
+            err_console.print(
+                f"[bold red]error:[/] {escape(str(err))}", markup=True, highlight=False, soft_wrap=True
+            )
             raise typer.Exit(code=2) from None
 
     return wrapper  # type: ignore[return-value]

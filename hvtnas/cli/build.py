@@ -31,7 +31,9 @@ def build_command(
     table.add_row("stem", "", "", f"{summary.params_per_part['stem']:,}")
     for i, stage in enumerate(summary.stages):
         table.add_row(
-            f"stage{i + 1}", f"{stage['channels']} x {stage['height']} x {stage['width']}", str(4 * 2**i),
+            f"stage{i + 1}",
+            f"{stage['channels']} x {stage['height']} x {stage['width']}",
+            str(4 * 2**i),
             f"{summary.params_per_part[f'stage{i + 1}']:,}",
         )
     table.add_row("head", "", "", f"{summary.params_per_part['head']:,}")

@@ -32,16 +32,18 @@ def zoo_command(
         cfg = zoo.get_config(name)
         params = count_params(build_model(cfg))
         published = zoo.PUBLISHED.get(name)
-        rows.append({
-            "name": name,
-            "params": params,
-            "depths": [s.depth for s in cfg.stages],
-            "widths": [s.width for s in cfg.stages],
-            "mixers": _mixers(cfg),
-            "published_params_m": published.params_m if published else None,
-            "published_gmacs": published.gmacs if published else None,
-            "published_top1": published.top1 if published else None,
-        })
+        rows.append(
+            {
+                "name": name,
+                "params": params,
+                "depths": [s.depth for s in cfg.stages],
+                "widths": [s.width for s in cfg.stages],
+                "mixers": _mixers(cfg),
+                "published_params_m": published.params_m if published else None,
+                "published_gmacs": published.gmacs if published else None,
+                "published_top1": published.top1 if published else None,
+            }
+        )
     if as_json:
         print(json.dumps(rows))
         return
@@ -55,9 +57,12 @@ def zoo_command(
     table.add_column("mixers")
     for r in rows:
         table.add_row(
-            r["name"], f"{r['params']:,}",
+            r["name"],
+            f"{r['params']:,}",
             f"{r['published_params_m']}M" if r["published_params_m"] else "-",
-            str(r["published_gmacs"] or "-"), str(r["published_top1"] or "-"),
-            "-".join(map(str, r["depths"])), r["mixers"],
+            str(r["published_gmacs"] or "-"),
+            str(r["published_top1"] or "-"),
+            "-".join(map(str, r["depths"])),
+            r["mixers"],
         )
     console.print(table)

@@ -5,6 +5,7 @@ Everything below it (mixers, blocks, stems) takes plain constructor arguments.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -106,6 +107,7 @@ def build_model(spec: ModelSpec, *, num_classes: int | None = None) -> MetaForme
     stages = []
     for i, scfg in enumerate(cfg.stages):
         dim = scfg.width
+        norm_factory = _norm_factory(scfg.norm)
         blocks = []
         for j in range(scfg.depth):
             params = scfg.mixer_for_block(j)
@@ -122,7 +124,7 @@ def build_model(spec: ModelSpec, *, num_classes: int | None = None) -> MetaForme
                     dim,
                     mixer_cls(dim, **kwargs),
                     ffn,
-                    norm=lambda n=_norm_factory(scfg.norm), d=dim: n(d),
+                    norm=functools.partial(norm_factory, dim),
                     drop_path=drop_rates[sum(depths[:i]) + j],
                     layer_scale=scfg.layer_scale,
                     res_scale=scfg.res_scale,
@@ -141,7 +143,9 @@ def build_model(spec: ModelSpec, *, num_classes: int | None = None) -> MetaForme
                 downsample=build_downsample(cfg.downsample, widths[i - 1], dim) if i > 0 else None,
                 pos_embed=pos_embed,
                 peg=PEG(dim, cfg.pos_embed.kernel_size) if cfg.pos_embed.kind == "peg" else None,
-                out_norm=make_norm(scfg.norm.kind, dim, scfg.norm.eps, scfg.norm.bias) if scfg.out_norm else None,
+                out_norm=make_norm(scfg.norm.kind, dim, scfg.norm.eps, scfg.norm.bias)
+                if scfg.out_norm
+                else None,
             )
         )
     head_cfg = cfg.head

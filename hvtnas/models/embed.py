@@ -5,14 +5,12 @@ All modules here return channels-last maps ``(B, H, W, C)``; stems take NCHW ima
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
 from hvtnas.models.layers import nchw_to_nhwc, nhwc_to_nchw, pad_to_multiple
-
 
 
 # ----------------------------------------------------------------------------- stems
@@ -34,7 +32,9 @@ class PatchStem(nn.Module):
 class OverlapStem(nn.Module):
     """One overlapping k x k conv with stride 4 (+ norm): PVTv2 (7, pad 3), PoolFormer (7, pad 2)."""
 
-    def __init__(self, in_channels: int, dim: int, kernel_size: int, padding: int, norm: nn.Module | None) -> None:
+    def __init__(
+        self, in_channels: int, dim: int, kernel_size: int, padding: int, norm: nn.Module | None
+    ) -> None:
         super().__init__()
         self.proj = nn.Conv2d(in_channels, dim, kernel_size=kernel_size, stride=4, padding=padding)
         self.norm = norm if norm is not None else nn.Identity()
@@ -46,8 +46,15 @@ class OverlapStem(nn.Module):
 class ConvStem(nn.Module):
     """Stacked 3x3 convs (no bias), the first two with stride 2, norm + act between, norm at the end."""
 
-    def __init__(self, in_channels: int, dim: int, hidden: int, depth: int, norms: list[nn.Module],
-                 acts: list[nn.Module]) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        dim: int,
+        hidden: int,
+        depth: int,
+        norms: list[nn.Module],
+        acts: list[nn.Module],
+    ) -> None:
         super().__init__()
         widths = [in_channels] + [hidden] * (depth - 1) + [dim]
         self.convs = nn.ModuleList(
@@ -72,11 +79,20 @@ class ConvDownsample(nn.Module):
     With k = 2 an odd map is zero-padded at the bottom/right first, so no row is dropped.
     """
 
-    def __init__(self, in_dim: int, out_dim: int, kernel_size: int, bias: bool,
-                 pre_norm: nn.Module | None, post_norm: nn.Module | None) -> None:
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        kernel_size: int,
+        bias: bool,
+        pre_norm: nn.Module | None,
+        post_norm: nn.Module | None,
+    ) -> None:
         super().__init__()
         self.pre_norm = pre_norm if pre_norm is not None else nn.Identity()
-        self.conv = nn.Conv2d(in_dim, out_dim, kernel_size, stride=2, padding=(kernel_size - 1) // 2, bias=bias)
+        self.conv = nn.Conv2d(
+            in_dim, out_dim, kernel_size, stride=2, padding=(kernel_size - 1) // 2, bias=bias
+        )
         self.post_norm = post_norm if post_norm is not None else nn.Identity()
         self.pad_odd = kernel_size == 2
 
@@ -136,8 +152,9 @@ class SinusoidalPosEmbed(nn.Module):
         if key not in self._cache:
             quarter = self.dim // 4
             omega = 1.0 / self.temperature ** (torch.arange(quarter, dtype=torch.float64) / quarter)
-            y, x = torch.meshgrid(torch.arange(H, dtype=torch.float64), torch.arange(W, dtype=torch.float64),
-                                  indexing="ij")
+            y, x = torch.meshgrid(
+                torch.arange(H, dtype=torch.float64), torch.arange(W, dtype=torch.float64), indexing="ij"
+            )
             ay, ax = y[..., None] * omega, x[..., None] * omega  # (H, W, dim/4)
             emb = torch.cat([ay.sin(), ay.cos(), ax.sin(), ax.cos()], dim=-1)  # (H, W, dim)
             self._cache[key] = emb.to(device=device, dtype=dtype)
@@ -156,5 +173,3 @@ class PEG(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return x + nchw_to_nhwc(self.proj(nhwc_to_nchw(x)))
-
-

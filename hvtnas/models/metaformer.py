@@ -59,8 +59,7 @@ class MetaFormer(nn.Module):
         num_features: channels of the last stage (the pooled feature size).
     """
 
-    def __init__(self, stem: nn.Module, stages: list[Stage], head: ClassifierHead,
-                 widths: list[int]) -> None:
+    def __init__(self, stem: nn.Module, stages: list[Stage], head: ClassifierHead, widths: list[int]) -> None:
         super().__init__()
         self.stem = stem
         self.stages = nn.ModuleList(stages)

@@ -79,7 +79,9 @@ class WindowAttention(TokenMixer):
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim, bias=proj_bias)
         if relative_position_bias:
-            self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window_size - 1) ** 2, num_heads))
+            self.relative_position_bias_table = nn.Parameter(
+                torch.zeros((2 * window_size - 1) ** 2, num_heads)
+            )
             nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
         else:
             self.relative_position_bias_table = None
@@ -91,16 +93,16 @@ class WindowAttention(TokenMixer):
         """Effective window (wh, ww) and shift (sh, sw) for an H x W map."""
         ws = self.window_size
         wh, ww = min(ws, H), min(ws, W)
-        sh = ws // 2 if self.shift and H > ws else 0
-        sw = ws // 2 if self.shift and W > ws else 0
+        sh = ws // 2 if self.shift and ws < H else 0
+        sw = ws // 2 if self.shift and ws < W else 0
         return wh, ww, sh, sw
 
     def _relative_index(self, wh: int, ww: int, device: torch.device) -> Tensor:
         key = (wh, ww, device)
         if key not in self._index_cache:
-            coords = torch.stack(
-                torch.meshgrid(torch.arange(wh), torch.arange(ww), indexing="ij")
-            ).flatten(1)  # (2, N)
+            coords = torch.stack(torch.meshgrid(torch.arange(wh), torch.arange(ww), indexing="ij")).flatten(
+                1
+            )  # (2, N)
             rel = coords[:, :, None] - coords[:, None, :]  # (2, N, N) offsets in [-(w-1), w-1]
             side = 2 * self.window_size - 1
             index = (rel[0] + self.window_size - 1) * side + (rel[1] + self.window_size - 1)
@@ -156,7 +158,7 @@ class WindowAttention(TokenMixer):
         return bias.masked_fill(blocked[:, None], float("-inf"))  # (nW, heads, N, N)
 
     def forward(self, x: Tensor) -> Tensor:
-        B, H, W, C = x.shape
+        H, W = x.shape[1:3]
         wh, ww, sh, sw = self.geometry(H, W)
         x = pad_to_multiple(x, (wh, ww))
         if sh or sw:
@@ -217,7 +219,9 @@ class SpatialReductionAttention(TokenMixer):
     def forward(self, x: Tensor) -> Tensor:
         H = x.shape[1]
         q = rearrange(self.q(x), "b h w (n d) -> b n (h w) d", n=self.num_heads)
-        k, v = rearrange(self.kv(self.reduce(x)), "b h w (two n d) -> two b n (h w) d", two=2, n=self.num_heads)
+        k, v = rearrange(
+            self.kv(self.reduce(x)), "b h w (two n d) -> two b n (h w) d", two=2, n=self.num_heads
+        )
         out = F.scaled_dot_product_attention(q, k, v)
         out = rearrange(out, "b n (h w) d -> b h w (n d)", h=H)
         return self.proj(out)

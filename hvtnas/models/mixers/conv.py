@@ -25,14 +25,20 @@ class SepConv(TokenMixer):
     Params: ClassVar[type[MixerParams]] = SepConvParams
 
     def __init__(
-        self, dim: int, kernel_size: int = 7, expansion_ratio: float = 2.0, act: str = "star_relu",
+        self,
+        dim: int,
+        kernel_size: int = 7,
+        expansion_ratio: float = 2.0,
+        act: str = "star_relu",
         bias: bool = False,
     ) -> None:
         super().__init__()
         hidden = int(expansion_ratio * dim)
         self.pwconv1 = nn.Linear(dim, hidden, bias=bias)
         self.act = make_act(act)
-        self.dwconv = nn.Conv2d(hidden, hidden, kernel_size, padding=kernel_size // 2, groups=hidden, bias=bias)
+        self.dwconv = nn.Conv2d(
+            hidden, hidden, kernel_size, padding=kernel_size // 2, groups=hidden, bias=bias
+        )
         self.pwconv2 = nn.Linear(hidden, dim, bias=bias)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -70,7 +76,11 @@ class MBConv(TokenMixer):
     Params: ClassVar[type[MixerParams]] = MBConvParams
 
     def __init__(
-        self, dim: int, kernel_size: int = 3, expansion_ratio: float = 4.0, se_ratio: float = 0.25,
+        self,
+        dim: int,
+        kernel_size: int = 3,
+        expansion_ratio: float = 4.0,
+        se_ratio: float = 0.25,
         act: str = "gelu",
     ) -> None:
         super().__init__()
@@ -78,7 +88,9 @@ class MBConv(TokenMixer):
         self.expand = nn.Linear(dim, hidden, bias=False)
         self.norm1 = BatchNormLast(hidden)
         self.act1 = make_act(act)
-        self.dwconv = nn.Conv2d(hidden, hidden, kernel_size, padding=kernel_size // 2, groups=hidden, bias=False)
+        self.dwconv = nn.Conv2d(
+            hidden, hidden, kernel_size, padding=kernel_size // 2, groups=hidden, bias=False
+        )
         self.norm2 = BatchNormLast(hidden)
         self.act2 = make_act(act)
         reduced = max(1, int(dim * se_ratio))

@@ -26,19 +26,19 @@ class Published:
 
 # ../shared/reference/published.md, from the official repositories' READMEs
 PUBLISHED: dict[str, Published] = {
-    "swin_t": Published(28.3, 4.5, 81.2, "microsoft/Swin-Transformer"),
-    "swin_s": Published(49.6, 8.7, 83.2, "microsoft/Swin-Transformer"),
+    "swin_t": Published(28, 4.5, 81.2, "microsoft/Swin-Transformer"),
+    "swin_s": Published(50, 8.7, 83.2, "microsoft/Swin-Transformer"),
     "pvt_v2_b0": Published(3.7, 0.6, 70.5, "whai362/PVT"),
     "pvt_v2_b1": Published(14.0, 2.1, 78.7, "whai362/PVT"),
     "pvt_v2_b2": Published(25.4, 4.0, 82.0, "whai362/PVT"),
-    "poolformer_s12": Published(11.9, 1.8, 77.2, "sail-sg/poolformer"),
-    "poolformer_s24": Published(21.4, 3.4, 80.3, "sail-sg/poolformer"),
-    "convformer_s18": Published(26.8, 3.9, 83.0, "sail-sg/metaformer"),
-    "caformer_s18": Published(26.3, 4.1, 83.6, "sail-sg/metaformer"),
+    "poolformer_s12": Published(12, 1.8, 77.2, "sail-sg/poolformer"),
+    "poolformer_s24": Published(21, 3.4, 80.3, "sail-sg/poolformer"),
+    "convformer_s18": Published(27, 3.9, 83.0, "sail-sg/metaformer"),
+    "caformer_s18": Published(26, 4.1, 83.6, "sail-sg/metaformer"),
     "identityformer_s12": Published(11.9, 1.8, 74.6, "sail-sg/metaformer"),
-    "twins_svt_s": Published(24.1, 2.9, 81.7, "Meituan-AutoML/Twins"),
+    "twins_svt_s": Published(24, 2.8, 81.7, "Meituan-AutoML/Twins"),
     "twins_pcpvt_s": Published(24.1, 3.7, 81.2, "Meituan-AutoML/Twins"),
-    "shiftvit_t": Published(28.5, 4.5, 81.7, "microsoft/SPACH"),
+    "shiftvit_t": Published(29, 4.5, 81.7, "microsoft/SPACH"),
 }
 
 

@@ -1,0 +1,213 @@
+"""Do the generated zoo models compute the same function as the reference implementations?
+
+Loads timm's randomly initialised weights for each model into hvtnas's generated model and
+compares logits and the four pyramid levels on the same input. Equal parameter counts could hide
+a swapped norm or a wrong shift mask; equal outputs cannot.
+
+timm is not a dependency of hvtnas. Where it is not importable (this CPU machine has no
+torchvision, which timm imports), the script installs timm without dependencies into a
+throw-away folder and provides a minimal stand-in for the torchvision names timm imports at
+module level (none of which these models use). Nothing is installed into the environment.
+
+    python benchmarks/reference_equivalence.py   # writes benchmarks/results/reference_equivalence.{json,md}
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import types
+from pathlib import Path
+
+import torch
+
+import hvtnas
+
+RESULTS = Path(__file__).parent / "results"
+
+# hvtnas zoo name -> (timm name, how to map state-dict keys)
+MODELS = {
+    "swin_t": ("swin_tiny_patch4_window7_224", "swin"),
+    "swin_s": ("swin_small_patch4_window7_224", "swin"),
+    "pvt_v2_b0": ("pvt_v2_b0", "positional"),
+    "pvt_v2_b2": ("pvt_v2_b2", "positional"),
+    "poolformer_s12": ("poolformer_s12", "positional"),
+    "convformer_s18": ("convformer_s18", "positional"),
+    "caformer_s18": ("caformer_s18", "positional"),
+    "twins_svt_s": ("twins_svt_small", "twins"),
+    "twins_pcpvt_s": ("twins_pcpvt_small", "twins"),
+}
+NOTES = {
+    "poolformer_s12": "timm's port applies the final GroupNorm after pooling; the official "
+    "sail-sg/poolformer code (which hvtnas follows) applies it before, so logits differ by design",
+}
+
+
+def import_timm() -> types.ModuleType:
+    try:
+        return importlib.import_module("timm")
+    except ImportError:
+        pass
+    target = Path(tempfile.gettempdir()) / "hvtnas-bench-timm"
+    if not (target / "timm").is_dir():
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--no-deps",
+                "--target",
+                str(target),
+                "timm",
+                "huggingface_hub",
+                "safetensors",
+            ],
+            check=True,
+        )
+    sys.path.insert(0, str(target))
+    try:
+        importlib.import_module("torchvision")
+    except ImportError:
+        _install_torchvision_stand_in()
+    return importlib.import_module("timm")
+
+
+def _install_torchvision_stand_in() -> None:
+    """timm imports a few torchvision names at module level; these models never call them."""
+
+    class _Names(types.ModuleType):
+        def __getattr__(self, name: str) -> object:
+            if name.startswith("__"):
+                raise AttributeError(name)
+            return type(name, (torch.nn.Module,), {})
+
+    class InterpolationMode:  # the enum timm's transforms read at import
+        NEAREST, BILINEAR, BICUBIC = "nearest", "bilinear", "bicubic"
+        BOX, HAMMING, LANCZOS, NEAREST_EXACT = "box", "hamming", "lanczos", "nearest-exact"
+
+    root = _Names("torchvision")
+    root.__version__ = "0.0.0"
+    root.__path__ = []
+    sys.modules["torchvision"] = root
+    for sub in [
+        "ops",
+        "ops.misc",
+        "transforms",
+        "transforms.functional",
+        "transforms.v2",
+        "transforms.v2.functional",
+        "datasets",
+        "io",
+        "models",
+        "models.feature_extraction",
+        "utils",
+    ]:
+        module = _Names(f"torchvision.{sub}")
+        module.__path__ = []  # a package, so its submodules import
+        module.InterpolationMode = InterpolationMode
+        sys.modules[f"torchvision.{sub}"] = module
+        parent, _, leaf = f"torchvision.{sub}".rpartition(".")
+        setattr(sys.modules[parent], leaf, module)
+
+
+def _swin_key(key: str) -> str:
+    key = key.replace("patch_embed.", "stem.")
+    key = re.sub(r"^layers\.", "stages.", key)
+    key = key.replace(".attn.", ".mixer.").replace(".mlp.", ".ffn.")
+    return re.sub(r"^norm\.", "head.norm.", key)
+
+
+def _twins_key(key: str) -> str:
+    if m := re.match(r"patch_embeds\.(\d)\.(proj|norm)\.(.*)", key):
+        i, part, rest = m.groups()
+        if i == "0":
+            return f"stem.{part}.{rest}"
+        return f"stages.{i}.downsample.{'conv' if part == 'proj' else 'post_norm'}.{rest}"
+    if m := re.match(r"blocks\.(\d)\.(\d+)\.(.*)", key):
+        i, j, rest = m.groups()
+        return f"stages.{i}.blocks.{j}.{rest.replace('attn.', 'mixer.').replace('mlp.', 'ffn.')}"
+    if m := re.match(r"pos_block\.(\d)\.proj\.0\.(.*)", key):
+        return f"stages.{m.group(1)}.peg.proj.{m.group(2)}"
+    if key.startswith("norm."):
+        return "head." + key
+    return key.replace("head.", "head.fc.")
+
+
+def map_state_dict(reference: torch.nn.Module, model: torch.nn.Module, how: str) -> dict[str, torch.Tensor]:
+    ref = {k: v for k, v in reference.state_dict().items() if "relative_position_index" not in k}
+    ours = model.state_dict()
+    if how == "positional":  # same modules in the same order; 1x1 convs become linears
+        if len(ref) != len(ours):
+            raise RuntimeError(f"{len(ref)} reference tensors vs {len(ours)}")
+        return {k: v.reshape(ours[k].shape) for (k, _), v in zip(ours.items(), ref.values(), strict=True)}
+    rename = {"swin": _swin_key, "twins": _twins_key}[how]
+    return {rename(k): v.reshape(ours[rename(k)].shape) for k, v in ref.items()}
+
+
+def compare(name: str, timm: types.ModuleType, resolution: int) -> dict:
+    timm_name, how = MODELS[name]
+    reference = timm.create_model(timm_name).eval()
+    model = hvtnas.build_model(name).eval()
+    model.load_state_dict(map_state_dict(reference, model, how), strict=True)
+    x = torch.randn(2, 3, resolution, resolution)
+    with torch.inference_mode():
+        ref_logits, logits = reference(x), model(x)
+        ref_pyramid = reference.forward_intermediates(x, intermediates_only=True)
+        pyramid = model.forward_features(x)
+    return {
+        "model": name,
+        "reference": f"timm {timm.__version__}: {timm_name}",
+        "max_abs_diff_logits": (ref_logits - logits).abs().max().item(),
+        "logit_scale": ref_logits.abs().max().item(),
+        "max_abs_diff_pyramid": [
+            (a - b).abs().max().item() for a, b in zip(ref_pyramid, pyramid, strict=True)
+        ],
+        "note": NOTES.get(name, ""),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--resolution", type=int, default=224)
+    parser.add_argument("--out", type=Path, default=RESULTS / "reference_equivalence")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    timm = import_timm()
+    rows = []
+    for name in args.models:
+        rows.append(compare(name, timm, args.resolution))
+        print(json.dumps(rows[-1]))
+    env = {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "resolution": args.resolution,
+        "dtype": "float32",
+        "device": "cpu",
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps({"environment": env, "results": rows}, indent=2))
+    lines = [
+        "| model | reference | max abs diff logits (scale) | max abs diff pyramid levels 1-4 | note |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        pyr = ", ".join(f"{d:.1e}" for d in r["max_abs_diff_pyramid"])
+        lines.append(
+            f"| {r['model']} | {r['reference']} | {r['max_abs_diff_logits']:.1e} ({r['logit_scale']:.2f})"
+            f" | {pyr} | {r['note']} |"
+        )
+    args.out.with_suffix(".md").write_text(f"Environment: {env}\n\n" + "\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()

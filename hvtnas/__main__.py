@@ -1,0 +1,3 @@
+from hvtnas.cli import main
+
+main()

@@ -1,0 +1,154 @@
+"""The generator: pyramid shapes, other input sizes, stems, downsampling, positional encodings."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hvtnas import build_model, summarize
+from hvtnas.models.embed import AbsolutePosEmbed, PatchMerging, SinusoidalPosEmbed
+from tests.conftest import tiny_config
+
+PATTERNS = {
+    "swin": ["window", "shifted_window"],
+    "pvt": [{"kind": "spatial_reduction", "sr_ratio": 2}],
+    "twins": [
+        {"kind": "window", "relative_position_bias": False},
+        {"kind": "spatial_reduction", "sr_ratio": 2},
+    ],
+    "poolformer": ["pooling"],
+    "shift": ["shift"],
+}
+
+
+@pytest.mark.parametrize("pattern", PATTERNS)
+@pytest.mark.parametrize("size", [(64, 64), (50, 38), (28, 28), (17, 45)])
+def test_pyramid_at_any_input_size(pattern: str, size: tuple[int, int]) -> None:
+    model = build_model(tiny_config(PATTERNS[pattern])).eval()
+    H, W = size
+    pyramid = model.forward_features(torch.randn(1, 3, H, W))
+    assert len(pyramid) == 4
+    h, w = -(-H // 4), -(-W // 4)  # the patch stem pads to a multiple of 4
+    for level, (feature, info) in enumerate(zip(pyramid, model.feature_info, strict=True)):
+        assert feature.shape == (1, info["channels"], h, w), level
+        assert info["reduction"] == 4 * 2**level
+        h, w = -(-h // 2), -(-w // 2)  # 2x2 downsampling pads odd maps
+        assert torch.isfinite(feature).all()
+
+
+def test_forward_equals_head_on_last_pyramid_level() -> None:
+    model = build_model(tiny_config(PATTERNS["swin"])).eval()
+    x = torch.randn(2, 3, 32, 32)
+    last = model.forward_pyramid(x)[-1]
+    torch.testing.assert_close(model(x), model.forward_head(last))
+    assert model.forward_head(last, pre_logits=True).shape == (2, 64)
+
+
+def test_num_classes_zero_returns_pooled_features() -> None:
+    model = build_model(tiny_config(["pooling"]), num_classes=0)
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, model.num_features)
+
+
+def test_absolute_position_embedding_is_interpolated_for_other_sizes() -> None:
+    cfg = tiny_config(
+        ["attention"], pos_embed={"kind": "absolute"}, input={"resolution": 64, "num_classes": 10}
+    )
+    model = build_model(cfg)
+    pos = model.stages[0].pos_embed
+    assert isinstance(pos, AbsolutePosEmbed) and pos.pos_embed.shape == (1, 16, 16, 16)
+    assert not isinstance(model.stages[1].pos_embed, AbsolutePosEmbed)
+    assert model(torch.randn(1, 3, 96, 80)).shape == (1, 10)
+    # at the configured size the table is added as is
+    x = torch.randn(1, 16, 16, 16)
+    torch.testing.assert_close(pos(x), x + pos.pos_embed)
+
+
+def test_per_stage_absolute_embeddings_like_pvt_v1() -> None:
+    cfg = tiny_config(["spatial_reduction"], pos_embed={"kind": "absolute", "per_stage": True})
+    model = build_model(cfg)
+    sizes = [tuple(s.pos_embed.pos_embed.shape) for s in model.stages]
+    assert sizes == [(1, 8, 8, 16), (1, 4, 4, 32), (1, 2, 2, 48), (1, 1, 1, 64)]
+
+
+def test_sinusoidal_embedding_is_fixed_and_distinct_per_position() -> None:
+    emb = SinusoidalPosEmbed(16).embedding(5, 7, torch.device("cpu"), torch.float32)
+    assert emb.shape == (5, 7, 16)
+    assert torch.unique(emb.reshape(35, 16), dim=0).shape[0] == 35
+    model = build_model(tiny_config(["pooling"], pos_embed="sinusoidal"))
+    assert sum(p.numel() for p in model.stages[0].pos_embed.parameters()) == 0
+
+
+def test_peg_follows_the_first_block_of_every_stage() -> None:
+    model = build_model(tiny_config(["attention", "attention"], pos_embed="peg"))
+    for stage in model.stages:
+        assert stage.peg is not None
+        assert stage.peg.proj.groups == stage.peg.proj.in_channels  # depthwise
+
+
+@pytest.mark.parametrize(
+    "stem",
+    [
+        {"kind": "patch"},
+        {"kind": "patch", "norm": "groupnorm"},
+        {"kind": "overlap", "kernel_size": 7, "padding": 3, "norm": "layernorm"},
+        {"kind": "overlap"},
+        {"kind": "conv", "norm": "batchnorm"},
+        {"kind": "conv", "depth": 3, "norm": "layernorm"},
+    ],
+)
+def test_stems_reach_stride_four(stem: dict) -> None:
+    model = build_model(tiny_config(["pooling"], stem=stem))
+    assert model.forward_features(torch.randn(2, 3, 64, 64))[0].shape == (2, 16, 16, 16)
+
+
+@pytest.mark.parametrize(
+    "downsample",
+    [
+        {"kind": "conv", "kernel_size": 2},
+        {"kind": "conv", "kernel_size": 3, "norm": "layernorm", "norm_position": "pre"},
+        {"kind": "conv", "kernel_size": 3, "norm": "batchnorm"},
+        {"kind": "conv", "kernel_size": 2, "bias": False, "norm": "groupnorm", "norm_position": "pre"},
+        {"kind": "patch_merging", "norm": "layernorm", "norm_position": "pre"},
+    ],
+)
+def test_downsampling_halves_the_map(downsample: dict) -> None:
+    model = build_model(tiny_config(["pooling"], downsample=downsample))
+    shapes = [tuple(f.shape[2:]) for f in model.forward_features(torch.randn(1, 3, 64, 64))]
+    assert shapes == [(16, 16), (8, 8), (4, 4), (2, 2)]
+
+
+def test_patch_merging_concatenates_in_swin_order() -> None:
+    merge = PatchMerging(2, 4, norm=None)
+    x = torch.arange(2 * 2 * 2, dtype=torch.float32).view(1, 2, 2, 2)  # (B, H, W, C)
+    with torch.no_grad():
+        merge.reduction.weight.copy_(torch.eye(8)[:4].repeat(1, 1))
+    merged = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], -1)
+    torch.testing.assert_close(merge(x), merged[..., :4])
+
+
+def test_layer_scale_and_residual_scale_are_built_when_asked() -> None:
+    model = build_model(tiny_config(["pooling"], stage={"layer_scale": 1e-5, "res_scale": True}))
+    block = model.stages[0].blocks[0]
+    assert torch.all(block.layer_scale1.scale == 1e-5) and torch.all(block.res_scale2.scale == 1.0)
+
+
+def test_mbconv_stage_without_ffn() -> None:
+    cfg = tiny_config(["mbconv"], stage={"ffn": "none", "norm": "batchnorm"})
+    block = build_model(cfg).stages[0].blocks[0]
+    assert block.ffn is None and not hasattr(block, "norm2")
+
+
+def test_drop_path_is_random_in_training_and_off_in_eval() -> None:
+    model = build_model(tiny_config(["pooling"], drop_path_rate=0.5))
+    x = torch.randn(4, 3, 32, 32)
+    model.train()
+    assert not torch.allclose(model(x), model(x))
+    model.eval()
+    torch.testing.assert_close(model(x), model(x))
+
+
+def test_summary_reports_params_and_shapes() -> None:
+    summary = summarize(tiny_config(PATTERNS["pvt"]), resolution=64)
+    assert summary.params == sum(summary.params_per_part.values())
+    assert summary.stages[0] == {"channels": 16, "height": 16, "width": 16}
+    assert summary.stages[-1] == {"channels": 64, "height": 2, "width": 2}
