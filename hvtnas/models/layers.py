@@ -34,7 +34,8 @@ class GroupNorm1(nn.Module):
 
     Equals ``nn.GroupNorm(1, C)`` on the NCHW view (PoolFormer, ShiftViT) and, with ``bias=False``,
     MetaFormer's ``LayerNormGeneral(normalized_dim=(1, 2, 3), bias=False)`` (IdentityFormer).
-    On pooled vectors ``(B, C)`` it normalises over C.
+    On pooled vectors ``(B, C)`` it normalises over C. Runs ``aten::group_norm`` on the NCHW view
+    (channels_last memory), so FLOP counters see the op the reference implementations use.
     """
 
     def __init__(self, dim: int, eps: float = 1e-5, bias: bool = True) -> None:
@@ -44,9 +45,9 @@ class GroupNorm1(nn.Module):
         self.bias = nn.Parameter(torch.zeros(dim)) if bias else None
 
     def forward(self, x: Tensor) -> Tensor:
-        x = F.layer_norm(x, x.shape[1:], eps=self.eps)  # one group: all non-batch dims
-        x = x * self.weight
-        return x + self.bias if self.bias is not None else x
+        if x.dim() == 4:
+            return nchw_to_nhwc(F.group_norm(nhwc_to_nchw(x), 1, self.weight, self.bias, self.eps))
+        return F.group_norm(x, 1, self.weight, self.bias, self.eps)
 
     def extra_repr(self) -> str:
         return f"{self.weight.numel()}, eps={self.eps}, bias={self.bias is not None}"
