@@ -16,6 +16,12 @@ def count_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
+def params_per_part(model: MetaFormer) -> dict[str, int]:
+    """Parameters of the stem, each stage (with the downsampling into it) and the head."""
+    stages = {f"stage{i + 1}": count_params(stage) for i, stage in enumerate(model.stages)}
+    return {"stem": count_params(model.stem), **stages, "head": count_params(model.head)}
+
+
 @dataclass
 class ModelSummary:
     name: str | None
@@ -36,9 +42,7 @@ def summarize(spec: ModelSpec | MetaFormer, resolution: int | None = None) -> Mo
     if resolution is None:
         resolution = cfg.input.resolution if cfg is not None else 224
     channels = cfg.input.channels if cfg is not None else 3
-    parts = {"stem": count_params(model.stem)}
-    parts.update({f"stage{i + 1}": count_params(s) for i, s in enumerate(model.stages)})
-    parts["head"] = count_params(model.head)
+    parts = params_per_part(model)
     was_training = model.training
     model.eval()
     with torch.inference_mode():

@@ -24,7 +24,7 @@ class TokenMixer(nn.Module):
 
     Class attributes tell the builder and the contract tests what the mixer needs:
     ``Params`` (its parameter model), ``uses_heads`` (it is given ``num_heads``),
-    ``flop_free`` (it does no multiply-accumulates by design, e.g. shift or identity).
+    ``flop_free`` (it does no multiply-accumulates by design: shift, identity, pooling).
     The instance attribute ``residual`` is False for mixers that replace their input instead of
     being added to it (ShiftViT applies the shift with neither norm nor shortcut).
     """

@@ -23,6 +23,8 @@ class Pooling(TokenMixer):
     """
 
     Params: ClassVar[type[MixerParams]] = PoolingParams
+    # averaging adds, it does not multiply-accumulate: 0 MACs, as PoolFormer's 1.8 G counts it
+    flop_free = True
 
     def __init__(self, dim: int, pool_size: int = 3) -> None:
         super().__init__()

@@ -1,0 +1,115 @@
+"""FLOPs as the papers count them: multiply-accumulates (one fused multiply-add = one FLOP), by fvcore.
+
+Convention (the one behind the published figures of Swin, PVT, PoolFormer, MetaFormer, Twins):
+- convolutions, linear layers and matrix products: their MACs (fvcore's handles);
+- attention through ``F.scaled_dot_product_attention``, which fvcore does not count by itself:
+  the MACs of ``Q K^T`` plus those of ``A V`` (registered here); softmax, scaling and masking
+  are not counted;
+- norms: fvcore's estimate (5 per element with affine, 4 without; 2 per element for BatchNorm in
+  eval, which deployment folds away);
+- element-wise ops (add, mul, activations), shifts, rolls, pads, average pooling: 0. They do no
+  multiply-accumulate; the papers' counts ignore them (PoolFormer's 1.8 G counts its pooling as 0,
+  ShiftViT calls its shift "zero FLOPs").
+``skipped_ops`` in the result lists every operator that was seen and counted as 0, so nothing
+with MACs can be dropped silently (the tests check that no matrix-product or convolution op is
+among them, for every mixer).
+
+Papers differ on one point: Swin, PVTv2 and MetaFormer count the attention products; Twins'
+published figures (3.7 / 2.8 G for PCPVT-S / SVT-S) leave them out. ``by_operator`` separates
+``scaled_dot_product_attention`` so either convention can be read off.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from math import prod
+from typing import Any
+
+import torch
+from torch import nn
+
+with warnings.catch_warnings():
+    # fvcore imports torch.jit.script, deprecated in recent torch; only that message is hidden
+    warnings.filterwarnings(
+        "ignore", message=r".*torch\.jit\.script.* is deprecated", category=DeprecationWarning
+    )
+    from fvcore.nn import FlopCountAnalysis
+    from fvcore.nn.jit_handles import get_shape
+
+
+def sdpa_flop_jit(inputs: list[Any], outputs: list[Any]) -> int:
+    """MACs of ``scaled_dot_product_attention``: Q K^T (L x S x E) plus A V (L x S x Ev), per
+    batch element and head; any number of leading batch dimensions (window attention uses 5-D)."""
+    q, k, v = (get_shape(inputs[i]) for i in range(3))
+    *batch, length, embed = q
+    source = k[-2]
+    return prod(batch) * length * source * (embed + v[-1])
+
+
+@dataclass
+class FlopCount:
+    """MACs of one forward pass at ``input_size`` (height, width), batch 1."""
+
+    total: int
+    input_size: tuple[int, int]
+    by_module: dict[str, int] = field(default_factory=dict)  # stem, stage1 ..., head
+    by_operator: dict[str, int] = field(default_factory=dict)
+    skipped_ops: dict[str, int] = field(default_factory=dict)  # operator -> times seen, counted as 0
+
+
+class _Pyramid(nn.Module):
+    """The backbone alone: dense-prediction cost is the cost of the pyramid, not of the classifier."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(self.model.forward_pyramid(x))
+
+
+def analyse(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> FlopCountAnalysis:
+    """An fvcore analysis of ``module(*inputs)`` with hvtnas's handles and fvcore's noise silenced."""
+    analysis = FlopCountAnalysis(module, inputs)
+    analysis.set_op_handle("aten::scaled_dot_product_attention", sdpa_flop_jit)
+    analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", r".*torch\.jit\.\w+.* is deprecated", DeprecationWarning)
+        analysis.total()  # trace now, inside the filters; results are cached by fvcore
+    return analysis
+
+
+def count_flops(
+    model: nn.Module,
+    input_size: tuple[int, int],
+    in_channels: int = 3,
+    backbone_only: bool = False,
+) -> FlopCount:
+    """Count a model's MACs with fvcore at ``input_size`` = (height, width), batch 1.
+
+    ``backbone_only`` counts stem and stages (the feature pyramid), without the classifier.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        x = torch.zeros(1, in_channels, *input_size, device=next(model.parameters()).device)
+        analysis = analyse(_Pyramid(model) if backbone_only else model, (x,))
+        counts = analysis.by_module()
+        prefix = "model." if backbone_only else ""
+        return FlopCount(
+            total=int(analysis.total()),
+            input_size=tuple(input_size),
+            by_module={part: int(counts.get(prefix + module, 0)) for part, module in _parts(model).items()},
+            by_operator={op: int(c) for op, c in analysis.by_operator().items()},
+            skipped_ops=dict(analysis.unsupported_ops()),
+        )
+    finally:
+        model.train(was_training)
+
+
+def _parts(model: nn.Module) -> dict[str, str]:
+    """Report names (stem, stage1.., head) of the model's top-level modules, in forward order."""
+    stages = {f"stage{i + 1}": f"stages.{i}" for i in range(len(getattr(model, "stages", [])))}
+    return {"stem": "stem", **stages, "head": "head"}
