@@ -55,15 +55,19 @@ def _check_act(value: str) -> str:
 Activation = Annotated[str, BeforeValidator(_check_act)]
 
 
-class NormConfig(_Strict):
-    kind: Literal["layernorm", "groupnorm", "batchnorm"] = "layernorm"
-    eps: float = Field(1e-5, gt=0)
-    bias: bool = True  # MetaFormer baselines use norms without bias
+class _Kinded(_Strict):
+    """A part chosen by ``kind``; YAML may give just the kind (``norm: layernorm``)."""
 
     @model_validator(mode="before")
     @classmethod
     def _shorthand(cls, value: Any) -> Any:
         return _kind_shorthand(value)
+
+
+class NormConfig(_Kinded):
+    kind: Literal["layernorm", "groupnorm", "batchnorm"] = "layernorm"
+    eps: float = Field(1e-5, gt=0)
+    bias: bool = True  # MetaFormer baselines use norms without bias
 
     @model_validator(mode="after")
     def _batchnorm_has_bias(self) -> NormConfig:
@@ -78,7 +82,7 @@ class InputConfig(_Strict):
     num_classes: NonNegativeInt = 1000  # 0: no classifier, forward() returns pooled features
 
 
-class StemConfig(_Strict):
+class StemConfig(_Kinded):
     """The stride-4 entry into stage 1.
 
     - ``patch``: non-overlapping 4x4 conv, stride 4 (ViT/Swin patch embedding);
@@ -95,11 +99,6 @@ class StemConfig(_Strict):
     act: Activation = "gelu"  # conv only
     norm: NormConfig | None = None  # after the (last) conv; conv stems also between convs
 
-    @model_validator(mode="before")
-    @classmethod
-    def _shorthand(cls, value: Any) -> Any:
-        return _kind_shorthand(value)
-
     @model_validator(mode="after")
     def _fields_fit_kind(self) -> StemConfig:
         if self.kind != "overlap" and (self.kernel_size is not None or self.padding is not None):
@@ -113,7 +112,7 @@ class StemConfig(_Strict):
         return self
 
 
-class DownsampleConfig(_Strict):
+class DownsampleConfig(_Kinded):
     """Patch merging between stages (stride 2).
 
     - ``conv``: k x k conv with stride 2, padding (k-1)//2: k=2 is the strided 2x2 conv
@@ -128,11 +127,6 @@ class DownsampleConfig(_Strict):
     norm: NormConfig | None = None
     norm_position: Literal["pre", "post"] = "post"
 
-    @model_validator(mode="before")
-    @classmethod
-    def _shorthand(cls, value: Any) -> Any:
-        return _kind_shorthand(value)
-
     @model_validator(mode="after")
     def _merging_is_pre_norm(self) -> DownsampleConfig:
         if self.kind == "patch_merging" and self.norm is not None and self.norm_position != "pre":
@@ -143,7 +137,7 @@ class DownsampleConfig(_Strict):
         return self
 
 
-class PosEmbedConfig(_Strict):
+class PosEmbedConfig(_Kinded):
     """Model-level positional encoding.
 
     ``absolute`` (learnable, interpolated at other input sizes) and ``sinusoidal`` (fixed 2-D)
@@ -157,13 +151,8 @@ class PosEmbedConfig(_Strict):
     per_stage: bool = False
     kernel_size: PositiveInt = 3  # peg only
 
-    @model_validator(mode="before")
-    @classmethod
-    def _shorthand(cls, value: Any) -> Any:
-        return _kind_shorthand(value)
 
-
-class FFNConfig(_Strict):
+class FFNConfig(_Kinded):
     """``mlp``: Linear -> act -> Linear; ``mixffn``: Linear -> depthwise 3x3 -> act -> Linear
     (PVTv2 / SegFormer, positional information from the zero padding); ``none``: no FFN
     sub-block (CoAtNet's MBConv stages)."""
@@ -171,11 +160,6 @@ class FFNConfig(_Strict):
     kind: Literal["mlp", "mixffn", "none"] = "mlp"
     act: Activation = "gelu"
     bias: bool = True
-
-    @model_validator(mode="before")
-    @classmethod
-    def _shorthand(cls, value: Any) -> Any:
-        return _kind_shorthand(value)
 
 
 def _parse_mixer(value: Any) -> Any:
