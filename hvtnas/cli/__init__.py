@@ -6,6 +6,7 @@ import typer
 
 from hvtnas.cli.build import build_command
 from hvtnas.cli.mixers import mixers_command
+from hvtnas.cli.space import space_app
 from hvtnas.cli.zoo import zoo_command
 
 app = typer.Typer(
@@ -18,6 +19,7 @@ app = typer.Typer(
 app.command("zoo")(zoo_command)
 app.command("build")(build_command)
 app.command("mixers")(mixers_command)
+app.add_typer(space_app, name="space")
 
 
 def main() -> None:

@@ -1,0 +1,373 @@
+"""Search spaces: an architecture config whose leaves may be choices or ranges.
+
+A space file has the shape of an ``ArchConfig`` (see ``hvtnas/models/zoo/*.yaml``); any value may
+instead be one of
+
+- ``{choice: [a, b, ...]}``: one of the options; an option may itself hold choices and ranges,
+  which then exist only when that option is chosen (a window size only under a window mixer);
+- ``{int: [low, high]}`` with optional ``step`` and ``log``;
+- ``{float: [low, high]}`` with optional ``step`` or ``log``;
+
+each with an optional ``name``: leaves with the same name take the same value (a shared choice,
+e.g. one mixer for every stage). Without a name, a leaf is named after where it stands, in the
+form Optuna reports and groups by: ``stage2.width``, ``stage2.mixer``,
+``stage2.window.window_size``, ``stem.kind``, ``pos_embed``.
+
+Sampling asks an Optuna trial (define-by-run) for every leaf it reaches and returns a validated
+``ArchConfig``; nothing else in the search needs to know how models are built.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
+
+from hvtnas.config import ArchConfig, _line_for, format_validation_error, load_yaml_with_lines
+from hvtnas.errors import ConfigError
+
+LEAF_KEYS = ("choice", "int", "float")
+
+
+class _Leaf(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    name: str | None = None
+
+
+class ChoiceLeaf(_Leaf):
+    choice: list[Any] = Field(min_length=1)
+
+
+class _Range(_Leaf):
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _ordered(self) -> _Range:
+        low, high = self.bounds
+        if low > high:
+            raise ValueError(f"low <= high must hold, but got (low={low}, high={high})")
+        if self.log and low <= 0:
+            raise ValueError(f"a log range needs low > 0, but got low={low}")
+        if self.log and getattr(self, "step", None) not in (None, 1):
+            raise ValueError("a range cannot have both 'log' and a 'step'")
+        return self
+
+    @property
+    def bounds(self) -> tuple[Any, Any]:
+        raise NotImplementedError
+
+
+class IntLeaf(_Range):
+    int_range: tuple[int, int] = Field(alias="int")
+    step: PositiveInt = 1
+
+    @property
+    def bounds(self) -> tuple[int, int]:
+        return self.int_range
+
+
+class FloatLeaf(_Range):
+    float_range: tuple[float, float] = Field(alias="float")
+    step: float | None = Field(None, gt=0)
+
+    @property
+    def bounds(self) -> tuple[float, float]:
+        return self.float_range
+
+
+Leaf = ChoiceLeaf | IntLeaf | FloatLeaf
+
+
+class Suggester(Protocol):
+    """What sampling needs from an Optuna trial (``optuna.Trial`` satisfies it)."""
+
+    def suggest_categorical(self, name: str, choices: list[Any]) -> Any: ...
+    def suggest_int(self, name: str, low: int, high: int, step: int = 1, log: bool = False) -> int: ...
+    def suggest_float(
+        self, name: str, low: float, high: float, *, step: float | None = None, log: bool = False
+    ) -> float: ...
+
+
+@dataclass
+class Node:
+    """A parsed leaf: its Optuna name, where it is in the file, and its option labels."""
+
+    leaf: Leaf
+    name: str
+    yaml_path: tuple
+    labels: list[Any]  # choice only: what Optuna stores for each option
+    condition: str  # "" or "stage2.mixer = window"
+
+
+@dataclass
+class Dimension:
+    name: str
+    kind: str  # choice, int, float
+    values: str  # options or range, for display
+    condition: str
+    size: float  # number of distinct values (inf for a continuous range)
+
+
+def _label(value: Any) -> Any:
+    """A short readable label for a choice option (Optuna stores primitives only)."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, list):
+        return "+".join(str(_label(v)) for v in value)
+    if isinstance(value, dict):
+        if set(value) & set(LEAF_KEYS):
+            return "?"
+        if isinstance(value.get("kind"), str):
+            fixed = [f"{k}={_label(v)}" for k, v in value.items() if k != "kind" and not isinstance(v, dict)]
+            return value["kind"] + (f"({','.join(fixed)})" if fixed else "")
+        return ",".join(f"{k}={_label(v)}" for k, v in value.items())
+    return str(value)
+
+
+def _scoped(name: str, value: Any) -> str:
+    """Inside a stage's mixers, a mixer's own parameters are named after its kind:
+    ``stage2.mixer`` + ``{kind: window, window_size: ...}`` -> ``stage2.window.window_size``."""
+    if name.endswith("mixer") and isinstance(value, dict) and isinstance(value.get("kind"), str):
+        return f"{name.rpartition('.')[0]}.{value['kind']}"
+    return name
+
+
+def _is_leaf(node: Any) -> bool:
+    return isinstance(node, dict) and any(k in node for k in LEAF_KEYS)
+
+
+class SearchSpace:
+    """A parsed, validated search space over ``ArchConfig``."""
+
+    def __init__(self, tree: Any, source: str = "<space>", lines: dict[tuple, int] | None = None) -> None:
+        self.source = source
+        self.lines = lines or {}
+        self.tree = tree
+        self.nodes: dict[int, Node] = {}  # id(leaf dict in tree) -> parsed leaf
+        problems: list[str] = []
+        self._parse(tree, (), "", "", problems)
+        if problems:
+            raise ConfigError(problems, source)
+        self._check_samples()
+
+    # -------------------------------------------------------------------------- loading
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> SearchSpace:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError([f"{path}: no such file"])
+        data, lines = load_yaml_with_lines(path.read_text(), str(path))
+        if not isinstance(data, dict):
+            raise ConfigError([f"{path}: expected a mapping at the top level"])
+        return cls(data, str(path), lines)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SearchSpace:
+        return cls(data)
+
+    def _where(self, yaml_path: tuple) -> str:
+        line = _line_for(yaml_path, self.lines)
+        return f"{self.source}:{line}: " if line else f"{self.source}: "
+
+    @staticmethod
+    def _child_name(prefix: str, key: Any, yaml_path: tuple) -> str:
+        if yaml_path == ("stages",) and isinstance(key, int):
+            return f"stage{key + 1}"
+        if isinstance(key, int):
+            return prefix  # list items other than stages do not add to the name
+        if key == "mixers":
+            key = "mixer"
+        return f"{prefix}.{key}" if prefix else str(key)
+
+    def _parse(self, node: Any, yaml_path: tuple, name: str, condition: str, problems: list[str]) -> None:
+        if _is_leaf(node):
+            kinds = [k for k in LEAF_KEYS if k in node]
+            model = {"choice": ChoiceLeaf, "int": IntLeaf, "float": FloatLeaf}[kinds[0]]
+            try:
+                if len(kinds) > 1:
+                    raise ValueError(f"a leaf is one of choice/int/float, not {' and '.join(kinds)}")
+                leaf = model.model_validate(node)
+            except ValidationError as err:
+                for e in err.errors():
+                    where = _display(
+                        (*yaml_path, *(p for p in e["loc"] if p != "int_range" and p != "float_range"))
+                    )
+                    message = e["msg"].removeprefix("Value error, ")
+                    if e["type"] == "extra_forbidden":
+                        message = f"unknown key (a {kinds[0]} leaf takes: {', '.join(_leaf_keys(model))})"
+                    problems.append(f"{self._where(yaml_path)}{where}: {message}")
+                return
+            except ValueError as err:
+                problems.append(f"{self._where(yaml_path)}{_display(yaml_path)}: {err}")
+                return
+            leaf_name = leaf.name or name or "root"
+            labels: list[Any] = []
+            if isinstance(leaf, ChoiceLeaf):
+                labels = [_label(option) for option in leaf.choice]
+                if len(set(map(repr, labels))) < len(labels):  # e.g. two options that differ only in nesting
+                    labels = [f"{label}#{i}" for i, label in enumerate(labels)]
+            # registered before its options, so dimensions list a parent before what it conditions
+            self.nodes[id(node)] = Node(leaf, leaf_name, yaml_path, labels, condition)
+            if isinstance(leaf, ChoiceLeaf):
+                for i, option in enumerate(leaf.choice):
+                    condition_here = f"{leaf_name} = {labels[i]}"
+                    self._parse(
+                        option, (*yaml_path, "choice", i), _scoped(name, option), condition_here, problems
+                    )
+            return
+        if isinstance(node, dict):
+            for key, value in node.items():
+                self._parse(
+                    value, (*yaml_path, key), self._child_name(name, key, yaml_path), condition, problems
+                )
+        elif isinstance(node, list):
+            for i, value in enumerate(node):  # a mixer pattern names its mixers' parameters by kind
+                child_name = self._child_name(_scoped(name, value), i, yaml_path)
+                self._parse(value, (*yaml_path, i), child_name, condition, problems)
+
+    # -------------------------------------------------------------------------- sampling
+    def sample(self, trial: Suggester) -> ArchConfig:
+        """Ask ``trial`` for every leaf the sample reaches; return the validated architecture."""
+        data = self._materialize(self.tree, trial)
+        try:
+            return ArchConfig.model_validate(data)
+        except ValidationError as err:
+            chosen = getattr(trial, "params", None)
+            where = f" (sampled {chosen})" if chosen else ""
+            raise ConfigError(format_validation_error(err), f"{self.source}{where}") from None
+
+    def _materialize(self, node: Any, trial: Suggester) -> Any:
+        if _is_leaf(node):
+            parsed = self.nodes[id(node)]
+            leaf = parsed.leaf
+            if isinstance(leaf, ChoiceLeaf):
+                label = trial.suggest_categorical(parsed.name, parsed.labels)
+                return self._materialize(leaf.choice[parsed.labels.index(label)], trial)
+            low, high = leaf.bounds
+            if isinstance(leaf, IntLeaf):
+                return trial.suggest_int(parsed.name, low, high, step=leaf.step, log=leaf.log)
+            return trial.suggest_float(parsed.name, low, high, step=leaf.step, log=leaf.log)
+        if isinstance(node, dict):
+            return {key: self._materialize(value, trial) for key, value in node.items()}
+        if isinstance(node, list):
+            return [self._materialize(value, trial) for value in node]
+        return node
+
+    def _check_samples(self) -> None:
+        """Every option and both ends of every range must give a valid architecture (the rest of
+        the space at its first option / low end): a bad option is found now, not in trial 137."""
+        problems: list[str] = []
+        for parsed in self.nodes.values():
+            values = parsed.labels if isinstance(parsed.leaf, ChoiceLeaf) else list(parsed.leaf.bounds)
+            for value in {repr(v): v for v in values}.values():
+                sweep = _SweepTrial({parsed.name: value})
+                try:
+                    ArchConfig.model_validate(self._materialize(self.tree, sweep))
+                except ValidationError as err:
+                    for problem in format_validation_error(err):
+                        problems.append(
+                            f"{self._where(parsed.yaml_path)}with {parsed.name} = {value}: {problem}"
+                        )
+        if problems:
+            raise ConfigError(sorted(set(problems)), self.source)
+
+    # -------------------------------------------------------------------------- description
+    def dimensions(self) -> list[Dimension]:
+        out: dict[str, Dimension] = {}
+        for parsed in self.nodes.values():
+            leaf = parsed.leaf
+            if parsed.name in out:
+                continue  # a shared leaf is one dimension
+            if isinstance(leaf, ChoiceLeaf):
+                kind, values = "choice", ", ".join(map(str, parsed.labels))
+            else:
+                low, high = leaf.bounds
+                kind = "int" if isinstance(leaf, IntLeaf) else "float"
+                values = (
+                    f"[{low}, {high}]"
+                    + (" log" if leaf.log else "")
+                    + (f" step {leaf.step}" if leaf.step else "")
+                )
+            out[parsed.name] = Dimension(parsed.name, kind, values, parsed.condition, _leaf_size(leaf))
+        return list(out.values())
+
+    def size(self) -> float:
+        """The number of distinct architectures (shared leaves counted once; ``inf`` with a
+        continuous range)."""
+        return self._count(self.tree, set())
+
+    def _count(self, node: Any, seen: set[str]) -> float:
+        if _is_leaf(node):
+            parsed = self.nodes[id(node)]
+            if parsed.name in seen:
+                return 1
+            seen.add(parsed.name)
+            if isinstance(parsed.leaf, ChoiceLeaf):
+                # options are alternatives; names inside one option do not constrain the others
+                return sum(self._count(option, set(seen)) for option in parsed.leaf.choice)
+            return _leaf_size(parsed.leaf)
+        if isinstance(node, dict):
+            return math.prod(self._count(v, seen) for v in node.values())
+        if isinstance(node, list):
+            return math.prod(self._count(v, seen) for v in node)
+        return 1
+
+
+def _leaf_keys(model: type[_Leaf]) -> list[str]:
+    return [field.alias or name for name, field in model.model_fields.items()]
+
+
+def _leaf_size(leaf: Leaf) -> float:
+    if isinstance(leaf, ChoiceLeaf):
+        return len(leaf.choice)
+    low, high = leaf.bounds
+    if isinstance(leaf, IntLeaf):
+        return len(range(low, high + 1, leaf.step))
+    return math.inf if leaf.step is None else math.floor((high - low) / leaf.step + 1e-9) + 1
+
+
+class _SweepTrial:
+    """A stand-in trial: the given values, otherwise every choice's first option and every
+    range's low end."""
+
+    def __init__(self, fixed: dict[str, Any]) -> None:
+        self.fixed = fixed
+        self.params: dict[str, Any] = {}
+
+    def _take(self, name: str, default: Any) -> Any:
+        value = self.fixed.get(name, self.params.get(name, default))
+        self.params[name] = value
+        return value
+
+    def suggest_categorical(self, name: str, choices: list[Any]) -> Any:
+        value = self._take(name, choices[0])
+        return value if value in choices else choices[0]
+
+    def suggest_int(self, name: str, low: int, high: int, step: int = 1, log: bool = False) -> int:
+        return self._take(name, low)
+
+    def suggest_float(
+        self, name: str, low: float, high: float, *, step: float | None = None, log: bool = False
+    ) -> float:
+        return self._take(name, low)
+
+
+def _display(path: tuple) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "<top level>"
+
+
+def iter_samples(space: SearchSpace, n: int, seed: int = 0) -> Iterator[ArchConfig]:
+    """``n`` random architectures (Optuna's random sampler, seeded)."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    for _ in range(n):
+        yield space.sample(study.ask())
