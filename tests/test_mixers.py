@@ -27,6 +27,9 @@ def test_every_mixer_forward_backward(kind: str, resolution: int) -> None:
     cfg = tiny_config(_mixer_pattern(kind), stage=stage)
     model = build_model(cfg)
     x = torch.randn(2, 3, resolution, resolution)
+    with torch.inference_mode():  # anything cached here must still work for training below
+        model.eval()(x)
+    model.train()
     pyramid = model.forward_features(x)
     assert [tuple(f.shape) for f in pyramid] == [
         (2, w, -(-resolution // s), -(-resolution // s))

@@ -152,3 +152,15 @@ def test_summary_reports_params_and_shapes() -> None:
     assert summary.params == sum(summary.params_per_part.values())
     assert summary.stages[0] == {"channels": 16, "height": 16, "width": 16}
     assert summary.stages[-1] == {"channels": 64, "height": 2, "width": 2}
+
+
+@pytest.mark.parametrize("pattern", ["swin", "twins"])
+def test_training_after_inference_mode(pattern: str) -> None:
+    """Masks and indices cached during an inference_mode pass must still serve training."""
+    cfg = tiny_config(PATTERNS[pattern], pos_embed="sinusoidal")
+    model = build_model(cfg)
+    x = torch.randn(2, 3, 40, 40)
+    with torch.inference_mode():
+        model.eval()(x)
+    model.train()(x).mean().backward()
+    assert all(p.grad is not None for p in model.parameters())

@@ -12,6 +12,7 @@ from rich.table import Table
 from hvtnas.cli._common import console, user_errors
 from hvtnas.costs import CostCache, Costs, CostSettings, LatencySettings, Resolution, measure_costs
 from hvtnas.errors import HvtnasError
+from hvtnas.models import build_model
 from hvtnas.summary import summarize
 
 
@@ -83,7 +84,8 @@ def build_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print exactly one JSON object on stdout.")] = False,
 ) -> None:
     """Build a model and print its pyramid's shapes, parameters and FLOPs (and memory, latency on request)."""
-    summary = summarize(model, resolution=resolution)
+    built = build_model(model)
+    summary = summarize(built, resolution=resolution)
     latency_settings = None
     if latency:
         try:
@@ -107,7 +109,7 @@ def build_command(
         memory=memory,
         latency=latency_settings,
     )
-    costs = measure_costs(model, settings, cache=CostCache() if use_cache else None)
+    costs = measure_costs(built, settings, cache=CostCache() if use_cache else None)
     if as_json:
         print(json.dumps(report(costs, summary.to_dict())))
         return

@@ -13,6 +13,7 @@ from hvtnas.costs.flops import count_flops
 from hvtnas.costs.latency import LatencyResult, LatencySettings, device_name, measure_latency
 from hvtnas.costs.memory import measure_memory
 from hvtnas.models.build import ModelSpec, build_model, resolve_config
+from hvtnas.models.metaformer import MetaFormer
 from hvtnas.summary import count_params, params_per_part
 
 
@@ -83,14 +84,16 @@ class Costs(BaseModel):
 
 
 def measure_costs(
-    spec: ModelSpec, settings: CostSettings | None = None, cache: CostCache | None = None
+    spec: ModelSpec | MetaFormer, settings: CostSettings | None = None, cache: CostCache | None = None
 ) -> Costs:
-    """Measure (or read from ``cache``) the costs of a zoo name, config file or ``ArchConfig``."""
+    """Measure (or read from ``cache``) the costs of a zoo name, config file, ``ArchConfig`` or a
+    model built by ``build_model`` (which is then not built again)."""
     settings = settings or CostSettings()
-    cfg = resolve_config(spec)
+    prebuilt = spec if isinstance(spec, MetaFormer) else None
+    cfg = prebuilt.arch_config if prebuilt is not None else resolve_config(spec)
     resolution = settings.resolution or Resolution(height=cfg.input.resolution, width=cfg.input.resolution)
     channels = cfg.input.channels
-    model = None
+    model = prebuilt
     hits = 0
 
     def get_model():  # built only when something is not cached

@@ -147,6 +147,7 @@ class SinusoidalPosEmbed(nn.Module):
         self.temperature = temperature
         self._cache: dict[tuple, Tensor] = {}
 
+    @torch.inference_mode(False)  # cached for later training steps: must not be an inference tensor
     def embedding(self, H: int, W: int, device: torch.device, dtype: torch.dtype) -> Tensor:
         key = (H, W, device, dtype)
         if key not in self._cache:

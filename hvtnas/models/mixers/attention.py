@@ -100,15 +100,18 @@ class WindowAttention(TokenMixer):
     def _relative_index(self, wh: int, ww: int, device: torch.device) -> Tensor:
         key = (wh, ww, device)
         if key not in self._index_cache:
-            coords = torch.stack(torch.meshgrid(torch.arange(wh), torch.arange(ww), indexing="ij")).flatten(
-                1
-            )  # (2, N)
-            rel = coords[:, :, None] - coords[:, None, :]  # (2, N, N) offsets in [-(w-1), w-1]
-            side = 2 * self.window_size - 1
-            index = (rel[0] + self.window_size - 1) * side + (rel[1] + self.window_size - 1)
-            self._index_cache[key] = index.to(device)
+            self._index_cache[key] = self._build_relative_index(wh, ww).to(device)
         return self._index_cache[key]
 
+    @torch.inference_mode(False)  # cached for later training steps: must not be an inference tensor
+    def _build_relative_index(self, wh: int, ww: int) -> Tensor:
+        grid = torch.meshgrid(torch.arange(wh), torch.arange(ww), indexing="ij")
+        coords = torch.stack(grid).flatten(1)  # (2, N)
+        rel = coords[:, :, None] - coords[:, None, :]  # (2, N, N) offsets in [-(w-1), w-1]
+        side = 2 * self.window_size - 1
+        return (rel[0] + self.window_size - 1) * side + (rel[1] + self.window_size - 1)
+
+    @torch.inference_mode(False)  # cached for later training steps: must not be an inference tensor
     def blocked_mask(self, H: int, W: int, device: torch.device | None = None) -> Tensor | None:
         """Boolean ``(num_windows, N, N)``, True where attention is forbidden; None if nothing is.
 
