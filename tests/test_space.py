@@ -6,6 +6,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import torch
 import yaml
 from typer.testing import CliRunner
 
@@ -130,3 +131,14 @@ def test_cli_show_and_sample(tmp_path: Path) -> None:
         assert build_model(file).forward_features  # each sample builds again from its file
     bad = runner.invoke(app, ["space", "show", str(tmp_path / "missing.yaml")])
     assert bad.exit_code == 2 and "no such file" in bad.output and "Traceback" not in bad.output
+
+
+@pytest.mark.parametrize(
+    "path", sorted(Path(__file__).parent.parent.joinpath("search_spaces").glob("*.yaml"))
+)
+def test_shipped_spaces_parse_and_their_samples_build(path: Path) -> None:
+    space = SearchSpace.from_yaml(path)
+    assert space.size() > 1
+    for cfg in iter_samples(space, 3, seed=0):
+        model = build_model(cfg)
+        assert model(torch.zeros(1, cfg.input.channels, 32, 32)).shape == (1, cfg.input.num_classes)
