@@ -1,0 +1,1 @@
+"""Datasets, the proxy trainer, zero-cost proxies and checkpoints."""
