@@ -55,7 +55,11 @@ LATE_MIXERS = [
 ]
 DEPTHS = [[1, 1, 1, 1], [1, 1, 2, 1], [2, 2, 2, 2], [1, 2, 3, 1], [2, 2, 4, 2]]
 BASE_WIDTHS = [8, 16, 24, 32]
-STEMS = [{"kind": "patch", "norm": "layernorm"}, {"kind": "overlap", "norm": "layernorm"}, {"kind": "conv", "norm": "batchnorm"}]
+STEMS = [
+    {"kind": "patch", "norm": "layernorm"},
+    {"kind": "overlap", "norm": "layernorm"},
+    {"kind": "conv", "norm": "batchnorm"},
+]
 POS_EMBEDS = ["none", "absolute", "peg"]
 
 
@@ -98,7 +102,8 @@ def describe(cfg: dict[str, Any]) -> str:
     s = cfg["stages"]
     depths = "-".join(str(st["depth"]) for st in s)
     pe = cfg["pos_embed"]
-    return f"{name(s[0]['mixers'][0])}/{name(s[2]['mixers'][0])} d{depths} w{s[0]['width']} {cfg['stem']['kind']} {pe}"
+    mixers = f"{name(s[0]['mixers'][0])}/{name(s[2]['mixers'][0])}"
+    return f"{mixers} d{depths} w{s[0]['width']} {cfg['stem']['kind']} {pe}"
 
 
 def correlations(a: list[float], b: list[float]) -> dict[str, float | None]:
@@ -123,8 +128,10 @@ def main() -> None:
     parser.add_argument("--long-epochs", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--zc-batch", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: best on a shared CPU)")
     parser.add_argument("--out", default="proxy_studies")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
 
     if ANIMAL_MNIST.is_file():
         base = DataConfig(name="npz", path=ANIMAL_MNIST, resolution=args.resolution, channels=1)
@@ -135,7 +142,9 @@ def main() -> None:
     long_data = load_dataset(base)
     proxy_data = load_dataset(base.model_copy(update={"fraction": args.proxy_fraction}))
     no_flip = {"hflip": False}
-    proxy_cfg = TrainConfig(epochs=args.proxy_epochs, batch_size=args.batch_size, augment=no_flip, warmup_epochs=0.5)
+    proxy_cfg = TrainConfig(
+        epochs=args.proxy_epochs, batch_size=args.batch_size, augment=no_flip, warmup_epochs=0.5
+    )
     long_cfg = TrainConfig(epochs=args.long_epochs, batch_size=args.batch_size, augment=no_flip)
     zc_x, zc_y = long_data.sample_batch(args.zc_batch, seed=args.seed)
 
@@ -164,7 +173,8 @@ def main() -> None:
         }
         rows.append(row)
         print(
-            f"{cfg['name']} {describe(cfg):48s} {proxy.params:>8,d}  proxy {proxy.val_accuracy or float('nan'):.3f}"
+            f"{cfg['name']} {describe(cfg):48s} {proxy.params:>8,d}"
+            f"  proxy {proxy.val_accuracy or float('nan'):.3f}"
             f" ({proxy.train_seconds:.1f}s, {proxy.status})  long {long.val_accuracy or float('nan'):.3f}"
             f" ({long.train_seconds:.1f}s, {long.status})  zc {zc_seconds:.1f}s",
             flush=True,
@@ -187,7 +197,7 @@ def main() -> None:
             "proxy_train_images": proxy_data.num_train,
             "val_images": long_data.num_val,
         },
-        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} thread(s), torch {torch.__version__}",
         "total_seconds": total,
         "ranking": correlations(proxy_acc, long_acc),
         "zero_cost": {
@@ -214,12 +224,14 @@ def to_markdown(s: dict[str, Any]) -> str:
     lines = [
         f"# Proxy-ranking and zero-cost-proxy study ({s['dataset']})",
         "",
-        f"{len(s['rows'])} architectures from `benchmarks/proxy_studies.py`'s tiny family (seed {st['seed']}), "
-        f"{st['resolution']}x{st['resolution']} gray input, batch {st['batch_size']}, AdamW + warm-up + cosine, "
+        f"{len(s['rows'])} architectures from `benchmarks/proxy_studies.py`'s tiny family "
+        f"(seed {st['seed']}), {st['resolution']}x{st['resolution']} gray input, batch {st['batch_size']}, "
+        "AdamW + warm-up + cosine, "
         "label smoothing 0.1, random crop (no flip).",
         f"Proxy: {st['proxy_epochs']} epochs on {st['proxy_train_images']} training images (fraction "
-        f"{st['proxy_fraction']}); long: {st['long_epochs']} epochs on {st['train_images']}; accuracy on the same "
-        f"{st['val_images']} held-out validation images. Zero-cost proxies on one batch of {st['zc_batch']} "
+        f"{st['proxy_fraction']}); long: {st['long_epochs']} epochs on {st['train_images']}; accuracy on "
+        f"the same {st['val_images']} held-out validation images. Zero-cost proxies on one batch of "
+        f"{st['zc_batch']} "
         "training images, untrained weights.",
         f"Machine: {s['machine']}; total {s['total_seconds'] / 60:.1f} min (shared, nice'd CPU).",
         "",
@@ -230,7 +242,8 @@ def to_markdown(s: dict[str, Any]) -> str:
         "",
         "## Zero-cost proxies",
         "",
-        "| proxy | Kendall vs proxy acc | Spearman vs proxy acc | Kendall vs long acc | Spearman vs long acc |",
+        "| proxy | Kendall vs proxy acc | Spearman vs proxy acc | Kendall vs long acc "
+        "| Spearman vs long acc |",
         "|---|---:|---:|---:|---:|",
     ]
     for name, c in s["zero_cost"].items():
@@ -243,14 +256,16 @@ def to_markdown(s: dict[str, Any]) -> str:
         "",
         "## Architectures",
         "",
-        "| name | early/late mixer, depths, base width, stem, pos-embed | params | proxy acc | proxy s | long acc | long s |",
+        "| name | early/late mixer, depths, base width, stem, pos-embed | params | proxy acc | proxy s "
+        "| long acc | long s |",
         "|---|---|---:|---:|---:|---:|---:|",
     ]
     for r in s["rows"]:
         pa, la = r["proxy"]["val_accuracy"], r["long"]["val_accuracy"]
         lines.append(
             f"| {r['name']} | {r['arch']} | {r['params']:,} | {pa if pa is None else f'{pa:.3f}'} | "
-            f"{r['proxy']['train_seconds']:.1f} | {la if la is None else f'{la:.3f}'} | {r['long']['train_seconds']:.1f} |"
+            f"{r['proxy']['train_seconds']:.1f} | {la if la is None else f'{la:.3f}'} | "
+            f"{r['long']['train_seconds']:.1f} |"
         )
     return "\n".join(lines) + "\n"
 

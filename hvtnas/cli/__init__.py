@@ -6,6 +6,7 @@ import typer
 
 from hvtnas.cli.build import build_command
 from hvtnas.cli.mixers import mixers_command
+from hvtnas.cli.train import train_command
 from hvtnas.cli.zoo import zoo_command
 
 app = typer.Typer(
@@ -18,6 +19,7 @@ app = typer.Typer(
 app.command("zoo")(zoo_command)
 app.command("build")(build_command)
 app.command("mixers")(mixers_command)
+app.command("train")(train_command)
 
 
 def main() -> None:

@@ -20,7 +20,7 @@ import urllib.request
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -149,8 +149,7 @@ class ImageData:
         key = str(device)
         if key not in self._device_cache:
             self._device_cache[key] = tuple(
-                t.to(device)
-                for t in (self.train_images, self.train_labels, self.val_images, self.val_labels)
+                t.to(device) for t in (self.train_images, self.train_labels, self.val_images, self.val_labels)
             )
         return self._device_cache[key]  # type: ignore[return-value]
 
@@ -172,7 +171,9 @@ def load_dataset(cfg: DataConfig) -> ImageData:
 
 
 # --------------------------------------------------------------------------- in-memory sources
-def _split_in_memory(cfg: DataConfig, images: np.ndarray, labels: np.ndarray, classes: list[str]) -> ImageData:
+def _split_in_memory(
+    cfg: DataConfig, images: np.ndarray, labels: np.ndarray, classes: list[str]
+) -> ImageData:
     """images: (N, H, W, C) uint8; labels: (N,) ints in [0, num_classes)."""
     n = len(labels)
     train_idx, val_idx = split_indices(n, cfg.val_fraction, cfg.split_seed, cfg.fraction)
@@ -269,7 +270,8 @@ def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
             if missing:
                 raise DatasetError(
                     f"{path}: missing array(s) {', '.join(sorted(missing))}; an npz dataset holds "
-                    f"'images' [N,H,W] or [N,H,W,C] and 'labels' [N] (found: {', '.join(sorted(keys)) or 'none'})"
+                    "'images' [N,H,W] or [N,H,W,C] and 'labels' [N] "
+                    f"(found: {', '.join(sorted(keys)) or 'none'})"
                 )
             images, labels = archive["images"], archive["labels"]
             names = [str(c) for c in archive["classes"]] if "classes" in keys else None
@@ -287,7 +289,9 @@ def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
     images = _to_uint8(images, str(path))
     num_classes = int(labels.max()) + 1
     if names is not None and len(names) < num_classes:
-        raise DatasetError(f"{path}: 'classes' names {len(names)} classes but labels go up to {num_classes - 1}")
+        raise DatasetError(
+            f"{path}: 'classes' names {len(names)} classes but labels go up to {num_classes - 1}"
+        )
     return images, labels, names or [str(i) for i in range(num_classes)]
 
 
@@ -346,9 +350,7 @@ def _read_cifar(cfg: DataConfig) -> tuple[np.ndarray, np.ndarray, list[str]]:
     if not path.exists():
         hint = " (set download: true to fetch it)" if not cfg.download else ""
         raise DatasetError(f"{path}: no such CIFAR archive or folder{hint}")
-    train_members = (
-        [f"data_batch_{i}" for i in range(1, 6)] if cfg.name == "cifar10" else ["train"]
-    )
+    train_members = [f"data_batch_{i}" for i in range(1, 6)] if cfg.name == "cifar10" else ["train"]
     meta_member = "batches.meta" if cfg.name == "cifar10" else "meta"
     label_key = b"labels" if cfg.name == "cifar10" else b"fine_labels"
     names_key = b"label_names" if cfg.name == "cifar10" else b"fine_label_names"
@@ -390,7 +392,9 @@ def _cifar_members(path: Path, names: list[str]) -> dict[str, bytes]:
         raise DatasetError(f"{path}: corrupt or unreadable CIFAR archive ({err})") from None
     missing = [n for n in names if n not in found]
     if missing:
-        raise DatasetError(f"{path}: the archive lacks {', '.join(missing)}; is it the python version of CIFAR?")
+        raise DatasetError(
+            f"{path}: the archive lacks {', '.join(missing)}; is it the python version of CIFAR?"
+        )
     return found
 
 
@@ -398,7 +402,7 @@ class _PlainUnpickler(pickle.Unpickler):
     """CIFAR batches are dicts of bytes, lists and numpy arrays: refuse anything else, so a
     tampered archive cannot run code."""
 
-    _ALLOWED = {
+    _ALLOWED: ClassVar[set[tuple[str, str]]] = {
         ("numpy.core.multiarray", "_reconstruct"),
         ("numpy._core.multiarray", "_reconstruct"),
         ("numpy", "ndarray"),

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -110,7 +111,9 @@ def count_flops(model: nn.Module, x: Tensor) -> float:
 
     analysis = FlopCountAnalysis(copy.deepcopy(model).eval(), (x[:1],))
     analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
-    return float(analysis.total())
+    with warnings.catch_warnings():  # fvcore's tracer uses APIs torch has deprecated
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return float(analysis.total())
 
 
 def flops(model: nn.Module, x: Tensor, y: Tensor) -> float:

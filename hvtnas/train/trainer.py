@@ -127,7 +127,7 @@ EpochCallback = Callable[[EpochReport], "bool | str | None"]
 CheckpointCallback = Callable[[dict[str, Any]], None]
 
 
-class TrainingDiverged(Exception):
+class TrainingDivergedError(Exception):
     """Internal: the loss became NaN or infinite."""
 
 
@@ -185,7 +185,7 @@ def train_model(
     failure: str | None = None
     try:
         _train(model, data, cfg, device, result, on_epoch, progress, resume_state, on_checkpoint)
-    except TrainingDiverged as err:
+    except TrainingDivergedError as err:
         failure = str(err)
     except torch.OutOfMemoryError as err:
         failure = f"out of memory: {_first_line(err)}"
@@ -293,7 +293,7 @@ def _train(
                 if (i + 1) % check_every == 0 or i + 1 == steps_per_epoch:
                     mean_loss = loss_sum.item() / (i + 1)  # one sync per check
                     if not math.isfinite(mean_loss):
-                        raise TrainingDiverged(
+                        raise TrainingDivergedError(
                             f"loss became {mean_loss} at epoch {epoch + 1}, step {i + 1} (lr {lr:.3g})"
                         )
                     bar.update(epoch, i + 1, mean_loss, seen * world / (time.perf_counter() - epoch_start))
@@ -329,7 +329,9 @@ def _train(
                 verdict = on_epoch(report)
                 if verdict:
                     result.status = "stopped"
-                    result.reason = verdict if isinstance(verdict, str) else f"stopped after epoch {epoch + 1}"
+                    result.reason = (
+                        verdict if isinstance(verdict, str) else f"stopped after epoch {epoch + 1}"
+                    )
                     return
 
 
@@ -353,7 +355,12 @@ def _make_optimizer(model: nn.Module, cfg: TrainConfig, cuda: bool) -> torch.opt
 
 
 def _training_state(
-    model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int, step: int, result: TrialResult, device: torch.device
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    epoch: int,
+    step: int,
+    result: TrialResult,
+    device: torch.device,
 ) -> dict[str, Any]:
     """Everything needed to resume: tensors, numbers, strings and lists only (weights_only loads)."""
     state: dict[str, Any] = {
