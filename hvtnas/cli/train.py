@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from hvtnas.cli._common import console, err_console, user_errors
 from hvtnas.train.data import DatasetName
-from hvtnas.train.run import default_output_dir, read_run_config, run_training
+from hvtnas.train.run import default_output_dir, prefixed_validation_errors, read_run_config, run_training
 
 
 @user_errors
@@ -57,12 +57,18 @@ def train_command(
     train_updates = {
         k: v for k, v in {"epochs": epochs, "batch_size": batch_size, "device": device}.items() if v
     }
-    try:  # validate the overrides as the config would be
+    problems: list[str] = []
+    # validate the overrides as the config would be, naming the section they land in
+    try:
         data_cfg = DataConfig.model_validate({**run.data.model_dump(), **data_updates})
+    except ValidationError as err:
+        problems += prefixed_validation_errors(err, prefix="data")
+    try:
         train_cfg = TrainConfig.model_validate({**run.train.model_dump(), **train_updates})
     except ValidationError as err:
-        problems = [f"{'.'.join(str(p) for p in e['loc']) or 'data'}: {e['msg']}" for e in err.errors()]
-        raise RunConfigError(problems, f"{config} (with command-line options)") from None
+        problems += prefixed_validation_errors(err, prefix="train")
+    if problems:
+        raise RunConfigError(problems, f"{config} (with the command-line options)")
     run = run.model_copy(update={"data": data_cfg, "train": train_cfg})
     output_dir = out or run.output_dir or default_output_dir(arch)
     show_bar = sys.stderr.isatty() if progress is None else progress

@@ -327,7 +327,7 @@ def _to_uint8(images: np.ndarray, where: str) -> np.ndarray:
 
 def _existing(path: Path | None, what: str) -> Path:
     if path is None or not path.exists():
-        raise DatasetError(f"{path}: no such {what}")
+        raise DatasetError(f"data.path: {path}: no such {what}")
     return path
 
 

@@ -71,11 +71,18 @@ def read_run_config(path: str | Path) -> tuple[TrainRunConfig, ArchConfig]:
         raise RunConfigError(format_validation_error(err, str(path), lines), str(path)) from None
     base = path.parent
     if isinstance(run.arch, dict):
-        arch = ArchConfig.from_dict(run.arch, source=f"{path} (arch)", lines=None)
+        arch_lines = {k[1:]: v for k, v in lines.items() if k[:1] == ("arch",)}
+        arch = ArchConfig.from_dict(run.arch, source=str(path), lines=arch_lines)
     else:
         candidate = base / run.arch
         if Path(run.arch).suffix in (".yaml", ".yml") or candidate.is_file():
-            arch = ArchConfig.from_yaml(candidate if candidate.is_file() else run.arch)
+            if not candidate.is_file():
+                line = lines.get(("arch",))
+                where = f"{path}:{line}" if line else str(path)
+                raise RunConfigError(
+                    [f"{where}: arch: {candidate}: no such file (relative to the config's folder)"]
+                )
+            arch = ArchConfig.from_yaml(candidate)
         else:
             from hvtnas.models import resolve_config
 
@@ -86,6 +93,11 @@ def read_run_config(path: str | Path) -> tuple[TrainRunConfig, ArchConfig]:
     if run.output_dir is not None and not run.output_dir.is_absolute():
         updates["output_dir"] = base / run.output_dir
     return run.model_copy(update=updates), arch
+
+
+def prefixed_validation_errors(err: ValidationError, prefix: str) -> list[str]:
+    """pydantic errors as ``prefix.field: message (got value)`` lines (for command-line overrides)."""
+    return [f"{prefix}.{line}" for line in format_validation_error(err)]
 
 
 def default_output_dir(arch: ArchConfig) -> Path:
