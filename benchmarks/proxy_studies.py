@@ -3,19 +3,21 @@
 For every architecture of a small family of tiny MetaFormers (below) this script
 
 1. scores the untrained network with every zero-cost proxy (one batch of training images),
-2. trains a low-fidelity proxy (few epochs, lower data fraction),
+2. trains low-fidelity proxies (few epochs, optionally a fraction of the training data; each is a
+   separate run with its own warm-up + cosine schedule, as a search trial would be),
 3. trains the same architecture longer (more epochs, all training data),
 
-and reports Kendall tau (proxy accuracy vs long-training accuracy: the proxy-ranking study) and
-Spearman rho / Kendall tau of every zero-cost proxy against both accuracies (the zero-cost study).
+and reports Kendall tau between each proxy's accuracy and the long training's (the proxy-ranking
+study; also for the long run's own early epochs, which is what early stopping sees) and Spearman
+rho / Kendall tau of every zero-cost proxy against both accuracies (the zero-cost study).
 
 Architectures: the search spaces of issue 6 do not exist yet, so they are sampled here from a
 documented family of tiny configs (``sample_family``); switch to ``search_spaces/quickstart.yaml``
 once it exists. Data: ``../shared/data/animal_mnist.npz`` (10 animal classes, 28x28 gray) when
 present, else scikit-learn's digits.
 
-    nice -n 10 python benchmarks/proxy_studies.py            # ~10-15 min on 2 CPU cores
-    nice -n 10 python benchmarks/proxy_studies.py --archs 4 --long-epochs 2   # a smoke run
+    nice -n 10 python benchmarks/proxy_studies.py            # ~10-15 min on 2 shared CPU cores
+    nice -n 10 python benchmarks/proxy_studies.py --archs 4 --long-epochs 2 --out smoke
 """
 
 from __future__ import annotations
@@ -118,13 +120,23 @@ def correlations(a: list[float], b: list[float]) -> dict[str, float | None]:
     }
 
 
+def parse_proxies(text: str) -> list[tuple[int, float]]:
+    """``"2x0.5,3x1"`` -> [(2 epochs, fraction 0.5), (3 epochs, fraction 1.0)]."""
+    out = []
+    for part in text.split(","):
+        epochs, fraction = part.split("x")
+        out.append((int(epochs), float(fraction)))
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--archs", type=int, default=14)
+    parser.add_argument("--archs", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--resolution", type=int, default=16)
-    parser.add_argument("--proxy-epochs", type=int, default=2)
-    parser.add_argument("--proxy-fraction", type=float, default=0.5)
+    parser.add_argument(
+        "--proxies", default="2x0.5,3x1,5x1", help="proxy fidelities: EPOCHSxDATA_FRACTION, comma-separated"
+    )
     parser.add_argument("--long-epochs", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--zc-batch", type=int, default=64)
@@ -132,6 +144,7 @@ def main() -> None:
     parser.add_argument("--out", default="proxy_studies")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    fidelities = parse_proxies(args.proxies)
 
     if ANIMAL_MNIST.is_file():
         base = DataConfig(name="npz", path=ANIMAL_MNIST, resolution=args.resolution, channels=1)
@@ -140,11 +153,12 @@ def main() -> None:
         base = DataConfig(name="digits", resolution=args.resolution, channels=1)
         dataset = "digits"
     long_data = load_dataset(base)
-    proxy_data = load_dataset(base.model_copy(update={"fraction": args.proxy_fraction}))
+    proxy_data = {f: load_dataset(base.model_copy(update={"fraction": f})) for _, f in fidelities}
     no_flip = {"hflip": False}
-    proxy_cfg = TrainConfig(
-        epochs=args.proxy_epochs, batch_size=args.batch_size, augment=no_flip, warmup_epochs=0.5
-    )
+    proxy_cfgs = {
+        (e, f): TrainConfig(epochs=e, batch_size=args.batch_size, augment=no_flip, warmup_epochs=0.5)
+        for e, f in fidelities
+    }
     long_cfg = TrainConfig(epochs=args.long_epochs, batch_size=args.batch_size, augment=no_flip)
     zc_x, zc_y = long_data.sample_batch(args.zc_batch, seed=args.seed)
 
@@ -157,52 +171,62 @@ def main() -> None:
         t = time.perf_counter()
         zc = score_model(model, zc_x, zc_y, seed=args.seed)
         zc_seconds = time.perf_counter() - t
-        torch.manual_seed(args.seed)
-        proxy = train_model(build_model(arch), proxy_data, proxy_cfg)
+        proxies = {}
+        for (e, f), pcfg in proxy_cfgs.items():
+            torch.manual_seed(args.seed)
+            proxies[f"{e}x{f:g}"] = train_model(build_model(arch), proxy_data[f], pcfg).to_dict()
         torch.manual_seed(args.seed)
         long = train_model(build_model(arch), long_data, long_cfg)
-        row = {
-            "name": cfg["name"],
-            "arch": describe(cfg),
-            "config": cfg,
-            "params": proxy.params,
-            "zero_cost": zc,
-            "zero_cost_seconds": zc_seconds,
-            "proxy": proxy.to_dict(),
-            "long": long.to_dict(),
-        }
-        rows.append(row)
+        rows.append(
+            {
+                "name": cfg["name"],
+                "arch": describe(cfg),
+                "config": cfg,
+                "params": long.params,
+                "zero_cost": zc,
+                "zero_cost_seconds": zc_seconds,
+                "proxies": proxies,
+                "long": long.to_dict(),
+            }
+        )
+        shown = "  ".join(f"{k} {_acc(v):.3f} ({v['train_seconds']:.1f}s)" for k, v in proxies.items())
         print(
-            f"{cfg['name']} {describe(cfg):48s} {proxy.params:>8,d}"
-            f"  proxy {proxy.val_accuracy or float('nan'):.3f}"
-            f" ({proxy.train_seconds:.1f}s, {proxy.status})  long {long.val_accuracy or float('nan'):.3f}"
-            f" ({long.train_seconds:.1f}s, {long.status})  zc {zc_seconds:.1f}s",
+            f"{cfg['name']} {describe(cfg):52s} {long.params:>8,d}  {shown}"
+            f"  long {_acc(long.to_dict()):.3f} ({long.train_seconds:.1f}s)  zc {zc_seconds:.1f}s",
             flush=True,
         )
     total = time.perf_counter() - study_start
 
-    def acc(row: dict, which: str) -> float:
-        value = row[which]["val_accuracy"]
-        return float("nan") if value is None or row[which]["status"] == "failed" else value
-
-    proxy_acc = [acc(r, "proxy") for r in rows]
-    long_acc = [acc(r, "long") for r in rows]
+    long_acc = [_acc(r["long"]) for r in rows]
+    first = next(iter(rows[0]["proxies"]))
+    ranking = {k: correlations([_acc(r["proxies"][k]) for r in rows], long_acc) for k in rows[0]["proxies"]}
+    early_epochs = {
+        f"long run, epoch {k}": correlations([_acc_at(r["long"], k) for r in rows], long_acc)
+        for k in (1, 2, 3, args.long_epochs // 2)
+        if k < args.long_epochs
+    }
     summary = {
         "dataset": dataset,
         "settings": {
             **vars(args),
-            "proxy_train": proxy_cfg.model_dump(),
+            "proxy_train": {
+                k: v.model_dump() for k, v in zip(rows[0]["proxies"], proxy_cfgs.values(), strict=True)
+            },
             "long_train": long_cfg.model_dump(),
             "train_images": long_data.num_train,
-            "proxy_train_images": proxy_data.num_train,
+            "proxy_train_images": {f"{f:g}": d.num_train for f, d in proxy_data.items()},
             "val_images": long_data.num_val,
         },
         "machine": f"{platform.machine()}, {torch.get_num_threads()} thread(s), torch {torch.__version__}",
         "total_seconds": total,
-        "ranking": correlations(proxy_acc, long_acc),
+        "ranking": ranking,
+        "ranking_early_epochs_of_long_run": early_epochs,
+        "zero_cost_reference_proxy": first,
         "zero_cost": {
             name: {
-                "vs_proxy": correlations([r["zero_cost"][name] for r in rows], proxy_acc),
+                "vs_proxy": correlations(
+                    [r["zero_cost"][name] for r in rows], [_acc(r["proxies"][first]) for r in rows]
+                ),
                 "vs_long": correlations([r["zero_cost"][name] for r in rows], long_acc),
             }
             for name in ZERO_COST_PROXIES
@@ -213,6 +237,16 @@ def main() -> None:
     (RESULTS / f"{args.out}.json").write_text(json.dumps(summary, indent=1))
     (RESULTS / f"{args.out}.md").write_text(to_markdown(summary))
     print(to_markdown(summary))
+
+
+def _acc(result: dict) -> float:
+    value = result["val_accuracy"]
+    return float("nan") if value is None or result["status"] == "failed" else value
+
+
+def _acc_at(result: dict, epoch: int) -> float:
+    epochs = result["epochs"]
+    return epochs[epoch - 1]["val_accuracy"] if len(epochs) >= epoch else float("nan")
 
 
 def _fmt(v: float | None) -> str:
@@ -226,24 +260,26 @@ def to_markdown(s: dict[str, Any]) -> str:
         "",
         f"{len(s['rows'])} architectures from `benchmarks/proxy_studies.py`'s tiny family "
         f"(seed {st['seed']}), {st['resolution']}x{st['resolution']} gray input, batch {st['batch_size']}, "
-        "AdamW + warm-up + cosine, "
-        "label smoothing 0.1, random crop (no flip).",
-        f"Proxy: {st['proxy_epochs']} epochs on {st['proxy_train_images']} training images (fraction "
-        f"{st['proxy_fraction']}); long: {st['long_epochs']} epochs on {st['train_images']}; accuracy on "
-        f"the same {st['val_images']} held-out validation images. Zero-cost proxies on one batch of "
-        f"{st['zc_batch']} "
+        "AdamW (lr 2e-3, wd 0.05) + warm-up + cosine, label smoothing 0.1, random crop (no flip).",
+        f"Long training: {st['long_epochs']} epochs on {st['train_images']} training images. Proxies "
+        "(EPOCHSxDATA_FRACTION): separate short runs with their own schedules. Every accuracy is on the same "
+        f"{st['val_images']} held-out validation images. Zero-cost proxies: one batch of {st['zc_batch']} "
         "training images, untrained weights.",
         f"Machine: {s['machine']}; total {s['total_seconds'] / 60:.1f} min (shared, nice'd CPU).",
         "",
-        "## Proxy ranking",
+        "## Proxy ranking: Kendall tau with the long training's final accuracy",
         "",
-        f"Kendall tau (proxy accuracy vs long-training accuracy): **{_fmt(s['ranking']['kendall_tau'])}** "
-        f"(Spearman {_fmt(s['ranking']['spearman_rho'])}, n = {s['ranking']['n']}).",
+        "| proxy | Kendall tau | Spearman rho | n |",
+        "|---|---:|---:|---:|",
+    ]
+    for name, c in {**s["ranking"], **s["ranking_early_epochs_of_long_run"]}.items():
+        lines.append(f"| {name} | **{_fmt(c['kendall_tau'])}** | {_fmt(c['spearman_rho'])} | {c['n']} |")
+    ref = s["zero_cost_reference_proxy"]
+    lines += [
         "",
         "## Zero-cost proxies",
         "",
-        "| proxy | Kendall vs proxy acc | Spearman vs proxy acc | Kendall vs long acc "
-        "| Spearman vs long acc |",
+        f"| score | Kendall vs proxy {ref} | Spearman vs proxy {ref} | Kendall vs long | Spearman vs long |",
         "|---|---:|---:|---:|---:|",
     ]
     for name, c in s["zero_cost"].items():
@@ -252,21 +288,20 @@ def to_markdown(s: dict[str, Any]) -> str:
             f"| {name} | {_fmt(p['kendall_tau'])} | {_fmt(p['spearman_rho'])} | {_fmt(lg['kendall_tau'])} | "
             f"{_fmt(lg['spearman_rho'])} |"
         )
+    keys = list(s["rows"][0]["proxies"])
     lines += [
         "",
-        "## Architectures",
+        "## Architectures (validation accuracy; seconds of training)",
         "",
-        "| name | early/late mixer, depths, base width, stem, pos-embed | params | proxy acc | proxy s "
-        "| long acc | long s |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| name | early/late mixer, depths, base width, stem, pos-embed | params | "
+        + " | ".join(f"{k}" for k in keys)
+        + " | long |",
+        "|---|---|---:|" + "---:|" * (len(keys) + 1),
     ]
     for r in s["rows"]:
-        pa, la = r["proxy"]["val_accuracy"], r["long"]["val_accuracy"]
-        lines.append(
-            f"| {r['name']} | {r['arch']} | {r['params']:,} | {pa if pa is None else f'{pa:.3f}'} | "
-            f"{r['proxy']['train_seconds']:.1f} | {la if la is None else f'{la:.3f}'} | "
-            f"{r['long']['train_seconds']:.1f} |"
-        )
+        cells = [f"{_acc(r['proxies'][k]):.3f} ({r['proxies'][k]['train_seconds']:.0f}s)" for k in keys]
+        cells.append(f"{_acc(r['long']):.3f} ({r['long']['train_seconds']:.0f}s)")
+        lines.append(f"| {r['name']} | {r['arch']} | {r['params']:,} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

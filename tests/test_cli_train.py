@@ -109,3 +109,22 @@ def test_bad_command_lines(tmp_path: Path) -> None:
     _assert_user_error(
         runner.invoke(app, ["train", str(config), "--resume"]), "not a readable hvtnas checkpoint"
     )
+
+
+def test_ddp_under_torchrun_on_cpu(tmp_path: Path) -> None:
+    """Two processes with the Gloo backend: one JSON result from rank 0, one checkpoint."""
+    pytest.importorskip("torch.distributed.run")
+    import subprocess
+    import sys
+
+    config = _run_config(tmp_path, train={"epochs": 1, "batch_size": 64, "device": "cpu"})
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    command += ["-m", "hvtnas", "train", str(config), "--json"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    assert len(lines) == 1, done.stdout
+    metrics = json.loads(lines[0])
+    # 2 ranks x 32 images per step (global batch 64) x steps of each rank's half of the data
+    assert metrics["status"] == "completed" and metrics["images_seen"] == 2 * 32 * ((1797 - 359) // 2 // 32)
+    assert load_checkpoint(tmp_path / "out" / "checkpoint.pt")["epoch"] == 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -72,9 +73,12 @@ def train_command(
     run = run.model_copy(update={"data": data_cfg, "train": train_cfg})
     output_dir = out or run.output_dir or default_output_dir(arch)
     show_bar = sys.stderr.isatty() if progress is None else progress
+    show_bar = show_bar and int(os.environ.get("RANK", "0")) == 0
     if not show_bar and not as_json:  # quiet logs: one line per epoch on stderr
         logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     result = run_training(run, arch, output_dir, resume=resume, progress=show_bar)
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 speaks for all
+        raise typer.Exit(code=1 if result.status == "failed" else 0)
     if as_json:
         print(json.dumps({**result.to_dict(), "output_dir": str(output_dir)}))
     elif result.status == "failed":

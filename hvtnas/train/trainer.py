@@ -67,6 +67,9 @@ class TrainConfig(BaseModel):
     compile: bool = False  # torch.compile the model (CUDA; pays compile time once per architecture)
     augment: AugmentConfig = AugmentConfig()
     sync_every: PositiveInt = 50  # CUDA: steps between NaN checks / progress updates
+    # CPU threads for this run (None: torch's default). On a shared or small CPU, 1 thread is often
+    # fastest for tiny models: a second OpenMP thread mostly waits for a descheduled peer.
+    threads: PositiveInt | None = None
 
 
 @dataclass
@@ -183,6 +186,9 @@ def train_model(
     result = TrialResult(status="completed", params=sum(p.numel() for p in model.parameters()))
     device = resolve_device(cfg.device)
     failure: str | None = None
+    threads = torch.get_num_threads()
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
     try:
         _train(model, data, cfg, device, result, on_epoch, progress, resume_state, on_checkpoint)
     except TrainingDivergedError as err:
@@ -193,6 +199,8 @@ def train_model(
         if not _is_oom(err):
             raise
         failure = f"out of memory: {_first_line(err)}"
+    finally:
+        torch.set_num_threads(threads)
     if failure is not None:
         # the exception (and with it the frames holding activations) is gone here: free memory
         result.status, result.reason = "failed", failure
@@ -300,6 +308,9 @@ def _train(
             if cuda:
                 torch.cuda.synchronize(device)
             train_time = time.perf_counter() - epoch_start
+            if distributed:  # report the loss over all ranks' batches, as accuracy is
+                dist.all_reduce(loss_sum)
+                loss_sum /= world
             result.images_seen += seen * world
             result.train_seconds += train_time
             val_loss, val_acc = _evaluate(train_module, batches, autocast, distributed)
@@ -511,6 +522,7 @@ class _ProgressBar:
         self.epochs, self.steps = epochs, steps_per_epoch
         self.last_acc: float | None = None
         if enabled:
+            from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
             self.progress = Progress(
@@ -519,6 +531,7 @@ class _ProgressBar:
                 MofNCompleteColumn(),
                 TextColumn("loss {task.fields[loss]}  val_acc {task.fields[acc]}  {task.fields[ips]} img/s"),
                 TimeElapsedColumn(),
+                console=Console(stderr=True),  # stdout stays for results (e.g. --json)
                 transient=False,
             )
             self.task = self.progress.add_task(
