@@ -71,6 +71,7 @@ def test_a_bare_architecture_config_trains_with_command_line_data(tmp_path: Path
     )
     assert result.exit_code == 0, result.output
     assert "completed: 1 epochs" in result.stdout and (tmp_path / "o" / "checkpoint.pt").is_file()
+    assert "epoch 1/1  loss " in result.stderr and "val_acc" in result.stderr  # quiet log, not a bar
 
 
 @pytest.mark.parametrize(
@@ -103,6 +104,7 @@ def test_bad_command_lines(tmp_path: Path) -> None:
         "does not exist (nothing to resume)",
     )
     _assert_user_error(runner.invoke(app, ["train", str(config), "--dataset", "npz"]), "needs a 'path'")
+    _assert_user_error(runner.invoke(app, ["train", str(config), "--device", "gpu"]), "unknown device 'gpu'")
     corrupt = tmp_path / "out" / "checkpoint.pt"
     corrupt.parent.mkdir()
     corrupt.write_bytes(b"not a checkpoint")

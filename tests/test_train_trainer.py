@@ -62,6 +62,12 @@ def test_the_same_seed_gives_the_same_trial(synthetic: ImageData) -> None:
     assert a.accuracy_curve == b.accuracy_curve
 
 
+def test_progress_bar_runs(synthetic: ImageData, capsys: pytest.CaptureFixture[str]) -> None:
+    result = train_proxy(small_arch(["pooling"]), synthetic, quick(epochs=2), progress=True)
+    assert result.status == "completed"
+    assert "epoch 2/2" in capsys.readouterr().err  # rich draws the bar on stderr, stdout stays clean
+
+
 def test_the_epoch_callback_stops_the_trial_with_its_reason(synthetic: ImageData) -> None:
     result = train_proxy(
         small_arch(["pooling"]), synthetic, quick(epochs=5), on_epoch=lambda r: "dominated at epoch 1"

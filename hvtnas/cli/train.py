@@ -17,6 +17,27 @@ from hvtnas.train.data import DatasetName
 from hvtnas.train.run import default_output_dir, prefixed_validation_errors, read_run_config, run_training
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time (test runners swap it)."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: object) -> None:
+        pass
+
+
+def _log_epochs_to_stderr() -> None:
+    logger = logging.getLogger("hvtnas.train")
+    logger.setLevel(logging.INFO)
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+
+
 @user_errors
 def train_command(
     config: Annotated[
@@ -75,7 +96,7 @@ def train_command(
     show_bar = sys.stderr.isatty() if progress is None else progress
     show_bar = show_bar and int(os.environ.get("RANK", "0")) == 0
     if not show_bar and not as_json:  # quiet logs: one line per epoch on stderr
-        logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+        _log_epochs_to_stderr()
     result = run_training(run, arch, output_dir, resume=resume, progress=show_bar)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 speaks for all
         raise typer.Exit(code=1 if result.status == "failed" else 0)

@@ -29,7 +29,7 @@ from hvtnas.config import ArchConfig, format_validation_error, load_yaml_with_li
 from hvtnas.errors import HvtnasError
 from hvtnas.train.checkpoint import load_checkpoint, save_checkpoint
 from hvtnas.train.data import DataConfig, load_dataset
-from hvtnas.train.trainer import TrainConfig, TrialResult, adapt_arch_to_data, train_model
+from hvtnas.train.trainer import TrainConfig, TrialResult, adapt_arch_to_data, resolve_device, train_model
 
 log = logging.getLogger("hvtnas.train")
 
@@ -110,6 +110,7 @@ def run_training(
     """Train ``arch`` as ``run`` says; checkpoint to ``output_dir`` after every epoch and write
     ``metrics.json``, ``arch.yaml`` and ``run.yaml`` there. Under ``torchrun`` with several
     processes, trains with DDP (NCCL on GPUs, Gloo on CPUs); only rank 0 writes files."""
+    resolve_device(run.train.device)  # refuse a bad device before anything is written
     distributed = _init_distributed(run.train)
     rank = dist.get_rank() if distributed else 0
     train_cfg = run.train

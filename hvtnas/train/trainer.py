@@ -215,9 +215,12 @@ def train_model(
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise HvtnasError(f"train.device: unknown device '{name}'; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise HvtnasError(f"device '{name}' requested, but CUDA is not available on this machine")
+        raise HvtnasError(f"train.device: '{name}' requested, but CUDA is not available on this machine")
     return device
 
 
