@@ -7,6 +7,7 @@ import typer
 from hvtnas.cli.build import build_command
 from hvtnas.cli.mixers import mixers_command
 from hvtnas.cli.space import space_app
+from hvtnas.cli.train import train_command
 from hvtnas.cli.zoo import zoo_command
 
 app = typer.Typer(
@@ -19,6 +20,7 @@ app = typer.Typer(
 app.command("zoo")(zoo_command)
 app.command("build")(build_command)
 app.command("mixers")(mixers_command)
+app.command("train")(train_command)
 app.add_typer(space_app, name="space")
 
 
