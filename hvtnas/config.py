@@ -253,6 +253,8 @@ class ArchConfig(_Strict):
     """One concrete architecture: stem -> up to 4 stages (strides 4..32) -> head."""
 
     name: str | None = None
+    # free-form notes that do not change the model (an export records its costs and metrics here)
+    metadata: dict[str, Any] | None = None
     input: InputConfig = InputConfig()
     stem: StemConfig = StemConfig()
     pos_embed: PosEmbedConfig = PosEmbedConfig()
@@ -332,12 +334,17 @@ def _path(loc: tuple) -> str:
 
 
 def format_validation_error(
-    err: ValidationError, source: str | None = None, lines: dict[tuple, int] | None = None
+    err: ValidationError,
+    source: str | None = None,
+    lines: dict[tuple, int] | None = None,
+    loc_prefix: tuple = (),
 ) -> list[str]:
+    """One line per problem: ``file:line: field.path: message``. ``loc_prefix`` places the
+    validated object inside a larger file (e.g. ``("experiment",)``)."""
     problems = []
     for e in err.errors():
         # drop pydantic's names for validator wrappers (e.g. "function-after[...]"): not fields
-        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and "[" in p))
+        loc = loc_prefix + tuple(p for p in e["loc"] if not (isinstance(p, str) and "[" in p))
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown key"

@@ -15,10 +15,12 @@ class ConfigError(HvtnasError, ValueError):
     divide width 256``.
     """
 
-    def __init__(self, problems: list[str], source: str | None = None) -> None:
+    def __init__(
+        self, problems: list[str], source: str | None = None, what: str = "architecture config"
+    ) -> None:
         self.problems = problems
         self.source = source
-        where = f"invalid architecture config {source}" if source else "invalid architecture config"
+        where = f"invalid {what} {source}" if source else f"invalid {what}"
         body = "\n".join(f"  {p}" for p in problems)
         super().__init__(f"{where}:\n{body}")
 

@@ -151,7 +151,7 @@ class SearchSpace:
         problems: list[str] = []
         self._parse(tree, (), "", "", problems)
         if problems:
-            raise ConfigError(problems, source)
+            raise ConfigError(problems, source, what="search space")
         self._check_samples()
 
     # -------------------------------------------------------------------------- loading
@@ -238,7 +238,7 @@ class SearchSpace:
         except ValidationError as err:
             chosen = getattr(trial, "params", None)
             where = f" (sampled {chosen})" if chosen else ""
-            raise ConfigError(format_validation_error(err), f"{self.source}{where}") from None
+            raise ConfigError(format_validation_error(err), f"sample of {self.source}{where}") from None
 
     def _materialize(self, node: Any, trial: Suggester) -> Any:
         if _is_leaf(node):
@@ -273,7 +273,7 @@ class SearchSpace:
                             f"{self._where(parsed.yaml_path)}with {parsed.name} = {value}: {problem}"
                         )
         if problems:
-            raise ConfigError(sorted(set(problems)), self.source)
+            raise ConfigError(sorted(set(problems)), self.source, what="search space")
 
     # -------------------------------------------------------------------------- description
     def dimensions(self) -> list[Dimension]:

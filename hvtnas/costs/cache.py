@@ -29,6 +29,7 @@ def default_cache_path() -> Path:
 def canonical_config(cfg: ArchConfig) -> dict[str, Any]:
     data = cfg.to_dict()
     data.pop("name", None)
+    data.pop("metadata", None)
     data.pop("drop_path_rate", None)  # regularisation only: no effect on any cost
     data["head"].pop("dropout", None)
     return data

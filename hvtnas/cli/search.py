@@ -1,0 +1,118 @@
+"""``hvtnas search`` and ``hvtnas export``: run a study over a search space, export its winners."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import optuna
+import typer
+from optuna.trial import TrialState
+
+from hvtnas.cli._common import console, user_errors
+from hvtnas.costs import CostCache
+from hvtnas.errors import HvtnasError
+from hvtnas.search import SearchRun, TrialOutcome, export_trials, load_search_spec, open_study, select_trials
+
+
+def _storage_for(run_dir: Path, storage: str | None) -> str:
+    if storage:
+        return storage
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{run_dir / 'study.db'}"
+
+
+@user_errors
+def search_command(
+    space: Annotated[Path, typer.Argument(help="A search-space YAML file (see search_spaces/).")],
+    trials: Annotated[
+        int, typer.Option(min=1, help="Total trials the study should hold (resumes toward it).")
+    ] = 20,
+    study: Annotated[str | None, typer.Option(help="Study name (default: the space file's name).")] = None,
+    storage: Annotated[
+        str | None, typer.Option(help="Optuna storage URL (default: SQLite in runs/<study>/).")
+    ] = None,
+    runs_dir: Annotated[Path, typer.Option(help="Where runs/<study>/ lives.")] = Path("runs"),
+    sampler: Annotated[
+        str | None,
+        typer.Option(help="nsga2, nsga3, tpe, gp or random (default: the space's, else nsga2/tpe)."),
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Sampler seed (default: the space's).")] = None,
+    use_cache: Annotated[bool, typer.Option("--cache/--no-cache", help="Reuse measured costs.")] = True,
+) -> None:
+    """Run (or resume) a multi-objective architecture search; every trial is stored in the study."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    spec = load_search_spec(space)
+    if sampler is not None or seed is not None:
+        update = {k: v for k, v in {"name": sampler, "seed": seed}.items() if v is not None}
+        try:
+            new_sampler = spec.experiment.sampler.model_validate(
+                {**spec.experiment.sampler.model_dump(), **update}
+            )
+        except ValueError as err:
+            raise HvtnasError(f"--sampler: {err.errors()[0]['msg']}") from None
+        spec.experiment = spec.experiment.model_copy(update={"sampler": new_sampler})
+    name = study or space.stem
+    run_dir = runs_dir / name
+    study_obj = open_study(spec, name, _storage_for(run_dir, storage))
+    if storage is None:
+        (run_dir / "space.yaml").write_text(spec.text)
+    exp = spec.experiment
+    objectives = ", ".join(f"{o} ({d})" for o, d in zip(exp.objectives, exp.directions, strict=True))
+    finished_states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+    before = len(study_obj.get_trials(deepcopy=False, states=finished_states))
+    console.print(
+        f"study {name!r}: {before} trials done, running to {trials}; objectives {objectives}", highlight=False
+    )
+
+    def report(outcome: TrialOutcome) -> None:
+        values = ", ".join(f"{v:.4g}" for v in outcome.values) if outcome.values else ""
+        front = len({t.user_attrs.get("arch_key") for t in study_obj.best_trials})
+        line = f"trial {outcome.number}: {outcome.state.name.lower()} {values}"
+        if outcome.reason:
+            line += f" ({outcome.reason})"
+        console.print(f"{line}  [dim]Pareto front: {front}[/]", highlight=False)
+        sys.stdout.flush()
+
+    run = SearchRun(spec, study_obj, cache=CostCache() if use_cache else None, on_trial=report)
+    run.run(trials)
+    console.print(
+        f"done: {run.finished()} trials in study {name!r} ({'storage ' + storage if storage else run_dir})"
+    )
+
+
+@user_errors
+def export_command(
+    run: Annotated[Path | None, typer.Argument(help="A run folder runs/<study> (or use --storage).")] = None,
+    storage: Annotated[str | None, typer.Option(help="Optuna storage URL instead of a run folder.")] = None,
+    study: Annotated[
+        str | None, typer.Option(help="Study name (default: the only one in the storage).")
+    ] = None,
+    pareto: Annotated[
+        bool, typer.Option("--pareto", help="The Pareto-optimal trials (the default).")
+    ] = False,
+    trial: Annotated[int | None, typer.Option(help="One trial by number.")] = None,
+    top: Annotated[int | None, typer.Option(min=1, help="The best K trials by --by.")] = None,
+    by: Annotated[str, typer.Option(help="Objective that ranks --top.")] = "accuracy",
+    out: Annotated[Path | None, typer.Option(help="Folder for the configs (default: <run>/exports).")] = None,
+) -> None:
+    """Write trials as architecture configs (with their costs and metrics as metadata)."""
+    if storage is None:
+        if run is None or not (run / "study.db").is_file():
+            raise HvtnasError(f"{run}: not a run folder (no study.db); give runs/<study> or --storage")
+        storage = f"sqlite:///{run / 'study.db'}"
+    names = optuna.get_all_study_names(storage)
+    if study is None:
+        if len(names) != 1:
+            raise HvtnasError(f"the storage holds studies {names}; choose one with --study")
+        study = names[0]
+    elif study not in names:
+        raise HvtnasError(f"no study {study!r} in the storage; studies: {', '.join(names)}")
+    study_obj = optuna.load_study(study_name=study, storage=storage)
+    chosen = select_trials(study_obj, pareto=pareto, trial=trial, top=top, by=by)
+    if not chosen:
+        raise HvtnasError(f"study {study!r} has no completed trial to export")
+    target = out or (run / "exports" if run is not None else Path("exports") / study)
+    for path in export_trials(study_obj, chosen, target):
+        console.print(str(path), highlight=False)

@@ -1,0 +1,120 @@
+"""The ``experiment`` section of a search-space file: objectives, constraints, data, fidelity, sampler."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import optuna
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from hvtnas.costs import CostSettings, LatencySettings
+from hvtnas.train import DataConfig, TrainConfig
+from hvtnas.train.proxies import ZERO_COST_PROXIES
+
+# metric -> (optimisation direction, unit of a constraint's limit)
+METRICS: dict[str, tuple[str, str]] = {
+    "accuracy": ("maximize", "fraction of the validation set"),
+    "flops": ("minimize", "multiply-accumulates at the input resolution"),
+    "flops_dense": ("minimize", "multiply-accumulates of the backbone at costs.dense_resolution"),
+    "latency": ("minimize", "milliseconds (median, costs.latency settings)"),
+    "params": ("minimize", "parameters"),
+    "memory": ("minimize", "bytes of training activations per image"),
+}
+PROXY_PREFIX = "proxy:"  # proxy:synflow, proxy:naswot, ...: zero-cost scores, maximised
+
+
+def metric_direction(metric: str) -> str:
+    return "maximize" if metric.startswith(PROXY_PREFIX) else METRICS[metric][0]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SamplerConfig(_Strict):
+    name: Literal["nsga2", "nsga3", "tpe", "gp", "random", "auto"] = "auto"  # auto: nsga2 / tpe
+    seed: int | None = 0
+    population_size: int = Field(20, ge=2)  # NSGA-II/III generation size
+
+    def build(self, n_objectives: int) -> optuna.samplers.BaseSampler:
+        name = self.name
+        if name == "auto":
+            name = "nsga2" if n_objectives > 1 else "tpe"
+        if name == "nsga2":
+            return optuna.samplers.NSGAIISampler(population_size=self.population_size, seed=self.seed)
+        if name == "nsga3":
+            return optuna.samplers.NSGAIIISampler(population_size=self.population_size, seed=self.seed)
+        if name == "tpe":
+            return optuna.samplers.TPESampler(seed=self.seed, multivariate=True, group=True)
+        if name == "gp":
+            return optuna.samplers.GPSampler(seed=self.seed)
+        return optuna.samplers.RandomSampler(seed=self.seed)
+
+
+class EarlyStoppingConfig(_Strict):
+    """Stop a trial after an epoch >= ``min_epoch`` when a completed trial of equal or lower cost
+    (on every cost objective) had a higher validation accuracy at that same epoch."""
+
+    min_epoch: int = Field(1, ge=1)
+
+
+class ExperimentConfig(_Strict):
+    objectives: list[str] = Field(default_factory=lambda: ["accuracy", "flops"], min_length=1)
+    # metric -> largest allowed value (units in METRICS); checked before training
+    constraints: dict[str, float] = Field(default_factory=dict)
+    data: DataConfig = DataConfig()
+    train: TrainConfig = TrainConfig(epochs=5)
+    costs: CostSettings = CostSettings(dense_resolution=None)
+    sampler: SamplerConfig = SamplerConfig()
+    early_stopping: EarlyStoppingConfig | None = EarlyStoppingConfig()
+    proxy_batch_size: int = Field(64, ge=2)  # images for zero-cost proxy objectives
+
+    @field_validator("objectives")
+    @classmethod
+    def _known_objectives(cls, objectives: list[str]) -> list[str]:
+        for name in objectives:
+            if name.startswith(PROXY_PREFIX):
+                proxy = name.removeprefix(PROXY_PREFIX)
+                if proxy not in ZERO_COST_PROXIES:
+                    raise ValueError(
+                        f"unknown zero-cost proxy {proxy!r}; known: {', '.join(sorted(ZERO_COST_PROXIES))}"
+                    )
+            elif name not in METRICS:
+                known = ", ".join([*METRICS, *(PROXY_PREFIX + p for p in sorted(ZERO_COST_PROXIES))])
+                raise ValueError(f"unknown objective {name!r}; known: {known}")
+        if len(set(objectives)) < len(objectives):
+            raise ValueError("an objective is listed twice")
+        return objectives
+
+    @field_validator("constraints")
+    @classmethod
+    def _known_constraints(cls, constraints: dict[str, float]) -> dict[str, float]:
+        for name, limit in constraints.items():
+            if name not in METRICS or name == "accuracy":
+                known = ", ".join(m for m in METRICS if m != "accuracy")
+                raise ValueError(f"unknown constraint {name!r}; a constraint bounds one of: {known}")
+            if limit <= 0:
+                raise ValueError(f"constraint {name} must be positive, got {limit}")
+        return constraints
+
+    @model_validator(mode="after")
+    def _costs_that_are_needed(self) -> ExperimentConfig:
+        wanted = set(self.objectives) | set(self.constraints)
+        if "flops_dense" in wanted and self.costs.dense_resolution is None:
+            raise ValueError("flops_dense needs costs.dense_resolution (e.g. 1280x800)")
+        updates: dict[str, Any] = {}
+        if "latency" in wanted and self.costs.latency is None:
+            updates["latency"] = LatencySettings()
+        if "memory" in wanted and not self.costs.memory:
+            updates["memory"] = True
+        if updates:
+            self.costs = self.costs.model_copy(update=updates)
+        return self
+
+    @property
+    def directions(self) -> list[str]:
+        return [metric_direction(m) for m in self.objectives]
+
+    @property
+    def cost_objectives(self) -> list[str]:
+        return [m for m in self.objectives if m != "accuracy" and not m.startswith(PROXY_PREFIX)]

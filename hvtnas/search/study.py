@@ -1,0 +1,303 @@
+"""``run_search``: an Optuna multi-objective study over a search space, with what NAS needs on top.
+
+Per trial: sample an architecture; reuse the result of an identical architecture evaluated
+before; measure its costs (cached); check the constraints *before* training (an architecture over
+budget is never trained; its infeasibility goes to the sampler through ``trial.set_constraint``);
+proxy-train it with multi-objective early stopping; record everything in user attributes
+(architecture, costs, accuracy curve, failure reason, wall time).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+from pydantic import ValidationError
+
+from hvtnas.config import ArchConfig, format_validation_error, load_yaml_with_lines
+from hvtnas.costs import CostCache, Costs, measure_costs
+from hvtnas.costs.cache import canonical_config
+from hvtnas.errors import ConfigError, HvtnasError
+from hvtnas.models import build_model
+from hvtnas.search.experiment import PROXY_PREFIX, ExperimentConfig
+from hvtnas.space import SearchSpace
+from hvtnas.train import ImageData, load_dataset, train_proxy
+from hvtnas.train.proxies import score_model
+from hvtnas.train.trainer import EpochReport, adapt_arch_to_data
+
+log = logging.getLogger(__name__)
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+class SearchError(HvtnasError):
+    """The search cannot start or go on (bad storage, a study created from another space, ...)."""
+
+
+@dataclass
+class SearchSpec:
+    """A search-space file: the architecture space, the experiment, and the file's text."""
+
+    space: SearchSpace
+    experiment: ExperimentConfig
+    text: str
+    path: Path
+
+
+def load_search_spec(path: str | Path) -> SearchSpec:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError([f"{path}: no such file"])
+    text = path.read_text()
+    data, lines = load_yaml_with_lines(text, str(path))
+    if not isinstance(data, dict):
+        raise ConfigError([f"{path}: expected a mapping at the top level"])
+    raw_experiment = data.pop("experiment", {}) or {}
+    try:
+        experiment = ExperimentConfig.model_validate(raw_experiment)
+    except ValidationError as err:
+        problems = format_validation_error(err, str(path), lines, loc_prefix=("experiment",))
+        raise ConfigError(problems, str(path), what="search space") from None
+    lines = {k: v for k, v in lines.items() if k[:1] != ("experiment",)}
+    return SearchSpec(SearchSpace(data, str(path), lines), experiment, text, path)
+
+
+def arch_key(cfg: ArchConfig) -> str:
+    """Identity of an architecture for duplicate detection (name and regularisation ignored)."""
+    return hashlib.sha256(json.dumps(canonical_config(cfg), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def metric_value(metric: str, costs: Costs) -> float:
+    if metric == "flops":
+        return float(costs.flops)
+    if metric == "flops_dense":
+        return float(costs.flops_dense)
+    if metric == "params":
+        return float(costs.params)
+    if metric == "latency":
+        return float(costs.latency.median_ms)
+    if metric == "memory":
+        return float(costs.memory.train_activation_bytes)
+    raise KeyError(metric)
+
+
+@dataclass
+class TrialOutcome:
+    number: int
+    state: TrialState
+    values: list[float] | None = None
+    reason: str | None = None
+
+
+@dataclass
+class SearchRun:
+    """One worker's loop over a study. ``run`` evaluates trials until the study holds ``trials``
+    finished ones (complete, pruned or failed), so rerunning the same command resumes."""
+
+    spec: SearchSpec
+    study: optuna.Study
+    cache: CostCache | None = None
+    on_trial: Callable[[TrialOutcome], None] | None = None
+    data: ImageData | None = field(default=None, init=False)
+
+    def finished(self) -> int:
+        return len(self.study.get_trials(deepcopy=False, states=FINISHED))
+
+    def run(self, trials: int) -> list[TrialOutcome]:
+        outcomes = []
+        while self.finished() < trials:
+            outcomes.append(self.run_one())
+            if self.on_trial is not None:
+                self.on_trial(outcomes[-1])
+        return outcomes
+
+    # ------------------------------------------------------------------------- one trial
+    def _dataset(self) -> ImageData:
+        if self.data is None:
+            inp = self.spec.space.tree.get("input", {})
+            channels, resolution = inp.get("channels", 3), inp.get("resolution", 224)
+            if not (isinstance(channels, int) and isinstance(resolution, int)):
+                raise SearchError(
+                    "input.channels and input.resolution must be fixed values in a search space"
+                )
+            self.data = load_dataset(self.spec.experiment.data.for_arch(channels, resolution))
+        return self.data
+
+    def run_one(self) -> TrialOutcome:
+        exp = self.spec.experiment
+        trial = self.study.ask()
+        started = time.perf_counter()
+        try:
+            outcome = self._evaluate(trial, exp)
+        except HvtnasError as err:  # a bad sample: recorded, the study goes on
+            outcome = TrialOutcome(trial.number, TrialState.FAIL, reason=str(err))
+        trial.set_user_attr("wall_seconds", time.perf_counter() - started)
+        if outcome.reason:
+            trial.set_user_attr("reason", outcome.reason)
+        self.study.tell(trial, outcome.values, state=outcome.state)
+        return outcome
+
+    def _evaluate(self, trial: optuna.Trial, exp: ExperimentConfig) -> TrialOutcome:
+        data = self._dataset()
+        arch = adapt_arch_to_data(self.spec.space.sample(trial), data)
+        key = arch_key(arch)
+        trial.set_user_attr("arch", arch.to_dict())
+        trial.set_user_attr("arch_key", key)
+
+        earlier = self._same_architecture(key, trial.number)
+        if earlier is not None:  # identical architecture: same result, not trained again
+            trial.set_user_attr("duplicate_of", earlier.number)
+            for name in ("costs", "accuracy_curve", "constraint_violations"):
+                if name in earlier.user_attrs:
+                    trial.set_user_attr(name, earlier.user_attrs[name])
+            for name, value in earlier.user_attrs.get("constraints", {}).items():
+                trial.set_constraint(name, value)
+            trial.set_user_attr("constraints", earlier.user_attrs.get("constraints", {}))
+            return TrialOutcome(
+                trial.number,
+                TrialState.COMPLETE,
+                list(earlier.values),
+                reason=f"duplicate of trial {earlier.number}: result reused",
+            )
+
+        costs = measure_costs(arch, exp.costs, cache=self.cache)
+        trial.set_user_attr("costs", costs.model_dump(mode="json"))
+        constraints, violations = {}, []
+        for name, limit in exp.constraints.items():
+            value = metric_value(name, costs)
+            constraints[name] = (value - limit) / limit  # <= 0 feasible; scale-free for the sampler
+            trial.set_constraint(name, constraints[name])
+            if value > limit:
+                violations.append(f"{name} {value:.4g} > {limit:.4g}")
+        trial.set_user_attr("constraints", constraints)
+        cost_values = {m: metric_value(m, costs) for m in exp.cost_objectives}
+
+        proxy_scores: dict[str, float] = {}
+        proxies = [m.removeprefix(PROXY_PREFIX) for m in exp.objectives if m.startswith(PROXY_PREFIX)]
+        if proxies:  # one batch, no training: cheap enough to score over-budget samples too
+            x, y = data.sample_batch(exp.proxy_batch_size, seed=exp.train.seed)
+            proxy_scores = score_model(build_model(arch), x, y, proxies, seed=exp.train.seed)
+            trial.set_user_attr("proxies", proxy_scores)
+
+        if violations:  # over budget: never trained; worst accuracy, true costs
+            trial.set_user_attr("constraint_violations", violations)
+            values = [self._value(m, 0.0, cost_values, proxy_scores) for m in exp.objectives]
+            return TrialOutcome(
+                trial.number,
+                TrialState.COMPLETE,
+                values,
+                reason="over budget, not trained: " + "; ".join(violations),
+            )
+
+        accuracy = None
+        if "accuracy" in exp.objectives:
+            result = train_proxy(arch, data, exp.train, on_epoch=self._early_stopping(trial, cost_values))
+            trial.set_user_attr("training", result.to_dict())
+            trial.set_user_attr("accuracy_curve", result.accuracy_curve)
+            if result.status == "failed":
+                return TrialOutcome(trial.number, TrialState.FAIL, reason=result.reason)
+            if result.status == "stopped":
+                return TrialOutcome(trial.number, TrialState.PRUNED, reason=result.reason)
+            accuracy = result.val_accuracy
+        values = [self._value(m, accuracy, cost_values, proxy_scores) for m in exp.objectives]
+        if any(not math.isfinite(v) for v in values):
+            return TrialOutcome(trial.number, TrialState.FAIL, reason=f"non-finite objective values {values}")
+        return TrialOutcome(trial.number, TrialState.COMPLETE, values)
+
+    @staticmethod
+    def _value(
+        metric: str, accuracy: float | None, costs: dict[str, float], proxies: dict[str, float]
+    ) -> float:
+        if metric == "accuracy":
+            return float(accuracy)
+        if metric.startswith(PROXY_PREFIX):
+            return float(proxies[metric.removeprefix(PROXY_PREFIX)])
+        return costs[metric]
+
+    def _same_architecture(self, key: str, number: int) -> optuna.trial.FrozenTrial | None:
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            if t.number != number and t.user_attrs.get("arch_key") == key:
+                return t
+        return None
+
+    def _early_stopping(
+        self, trial: optuna.Trial, costs: dict[str, float]
+    ) -> Callable[[EpochReport], str | None]:
+        """Optuna cannot prune multi-objective studies (optuna/optuna#3450): stop a trial whose
+        accuracy at an epoch is beaten, at that epoch, by a completed trial that costs no more."""
+        rule = self.spec.experiment.early_stopping
+
+        def on_epoch(report: EpochReport) -> str | None:
+            trial.set_user_attr("epochs_done", report.epoch)
+            if rule is None or report.epoch < rule.min_epoch:
+                return None
+            for other in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+                curve = other.user_attrs.get("accuracy_curve") or []
+                other_costs = other.user_attrs.get("costs")
+                if (
+                    len(curve) < report.epoch
+                    or other_costs is None
+                    or other.user_attrs.get("constraint_violations")
+                ):
+                    continue
+                cheaper = all(
+                    metric_value(m, Costs.model_validate(other_costs)) <= value for m, value in costs.items()
+                )
+                if cheaper and curve[report.epoch - 1] > report.val_accuracy:
+                    return (
+                        f"stopped at epoch {report.epoch}: trial {other.number} had accuracy "
+                        f"{curve[report.epoch - 1]:.4f} > {report.val_accuracy:.4f} at no more cost"
+                    )
+            return None
+
+        return on_epoch
+
+
+def open_study(spec: SearchSpec, study_name: str, storage: str | optuna.storages.BaseStorage) -> optuna.Study:
+    """Create the study, or load it if it exists and was created from the same space file."""
+    exp = spec.experiment
+    try:
+        study = optuna.create_study(
+            study_name=study_name,
+            storage=storage,
+            directions=exp.directions,
+            sampler=exp.sampler.build(len(exp.objectives)),
+            load_if_exists=True,
+        )
+    except ImportError as err:
+        raise SearchError(
+            f"cannot open storage {storage!r}: {err} (for PostgreSQL: pip install 'hvtnas[postgres]' "
+            "and a postgresql+psycopg:// URL)"
+        ) from None
+    except Exception as err:  # sqlalchemy / driver errors: unreachable server, bad path, bad URL
+        if isinstance(err, HvtnasError):
+            raise
+        raise SearchError(
+            f"cannot open storage {storage!r}: {type(err).__name__}: {str(err).splitlines()[0]}"
+        ) from None
+    stored_text = study.user_attrs.get("space_yaml")
+    if stored_text is None:
+        study.set_user_attr("space_yaml", spec.text)
+        study.set_user_attr("objectives", exp.objectives)
+        with warnings.catch_warnings():  # experimental in Optuna, but what the dashboard labels axes with
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(exp.objectives)
+    elif stored_text != spec.text:
+        raise SearchError(
+            f"study {study_name!r} was created from another version of {spec.path.name}; "
+            "use a new --study name, or the file the study was created with "
+            "(it is stored in the study: `hvtnas export` reads it back)"
+        )
+    if [d.name.lower() for d in study.directions] != exp.directions:
+        raise SearchError(
+            f"study {study_name!r} has directions {study.directions}, the space asks {exp.directions}"
+        )
+    return study

@@ -1,0 +1,192 @@
+"""The search, end to end through the CLI: studies, resume, constraints, duplicates, failures,
+early stopping, export, and the errors for bad spaces and command lines."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+from typer.testing import CliRunner
+
+from hvtnas import build_model
+from hvtnas.cli import app
+from hvtnas.train.trainer import TrialResult
+
+runner = CliRunner()
+
+SPACE = {
+    "input": {"channels": 1, "resolution": 16, "num_classes": 10},
+    "stem": {"kind": "patch", "norm": "layernorm"},
+    "downsample": {"kind": "conv", "kernel_size": 2, "norm": "layernorm"},
+    "stages": [
+        {
+            "depth": 1,
+            "width": {"choice": [8, 16]},
+            "heads": 2,
+            "mixers": {"choice": [["pooling"], ["window"]]},
+        },
+        {"depth": 1, "width": 16, "heads": 2, "mixers": ["pooling"]},
+    ],
+    "experiment": {
+        "objectives": ["accuracy", "params"],
+        "data": {"name": "digits"},
+        "train": {"epochs": 1, "batch_size": 64, "threads": 1, "augment": {"hflip": False}},
+        "sampler": {"name": "random", "seed": 0},
+    },
+}
+
+
+def _write(tmp_path: Path, **experiment: object) -> Path:
+    space = yaml.safe_load(yaml.safe_dump(SPACE))
+    space["experiment"].update(experiment)
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(space, sort_keys=False))
+    return path
+
+
+def _search(tmp_path: Path, path: Path, *args: str):
+    return runner.invoke(
+        app, ["search", str(path), "--runs-dir", str(tmp_path / "runs"), "--no-cache", *args]
+    )
+
+
+def _study(tmp_path: Path) -> optuna.Study:
+    return optuna.load_study(
+        study_name="space", storage=f"sqlite:///{tmp_path / 'runs' / 'space' / 'study.db'}"
+    )
+
+
+def test_search_runs_resumes_and_exports(tmp_path: Path) -> None:
+    path = _write(tmp_path)
+    result = _search(tmp_path, path, "--trials", "3")
+    assert result.exit_code == 0, result.output
+    study = _study(tmp_path)
+    assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
+    first = {t.number: t.values for t in study.trials}
+    assert len(first) == 3
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    for t in complete:
+        assert t.values[0] > 0.15  # well above chance (0.1) after one epoch on digits
+        assert {"arch", "arch_key", "costs", "wall_seconds"} <= set(t.user_attrs)
+        assert t.values[1] == t.user_attrs["costs"]["params"]
+
+    resumed = _search(tmp_path, path, "--trials", "5")
+    assert resumed.exit_code == 0, resumed.output
+    study = _study(tmp_path)
+    assert len(study.trials) == 5
+    assert {t.number: t.values for t in study.trials if t.number in first} == first  # nothing lost or changed
+
+    exported = runner.invoke(
+        app, ["export", str(tmp_path / "runs" / "space"), "--out", str(tmp_path / "out")]
+    )
+    assert exported.exit_code == 0, exported.output
+    files = sorted((tmp_path / "out").glob("*.yaml"))
+    assert files
+    for file in files:
+        model = build_model(file)
+        assert model.arch_config.metadata["study"] == "space"
+        built = runner.invoke(app, ["build", str(file), "--json", "--no-cache"])
+        assert built.exit_code == 0, built.output
+
+
+def test_over_budget_architectures_are_never_trained(tmp_path: Path) -> None:
+    path = _write(tmp_path, constraints={"params": 4000})  # only the narrow pooling network fits
+    assert _search(tmp_path, path, "--trials", "4").exit_code == 0
+    trials = _study(tmp_path).trials
+    over = [t for t in trials if t.user_attrs.get("constraint_violations")]
+    assert over, "the space should produce over-budget samples"
+    for t in over:
+        assert "training" not in t.user_attrs and t.values[0] == 0.0
+        assert t.user_attrs["constraints"]["params"] > 0
+        assert t.user_attrs["costs"]["params"] > 4000
+    assert all(t.user_attrs["constraints"]["params"] <= 0 for t in trials if "training" in t.user_attrs)
+
+
+def test_duplicates_are_not_trained_again(tmp_path: Path) -> None:
+    space = yaml.safe_load(yaml.safe_dump(SPACE))
+    space["stages"][0] = {"depth": 1, "width": 8, "heads": 2, "mixers": ["pooling"]}  # one architecture
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(space))
+    assert _search(tmp_path, path, "--trials", "3").exit_code == 0
+    trials = _study(tmp_path).trials
+    assert "training" in trials[0].user_attrs
+    for t in trials[1:]:
+        assert t.user_attrs["duplicate_of"] == 0 and "training" not in t.user_attrs
+        assert t.values == trials[0].values
+
+
+def test_a_failing_trial_does_not_stop_the_study(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from hvtnas.search import study as study_module
+
+    real = study_module.train_proxy
+    calls = {"n": 0}
+
+    def flaky(arch, data, cfg, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            return TrialResult(status="failed", reason="out of memory: simulated")
+        return real(arch, data, cfg, **kwargs)
+
+    monkeypatch.setattr(study_module, "train_proxy", flaky)
+    path = _write(tmp_path, sampler={"name": "random", "seed": 3})
+    assert _search(tmp_path, path, "--trials", "3").exit_code == 0
+    trials = _study(tmp_path).trials
+    assert trials[0].state == TrialState.FAIL and trials[0].user_attrs["reason"] == "out of memory: simulated"
+    assert len(trials) == 3 and any(t.state == TrialState.COMPLETE for t in trials[1:])
+
+
+def test_dominated_trials_stop_early(tmp_path: Path) -> None:
+    space = yaml.safe_load(yaml.safe_dump(SPACE))
+    space["experiment"]["train"]["epochs"] = 2
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(space))
+    assert _search(tmp_path, path, "--trials", "8").exit_code == 0
+    for t in _study(tmp_path).trials:
+        if t.state == TrialState.PRUNED:
+            assert t.user_attrs["reason"].startswith("stopped at epoch 1: trial")
+            assert t.user_attrs["epochs_done"] == 1
+
+
+@pytest.mark.parametrize(
+    ("experiment", "expected"),
+    [
+        ({"objectives": ["accuracy", "speed"]}, "experiment.objectives: unknown objective 'speed'"),
+        ({"objectives": []}, "experiment.objectives: List should have at least 1 item"),
+        ({"constraints": {"accuracy": 0.9}}, "unknown constraint 'accuracy'"),
+        ({"data": {"name": "imagenet"}}, "experiment.data.name"),
+        ({"sampler": {"name": "bayes"}}, "experiment.sampler.name"),
+    ],
+)
+def test_bad_experiments_exit_2_and_name_the_field(tmp_path: Path, experiment: dict, expected: str) -> None:
+    result = _search(tmp_path, _write(tmp_path, **experiment), "--trials", "1")
+    assert result.exit_code == 2, result.output
+    assert expected in result.output and "Traceback" not in result.output
+    assert str(tmp_path / "space.yaml") + ":" in result.output
+
+
+def test_bad_space_and_bad_command_lines_exit_2(tmp_path: Path) -> None:
+    space = yaml.safe_load(yaml.safe_dump(SPACE))
+    space["stages"][1]["depth"] = {"int": [3, 1]}
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(space))
+    result = _search(tmp_path, bad)
+    assert result.exit_code == 2 and "low <= high must hold" in result.output
+    assert _search(tmp_path, tmp_path / "nope.yaml").exit_code == 2
+    path = _write(tmp_path)
+    for url in ("sqlite:////proc/no/such/dir/study.db", "postgresql://nobody@127.0.0.1:1/none"):
+        unreachable = _search(tmp_path, path, "--storage", url)
+        assert unreachable.exit_code == 2 and "cannot open storage" in unreachable.output, unreachable.output
+    assert _search(tmp_path, path, "--sampler", "bayes").exit_code == 2
+
+
+def test_resuming_with_another_space_is_refused_and_changes_nothing(tmp_path: Path) -> None:
+    path = _write(tmp_path)
+    assert _search(tmp_path, path, "--trials", "2").exit_code == 0
+    before = [(t.number, t.values) for t in _study(tmp_path).trials]
+    changed = _write(tmp_path, objectives=["accuracy", "flops"])
+    result = _search(tmp_path, changed, "--trials", "4")
+    assert result.exit_code == 2 and "created from another version" in result.output
+    assert [(t.number, t.values) for t in _study(tmp_path).trials] == before
