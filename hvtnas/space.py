@@ -163,6 +163,7 @@ class SearchSpace:
         data, lines = load_yaml_with_lines(path.read_text(), str(path))
         if not isinstance(data, dict):
             raise ConfigError([f"{path}: expected a mapping at the top level"])
+        data.pop("experiment", None)  # the search's settings: hvtnas.search.load_search_spec reads them
         return cls(data, str(path), lines)
 
     @classmethod

@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from hvtnas.cli._common import console, user_errors
+from hvtnas.search import load_search_spec
 from hvtnas.space import SearchSpace, iter_samples
 
 space_app = typer.Typer(help="Inspect a search space file.", no_args_is_help=True)
@@ -27,7 +28,8 @@ def show_command(
     seed: Annotated[int, typer.Option(help="Seed of the samples.")] = 0,
 ) -> None:
     """Print the space's dimensions, its number of distinct architectures and a few samples."""
-    space = SearchSpace.from_yaml(path)
+    spec = load_search_spec(path)  # validates the experiment section too
+    space = spec.space
     table = Table(title=f"search space {path}")
     for col in ("parameter", "kind", "values", "exists when"):
         table.add_column(col, no_wrap=col == "parameter")
@@ -37,6 +39,12 @@ def show_command(
     size = space.size()
     console.print(
         f"distinct architectures: {'infinite (continuous ranges)' if size == float('inf') else f'{size:,}'}"
+    )
+    exp = spec.experiment
+    console.print(
+        f"objectives: {', '.join(exp.objectives)}; constraints: {exp.constraints or 'none'}; "
+        f"data: {exp.data.name}; {exp.train.epochs} epochs; sampler: {exp.sampler.name}",
+        highlight=False,
     )
     for cfg in iter_samples(space, samples, seed):
         console.print(f"- {_summary(cfg)}", highlight=False)
