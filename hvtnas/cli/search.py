@@ -9,6 +9,7 @@ from typing import Annotated
 import optuna
 import typer
 from optuna.trial import TrialState
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from hvtnas.cli._common import console, user_errors
 from hvtnas.costs import CostCache
@@ -66,17 +67,40 @@ def search_command(
         f"study {name!r}: {before} trials done, running to {trials}; objectives {objectives}", highlight=False
     )
 
-    def report(outcome: TrialOutcome) -> None:
-        values = ", ".join(f"{v:.4g}" for v in outcome.values) if outcome.values else ""
-        front = len({t.user_attrs.get("arch_key") for t in study_obj.best_trials})
-        line = f"trial {outcome.number}: {outcome.state.name.lower()} {values}"
-        if outcome.reason:
-            line += f" ({outcome.reason})"
-        console.print(f"{line}  [dim]Pareto front: {front}[/]", highlight=False)
-        sys.stdout.flush()
+    acc_index = exp.objectives.index("accuracy") if "accuracy" in exp.objectives else None
 
-    run = SearchRun(spec, study_obj, cache=CostCache() if use_cache else None, on_trial=report)
-    run.run(trials)
+    def status() -> str:
+        front = {t.user_attrs.get("arch_key") for t in study_obj.best_trials}
+        text = f"Pareto front {len(front)}"
+        if acc_index is not None and study_obj.best_trials:
+            text += f", best accuracy {max(t.values[acc_index] for t in study_obj.best_trials):.4f}"
+        return text
+
+    def line(outcome: TrialOutcome) -> str:
+        values = ", ".join(f"{v:.4g}" for v in outcome.values) if outcome.values else ""
+        text = f"trial {outcome.number}: {outcome.state.name.lower()} {values}"
+        return text + (f" ({outcome.reason})" if outcome.reason else "")
+
+    cache = CostCache() if use_cache else None
+    if console.is_terminal:  # a live bar on a terminal, one plain line per trial in logs
+        columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+        with Progress(*columns, console=console) as progress:
+            task = progress.add_task(status(), total=trials, completed=before)
+
+            def on_trial(outcome: TrialOutcome) -> None:
+                progress.console.print(line(outcome), highlight=False)
+                progress.update(task, completed=run.finished(), description=status())
+
+            run = SearchRun(spec, study_obj, cache=cache, on_trial=on_trial)
+            run.run(trials)
+    else:
+
+        def on_trial(outcome: TrialOutcome) -> None:
+            console.print(f"{line(outcome)}  [dim]{status()}[/]", highlight=False)
+            sys.stdout.flush()
+
+        run = SearchRun(spec, study_obj, cache=cache, on_trial=on_trial)
+        run.run(trials)
     console.print(
         f"done: {run.finished()} trials in study {name!r} ({'storage ' + storage if storage else run_dir})"
     )
