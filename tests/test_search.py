@@ -190,3 +190,19 @@ def test_resuming_with_another_space_is_refused_and_changes_nothing(tmp_path: Pa
     result = _search(tmp_path, changed, "--trials", "4")
     assert result.exit_code == 2 and "created from another version" in result.output
     assert [(t.number, t.values) for t in _study(tmp_path).trials] == before
+
+
+def test_report_writes_html_and_csv(tmp_path: Path) -> None:
+    path = _write(tmp_path, objectives=["accuracy", "params", "flops"])
+    assert _search(tmp_path, path, "--trials", "4").exit_code == 0
+    run = tmp_path / "runs" / "space"
+    result = runner.invoke(app, ["report", str(run), "--no-cache"])
+    assert result.exit_code == 0, result.output
+    page = (run / "report.html").read_text()
+    assert "Pareto front" in page and "Hypervolume" in page and "Pareto-optimal trials" in page
+    assert "swin_t" in page  # zoo reference points on the params-vs-flops projection
+    assert len(page) > 1_000_000 and "<script src=" not in page  # plotly.js inlined: opens offline
+    rows = (run / "report.csv").read_text().splitlines()
+    assert len(rows) == 1 + 4 and rows[0].startswith("trial,state,accuracy,params,flops")
+    missing = runner.invoke(app, ["report", str(tmp_path / "nowhere")])
+    assert missing.exit_code == 2 and "not a run folder" in missing.output

@@ -6,7 +6,7 @@ import typer
 
 from hvtnas.cli.build import build_command
 from hvtnas.cli.mixers import mixers_command
-from hvtnas.cli.search import export_command, search_command
+from hvtnas.cli.search import export_command, report_command, search_command
 from hvtnas.cli.space import space_app
 from hvtnas.cli.train import train_command
 from hvtnas.cli.zoo import zoo_command
@@ -24,6 +24,7 @@ app.command("mixers")(mixers_command)
 app.command("train")(train_command)
 app.command("search")(search_command)
 app.command("export")(export_command)
+app.command("report")(report_command)
 app.add_typer(space_app, name="space")
 
 

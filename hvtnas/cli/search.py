@@ -106,6 +106,46 @@ def search_command(
     )
 
 
+def _load_study(run: Path | None, storage: str | None, study: str | None) -> optuna.Study:
+    """The study of a run folder (its study.db) or of a storage URL; the only one unless named."""
+    if storage is None:
+        if run is None or not (run / "study.db").is_file():
+            raise HvtnasError(f"{run}: not a run folder (no study.db); give runs/<study> or --storage")
+        storage = f"sqlite:///{run / 'study.db'}"
+    try:
+        names = optuna.get_all_study_names(storage)
+    except Exception as err:  # driver / connection errors
+        raise HvtnasError(f"cannot open storage {storage!r}: {type(err).__name__}: {err}") from None
+    if study is None:
+        if len(names) != 1:
+            raise HvtnasError(f"the storage holds studies {names}; choose one with --study")
+        study = names[0]
+    elif study not in names:
+        raise HvtnasError(f"no study {study!r} in the storage; studies: {', '.join(names)}")
+    return optuna.load_study(study_name=study, storage=storage)
+
+
+@user_errors
+def report_command(
+    run: Annotated[Path | None, typer.Argument(help="A run folder runs/<study> (or use --storage).")] = None,
+    storage: Annotated[str | None, typer.Option(help="Optuna storage URL instead of a run folder.")] = None,
+    study: Annotated[
+        str | None, typer.Option(help="Study name (default: the only one in the storage).")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="HTML file (default: <run>/report.html).")] = None,
+    use_cache: Annotated[
+        bool, typer.Option("--cache/--no-cache", help="Reuse measured costs (zoo points).")
+    ] = True,
+) -> None:
+    """Write a self-contained HTML report (Pareto fronts, hypervolume, importances, best trials) and a CSV."""
+    from hvtnas.report import write_report  # plotly and pandas only when a report is asked for
+
+    study_obj = _load_study(run, storage, study)
+    target = out or (run / "report.html" if run is not None else Path(f"{study_obj.study_name}_report.html"))
+    html_path, csv_path = write_report(study_obj, target, cache=CostCache() if use_cache else None)
+    console.print(f"{html_path}\n{csv_path}", highlight=False)
+
+
 @user_errors
 def export_command(
     run: Annotated[Path | None, typer.Argument(help="A run folder runs/<study> (or use --storage).")] = None,
@@ -122,21 +162,10 @@ def export_command(
     out: Annotated[Path | None, typer.Option(help="Folder for the configs (default: <run>/exports).")] = None,
 ) -> None:
     """Write trials as architecture configs (with their costs and metrics as metadata)."""
-    if storage is None:
-        if run is None or not (run / "study.db").is_file():
-            raise HvtnasError(f"{run}: not a run folder (no study.db); give runs/<study> or --storage")
-        storage = f"sqlite:///{run / 'study.db'}"
-    names = optuna.get_all_study_names(storage)
-    if study is None:
-        if len(names) != 1:
-            raise HvtnasError(f"the storage holds studies {names}; choose one with --study")
-        study = names[0]
-    elif study not in names:
-        raise HvtnasError(f"no study {study!r} in the storage; studies: {', '.join(names)}")
-    study_obj = optuna.load_study(study_name=study, storage=storage)
+    study_obj = _load_study(run, storage, study)
     chosen = select_trials(study_obj, pareto=pareto, trial=trial, top=top, by=by)
     if not chosen:
-        raise HvtnasError(f"study {study!r} has no completed trial to export")
-    target = out or (run / "exports" if run is not None else Path("exports") / study)
+        raise HvtnasError(f"study {study_obj.study_name!r} has no completed trial to export")
+    target = out or (run / "exports" if run is not None else Path("exports") / study_obj.study_name)
     for path in export_trials(study_obj, chosen, target):
         console.print(str(path), highlight=False)

@@ -1,0 +1,218 @@
+"""``write_report``: a self-contained HTML report of a study, and a CSV of all its trials.
+
+Sections: 2-D projections of the Pareto front (every pair of objectives; where both axes are
+costs, the zoo's models at the study's input size are drawn for reference: their accuracies are
+ImageNet figures and do not belong on this task's accuracy axis), the hypervolume history,
+parameter importances per objective (Optuna's fANOVA), and the table of Pareto-optimal trials.
+"""
+
+from __future__ import annotations
+
+import html
+import itertools
+import warnings
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pandas as pd
+import plotly.graph_objects as go
+from optuna.trial import FrozenTrial, TrialState
+
+from hvtnas.config import ArchConfig
+from hvtnas.costs import CostCache, CostSettings, measure_costs
+from hvtnas.models import zoo
+from hvtnas.search.experiment import PROXY_PREFIX, metric_direction
+from hvtnas.search.study import metric_value
+
+
+def _objectives(study: optuna.Study) -> list[str]:
+    return list(
+        study.user_attrs.get("objectives")
+        or study.metric_names
+        or [f"objective{i}" for i in range(len(study.directions))]
+    )
+
+
+def trials_frame(study: optuna.Study) -> pd.DataFrame:
+    """One row per trial: state, objectives, parameters, costs, reason."""
+    names = _objectives(study)
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        row: dict[str, Any] = {"trial": t.number, "state": t.state.name.lower()}
+        for name, value in zip(names, t.values or [None] * len(names), strict=True):
+            row[name] = value
+        costs = t.user_attrs.get("costs") or {}
+        row.update({"params_count": costs.get("params"), "gmacs": (costs.get("flops") or 0) / 1e9 or None})
+        row.update({f"param:{k}": v for k, v in t.params.items()})
+        row["duplicate_of"] = t.user_attrs.get("duplicate_of")
+        row["over_budget"] = "; ".join(t.user_attrs.get("constraint_violations") or []) or None
+        row["reason"] = t.user_attrs.get("reason")
+        row["seconds"] = t.user_attrs.get("wall_seconds")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _feasible(study: optuna.Study) -> list[FrozenTrial]:
+    return [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if not t.user_attrs.get("constraint_violations")
+    ]
+
+
+def _zoo_points(
+    study: optuna.Study, x: str, y: str, cache: CostCache | None
+) -> list[tuple[str, float, float]]:
+    """The zoo's models measured at the study's input (channels, size, classes) for cost axes."""
+    feasible = _feasible(study)
+    if not feasible or x.startswith(PROXY_PREFIX) or y.startswith(PROXY_PREFIX) or "accuracy" in (x, y):
+        return []
+    arch = ArchConfig.from_dict(feasible[0].user_attrs["arch"])
+    points = []
+    for name in zoo.names():
+        cfg = zoo.get_config(name)
+        cfg = cfg.model_copy(update={"input": arch.input})
+        costs = measure_costs(cfg, CostSettings(dense_resolution=None), cache=cache)
+        try:
+            points.append((name, metric_value(x, costs), metric_value(y, costs)))
+        except (KeyError, TypeError, AttributeError):  # a cost this report cannot measure here
+            return []
+    return points
+
+
+def pareto_figures(study: optuna.Study, cache: CostCache | None = None) -> list[go.Figure]:
+    names = _objectives(study)
+    feasible = _feasible(study)
+    front = {t.number for t in study.best_trials}
+    figures = []
+    for i, j in itertools.combinations(range(len(names)), 2):
+        x_name, y_name = names[j], names[i]  # accuracy (first objective, usually) on the y axis
+        fig = go.Figure()
+        for on_front, label, color in ((False, "trials", "#9aa5b1"), (True, "Pareto front", "#d62728")):
+            chosen = [t for t in feasible if (t.number in front) == on_front]
+            fig.add_trace(
+                go.Scatter(
+                    x=[t.values[j] for t in chosen],
+                    y=[t.values[i] for t in chosen],
+                    mode="markers",
+                    name=label,
+                    marker={"color": color, "size": 9 if on_front else 6},
+                    text=[f"trial {t.number}" for t in chosen],
+                    hovertemplate="%{text}<br>%{x:.4g}, %{y:.4g}",
+                )
+            )
+        zoo_points = _zoo_points(study, x_name, y_name, cache)
+        if zoo_points:
+            fig.add_trace(
+                go.Scatter(
+                    x=[p[1] for p in zoo_points],
+                    y=[p[2] for p in zoo_points],
+                    mode="markers+text",
+                    name="zoo",
+                    text=[p[0] for p in zoo_points],
+                    textposition="top center",
+                    marker={"symbol": "diamond"},
+                )
+            )
+        log_x = x_name in ("flops", "flops_dense", "params", "memory")
+        fig.update_layout(
+            title=f"{y_name} ({metric_direction(y_name)}) vs {x_name} ({metric_direction(x_name)})",
+            xaxis_title=x_name,
+            yaxis_title=y_name,
+            xaxis_type="log" if log_x else "linear",
+            template="plotly_white",
+            height=480,
+        )
+        figures.append(fig)
+    return figures
+
+
+def hypervolume_figure(study: optuna.Study) -> go.Figure | None:
+    feasible = _feasible(study)
+    if len(study.directions) < 2 or not feasible:
+        return None
+    reference = []
+    for k, direction in enumerate(study.directions):
+        values = [t.values[k] for t in feasible]
+        if direction == optuna.study.StudyDirection.MAXIMIZE:
+            reference.append(min(values) - 0.1 * (abs(min(values)) + 1e-9))
+        else:
+            reference.append(max(values) * 1.1 + 1e-9)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        fig = optuna.visualization.plot_hypervolume_history(study, reference_point=reference)
+    fig.update_layout(template="plotly_white", height=420)
+    return fig
+
+
+def importance_figures(study: optuna.Study) -> tuple[list[go.Figure], list[str]]:
+    names = _objectives(study)
+    figures, notes = [], []
+    for k, name in enumerate(names):
+        try:
+            importances = optuna.importance.get_param_importances(
+                study,
+                evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0),
+                target=lambda t, k=k: t.values[k],
+            )
+        except (RuntimeError, ValueError, ZeroDivisionError) as err:
+            notes.append(f"no parameter importances for {name}: {err}")
+            continue
+        fig = go.Figure(go.Bar(x=list(importances.values()), y=list(importances.keys()), orientation="h"))
+        fig.update_layout(
+            title=f"parameter importance for {name} (fANOVA)",
+            template="plotly_white",
+            height=120 + 24 * len(importances),
+            yaxis={"autorange": "reversed"},
+        )
+        figures.append(fig)
+    return figures, notes
+
+
+def write_report(study: optuna.Study, out: Path, cache: CostCache | None = None) -> tuple[Path, Path]:
+    """Write ``out`` (HTML, plotly inlined: opens offline) and ``out`` with ``.csv`` (all trials)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    frame = trials_frame(study)
+    csv_path = out.with_suffix(".csv")
+    frame.to_csv(csv_path, index=False)
+    front = frame[frame["trial"].isin({t.number for t in study.best_trials})]
+    sections: list[str] = []
+    figures = pareto_figures(study, cache)
+    hv = hypervolume_figure(study)
+    importances, notes = importance_figures(study)
+    first = True
+    for title, figs in (
+        ("Pareto front", figures),
+        ("Hypervolume", [hv] if hv else []),
+        ("Parameter importances", importances),
+    ):
+        parts = []
+        for fig in figs:
+            parts.append(fig.to_html(full_html=False, include_plotlyjs="inline" if first else False))
+            first = False
+        sections.append(f"<h2>{title}</h2>" + "".join(parts))
+    counts = frame["state"].value_counts().to_dict()
+    summary = ", ".join(f"{v} {k}" for k, v in counts.items())
+    objectives = ", ".join(
+        f"{n} ({d.name.lower()})" for n, d in zip(_objectives(study), study.directions, strict=True)
+    )
+    body = (
+        f"<h1>hvtnas study {html.escape(study.study_name)}</h1>"
+        f"<p>{len(frame)} trials: {html.escape(summary)}. Objectives: {html.escape(objectives)}.</p>"
+        + "".join(sections)
+        + "".join(f"<p class=note>{html.escape(n)}</p>" for n in notes)
+        + "<h2>Pareto-optimal trials</h2>"
+        + front.to_html(index=False, na_rep="", float_format=lambda v: f"{v:.4g}")
+        + f"<p>All trials: {html.escape(csv_path.name)}</p>"
+    )
+    style = (
+        "body{font-family:sans-serif;max-width:1100px;margin:auto} "
+        "table{border-collapse:collapse;font-size:13px} td,th{border:1px solid #ddd;padding:3px 6px} "
+        ".note{color:#777}"
+    )
+    out.write_text(
+        f"<!doctype html><html><head><meta charset=utf-8><title>{html.escape(study.study_name)}</title>"
+        f"<style>{style}</style></head><body>{body}</body></html>"
+    )
+    return out, csv_path
