@@ -6,7 +6,7 @@ import typer
 
 from hvtnas.cli.build import build_command
 from hvtnas.cli.mixers import mixers_command
-from hvtnas.cli.search import export_command, report_command, search_command
+from hvtnas.cli.search import dashboard_command, export_command, report_command, search_command
 from hvtnas.cli.space import space_app
 from hvtnas.cli.train import train_command
 from hvtnas.cli.zoo import zoo_command
@@ -25,6 +25,7 @@ app.command("train")(train_command)
 app.command("search")(search_command)
 app.command("export")(export_command)
 app.command("report")(report_command)
+app.command("dashboard")(dashboard_command)
 app.add_typer(space_app, name="space")
 
 

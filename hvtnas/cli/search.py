@@ -15,6 +15,7 @@ from hvtnas.cli._common import console, user_errors
 from hvtnas.costs import CostCache
 from hvtnas.errors import HvtnasError
 from hvtnas.search import SearchRun, TrialOutcome, export_trials, load_search_spec, open_study, select_trials
+from hvtnas.search.dashboard import save_study_figures
 
 
 def _storage_for(run_dir: Path, storage: str | None) -> str:
@@ -101,6 +102,7 @@ def search_command(
 
         run = SearchRun(spec, study_obj, cache=cache, on_trial=on_trial)
         run.run(trials)
+    save_study_figures(study_obj)  # what `hvtnas dashboard` shows beside Optuna's own plots
     console.print(
         f"done: {run.finished()} trials in study {name!r} ({'storage ' + storage if storage else run_dir})"
     )
@@ -169,3 +171,28 @@ def export_command(
     target = out or (run / "exports" if run is not None else Path("exports") / study_obj.study_name)
     for path in export_trials(study_obj, chosen, target):
         console.print(str(path), highlight=False)
+
+
+@user_errors
+def dashboard_command(
+    run: Annotated[Path | None, typer.Argument(help="A run folder runs/<study> (or use --storage).")] = None,
+    storage: Annotated[str | None, typer.Option(help="Optuna storage URL instead of a run folder.")] = None,
+    study: Annotated[
+        str | None, typer.Option(help="Study whose figures to refresh (default: the only one).")
+    ] = None,
+    host: Annotated[
+        str, typer.Option(help="Address to serve on (127.0.0.1: this machine only).")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port.")] = 8080,
+) -> None:
+    """Serve optuna-dashboard for the study: Pareto fronts, per-trial architecture notes, hvtnas figures."""
+    from optuna_dashboard import run_server
+
+    study_obj = _load_study(run, storage, study)
+    save_study_figures(study_obj)
+    url = storage or f"sqlite:///{run / 'study.db'}"
+    console.print(
+        f"dashboard of study {study_obj.study_name!r}: http://{host}:{port}/dashboard (Ctrl+C stops)"
+    )
+    sys.stdout.flush()
+    run_server(url, host=host, port=port)

@@ -28,6 +28,7 @@ from hvtnas.costs import CostCache, Costs, measure_costs
 from hvtnas.costs.cache import canonical_config
 from hvtnas.errors import ConfigError, HvtnasError
 from hvtnas.models import build_model
+from hvtnas.search.dashboard import save_trial_note
 from hvtnas.search.experiment import PROXY_PREFIX, ExperimentConfig
 from hvtnas.space import SearchSpace
 from hvtnas.train import ImageData, load_dataset, train_proxy
@@ -142,6 +143,8 @@ class SearchRun:
         trial.set_user_attr("wall_seconds", time.perf_counter() - started)
         if outcome.reason:
             trial.set_user_attr("reason", outcome.reason)
+        if "arch" in trial.user_attrs:  # the dashboard's note: architecture, costs, curve, reason
+            save_trial_note(trial, ArchConfig.model_validate(trial.user_attrs["arch"]), trial.user_attrs)
         self.study.tell(trial, outcome.values, state=outcome.state)
         return outcome
 

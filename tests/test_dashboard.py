@@ -1,0 +1,120 @@
+"""The dashboard: trial notes and figures in the study, and the page in a real headless browser."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from hvtnas.cli import app
+from tests.test_search import SPACE
+
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("dash")
+    path = root / "space.yaml"
+    path.write_text(yaml.safe_dump(SPACE, sort_keys=False))
+    result = CliRunner().invoke(
+        app, ["search", str(path), "--trials", "3", "--runs-dir", str(root / "runs"), "--no-cache"]
+    )
+    assert result.exit_code == 0, result.output
+    return root / "runs" / "space"
+
+
+def test_trials_carry_notes_and_the_study_carries_figures(run_dir: Path) -> None:
+    storage = optuna.storages.get_storage(f"sqlite:///{run_dir / 'study.db'}")
+    study = optuna.load_study(study_name="space", storage=storage)
+    attrs = storage.get_study_system_attrs(study._study_id)
+    assert any(key.startswith("dashboard:plot_data:pareto_") for key in attrs)  # save_plotly_graph_object
+    assert any(key.startswith("dashboard:plot_data:hypervolume") for key in attrs)
+    for trial in study.trials:  # optuna-dashboard keeps trial notes in the study's system attributes
+        prefix = f"dashboard:{trial._trial_id}:note_str:"
+        note = "".join(str(v) for k, v in sorted(attrs.items()) if k.startswith(prefix))
+        assert "stem **patch**" in note and "params **" in note and "accuracy by epoch" in note
+
+
+@pytest.fixture(scope="module")
+def server(run_dir: Path) -> Iterator[str]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "hvtnas", "dashboard", str(run_dir), "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(100):
+            try:
+                if urllib.request.urlopen(f"{url}/dashboard", timeout=1).status == 200:
+                    break
+            except OSError:
+                time.sleep(0.2)
+        else:
+            raise AssertionError("the dashboard did not come up: " + process.stdout.read1().decode())
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def test_dashboard_api_lists_the_study(server: str) -> None:
+    body = urllib.request.urlopen(f"{server}/api/studies", timeout=5).read().decode()
+    assert '"study_name": "space"' in body and '"maximize", "minimize"' in body
+
+
+@pytest.mark.skipif(
+    CHROMIUM is None or CHROMEDRIVER is None,
+    reason="needs Chromium and ChromeDriver (Debian: apt-get install chromium chromium-driver)",
+)
+def test_dashboard_page_shows_the_pareto_front_in_a_browser(server: str) -> None:
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+    ):
+        options.add_argument(flag)
+    options.binary_location = CHROMIUM
+    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+    try:
+        driver.get(f"{server}/dashboard/studies/1")
+        text = ""
+        for _ in range(60):  # the page renders with JavaScript
+            text = driver.find_element("tag name", "body").text
+            if "Pareto Front" in text and "accuracy (maximize) vs params (minimize)" in text:
+                break
+            time.sleep(0.5)
+        assert "space" in text and "Pareto Front" in text, text[:500]
+        assert "accuracy (maximize) vs params (minimize)" in text  # hvtnas's own figure, saved in the study
+        driver.get(f"{server}/dashboard/studies/1/trials")
+        for _ in range(60):
+            text = driver.find_element("tag name", "body").text
+            if "positional encoding" in text:
+                break
+            time.sleep(0.5)
+        assert "positional encoding" in text  # the trial note with the architecture
+    finally:
+        driver.quit()
