@@ -118,7 +118,8 @@ class DownsampleConfig(_Strict):
 
     - ``conv``: k x k conv with stride 2, padding (k-1)//2: k=2 is the strided 2x2 conv
       (Twins, ShiftViT), k=3 the overlapping conv (PVTv2, PoolFormer, MetaFormer);
-    - ``patch_merging``: Swin's concat of 2x2 neighbours -> norm(4C) -> Linear(4C, C_out, no bias).
+    - ``patch_merging``: Swin's concat of 2x2 neighbours -> norm(4C) -> Linear(4C, C_out, no bias);
+      with ``norm_position: post`` Linear -> norm(C_out) (Swin V2).
     ``norm_position`` says whether the norm acts on the input (pre) or output (post) channels.
     """
 
@@ -132,15 +133,6 @@ class DownsampleConfig(_Strict):
     @classmethod
     def _shorthand(cls, value: Any) -> Any:
         return _kind_shorthand(value)
-
-    @model_validator(mode="after")
-    def _merging_is_pre_norm(self) -> DownsampleConfig:
-        if self.kind == "patch_merging" and self.norm is not None and self.norm_position != "pre":
-            raise PydanticCustomError(
-                "merge_norm",
-                "patch_merging normalises the concatenated 4C input: norm_position must be 'pre'",
-            )
-        return self
 
 
 class PosEmbedConfig(_Strict):
@@ -211,6 +203,8 @@ class StageConfig(_Strict):
     layer_scale: float | None = Field(None, gt=0)  # init value of per-channel branch scales
     res_scale: bool = False  # learnable per-channel scale on the shortcut (MetaFormer baselines)
     out_norm: bool = False  # a norm on the stage output (PVT): the pyramid level is normalised
+    # pre: x + f(norm(x)) (most models); post: x + norm(f(x)), Swin V2's residual post-norm
+    norm_position: Literal["pre", "post"] = "pre"
 
     @field_validator("head_dim")
     @classmethod

@@ -17,9 +17,10 @@ def _scale(dim: int, init: float | None) -> nn.Module:
 class MetaFormerBlock(nn.Module):
     """``x = s1(x) + ls1(drop(mixer(norm1(x))))``, then ``x = s2(x) + ls2(drop(ffn(norm2(x))))``.
 
-    ``ls`` is layer scale (branch scale), ``s`` residual scale (shortcut scale); both identity
-    unless configured. A mixer with ``residual = False`` replaces x (ShiftViT); ``ffn=None``
-    drops the second sub-block (CoAtNet MBConv stages).
+    With ``post_norm`` the norms move to the end of each branch, ``x + ls(drop(norm(f(x))))``
+    (Swin V2's residual post-norm). ``ls`` is layer scale (branch scale), ``s`` residual scale
+    (shortcut scale); both identity unless configured. A mixer with ``residual = False``
+    replaces x (ShiftViT); ``ffn=None`` drops the second sub-block (CoAtNet MBConv stages).
     """
 
     def __init__(
@@ -31,8 +32,10 @@ class MetaFormerBlock(nn.Module):
         drop_path: float = 0.0,
         layer_scale: float | None = None,
         res_scale: bool = False,
+        post_norm: bool = False,
     ) -> None:
         super().__init__()
+        self.post_norm = post_norm
         self.mixer_residual = mixer.residual
         if self.mixer_residual:
             self.norm1 = norm()
@@ -49,13 +52,18 @@ class MetaFormerBlock(nn.Module):
             self.ffn = None
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
+    def _branch(self, f: nn.Module, norm: nn.Module, x: Tensor) -> Tensor:
+        return norm(f(x)) if self.post_norm else f(norm(x))
+
     def forward(self, x: Tensor) -> Tensor:  # x: (B, H, W, C)
         if self.mixer_residual:
-            x = self.res_scale1(x) + self.drop_path(self.layer_scale1(self.mixer(self.norm1(x))))
+            mixed = self._branch(self.mixer, self.norm1, x)
+            x = self.res_scale1(x) + self.drop_path(self.layer_scale1(mixed))
         else:
             x = self.mixer(x)
         if self.ffn is not None:
-            x = self.res_scale2(x) + self.drop_path(self.layer_scale2(self.ffn(self.norm2(x))))
+            fed = self._branch(self.ffn, self.norm2, x)
+            x = self.res_scale2(x) + self.drop_path(self.layer_scale2(fed))
         return x
 
 

@@ -76,10 +76,11 @@ def build_stem(cfg: StemConfig, in_channels: int, dim: int) -> nn.Module:
 
 
 def build_downsample(cfg: DownsampleConfig, in_dim: int, out_dim: int) -> nn.Module:
-    if cfg.kind == "patch_merging":
-        return PatchMerging(in_dim, out_dim, _optional_norm(cfg.norm, 4 * in_dim))
-    pre = _optional_norm(cfg.norm, in_dim) if cfg.norm_position == "pre" else None
     post = _optional_norm(cfg.norm, out_dim) if cfg.norm_position == "post" else None
+    if cfg.kind == "patch_merging":
+        pre = _optional_norm(cfg.norm, 4 * in_dim) if cfg.norm_position == "pre" else None
+        return PatchMerging(in_dim, out_dim, pre, post)
+    pre = _optional_norm(cfg.norm, in_dim) if cfg.norm_position == "pre" else None
     return ConvDownsample(in_dim, out_dim, cfg.kernel_size, cfg.bias, pre, post)
 
 
@@ -128,6 +129,7 @@ def build_model(spec: ModelSpec, *, num_classes: int | None = None) -> MetaForme
                     drop_path=drop_rates[sum(depths[:i]) + j],
                     layer_scale=scfg.layer_scale,
                     res_scale=scfg.res_scale,
+                    post_norm=scfg.norm_position == "post",
                 )
             )
         pos_embed = None

@@ -104,18 +104,22 @@ class ConvDownsample(nn.Module):
 
 
 class PatchMerging(nn.Module):
-    """Swin: concatenate each 2x2 neighbourhood -> norm(4C) -> Linear(4C, C_out, bias=False)."""
+    """Swin: concatenate each 2x2 neighbourhood -> norm(4C) -> Linear(4C, C_out, bias=False);
+    Swin V2 normalises after the linear instead (``post_norm``: a norm of C_out channels)."""
 
-    def __init__(self, in_dim: int, out_dim: int, norm: nn.Module | None) -> None:
+    def __init__(
+        self, in_dim: int, out_dim: int, norm: nn.Module | None, post_norm: nn.Module | None = None
+    ) -> None:
         super().__init__()
         self.norm = norm if norm is not None else nn.Identity()
         self.reduction = nn.Linear(4 * in_dim, out_dim, bias=False)
+        self.post_norm = post_norm if post_norm is not None else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
         x = pad_to_multiple(x, 2)
         # Swin's channel order [x(0,0), x(1,0), x(0,1), x(1,1)]: the row offset varies fastest
         x = rearrange(x, "b (h dh) (w dw) c -> b h w (dw dh c)", dh=2, dw=2)
-        return self.reduction(self.norm(x))
+        return self.post_norm(self.reduction(self.norm(x)))
 
 
 # ----------------------------------------------------------------------------- positional encodings

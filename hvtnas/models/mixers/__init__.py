@@ -8,8 +8,10 @@ builder, the contract tests and the search space all read this registry.
 from __future__ import annotations
 
 from hvtnas.models.mixers.attention import (
+    CosineWindowAttention,
     GlobalAttention,
     PooledReductionAttention,
+    ShiftedCosineWindowAttention,
     ShiftedWindowAttention,
     SpatialReductionAttention,
     WindowAttention,
@@ -24,6 +26,8 @@ MIXERS: Registry[type[TokenMixer]] = Registry("token mixer")
 MIXERS.register("attention", GlobalAttention)  # ViT / CAFormer global MHSA
 MIXERS.register("window", WindowAttention)  # Swin W-MSA, Twins-SVT locally-grouped
 MIXERS.register("shifted_window", ShiftedWindowAttention)  # Swin SW-MSA
+MIXERS.register("cosine_window", CosineWindowAttention)  # Swin V2 W-MSA
+MIXERS.register("shifted_cosine_window", ShiftedCosineWindowAttention)  # Swin V2 SW-MSA
 MIXERS.register("spatial_reduction", SpatialReductionAttention)  # PVT / PVTv2 / Twins GSA
 MIXERS.register("pooled_reduction", PooledReductionAttention)  # PVTv2-Li linear SRA
 MIXERS.register("pooling", Pooling)  # PoolFormer

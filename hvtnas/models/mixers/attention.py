@@ -6,6 +6,7 @@ kernels. Masks and relative-position indices depend only on the feature-map size
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar
 
 import torch
@@ -29,6 +30,8 @@ class GlobalAttention(TokenMixer):
 
     Params: ClassVar[type[MixerParams]] = AttentionParams
     uses_heads = True
+    paper = "ViT (Dosovitskiy et al., ICLR 2021); CAFormer (Yu et al., TPAMI 2023)"
+    complexity = "O(N²C)"
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, proj_bias: bool = True) -> None:
         super().__init__()
@@ -62,6 +65,9 @@ class WindowAttention(TokenMixer):
 
     Params: ClassVar[type[MixerParams]] = WindowParams
     uses_heads = True
+    logit_scale_factor: ClassVar[float | None] = None  # None: SDPA's 1/sqrt(head_dim)
+    paper = "Swin W-MSA (Liu et al., ICCV 2021); Twins-SVT LSA (Chu et al., NeurIPS 2021)"
+    complexity = "O(N M² C), window M"
     shift: ClassVar[bool] = False
 
     def __init__(
@@ -146,16 +152,30 @@ class WindowAttention(TokenMixer):
         self._mask_cache[key] = mask
         return mask
 
+    def position_bias(self, wh: int, ww: int, device: torch.device) -> Tensor | None:
+        """``(heads, N, N)`` bias added to the attention logits of a wh x ww window, or None."""
+        if self.relative_position_bias_table is None:
+            return None
+        N = wh * ww
+        bias = self.relative_position_bias_table[self._relative_index(wh, ww, device).view(-1)]
+        return bias.view(N, N, self.num_heads).permute(2, 0, 1)  # (heads, N, N)
+
     def _attn_mask(self, H: int, W: int, wh: int, ww: int, x: Tensor) -> Tensor | None:
         blocked = self.blocked_mask(H, W, x.device)  # (nW, N, N) or None
-        if self.relative_position_bias_table is None:
+        bias = self.position_bias(wh, ww, x.device)
+        if bias is None:
             return None if blocked is None else ~blocked[:, None]  # bool, True = may attend
-        N = wh * ww
-        bias = self.relative_position_bias_table[self._relative_index(wh, ww, x.device).view(-1)]
-        bias = bias.view(N, N, self.num_heads).permute(2, 0, 1).to(x.dtype)  # (heads, N, N)
+        bias = bias.to(x.dtype)
         if blocked is None:
             return bias
         return bias.masked_fill(blocked[:, None], float("-inf"))  # (nW, heads, N, N)
+
+    def project_qkv(self, windows: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``(B, nW, N, C)`` window tokens -> q, k, v of shape ``(B, nW, heads, N, head_dim)``."""
+        q, k, v = rearrange(
+            self.qkv(windows), "b nw t (three n d) -> three b nw n t d", three=3, n=self.num_heads
+        )
+        return q, k, v
 
     def forward(self, x: Tensor) -> Tensor:
         H, W = x.shape[1:3]
@@ -165,10 +185,10 @@ class WindowAttention(TokenMixer):
             x = torch.roll(x, shifts=(-sh, -sw), dims=(1, 2))
         Hp = x.shape[1]
         windows = rearrange(x, "b (nh wh) (nw ww) c -> b (nh nw) (wh ww) c", wh=wh, ww=ww)
-        q, k, v = rearrange(
-            self.qkv(windows), "b nw t (three n d) -> three b nw n t d", three=3, n=self.num_heads
+        q, k, v = self.project_qkv(windows)
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=self._attn_mask(H, W, wh, ww, q), scale=self.logit_scale_factor
         )
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=self._attn_mask(H, W, wh, ww, q))
         out = rearrange(out, "b (nh nw) n (wh ww) d -> b (nh wh) (nw ww) (n d)", nh=Hp // wh, wh=wh, ww=ww)
         out = self.proj(out)
         if sh or sw:
@@ -178,6 +198,79 @@ class WindowAttention(TokenMixer):
 
 class ShiftedWindowAttention(WindowAttention):
     """Swin's SW-MSA: windows displaced by half a window through a cyclic shift, with its mask."""
+
+    paper = "Swin SW-MSA (Liu et al., ICCV 2021)"
+    shift = True
+
+
+# ----------------------------------------------------------------------------- Swin V2
+class CosineWindowParams(AttentionParams):
+    window_size: PositiveInt = 8
+    cpb_hidden: PositiveInt = 512  # hidden width of the continuous position bias MLP
+
+
+class CosineWindowAttention(WindowAttention):
+    """Swin V2 window attention: scaled cosine attention and a log-spaced continuous position bias.
+
+    Logits are ``cos(q, k) * exp(min(logit_scale, log 100))`` per head; scaling the normalised q
+    by that factor (and calling SDPA with scale 1) keeps the fused kernel. The bias is
+    ``16 * sigmoid(MLP(log-spaced relative offsets))``, so it is defined for any window size.
+    Like Swin V2, q and v have biases but k has none. Use with ``norm_position: post`` (res-post-norm).
+    """
+
+    Params: ClassVar[type[MixerParams]] = CosineWindowParams
+    logit_scale_factor: ClassVar[float | None] = 1.0  # the per-head scale is folded into q
+    paper = "Swin V2 (Liu et al., CVPR 2022)"
+    complexity = "O(N M² C), window M"
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        window_size: int = 8,
+        cpb_hidden: int = 512,
+        qkv_bias: bool = True,
+        proj_bias: bool = True,
+    ) -> None:
+        super().__init__(
+            dim, num_heads, window_size, relative_position_bias=False, qkv_bias=False, proj_bias=proj_bias
+        )
+        self.logit_scale = nn.Parameter(torch.full((num_heads, 1, 1), math.log(10.0)))
+        self.cpb_mlp = nn.Sequential(
+            nn.Linear(2, cpb_hidden), nn.ReLU(inplace=True), nn.Linear(cpb_hidden, num_heads, bias=False)
+        )
+        self.q_bias = nn.Parameter(torch.zeros(dim)) if qkv_bias else None
+        self.v_bias = nn.Parameter(torch.zeros(dim)) if qkv_bias else None
+        self._coords_cache: dict[torch.device, Tensor] = {}
+
+    def _log_spaced_offsets(self, device: torch.device) -> Tensor:
+        """``(2M-1, 2M-1, 2)`` relative offsets scaled to [-8, 8], then sign * log2(1 + |x|) / 3."""
+        if device not in self._coords_cache:
+            ws = self.window_size
+            offsets = torch.arange(-(ws - 1), ws, dtype=torch.float32) / max(ws - 1, 1) * 8
+            table = torch.stack(torch.meshgrid(offsets, offsets, indexing="ij"), dim=-1)
+            table = torch.sign(table) * torch.log2(table.abs() + 1.0) / math.log2(8)
+            self._coords_cache[device] = table.to(device)
+        return self._coords_cache[device]
+
+    def position_bias(self, wh: int, ww: int, device: torch.device) -> Tensor:
+        table = self.cpb_mlp(self._log_spaced_offsets(device)).flatten(0, 1)  # ((2M-1)^2, heads)
+        N = wh * ww
+        bias = table[self._relative_index(wh, ww, device).view(-1)].view(N, N, self.num_heads)
+        return 16 * torch.sigmoid(bias.permute(2, 0, 1))  # (heads, N, N)
+
+    def project_qkv(self, windows: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        bias = None
+        if self.q_bias is not None:
+            bias = torch.cat([self.q_bias, torch.zeros_like(self.q_bias), self.v_bias])
+        qkv = F.linear(windows, self.qkv.weight, bias)
+        q, k, v = rearrange(qkv, "b nw t (three n d) -> three b nw n t d", three=3, n=self.num_heads)
+        scale = torch.clamp(self.logit_scale, max=math.log(100.0)).exp()  # (heads, 1, 1)
+        return F.normalize(q, dim=-1) * scale, F.normalize(k, dim=-1), v
+
+
+class ShiftedCosineWindowAttention(CosineWindowAttention):
+    """Swin V2 attention in windows displaced by half a window (cyclic shift + mask, as SW-MSA)."""
 
     shift = True
 
@@ -196,6 +289,8 @@ class SpatialReductionAttention(TokenMixer):
 
     Params: ClassVar[type[MixerParams]] = SpatialReductionParams
     uses_heads = True
+    paper = "PVT (Wang et al., ICCV 2021); PVTv2 (CVMJ 2022); Twins GSA (NeurIPS 2021)"
+    complexity = "O(N² C / R²), ratio R"
 
     def __init__(
         self, dim: int, num_heads: int, sr_ratio: int = 1, qkv_bias: bool = True, proj_bias: bool = True
@@ -236,6 +331,8 @@ class PooledReductionAttention(SpatialReductionAttention):
     ``pool_size`` x ``pool_size`` map, then 1x1 conv, LayerNorm and GELU (cost linear in tokens)."""
 
     Params: ClassVar[type[MixerParams]] = PooledReductionParams
+    paper = "PVTv2-Li linear SRA (Wang et al., CVMJ 2022)"
+    complexity = "O(N P² C), pool P"
 
     def __init__(
         self, dim: int, num_heads: int, pool_size: int = 7, qkv_bias: bool = True, proj_bias: bool = True

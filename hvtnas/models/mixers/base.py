@@ -24,7 +24,9 @@ class TokenMixer(nn.Module):
 
     Class attributes tell the builder and the contract tests what the mixer needs:
     ``Params`` (its parameter model), ``uses_heads`` (it is given ``num_heads``),
-    ``flop_free`` (it does no multiply-accumulates by design, e.g. shift or identity).
+    ``flop_free`` (it does no multiply-accumulates by design, e.g. shift or identity),
+    ``paper`` (the papers it comes from) and ``complexity`` (its cost in the number of tokens N,
+    for the README's generated mixer table).
     The instance attribute ``residual`` is False for mixers that replace their input instead of
     being added to it (ShiftViT applies the shift with neither norm nor shortcut).
     """
@@ -32,6 +34,8 @@ class TokenMixer(nn.Module):
     Params: ClassVar[type[MixerParams]] = MixerParams
     uses_heads: ClassVar[bool] = False
     flop_free: ClassVar[bool] = False
+    paper: ClassVar[str] = ""
+    complexity: ClassVar[str] = ""
     residual: bool = True
 
     def forward(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract

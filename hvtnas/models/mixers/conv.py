@@ -23,6 +23,8 @@ class SepConv(TokenMixer):
     pointwise expand -> act -> depthwise k x k -> pointwise project."""
 
     Params: ClassVar[type[MixerParams]] = SepConvParams
+    paper = "ConvFormer (Yu et al., TPAMI 2023); MobileNetV2 (CVPR 2018)"
+    complexity = "O(N K² C), kernel K"
 
     def __init__(
         self,
@@ -74,6 +76,8 @@ class MBConv(TokenMixer):
     """
 
     Params: ClassVar[type[MixerParams]] = MBConvParams
+    paper = "CoAtNet (Dai et al., NeurIPS 2021); EfficientNet (ICML 2019)"
+    complexity = "O(N K² C), kernel K"
 
     def __init__(
         self,

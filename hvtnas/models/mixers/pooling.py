@@ -23,6 +23,8 @@ class Pooling(TokenMixer):
     """
 
     Params: ClassVar[type[MixerParams]] = PoolingParams
+    paper = "PoolFormer (Yu et al., CVPR 2022)"
+    complexity = "O(N K²C), pool K, no weights"
 
     def __init__(self, dim: int, pool_size: int = 3) -> None:
         super().__init__()
@@ -40,6 +42,8 @@ class Identity(TokenMixer):
     skeleton does by itself."""
 
     flop_free = True
+    paper = "IdentityFormer (Yu et al., TPAMI 2023)"
+    complexity = "0"
 
     def __init__(self, dim: int) -> None:
         super().__init__()
