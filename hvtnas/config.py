@@ -7,6 +7,7 @@ round-trips through YAML. Errors name the field path, and the file and line when
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -83,8 +84,9 @@ class StemConfig(_Strict):
 
     - ``patch``: non-overlapping 4x4 conv, stride 4 (ViT/Swin patch embedding);
     - ``overlap``: one k x k conv, stride 4 (PVTv2 7x7 pad 3, PoolFormer 7x7 pad 2);
-    - ``conv``: ``depth`` stacked 3x3 convs, the first two with stride 2, norm + act between
-      (convolutional stem of CoAtNet / early-conv ViTs).
+    - ``conv``: ``depth`` stacked 3x3 convs, the first two with stride 2 unless ``strides`` says
+      otherwise, norm + act between (convolutional stem of CoAtNet / early-conv ViTs); ResT's stem
+      is strides [2, 1, 2] with ``last_norm: false``.
     """
 
     kind: Literal["patch", "overlap", "conv"] = "patch"
@@ -94,6 +96,8 @@ class StemConfig(_Strict):
     hidden_ratio: float = Field(0.5, gt=0)  # conv only: hidden width = ratio * stage-1 width
     act: Activation = "gelu"  # conv only
     norm: NormConfig | None = None  # after the (last) conv; conv stems also between convs
+    strides: list[Literal[1, 2]] | None = None  # conv only: one per conv, product 4 (default 2, 2, 1, ...)
+    last_norm: bool = True  # conv only: False leaves the last conv without a norm (ResT)
 
     @model_validator(mode="before")
     @classmethod
@@ -110,7 +114,21 @@ class StemConfig(_Strict):
             )
         if self.kind == "conv" and self.norm is None:
             raise PydanticCustomError("stem_norm", "the 'conv' stem needs a norm (e.g. batchnorm)")
+        if self.kind != "conv" and (self.strides is not None or not self.last_norm):
+            raise PydanticCustomError(
+                "stem_strides",
+                "strides/last_norm apply to the 'conv' stem only (this one is '{kind}')",
+                {"kind": self.kind},
+            )
+        if self.strides is not None:
+            if len(self.strides) != self.depth:
+                _fail(("strides",), self.strides, f"needs one stride per conv (depth {self.depth})")
+            if math.prod(self.strides) != 4:
+                _fail(("strides",), self.strides, "the strides must multiply to 4 (the stem's stride)")
         return self
+
+    def conv_strides(self) -> list[int]:
+        return list(self.strides) if self.strides is not None else [2, 2] + [1] * (self.depth - 2)
 
 
 class DownsampleConfig(_Strict):
@@ -141,13 +159,15 @@ class PosEmbedConfig(_Strict):
     ``absolute`` (learnable, interpolated at other input sizes) and ``sinusoidal`` (fixed 2-D)
     are added at the entrance of stage 1, or of every stage with ``per_stage`` (PVT v1);
     ``peg`` is CPVT's conditional encoding, a depthwise conv + residual after the first block
-    of each stage (Twins). Relative position bias is a parameter of the window mixers and the
-    Mix-FFN depthwise conv an FFN kind.
+    of each stage (Twins); ``pixel_attention`` is ResT's gate ``x * sigmoid(dwconv(x))`` after the
+    stem (and after every downsampling with ``per_stage``). Relative position bias is a
+    parameter of the window mixers, LePE of the cross-shaped window mixer, and the Mix-FFN
+    depthwise conv an FFN kind.
     """
 
-    kind: Literal["none", "absolute", "sinusoidal", "peg"] = "none"
+    kind: Literal["none", "absolute", "sinusoidal", "peg", "pixel_attention"] = "none"
     per_stage: bool = False
-    kernel_size: PositiveInt = 3  # peg only
+    kernel_size: PositiveInt = 3  # peg and pixel_attention
 
     @model_validator(mode="before")
     @classmethod
@@ -231,7 +251,17 @@ class StageConfig(_Strict):
                     "heads ({heads}) x head_dim ({head_dim}) must equal width ({width}); give one of them",
                     {"heads": heads, "head_dim": head_dim, "width": width},
                 )
-        needs_heads = [m.kind for m in info.data.get("mixers", []) if MIXERS.get(m.kind).uses_heads]
+        mixers = info.data.get("mixers", [])
+        needs_heads = [m.kind for m in mixers if MIXERS.get(m.kind).uses_heads]
+        num_heads = heads if heads is not None else (width // head_dim if width and head_dim else None)
+        for m in mixers:
+            multiple = MIXERS.get(m.kind).heads_multiple
+            if num_heads is not None and num_heads % multiple:
+                raise PydanticCustomError(
+                    "heads_multiple",
+                    "mixer '{kind}' splits the heads into {multiple} groups: {heads} heads is not a multiple",
+                    {"kind": m.kind, "multiple": multiple, "heads": num_heads},
+                )
         # "head_dim" is absent from info.data when it failed its own check: report that error only
         if needs_heads and heads is None and "head_dim" in info.data and head_dim is None:
             raise PydanticCustomError(

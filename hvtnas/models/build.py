@@ -24,6 +24,7 @@ from hvtnas.models.embed import (
     OverlapStem,
     PatchMerging,
     PatchStem,
+    PixelAttention,
     SinusoidalPosEmbed,
 )
 from hvtnas.models.ffn import FFNS
@@ -69,10 +70,10 @@ def build_stem(cfg: StemConfig, in_channels: int, dim: int) -> nn.Module:
         return OverlapStem(in_channels, dim, k, padding, _optional_norm(cfg.norm, dim))
     assert cfg.norm is not None  # the config requires it for conv stems
     hidden = max(1, int(cfg.hidden_ratio * dim))
-    widths = [hidden] * (cfg.depth - 1) + [dim]
+    widths = [hidden] * (cfg.depth - 1) + ([dim] if cfg.last_norm else [])
     norms = [make_norm(cfg.norm.kind, w, cfg.norm.eps, cfg.norm.bias) for w in widths]
     acts = [make_act(cfg.act) for _ in range(cfg.depth - 1)]
-    return ConvStem(in_channels, dim, hidden, cfg.depth, norms, acts)
+    return ConvStem(in_channels, dim, hidden, cfg.conv_strides(), norms, acts)
 
 
 def build_downsample(cfg: DownsampleConfig, in_dim: int, out_dim: int) -> nn.Module:
@@ -133,10 +134,13 @@ def build_model(spec: ModelSpec, *, num_classes: int | None = None) -> MetaForme
                 )
             )
         pos_embed = None
-        if cfg.pos_embed.kind in ("absolute", "sinusoidal") and (i == 0 or cfg.pos_embed.per_stage):
-            if cfg.pos_embed.kind == "absolute":
+        pe = cfg.pos_embed
+        if pe.kind in ("absolute", "sinusoidal", "pixel_attention") and (i == 0 or pe.per_stage):
+            if pe.kind == "absolute":
                 size = max(1, stem_size // 2**i)
                 pos_embed = AbsolutePosEmbed(dim, (size, size))
+            elif pe.kind == "pixel_attention":
+                pos_embed = PixelAttention(dim, pe.kernel_size)
             else:
                 pos_embed = SinusoidalPosEmbed(dim)
         stages.append(

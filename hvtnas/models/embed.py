@@ -44,31 +44,36 @@ class OverlapStem(nn.Module):
 
 
 class ConvStem(nn.Module):
-    """Stacked 3x3 convs (no bias), the first two with stride 2, norm + act between, norm at the end."""
+    """Stacked 3x3 convs (no bias) with the given strides (product 4), norm + act between, and
+    a norm at the end unless ``norms`` has one fewer entry than convs (ResT)."""
 
     def __init__(
         self,
         in_channels: int,
         dim: int,
         hidden: int,
-        depth: int,
+        strides: list[int],
         norms: list[nn.Module],
         acts: list[nn.Module],
     ) -> None:
         super().__init__()
+        depth = len(strides)
         widths = [in_channels] + [hidden] * (depth - 1) + [dim]
         self.convs = nn.ModuleList(
-            nn.Conv2d(widths[i], widths[i + 1], 3, stride=2 if i < 2 else 1, padding=1, bias=False)
+            nn.Conv2d(widths[i], widths[i + 1], 3, stride=strides[i], padding=1, bias=False)
             for i in range(depth)
         )
         self.norms = nn.ModuleList(norms)
         self.acts = nn.ModuleList(acts)  # depth - 1 of them: none after the last conv
 
     def forward(self, x: Tensor) -> Tensor:
+        x = nchw_to_nhwc(x)
         for i, conv in enumerate(self.convs):
-            x = self.norms[i](nchw_to_nhwc(conv(x)))
+            x = nchw_to_nhwc(conv(nhwc_to_nchw(x)))
+            if i < len(self.norms):
+                x = self.norms[i](x)
             if i < len(self.acts):
-                x = nhwc_to_nchw(self.acts[i](x))
+                x = self.acts[i](x)
         return x  # (B, H/4, W/4, C)
 
 
@@ -166,6 +171,17 @@ class SinusoidalPosEmbed(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return x + self.embedding(x.shape[1], x.shape[2], x.device, x.dtype)
+
+
+class PixelAttention(nn.Module):
+    """ResT's pixel-attention positional encoding: ``x * sigmoid(depthwise k x k conv(x))``."""
+
+    def __init__(self, dim: int, kernel_size: int = 3) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * torch.sigmoid(nchw_to_nhwc(self.proj(nhwc_to_nchw(x))))
 
 
 class PEG(nn.Module):

@@ -18,6 +18,8 @@ from hvtnas.models.mixers.attention import (
 )
 from hvtnas.models.mixers.base import MixerParams, TokenMixer
 from hvtnas.models.mixers.conv import MBConv, SepConv
+from hvtnas.models.mixers.conv_attention import ConvProjectionAttention, EfficientMultiHeadAttention
+from hvtnas.models.mixers.cross_window import CrossShapedWindowAttention
 from hvtnas.models.mixers.pooling import Identity, Pooling
 from hvtnas.models.mixers.shift import Shift
 from hvtnas.registry import Registry
@@ -30,6 +32,9 @@ MIXERS.register("cosine_window", CosineWindowAttention)  # Swin V2 W-MSA
 MIXERS.register("shifted_cosine_window", ShiftedCosineWindowAttention)  # Swin V2 SW-MSA
 MIXERS.register("spatial_reduction", SpatialReductionAttention)  # PVT / PVTv2 / Twins GSA
 MIXERS.register("pooled_reduction", PooledReductionAttention)  # PVTv2-Li linear SRA
+MIXERS.register("cross_window", CrossShapedWindowAttention)  # CSWin cross-shaped windows + LePE
+MIXERS.register("conv_projection", ConvProjectionAttention)  # CvT convolutional projections
+MIXERS.register("emsa", EfficientMultiHeadAttention)  # ResT efficient MHSA
 MIXERS.register("pooling", Pooling)  # PoolFormer
 MIXERS.register("shift", Shift)  # ShiftViT
 MIXERS.register("sepconv", SepConv)  # ConvFormer

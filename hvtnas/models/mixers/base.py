@@ -23,7 +23,8 @@ class TokenMixer(nn.Module):
     """Base class: ``forward(x)`` maps ``(B, H, W, C)`` to ``(B, H, W, C)``.
 
     Class attributes tell the builder and the contract tests what the mixer needs:
-    ``Params`` (its parameter model), ``uses_heads`` (it is given ``num_heads``),
+    ``Params`` (its parameter model), ``uses_heads`` (it is given ``num_heads``), ``heads_multiple``
+    (the number of groups it splits its heads into, which must divide them),
     ``flop_free`` (it does no multiply-accumulates by design, e.g. shift or identity),
     ``paper`` (the papers it comes from) and ``complexity`` (its cost in the number of tokens N,
     for the README's generated mixer table).
@@ -33,6 +34,7 @@ class TokenMixer(nn.Module):
 
     Params: ClassVar[type[MixerParams]] = MixerParams
     uses_heads: ClassVar[bool] = False
+    heads_multiple: ClassVar[int] = 1
     flop_free: ClassVar[bool] = False
     paper: ClassVar[str] = ""
     complexity: ClassVar[str] = ""
