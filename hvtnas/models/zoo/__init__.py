@@ -16,11 +16,12 @@ from hvtnas.errors import HvtnasError
 
 @dataclass(frozen=True)
 class Published:
-    """Figures as the paper / official repository reports them (ImageNet-1k, 224x224)."""
+    """Figures as the paper / official repository reports them (ImageNet-1k, 224x224 unless the
+    zoo file says otherwise); None where none is published."""
 
     params_m: float
-    gmacs: float
-    top1: float
+    gmacs: float | None
+    top1: float | None
     source: str
 
 
@@ -39,6 +40,13 @@ PUBLISHED: dict[str, Published] = {
     "twins_svt_s": Published(24, 2.8, 81.7, "Meituan-AutoML/Twins"),
     "twins_pcpvt_s": Published(24.1, 3.7, 81.2, "Meituan-AutoML/Twins"),
     "shiftvit_t": Published(29, 4.5, 81.7, "microsoft/SPACH"),
+    "swinv2_t": Published(28, 5.9, 81.8, "microsoft/Swin-Transformer (256x256, window 8)"),
+    "cswin_t": Published(23, 4.3, 82.8, "microsoft/CSWin-Transformer"),
+    "cvt_13": Published(20, 4.5, 81.6, "microsoft/CvT"),
+    "rest_lite": Published(11, 1.4, 77.2, "wofmanaf/ResT"),
+    "pvt_tiny": Published(13.2, 1.9, 75.1, "whai362/PVT"),
+    # the SegFormer paper and README give no ImageNet figures for the encoder alone
+    "mit_b0": Published(3.3, None, None, "NVlabs/SegFormer (encoder, counted on mix_transformer.py)"),
 }
 
 
