@@ -20,6 +20,8 @@ from hvtnas.models.mixers.base import MixerParams, TokenMixer
 from hvtnas.models.mixers.conv import MBConv, SepConv
 from hvtnas.models.mixers.conv_attention import ConvProjectionAttention, EfficientMultiHeadAttention
 from hvtnas.models.mixers.cross_window import CrossShapedWindowAttention
+from hvtnas.models.mixers.halo import HaloAttention
+from hvtnas.models.mixers.mlp import AxialShift, RandomMixing, TokenMLP
 from hvtnas.models.mixers.pooling import Identity, Pooling
 from hvtnas.models.mixers.shift import Shift
 from hvtnas.registry import Registry
@@ -35,6 +37,10 @@ MIXERS.register("pooled_reduction", PooledReductionAttention)  # PVTv2-Li linear
 MIXERS.register("cross_window", CrossShapedWindowAttention)  # CSWin cross-shaped windows + LePE
 MIXERS.register("conv_projection", ConvProjectionAttention)  # CvT convolutional projections
 MIXERS.register("emsa", EfficientMultiHeadAttention)  # ResT efficient MHSA
+MIXERS.register("halo", HaloAttention)  # HaloNet blocked local attention with a halo
+MIXERS.register("token_mlp", TokenMLP)  # MLP-Mixer token mixing (windowed)
+MIXERS.register("random_mixing", RandomMixing)  # RandFormer frozen random mixing (windowed)
+MIXERS.register("axial_shift", AxialShift)  # AS-MLP
 MIXERS.register("pooling", Pooling)  # PoolFormer
 MIXERS.register("shift", Shift)  # ShiftViT
 MIXERS.register("sepconv", SepConv)  # ConvFormer
