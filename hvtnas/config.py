@@ -84,9 +84,12 @@ class StemConfig(_Strict):
 
     - ``patch``: non-overlapping 4x4 conv, stride 4 (ViT/Swin patch embedding);
     - ``overlap``: one k x k conv, stride 4 (PVTv2 7x7 pad 3, PoolFormer 7x7 pad 2);
-    - ``conv``: ``depth`` stacked 3x3 convs, the first two with stride 2 unless ``strides`` says
-      otherwise, norm + act between (convolutional stem of CoAtNet / early-conv ViTs); ResT's stem
-      is strides [2, 1, 2] with ``last_norm: false``.
+    - ``conv``: ``depth`` stacked convs (3x3 unless ``kernel_sizes`` says otherwise; padding k//2
+      for odd k, 0 for even), the first two with stride 2 unless ``strides`` says otherwise, norm
+      + act between (convolutional stem of CoAtNet / early-conv ViTs). ``last_norm`` is the norm
+      after the last conv: ``true`` (the same as ``norm``), ``false`` (none: ResT) or a norm of
+      its own (Shunted: BatchNorm between, LayerNorm at the end); ``last_bias`` gives the last
+      conv a bias.
     """
 
     kind: Literal["patch", "overlap", "conv"] = "patch"
@@ -97,7 +100,9 @@ class StemConfig(_Strict):
     act: Activation = "gelu"  # conv only
     norm: NormConfig | None = None  # after the (last) conv; conv stems also between convs
     strides: list[Literal[1, 2]] | None = None  # conv only: one per conv, product 4 (default 2, 2, 1, ...)
-    last_norm: bool = True  # conv only: False leaves the last conv without a norm (ResT)
+    kernel_sizes: list[PositiveInt] | None = None  # conv only: one per conv (default all 3)
+    last_norm: bool | NormConfig = True  # conv only: see above
+    last_bias: bool = False  # conv only
 
     @model_validator(mode="before")
     @classmethod
@@ -114,21 +119,29 @@ class StemConfig(_Strict):
             )
         if self.kind == "conv" and self.norm is None:
             raise PydanticCustomError("stem_norm", "the 'conv' stem needs a norm (e.g. batchnorm)")
-        if self.kind != "conv" and (self.strides is not None or not self.last_norm):
-            raise PydanticCustomError(
-                "stem_strides",
-                "strides/last_norm apply to the 'conv' stem only (this one is '{kind}')",
-                {"kind": self.kind},
-            )
-        if self.strides is not None:
-            if len(self.strides) != self.depth:
-                _fail(("strides",), self.strides, f"needs one stride per conv (depth {self.depth})")
-            if math.prod(self.strides) != 4:
-                _fail(("strides",), self.strides, "the strides must multiply to 4 (the stem's stride)")
+        conv_only = {
+            "strides": self.strides is not None,
+            "kernel_sizes": self.kernel_sizes is not None,
+            "last_norm": self.last_norm is not True,
+            "last_bias": self.last_bias,
+        }
+        if self.kind != "conv" and any(conv_only.values()):
+            field = next(name for name, used in conv_only.items() if used)
+            message = f"applies to the 'conv' stem only (this one is '{self.kind}')"
+            _fail((field,), getattr(self, field), message)
+        for field in ("strides", "kernel_sizes"):
+            value = getattr(self, field)
+            if value is not None and len(value) != self.depth:
+                _fail((field,), value, f"needs one entry per conv (depth {self.depth})")
+        if self.strides is not None and math.prod(self.strides) != 4:
+            _fail(("strides",), self.strides, "the strides must multiply to 4 (the stem's stride)")
         return self
 
     def conv_strides(self) -> list[int]:
         return list(self.strides) if self.strides is not None else [2, 2] + [1] * (self.depth - 2)
+
+    def conv_kernel_sizes(self) -> list[int]:
+        return list(self.kernel_sizes) if self.kernel_sizes is not None else [3] * self.depth
 
 
 class DownsampleConfig(_Strict):
@@ -177,12 +190,20 @@ class PosEmbedConfig(_Strict):
 
 class FFNConfig(_Strict):
     """``mlp``: Linear -> act -> Linear; ``mixffn``: Linear -> depthwise 3x3 -> act -> Linear
-    (PVTv2 / SegFormer, positional information from the zero padding); ``none``: no FFN
-    sub-block (CoAtNet's MBConv stages)."""
+    (PVTv2 / SegFormer, positional information from the zero padding; with ``dw_residual`` the
+    conv is residual, act(h + dwconv(h)), as in Shunted); ``none``: no FFN sub-block (CoAtNet's
+    MBConv stages)."""
 
     kind: Literal["mlp", "mixffn", "none"] = "mlp"
     act: Activation = "gelu"
     bias: bool = True
+    dw_residual: bool = False  # mixffn only
+
+    @model_validator(mode="after")
+    def _dw_residual_needs_mixffn(self) -> FFNConfig:
+        if self.dw_residual and self.kind != "mixffn":
+            _fail(("dw_residual",), True, f"applies to the 'mixffn' FFN only (this one is '{self.kind}')")
+        return self
 
     @model_validator(mode="before")
     @classmethod

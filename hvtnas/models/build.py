@@ -70,10 +70,14 @@ def build_stem(cfg: StemConfig, in_channels: int, dim: int) -> nn.Module:
         return OverlapStem(in_channels, dim, k, padding, _optional_norm(cfg.norm, dim))
     assert cfg.norm is not None  # the config requires it for conv stems
     hidden = max(1, int(cfg.hidden_ratio * dim))
-    widths = [hidden] * (cfg.depth - 1) + ([dim] if cfg.last_norm else [])
-    norms = [make_norm(cfg.norm.kind, w, cfg.norm.eps, cfg.norm.bias) for w in widths]
+    norms = [make_norm(cfg.norm.kind, hidden, cfg.norm.eps, cfg.norm.bias) for _ in range(cfg.depth - 1)]
+    if cfg.last_norm is not False:
+        last = cfg.norm if cfg.last_norm is True else cfg.last_norm
+        norms.append(make_norm(last.kind, dim, last.eps, last.bias))
     acts = [make_act(cfg.act) for _ in range(cfg.depth - 1)]
-    return ConvStem(in_channels, dim, hidden, cfg.conv_strides(), norms, acts)
+    return ConvStem(
+        in_channels, dim, hidden, cfg.conv_strides(), cfg.conv_kernel_sizes(), norms, acts, cfg.last_bias
+    )
 
 
 def build_downsample(cfg: DownsampleConfig, in_dim: int, out_dim: int) -> nn.Module:
@@ -120,7 +124,8 @@ def build_model(spec: ModelSpec, *, num_classes: int | None = None) -> MetaForme
             ffn = None
             if scfg.ffn.kind != "none":
                 hidden = int(dim * scfg.mlp_ratio)
-                ffn = FFNS[scfg.ffn.kind](dim, hidden, act=scfg.ffn.act, bias=scfg.ffn.bias)
+                extra = {"dw_residual": True} if scfg.ffn.dw_residual else {}
+                ffn = FFNS[scfg.ffn.kind](dim, hidden, act=scfg.ffn.act, bias=scfg.ffn.bias, **extra)
             blocks.append(
                 MetaFormerBlock(
                     dim,

@@ -44,8 +44,9 @@ class OverlapStem(nn.Module):
 
 
 class ConvStem(nn.Module):
-    """Stacked 3x3 convs (no bias) with the given strides (product 4), norm + act between, and
-    a norm at the end unless ``norms`` has one fewer entry than convs (ResT)."""
+    """Stacked convs without bias (the last one optionally with) with the given strides (product
+    4) and kernel sizes (padding k//2 for odd k, 0 for even), norm + act between, and a norm at
+    the end unless ``norms`` has one fewer entry than convs (ResT)."""
 
     def __init__(
         self,
@@ -53,15 +54,24 @@ class ConvStem(nn.Module):
         dim: int,
         hidden: int,
         strides: list[int],
+        kernel_sizes: list[int],
         norms: list[nn.Module],
         acts: list[nn.Module],
+        last_bias: bool = False,
     ) -> None:
         super().__init__()
         depth = len(strides)
         widths = [in_channels] + [hidden] * (depth - 1) + [dim]
         self.convs = nn.ModuleList(
-            nn.Conv2d(widths[i], widths[i + 1], 3, stride=strides[i], padding=1, bias=False)
-            for i in range(depth)
+            nn.Conv2d(
+                widths[i],
+                widths[i + 1],
+                k,
+                stride=strides[i],
+                padding=k // 2 if k % 2 else 0,
+                bias=last_bias and i == depth - 1,
+            )
+            for i, k in enumerate(kernel_sizes)
         )
         self.norms = nn.ModuleList(norms)
         self.acts = nn.ModuleList(acts)  # depth - 1 of them: none after the last conv

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from hvtnas.models.mixers.attention import (
     CosineWindowAttention,
+    DilatedWindowAttention,
     GlobalAttention,
     PooledReductionAttention,
     ShiftedCosineWindowAttention,
@@ -24,16 +25,19 @@ from hvtnas.models.mixers.halo import HaloAttention
 from hvtnas.models.mixers.mlp import AxialShift, RandomMixing, TokenMLP
 from hvtnas.models.mixers.pooling import Identity, Pooling
 from hvtnas.models.mixers.shift import Shift
+from hvtnas.models.mixers.shunted import ShuntedAttention
 from hvtnas.registry import Registry
 
 MIXERS: Registry[type[TokenMixer]] = Registry("token mixer")
 MIXERS.register("attention", GlobalAttention)  # ViT / CAFormer global MHSA
 MIXERS.register("window", WindowAttention)  # Swin W-MSA, Twins-SVT locally-grouped
 MIXERS.register("shifted_window", ShiftedWindowAttention)  # Swin SW-MSA
+MIXERS.register("dilated_window", DilatedWindowAttention)  # CrossFormer LDA, Shuffle Transformer
 MIXERS.register("cosine_window", CosineWindowAttention)  # Swin V2 W-MSA
 MIXERS.register("shifted_cosine_window", ShiftedCosineWindowAttention)  # Swin V2 SW-MSA
 MIXERS.register("spatial_reduction", SpatialReductionAttention)  # PVT / PVTv2 / Twins GSA
 MIXERS.register("pooled_reduction", PooledReductionAttention)  # PVTv2-Li linear SRA
+MIXERS.register("shunted", ShuntedAttention)  # Shunted self-attention: two K/V rates
 MIXERS.register("cross_window", CrossShapedWindowAttention)  # CSWin cross-shaped windows + LePE
 MIXERS.register("conv_projection", ConvProjectionAttention)  # CvT convolutional projections
 MIXERS.register("emsa", EfficientMultiHeadAttention)  # ResT efficient MHSA

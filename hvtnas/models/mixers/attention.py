@@ -69,6 +69,9 @@ class WindowAttention(TokenMixer):
     paper = "Swin W-MSA (Liu et al., ICCV 2021); Twins-SVT LSA (Chu et al., NeurIPS 2021)"
     complexity = "O(N M² C), window M"
     shift: ClassVar[bool] = False
+    # how a padded (Hp, Wp) map is cut into nh x nw windows of wh x ww tokens: contiguous blocks;
+    # the dilated variant interleaves them instead, "(wh nh) (ww nw)"
+    grid: ClassVar[str] = "(nh wh) (nw ww)"
 
     def __init__(
         self,
@@ -145,8 +148,8 @@ class WindowAttention(TokenMixer):
 
         label = regions(Hp, wh, sh)[:, None] * 3 + regions(Wp, ww, sw)[None, :]  # (Hp, Wp)
         pad = padding(Hp, H, sh)[:, None] | padding(Wp, W, sw)[None, :]
-        label = rearrange(label, "(nh wh) (nw ww) -> (nh nw) (wh ww)", wh=wh, ww=ww)
-        pad = rearrange(pad, "(nh wh) (nw ww) -> (nh nw) (wh ww)", wh=wh, ww=ww)
+        label = rearrange(label, f"{self.grid} -> (nh nw) (wh ww)", wh=wh, ww=ww)
+        pad = rearrange(pad, f"{self.grid} -> (nh nw) (wh ww)", wh=wh, ww=ww)
         blocked = (label[:, :, None] != label[:, None, :]) | (pad[:, None, :] & ~pad[:, :, None])
         mask = blocked.to(device)
         self._mask_cache[key] = mask
@@ -184,12 +187,12 @@ class WindowAttention(TokenMixer):
         if sh or sw:
             x = torch.roll(x, shifts=(-sh, -sw), dims=(1, 2))
         Hp = x.shape[1]
-        windows = rearrange(x, "b (nh wh) (nw ww) c -> b (nh nw) (wh ww) c", wh=wh, ww=ww)
+        windows = rearrange(x, f"b {self.grid} c -> b (nh nw) (wh ww) c", wh=wh, ww=ww)
         q, k, v = self.project_qkv(windows)
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=self._attn_mask(H, W, wh, ww, q), scale=self.logit_scale_factor
         )
-        out = rearrange(out, "b (nh nw) n (wh ww) d -> b (nh wh) (nw ww) (n d)", nh=Hp // wh, wh=wh, ww=ww)
+        out = rearrange(out, f"b (nh nw) n (wh ww) d -> b {self.grid} (n d)", nh=Hp // wh, wh=wh, ww=ww)
         out = self.proj(out)
         if sh or sw:
             out = torch.roll(out, shifts=(sh, sw), dims=(1, 2))
@@ -201,6 +204,19 @@ class ShiftedWindowAttention(WindowAttention):
 
     paper = "Swin SW-MSA (Liu et al., ICCV 2021)"
     shift = True
+
+
+class DilatedWindowAttention(WindowAttention):
+    """Windows of tokens spaced evenly over the whole map: window (i, j) holds the tokens at rows
+    i, i + nh, i + 2nh, ... and columns j, j + nw, ... (nh x nw windows of M x M tokens).
+
+    This is CrossFormer's long-distance attention (LDA; at 224 its interval I = map size / M) and
+    Shuffle Transformer's spatially shuffled windows, for pairing with short-distance ``window``
+    attention in a pattern. The relative position bias is over the window's coarse grid.
+    """
+
+    grid = "(wh nh) (ww nw)"
+    paper = "CrossFormer LDA (Wang et al., ICLR 2022); Shuffle Transformer (Huang et al., 2021)"
 
 
 # ----------------------------------------------------------------------------- Swin V2
