@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from einops import rearrange
 
 from hvtnas import build_model, summarize
-from hvtnas.models.embed import AbsolutePosEmbed, PatchMerging, SinusoidalPosEmbed
+from hvtnas.models.embed import AbsolutePosEmbed, PatchMerging, PixelAttention, SinusoidalPosEmbed
 from tests.conftest import tiny_config
 
 PATTERNS = {
@@ -115,6 +116,32 @@ def test_downsampling_halves_the_map(downsample: dict) -> None:
     model = build_model(tiny_config(["pooling"], downsample=downsample))
     shapes = [tuple(f.shape[2:]) for f in model.forward_features(torch.randn(1, 3, 64, 64))]
     assert shapes == [(16, 16), (8, 8), (4, 4), (2, 2)]
+
+
+def test_patch_merging_with_post_norm_normalises_the_output_like_swin_v2() -> None:
+    downsample = {"kind": "patch_merging", "norm": "layernorm", "norm_position": "post"}
+    merge = build_model(tiny_config(["pooling"], downsample=downsample)).stages[1].downsample
+    assert isinstance(merge.norm, torch.nn.Identity) and merge.post_norm.normalized_shape == (32,)
+    x = torch.randn(1, 4, 4, 16)
+    merged = rearrange(x, "b (h dh) (w dw) c -> b h w (dw dh c)", dh=2, dw=2)  # Swin's 2x2 concat
+    torch.testing.assert_close(merge(x), merge.post_norm(merge.reduction(merged)))
+
+
+def test_post_norm_blocks_normalise_each_branch_output() -> None:
+    """Swin V2's residual post-norm: x + norm(f(x)) instead of x + f(norm(x))."""
+    block = build_model(tiny_config(["pooling"], stage={"norm_position": "post"})).stages[0].blocks[0].eval()
+    x = torch.randn(1, 8, 8, 16)
+    y = x + block.norm1(block.mixer(x))
+    torch.testing.assert_close(block(x), y + block.norm2(block.ffn(y)))
+
+
+def test_pixel_attention_gates_after_every_embedding() -> None:
+    model = build_model(tiny_config(["pooling"], pos_embed={"kind": "pixel_attention", "per_stage": True}))
+    assert all(isinstance(s.pos_embed, PixelAttention) for s in model.stages)
+    pa = model.stages[0].pos_embed
+    x = torch.randn(1, 5, 6, 16)
+    gate = torch.sigmoid(pa.proj(x.permute(0, 3, 1, 2))).permute(0, 2, 3, 1)
+    torch.testing.assert_close(pa(x), x * gate)
 
 
 def test_patch_merging_concatenates_in_swin_order() -> None:

@@ -63,11 +63,18 @@ def _agrees_with_paper(params: int, published_m: float) -> bool:
     return abs(params / 1e6 - published_m) <= tolerance
 
 
+# Papers whose rounded figure is not the official code's count rounded
+PAPER_FIGURE_DIFFERS = {
+    "cswin_t": "the README and paper say 23M; CSWin_64_12211_tiny_224 builds 22,320,552 (22.3M)",
+}
+
+
 @pytest.mark.parametrize("name", sorted(OFFICIAL_PARAMS))
 def test_zoo_parameter_count_is_exact(name: str) -> None:
     model = build_model(name)
     assert count_params(model) == OFFICIAL_PARAMS[name]
-    assert _agrees_with_paper(count_params(model), zoo.PUBLISHED[name].params_m)
+    if name not in PAPER_FIGURE_DIFFERS:
+        assert _agrees_with_paper(count_params(model), zoo.PUBLISHED[name].params_m)
 
 
 @pytest.mark.parametrize("name", sorted(OFFICIAL_WITH_CLASS_TOKEN))

@@ -69,7 +69,7 @@ def mixers_command(
     table.add_column("kind", no_wrap=True)
     table.add_column("from")
     table.add_column("cost")
-    table.add_column("parameters (default)")
+    table.add_column("parameters (default)", overflow="fold")  # never elide a parameter name
     table.add_column("needs")
     for r in mixer_rows():
         table.add_row(r["kind"], r["paper"], r["complexity"], r["parameters"].replace("`", ""), r["needs"])

@@ -31,7 +31,7 @@ class GlobalAttention(TokenMixer):
     Params: ClassVar[type[MixerParams]] = AttentionParams
     uses_heads = True
     paper = "ViT (Dosovitskiy et al., ICLR 2021); CAFormer (Yu et al., TPAMI 2023)"
-    complexity = "O(N²C)"
+    complexity = "O(N² C)"
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, proj_bias: bool = True) -> None:
         super().__init__()

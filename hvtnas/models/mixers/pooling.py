@@ -24,7 +24,7 @@ class Pooling(TokenMixer):
 
     Params: ClassVar[type[MixerParams]] = PoolingParams
     paper = "PoolFormer (Yu et al., CVPR 2022)"
-    complexity = "O(N K²C), pool K, no weights"
+    complexity = "O(N K² C), pool K, no weights"
 
     def __init__(self, dim: int, pool_size: int = 3) -> None:
         super().__init__()
