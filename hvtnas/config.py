@@ -82,7 +82,9 @@ class InputConfig(_Strict):
 class StemConfig(_Strict):
     """The stride-4 entry into stage 1.
 
-    - ``patch``: non-overlapping 4x4 conv, stride 4 (ViT/Swin patch embedding);
+    - ``patch``: non-overlapping 4x4 conv, stride 4 (ViT/Swin patch embedding); with
+      ``kernel_sizes`` (e.g. [4, 8, 16, 32]) CrossFormer's cross-scale embedding: one stride-4
+      conv per kernel (padding (k-4)/2), channels split 1/2, 1/4, ..., the last two equal, concatenated;
     - ``overlap``: one k x k conv, stride 4 (PVTv2 7x7 pad 3, PoolFormer 7x7 pad 2);
     - ``conv``: ``depth`` stacked convs (3x3 unless ``kernel_sizes`` says otherwise; padding k//2
       for odd k, 0 for even), the first two with stride 2 unless ``strides`` says otherwise, norm
@@ -100,7 +102,7 @@ class StemConfig(_Strict):
     act: Activation = "gelu"  # conv only
     norm: NormConfig | None = None  # after the (last) conv; conv stems also between convs
     strides: list[Literal[1, 2]] | None = None  # conv only: one per conv, product 4 (default 2, 2, 1, ...)
-    kernel_sizes: list[PositiveInt] | None = None  # conv only: one per conv (default all 3)
+    kernel_sizes: list[PositiveInt] | None = None  # conv: one per conv (default all 3); patch: cross-scale
     last_norm: bool | NormConfig = True  # conv only: see above
     last_bias: bool = False  # conv only
 
@@ -121,7 +123,7 @@ class StemConfig(_Strict):
             raise PydanticCustomError("stem_norm", "the 'conv' stem needs a norm (e.g. batchnorm)")
         conv_only = {
             "strides": self.strides is not None,
-            "kernel_sizes": self.kernel_sizes is not None,
+            "kernel_sizes": self.kernel_sizes is not None and self.kind != "patch",
             "last_norm": self.last_norm is not True,
             "last_bias": self.last_bias,
         }
@@ -131,8 +133,10 @@ class StemConfig(_Strict):
             _fail((field,), getattr(self, field), message)
         for field in ("strides", "kernel_sizes"):
             value = getattr(self, field)
-            if value is not None and len(value) != self.depth:
+            if self.kind == "conv" and value is not None and len(value) != self.depth:
                 _fail((field,), value, f"needs one entry per conv (depth {self.depth})")
+        if self.kind == "patch" and self.kernel_sizes is not None:
+            _check_cross_scale(self.kernel_sizes, stride=4)
         if self.strides is not None and math.prod(self.strides) != 4:
             _fail(("strides",), self.strides, "the strides must multiply to 4 (the stem's stride)")
         return self
@@ -144,6 +148,20 @@ class StemConfig(_Strict):
         return list(self.kernel_sizes) if self.kernel_sizes is not None else [3] * self.depth
 
 
+def _check_cross_scale(kernel_sizes: list[int], stride: int) -> None:
+    if any(k < stride or (k - stride) % 2 for k in kernel_sizes):
+        _fail(
+            ("kernel_sizes",),
+            kernel_sizes,
+            f"cross-scale kernels must be >= the stride {stride} and differ from it by an even number",
+        )
+
+
+def cross_scale_widths(width: int, kernels: int) -> list[int]:
+    """CrossFormer's channel split of ``width`` over ``kernels`` convs: 1/2, 1/4, ..., the last two equal."""
+    return [width // 2 ** (i + 1) for i in range(kernels - 1)] + [width // 2 ** (kernels - 1)]
+
+
 class DownsampleConfig(_Strict):
     """Patch merging between stages (stride 2).
 
@@ -152,10 +170,13 @@ class DownsampleConfig(_Strict):
     - ``patch_merging``: Swin's concat of 2x2 neighbours -> norm(4C) -> Linear(4C, C_out, no bias);
       with ``norm_position: post`` Linear -> norm(C_out) (Swin V2).
     ``norm_position`` says whether the norm acts on the input (pre) or output (post) channels.
+    ``kernel_sizes`` (conv only, instead of ``kernel_size``) is CrossFormer's cross-scale
+    embedding: one stride-2 conv per kernel, channels split 1/2, 1/4, ..., concatenated.
     """
 
     kind: Literal["conv", "patch_merging"] = "conv"
     kernel_size: PositiveInt = 2
+    kernel_sizes: list[PositiveInt] | None = None
     bias: bool = True
     norm: NormConfig | None = None
     norm_position: Literal["pre", "post"] = "post"
@@ -164,6 +185,19 @@ class DownsampleConfig(_Strict):
     @classmethod
     def _shorthand(cls, value: Any) -> Any:
         return _kind_shorthand(value)
+
+    @model_validator(mode="after")
+    def _kernel_sizes_fit(self) -> DownsampleConfig:
+        if self.kernel_sizes is not None:
+            if self.kind != "conv":
+                _fail(("kernel_sizes",), self.kernel_sizes, "applies to the 'conv' downsampling only")
+            if "kernel_size" in self.model_fields_set:
+                _fail(("kernel_size",), self.kernel_size, "give kernel_size or kernel_sizes, not both")
+            _check_cross_scale(self.kernel_sizes, stride=2)
+        return self
+
+    def conv_kernel_sizes(self) -> list[int]:
+        return list(self.kernel_sizes) if self.kernel_sizes is not None else [self.kernel_size]
 
 
 class PosEmbedConfig(_Strict):
@@ -321,6 +355,24 @@ class ArchConfig(_Strict):
     downsample: DownsampleConfig = DownsampleConfig()
     head: HeadConfig = HeadConfig()
     drop_path_rate: float = Field(0.0, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _cross_scale_widths(self) -> ArchConfig:
+        # every conv of a cross-scale embedding needs at least one channel, and they must add up
+        embeds = [("stem", self.stem.kernel_sizes if self.stem.kind == "patch" else None, 0)]
+        embeds += [("downsample", self.downsample.kernel_sizes, i) for i in range(1, len(self.stages))]
+        for field, kernels, i in embeds:
+            if kernels is None or len(kernels) == 1:
+                continue
+            width = self.stages[i].width
+            if width % 2 ** (len(kernels) - 1):
+                _fail(
+                    ("stages", i, "width"),
+                    width,
+                    f"{width} does not split over the {len(kernels)} cross-scale kernels of the {field} "
+                    f"(needs a multiple of {2 ** (len(kernels) - 1)})",
+                )
+        return self
 
     @model_validator(mode="after")
     def _sinusoidal_widths(self) -> ArchConfig:

@@ -132,6 +132,24 @@ def test_unknown_mixer_lists_known_ones() -> None:
             lambda c: c.update(pos_embed={"kind": "rotary"}),
             "pos_embed.kind: Input should be",
         ),
+        (
+            lambda c: c.update(stem={"kind": "patch", "kernel_sizes": [4, 7]}),
+            "stem.kernel_sizes: cross-scale kernels must be >= the stride 4",
+        ),
+        (
+            lambda c: c.update(downsample={"kind": "conv", "kernel_size": 3, "kernel_sizes": [2, 4]}),
+            "downsample.kernel_size: give kernel_size or kernel_sizes, not both",
+        ),
+        (
+            lambda c: c.update(downsample={"kind": "conv", "kernel_sizes": [2, 4, 6, 8, 10, 12]}),
+            "stages[2].width: 48 does not split over the 6 cross-scale kernels of the downsample",
+        ),
+        (
+            lambda c: c["stages"][0]["mixers"].__setitem__(
+                0, {"kind": "window", "relative_position_bias": False, "dynamic_position_bias": True}
+            ),
+            "stages[0].mixers[0]: dynamic_position_bias needs relative_position_bias: true",
+        ),
     ],
 )
 def test_bad_configs_name_the_field(edit, expected: str) -> None:

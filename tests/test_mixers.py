@@ -322,3 +322,16 @@ def test_shunted_attention_uses_two_reduction_rates() -> None:
     coarse, fine = (reduction(x, 2)[0] for reduction in mixer.reductions)
     assert coarse.shape == (1, 2, 4, 4) and fine.shape == (1, 2, 16, 4)  # 2x2 and 4x4 key maps
     assert not hasattr(ShuntedAttention(16, num_heads=4, sr_ratio=1), "reductions")
+
+
+def test_dynamic_position_bias_replaces_the_table() -> None:
+    mixer = WindowAttention(32, num_heads=2, window_size=7, dynamic_position_bias=True)
+    assert mixer.relative_position_bias_table is None
+    assert mixer.dynamic_position_bias.pos_proj.out_features == 2  # CrossFormer: width / 16
+    bias = mixer.position_bias(7, 7, torch.device("cpu"))
+    assert bias.shape == (2, 49, 49)
+    # a function of the offset only: equal offsets, equal bias
+    torch.testing.assert_close(bias[:, 0, 8], bias[:, 1, 9])
+    # smaller windows read the centre of the same function
+    small = mixer.position_bias(3, 3, torch.device("cpu"))
+    torch.testing.assert_close(small[:, 0, 4], bias[:, 0, 8])

@@ -179,3 +179,19 @@ def test_summary_reports_params_and_shapes() -> None:
     assert summary.params == sum(summary.params_per_part.values())
     assert summary.stages[0] == {"channels": 16, "height": 16, "width": 16}
     assert summary.stages[-1] == {"channels": 64, "height": 2, "width": 2}
+
+
+def test_cross_scale_embeddings_concatenate_kernels_like_crossformer() -> None:
+    cfg = tiny_config(
+        ["pooling"],
+        stem={"kind": "patch", "kernel_sizes": [4, 8, 16, 32], "norm": "layernorm"},
+        downsample={"kind": "conv", "kernel_sizes": [2, 4], "norm": "layernorm", "norm_position": "pre"},
+    )
+    model = build_model(cfg)
+    stem = model.stem.proj
+    assert [c.out_channels for c in stem.convs] == [8, 4, 2, 2]  # width 16: 1/2, 1/4, 1/8, 1/8
+    assert [c.padding[0] for c in stem.convs] == [0, 2, 6, 14]
+    assert [c.out_channels for c in model.stages[1].downsample.conv.convs] == [16, 16]
+    for size in [(64, 64), (36, 44)]:  # odd maps on the way down are padded, kernels agree on sizes
+        shapes = [tuple(f.shape[2:]) for f in model.forward_features(torch.randn(1, 3, *size))]
+        assert shapes[0] == (size[0] // 4, size[1] // 4)

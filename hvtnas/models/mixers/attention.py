@@ -12,7 +12,8 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 from einops import rearrange
-from pydantic import PositiveInt
+from pydantic import PositiveInt, model_validator
+from pydantic_core import PydanticCustomError
 from torch import Tensor, nn
 
 from hvtnas.models.layers import LayerNormLast, make_act, nchw_to_nhwc, nhwc_to_nchw, pad_to_multiple
@@ -51,6 +52,34 @@ class GlobalAttention(TokenMixer):
 class WindowParams(AttentionParams):
     window_size: PositiveInt = 7
     relative_position_bias: bool = True  # Swin: True; Twins-SVT's locally-grouped attention: False
+    # CrossFormer: the bias comes from a small MLP of the offset (DPB) instead of a table
+    dynamic_position_bias: bool = False
+
+    @model_validator(mode="after")
+    def _dynamic_needs_relative(self) -> WindowParams:
+        if self.dynamic_position_bias and not self.relative_position_bias:
+            raise PydanticCustomError(
+                "dpb", "dynamic_position_bias needs relative_position_bias: true (it computes that bias)"
+            )
+        return self
+
+
+class DynamicPositionBias(nn.Module):
+    """CrossFormer's DPB: relative offset (dy, dx) -> Linear -> 3 x [LN -> ReLU -> Linear] -> one bias
+    per head, so the bias is a function of the offset and exists for any window size."""
+
+    def __init__(self, hidden: int, num_heads: int) -> None:
+        super().__init__()
+        self.pos_proj = nn.Linear(2, hidden)
+        self.layers = nn.Sequential(
+            *(
+                nn.Sequential(nn.LayerNorm(hidden), nn.ReLU(inplace=True), nn.Linear(hidden, out))
+                for out in (hidden, hidden, num_heads)
+            )
+        )
+
+    def forward(self, offsets: Tensor) -> Tensor:
+        return self.layers(self.pos_proj(offsets))
 
 
 class WindowAttention(TokenMixer):
@@ -81,13 +110,20 @@ class WindowAttention(TokenMixer):
         relative_position_bias: bool = True,
         qkv_bias: bool = True,
         proj_bias: bool = True,
+        dynamic_position_bias: bool = False,
     ) -> None:
         super().__init__()
         self.num_heads = num_heads
         self.window_size = window_size
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim, bias=proj_bias)
-        if relative_position_bias:
+        # CrossFormer sizes the DPB's hidden layers dim / 16
+        self.dynamic_position_bias = (
+            DynamicPositionBias(max(1, dim // 16), num_heads)
+            if relative_position_bias and dynamic_position_bias
+            else None
+        )
+        if relative_position_bias and self.dynamic_position_bias is None:
             self.relative_position_bias_table = nn.Parameter(
                 torch.zeros((2 * window_size - 1) ** 2, num_heads)
             )
@@ -155,12 +191,25 @@ class WindowAttention(TokenMixer):
         self._mask_cache[key] = mask
         return mask
 
+    def _offsets(self, device: torch.device) -> Tensor:
+        """``((2M-1)^2, 2)`` relative offsets (dy, dx) in the order of the bias table's rows."""
+        key = (-1, -1, device)  # shares the index cache: no window has size -1
+        if key not in self._index_cache:
+            span = torch.arange(1 - self.window_size, self.window_size, dtype=torch.float32)
+            grid = torch.stack(torch.meshgrid(span, span, indexing="ij"), dim=-1)  # (2M-1, 2M-1, 2)
+            self._index_cache[key] = grid.flatten(0, 1).to(device)
+        return self._index_cache[key]
+
     def position_bias(self, wh: int, ww: int, device: torch.device) -> Tensor | None:
         """``(heads, N, N)`` bias added to the attention logits of a wh x ww window, or None."""
-        if self.relative_position_bias_table is None:
+        if self.dynamic_position_bias is not None:
+            table = self.dynamic_position_bias(self._offsets(device))  # ((2M-1)^2, heads)
+        elif self.relative_position_bias_table is not None:
+            table = self.relative_position_bias_table
+        else:
             return None
         N = wh * ww
-        bias = self.relative_position_bias_table[self._relative_index(wh, ww, device).view(-1)]
+        bias = table[self._relative_index(wh, ww, device).view(-1)]
         return bias.view(N, N, self.num_heads).permute(2, 0, 1)  # (heads, N, N)
 
     def _attn_mask(self, H: int, W: int, wh: int, ww: int, x: Tensor) -> Tensor | None:

@@ -76,7 +76,8 @@ class ConvProjectionAttention(TokenMixer):
 
 # ----------------------------------------------------------------------------- ResT
 class EfficientAttentionParams(AttentionParams):
-    sr_ratio: PositiveInt = 1
+    # ResT uses 8, 4, 2, 1 over the stages; without reduction the explicit N x N logits are costly
+    sr_ratio: PositiveInt = 2
     head_transform: bool = True  # ResT's 1x1 conv across heads + instance norm (needs >= 2 heads)
 
 

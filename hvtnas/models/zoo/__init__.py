@@ -42,6 +42,7 @@ PUBLISHED: dict[str, Published] = {
     "shiftvit_t": Published(29, 4.5, 81.7, "microsoft/SPACH"),
     "swinv2_t": Published(28, 5.9, 81.8, "microsoft/Swin-Transformer (256x256, window 8)"),
     "cswin_t": Published(23, 4.3, 82.8, "microsoft/CSWin-Transformer"),
+    "crossformer_t": Published(27.8, 2.9, 81.5, "cheerss/CrossFormer"),
     "cvt_13": Published(20, 4.5, 81.6, "microsoft/CvT"),
     "rest_lite": Published(11, 1.4, 77.2, "wofmanaf/ResT"),
     "shunted_t": Published(11.5, None, 79.8, "OliverRensu/Shunted-Transformer"),
