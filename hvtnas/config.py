@@ -170,7 +170,7 @@ class DownsampleConfig(_Strict):
     - ``patch_merging``: Swin's concat of 2x2 neighbours -> norm(4C) -> Linear(4C, C_out, no bias);
       with ``norm_position: post`` Linear -> norm(C_out) (Swin V2).
     ``norm_position`` says whether the norm acts on the input (pre) or output (post) channels.
-    ``kernel_sizes`` (conv only, instead of ``kernel_size``) is CrossFormer's cross-scale
+    ``kernel_sizes`` (conv only; replaces ``kernel_size``) is CrossFormer's cross-scale
     embedding: one stride-2 conv per kernel, channels split 1/2, 1/4, ..., concatenated.
     """
 
@@ -191,8 +191,6 @@ class DownsampleConfig(_Strict):
         if self.kernel_sizes is not None:
             if self.kind != "conv":
                 _fail(("kernel_sizes",), self.kernel_sizes, "applies to the 'conv' downsampling only")
-            if "kernel_size" in self.model_fields_set:
-                _fail(("kernel_size",), self.kernel_size, "give kernel_size or kernel_sizes, not both")
             _check_cross_scale(self.kernel_sizes, stride=2)
         return self
 

@@ -137,8 +137,8 @@ def test_unknown_mixer_lists_known_ones() -> None:
             "stem.kernel_sizes: cross-scale kernels must be >= the stride 4",
         ),
         (
-            lambda c: c.update(downsample={"kind": "conv", "kernel_size": 3, "kernel_sizes": [2, 4]}),
-            "downsample.kernel_size: give kernel_size or kernel_sizes, not both",
+            lambda c: c.update(downsample={"kind": "patch_merging", "kernel_sizes": [2, 4]}),
+            "downsample.kernel_sizes: applies to the 'conv' downsampling only",
         ),
         (
             lambda c: c.update(downsample={"kind": "conv", "kernel_sizes": [2, 4, 6, 8, 10, 12]}),
