@@ -170,11 +170,14 @@ class DownsampleConfig(_Strict):
     - ``patch_merging``: Swin's concat of 2x2 neighbours -> norm(4C) -> Linear(4C, C_out, no bias);
       with ``norm_position: post`` Linear -> norm(C_out) (Swin V2).
     ``norm_position`` says whether the norm acts on the input (pre) or output (post) channels.
+    ``pooling_attention`` is MViTv2's: no separate layer; the first block of each later stage
+    is a transition block whose pooling attention halves the map (Q stride 2, max-pooled
+    shortcut) and widens the channels (that stage's first mixer must be ``pooling_attention``).
     ``kernel_sizes`` (conv only; replaces ``kernel_size``) is CrossFormer's cross-scale
     embedding: one stride-2 conv per kernel, channels split 1/2, 1/4, ..., concatenated.
     """
 
-    kind: Literal["conv", "patch_merging"] = "conv"
+    kind: Literal["conv", "patch_merging", "pooling_attention"] = "conv"
     kernel_size: PositiveInt = 2
     kernel_sizes: list[PositiveInt] | None = None
     bias: bool = True
@@ -353,6 +356,19 @@ class ArchConfig(_Strict):
     downsample: DownsampleConfig = DownsampleConfig()
     head: HeadConfig = HeadConfig()
     drop_path_rate: float = Field(0.0, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _attention_downsampling_has_its_mixer(self) -> ArchConfig:
+        if self.downsample.kind == "pooling_attention":
+            for i, stage in enumerate(self.stages[1:], start=1):
+                if stage.mixers[0].kind != "pooling_attention":
+                    _fail(
+                        ("stages", i, "mixers", 0),
+                        stage.mixers[0].kind,
+                        "downsample 'pooling_attention' makes this stage's first block the transition: "
+                        "its first mixer must be 'pooling_attention'",
+                    )
+        return self
 
     @model_validator(mode="after")
     def _cross_scale_widths(self) -> ArchConfig:

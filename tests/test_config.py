@@ -137,6 +137,10 @@ def test_unknown_mixer_lists_known_ones() -> None:
             "stem.kernel_sizes: cross-scale kernels must be >= the stride 4",
         ),
         (
+            lambda c: c.update(downsample="pooling_attention"),
+            "stages[1].mixers[0]: downsample 'pooling_attention' makes this stage's first block",
+        ),
+        (
             lambda c: c.update(downsample={"kind": "patch_merging", "kernel_sizes": [2, 4]}),
             "downsample.kernel_sizes: applies to the 'conv' downsampling only",
         ),

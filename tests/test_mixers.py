@@ -21,6 +21,7 @@ from hvtnas.models.mixers.cross_window import CrossShapedWindowAttention
 from hvtnas.models.mixers.halo import HaloAttention
 from hvtnas.models.mixers.mlp import AxialShift, RandomMixing, TokenMLP
 from hvtnas.models.mixers.pooling import Pooling
+from hvtnas.models.mixers.pooling_attention import PoolingAttention
 from hvtnas.models.mixers.shift import Shift
 from hvtnas.models.mixers.shunted import ShuntedAttention
 from tests.conftest import tiny_config
@@ -62,6 +63,8 @@ def test_every_mixer_declares_its_contract(kind: str) -> None:
     kwargs = params.model_dump(exclude={"kind"})
     if cls.uses_heads:
         kwargs["num_heads"] = 2
+    if cls.uses_map_size:
+        kwargs["map_size"] = 16  # built for a 16x16 map, run on another: tables must adapt
     mixer = cls(16, **kwargs)
     x = torch.randn(1, 9, 11, 16)  # odd, non-square map
     assert mixer(x).shape == x.shape
@@ -335,3 +338,21 @@ def test_dynamic_position_bias_replaces_the_table() -> None:
     # smaller windows read the centre of the same function
     small = mixer.position_bias(3, 3, torch.device("cpu"))
     torch.testing.assert_close(small[:, 0, 4], bias[:, 0, 8])
+
+
+def test_pooling_attention_strides_and_residual_pooling() -> None:
+    """MViTv2's transition attention: Q stride 2 halves the map and widens it; K, V strided apart."""
+    attn = PoolingAttention(8, num_heads=2, map_size=8, kv_stride=4, dim_out=16, q_stride=2)
+    assert attn(torch.randn(2, 8, 8, 8)).shape == (2, 4, 4, 16)
+    assert attn(torch.randn(2, 9, 7, 8)).shape == (2, 5, 4, 16)  # ceil, like the max-pooled shortcut
+    assert attn.rel_pos_h.shape == (2 * 4 - 1, 8)  # 2 max(q side, kv side) - 1 offsets of head_dim
+
+
+def test_pooling_attention_relative_positions_are_decomposed() -> None:
+    """The position term of a query/key pair is q · (R_h[dy] + R_w[dx])."""
+    attn = PoolingAttention(4, num_heads=1, map_size=3)
+    q = torch.randn(1, 1, 3, 3, 4)
+    terms = attn._position_terms(q, (3, 3))  # (1, 1, 9, 9)
+    for (qy, qx), (ky, kx) in [((0, 0), (2, 1)), ((1, 2), (0, 0)), ((2, 2), (2, 2))]:
+        rel = attn.rel_pos_h[qy - ky + 2] + attn.rel_pos_w[qx - kx + 2]
+        torch.testing.assert_close(terms[0, 0, qy * 3 + qx, ky * 3 + kx], q[0, 0, qy, qx] @ rel)

@@ -195,3 +195,13 @@ def test_cross_scale_embeddings_concatenate_kernels_like_crossformer() -> None:
     for size in [(64, 64), (36, 44)]:  # odd maps on the way down are padded, kernels agree on sizes
         shapes = [tuple(f.shape[2:]) for f in model.forward_features(torch.randn(1, 3, *size))]
         assert shapes[0] == (size[0] // 4, size[1] // 4)
+
+
+def test_attention_downsampling_makes_the_first_block_the_transition() -> None:
+    cfg = tiny_config([{"kind": "pooling_attention"}], downsample="pooling_attention", stage={"depth": 2})
+    model = build_model(cfg)
+    assert [len(s.blocks) for s in model.stages] == [2, 1, 1, 1]  # depth 2 = transition + 1 block
+    transition = model.stages[1].downsample
+    assert transition.attention.pool_q.conv.stride == (2, 2) and transition.shortcut_proj.out_features == 32
+    shapes = [tuple(f.shape[1:]) for f in model.forward_features(torch.randn(1, 3, 50, 38))]
+    assert shapes == [(16, 13, 10), (32, 7, 5), (48, 4, 3), (64, 2, 2)]

@@ -31,6 +31,9 @@ OFFICIAL_PARAMS = {
     # timm 1.0.31 swinv2_tiny_window8_256 (port of microsoft/Swin-Transformer swinv2_tiny_patch4_window8_256);
     # with its weights loaded hvtnas's swinv2_t gives the same final features (max difference 0)
     "swinv2_t": 28_347_154,
+    # timm 1.0.31 mvitv2_tiny (port of facebookresearch/mvit MVITv2_T); with its weights loaded
+    # hvtnas's mvitv2_t gives the same logits (max difference 6e-7)
+    "mvitv2_t": 24_173_320,
     # counted on the official code, microsoft/CSWin-Transformer models/cswin.py CSWin_64_12211_tiny_224
     "cswin_t": 22_320_552,
     # cheerss/CrossFormer models/crossformer.py with configs/tiny_patch4_group7_224.yaml

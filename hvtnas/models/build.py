@@ -13,9 +13,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from hvtnas.config import ArchConfig, DownsampleConfig, NormConfig, StemConfig, cross_scale_widths
+from hvtnas.config import (
+    ArchConfig,
+    DownsampleConfig,
+    NormConfig,
+    StageConfig,
+    StemConfig,
+    cross_scale_widths,
+)
 from hvtnas.errors import HvtnasError
-from hvtnas.models.blocks import MetaFormerBlock, Stage
+from hvtnas.models.blocks import AttentionDownsample, MetaFormerBlock, Stage
 from hvtnas.models.embed import (
     PEG,
     AbsolutePosEmbed,
@@ -31,7 +38,8 @@ from hvtnas.models.embed import (
 from hvtnas.models.ffn import FFNS
 from hvtnas.models.layers import make_act, make_norm
 from hvtnas.models.metaformer import ClassifierHead, MetaFormer
-from hvtnas.models.mixers import MIXERS
+from hvtnas.models.mixers import MIXERS, MixerParams
+from hvtnas.models.mixers.pooling_attention import PoolingAttention
 
 ModelSpec = str | Path | ArchConfig | dict[str, Any]
 
@@ -86,7 +94,9 @@ def build_stem(cfg: StemConfig, in_channels: int, dim: int) -> nn.Module:
     )
 
 
-def build_downsample(cfg: DownsampleConfig, in_dim: int, out_dim: int) -> nn.Module:
+def build_downsample(cfg: DownsampleConfig, in_dim: int, out_dim: int) -> nn.Module | None:
+    if cfg.kind == "pooling_attention":
+        return None  # built with the stage it opens (build_model)
     post = _optional_norm(cfg.norm, out_dim) if cfg.norm_position == "post" else None
     if cfg.kind == "patch_merging":
         pre = _optional_norm(cfg.norm, 4 * in_dim) if cfg.norm_position == "pre" else None
@@ -108,6 +118,25 @@ def _init_weights(module: nn.Module) -> None:
             nn.init.zeros_(module.bias)
 
 
+def _mixer_kwargs(params: MixerParams, scfg: StageConfig, map_size: int) -> dict[str, Any]:
+    """Constructor arguments of a mixer: its parameters, plus what it declares it needs."""
+    mixer_cls = MIXERS.get(params.kind)
+    kwargs = params.model_dump(exclude={"kind"})
+    if mixer_cls.uses_heads:
+        kwargs["num_heads"] = scfg.num_heads
+    if mixer_cls.uses_map_size:
+        kwargs["map_size"] = map_size
+    return kwargs
+
+
+def _ffn(scfg: StageConfig) -> nn.Module | None:
+    if scfg.ffn.kind == "none":
+        return None
+    hidden = int(scfg.width * scfg.mlp_ratio)
+    extra = {"dw_residual": True} if scfg.ffn.dw_residual else {}
+    return FFNS[scfg.ffn.kind](scfg.width, hidden, act=scfg.ffn.act, bias=scfg.ffn.bias, **extra)
+
+
 def build_model(spec: ModelSpec, *, num_classes: int | None = None) -> MetaFormer:
     """Build the backbone + classifier that a config (or zoo name / YAML path) describes.
 
@@ -124,24 +153,35 @@ def build_model(spec: ModelSpec, *, num_classes: int | None = None) -> MetaForme
     stages = []
     for i, scfg in enumerate(cfg.stages):
         dim = scfg.width
+        map_size = -(-stem_size // 2**i)  # the stage's map side at the configured resolution
         norm_factory = _norm_factory(scfg.norm)
+        downsample = build_downsample(cfg.downsample, widths[i - 1], dim) if i > 0 else None
+        first_block = 0
+        if i > 0 and cfg.downsample.kind == "pooling_attention":
+            # MViTv2: the stage's first block is the downsampling (Q stride 2 in its attention)
+            params = scfg.mixer_for_block(0)
+            attention = PoolingAttention(
+                widths[i - 1], dim_out=dim, q_stride=2, **_mixer_kwargs(params, scfg, 2 * map_size)
+            )
+            downsample = AttentionDownsample(
+                widths[i - 1],
+                dim,
+                attention,
+                _ffn(scfg),
+                norm1=norm_factory(widths[i - 1]),
+                norm2=norm_factory(dim),
+                drop_path=drop_rates[sum(depths[:i])],
+            )
+            first_block = 1
         blocks = []
-        for j in range(scfg.depth):
+        for j in range(first_block, scfg.depth):
             params = scfg.mixer_for_block(j)
             mixer_cls = MIXERS.get(params.kind)
-            kwargs = params.model_dump(exclude={"kind"})
-            if mixer_cls.uses_heads:
-                kwargs["num_heads"] = scfg.num_heads
-            ffn = None
-            if scfg.ffn.kind != "none":
-                hidden = int(dim * scfg.mlp_ratio)
-                extra = {"dw_residual": True} if scfg.ffn.dw_residual else {}
-                ffn = FFNS[scfg.ffn.kind](dim, hidden, act=scfg.ffn.act, bias=scfg.ffn.bias, **extra)
             blocks.append(
                 MetaFormerBlock(
                     dim,
-                    mixer_cls(dim, **kwargs),
-                    ffn,
+                    mixer_cls(dim, **_mixer_kwargs(params, scfg, map_size)),
+                    _ffn(scfg),
                     norm=functools.partial(norm_factory, dim),
                     drop_path=drop_rates[sum(depths[:i]) + j],
                     layer_scale=scfg.layer_scale,
@@ -162,7 +202,7 @@ def build_model(spec: ModelSpec, *, num_classes: int | None = None) -> MetaForme
         stages.append(
             Stage(
                 blocks,
-                downsample=build_downsample(cfg.downsample, widths[i - 1], dim) if i > 0 else None,
+                downsample=downsample,
                 pos_embed=pos_embed,
                 peg=PEG(dim, cfg.pos_embed.kernel_size) if cfg.pos_embed.kind == "peg" else None,
                 out_norm=make_norm(scfg.norm.kind, dim, scfg.norm.eps, scfg.norm.bias)

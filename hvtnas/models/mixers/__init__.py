@@ -24,6 +24,7 @@ from hvtnas.models.mixers.cross_window import CrossShapedWindowAttention
 from hvtnas.models.mixers.halo import HaloAttention
 from hvtnas.models.mixers.mlp import AxialShift, RandomMixing, TokenMLP
 from hvtnas.models.mixers.pooling import Identity, Pooling
+from hvtnas.models.mixers.pooling_attention import PoolingAttention
 from hvtnas.models.mixers.shift import Shift
 from hvtnas.models.mixers.shunted import ShuntedAttention
 from hvtnas.registry import Registry
@@ -38,6 +39,7 @@ MIXERS.register("shifted_cosine_window", ShiftedCosineWindowAttention)  # Swin V
 MIXERS.register("spatial_reduction", SpatialReductionAttention)  # PVT / PVTv2 / Twins GSA
 MIXERS.register("pooled_reduction", PooledReductionAttention)  # PVTv2-Li linear SRA
 MIXERS.register("shunted", ShuntedAttention)  # Shunted self-attention: two K/V rates
+MIXERS.register("pooling_attention", PoolingAttention)  # MViTv2 pooling attention
 MIXERS.register("cross_window", CrossShapedWindowAttention)  # CSWin cross-shaped windows + LePE
 MIXERS.register("conv_projection", ConvProjectionAttention)  # CvT convolutional projections
 MIXERS.register("emsa", EfficientMultiHeadAttention)  # ResT efficient MHSA

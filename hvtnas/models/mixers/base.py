@@ -24,7 +24,9 @@ class TokenMixer(nn.Module):
 
     Class attributes tell the builder and the contract tests what the mixer needs:
     ``Params`` (its parameter model), ``uses_heads`` (it is given ``num_heads``), ``heads_multiple``
-    (the number of groups it splits its heads into, which must divide them),
+    (the number of groups it splits its heads into, which must divide them), ``uses_map_size`` (it
+    is given ``map_size``, the side of its stage's map at the configured input resolution, for
+    tables sized by the map such as MViTv2's relative positions),
     ``flop_free`` (it does no multiply-accumulates by design, e.g. shift or identity),
     ``paper`` (the papers it comes from) and ``complexity`` (its cost in the number of tokens N,
     for the README's generated mixer table).
@@ -35,6 +37,7 @@ class TokenMixer(nn.Module):
     Params: ClassVar[type[MixerParams]] = MixerParams
     uses_heads: ClassVar[bool] = False
     heads_multiple: ClassVar[int] = 1
+    uses_map_size: ClassVar[bool] = False
     flop_free: ClassVar[bool] = False
     paper: ClassVar[str] = ""
     complexity: ClassVar[str] = ""

@@ -44,6 +44,7 @@ PUBLISHED: dict[str, Published] = {
     "cswin_t": Published(23, 4.3, 82.8, "microsoft/CSWin-Transformer"),
     "crossformer_t": Published(27.8, 2.9, 81.5, "cheerss/CrossFormer"),
     "cvt_13": Published(20, 4.5, 81.6, "microsoft/CvT"),
+    "mvitv2_t": Published(24, 4.7, 82.3, "facebookresearch/mvit"),
     "rest_lite": Published(11, 1.4, 77.2, "wofmanaf/ResT"),
     "shunted_t": Published(11.5, None, 79.8, "OliverRensu/Shunted-Transformer"),
     "pvt_tiny": Published(13.2, 1.9, 75.1, "whai362/PVT"),
