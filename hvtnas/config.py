@@ -170,6 +170,7 @@ class DownsampleConfig(_Strict):
     - ``patch_merging``: Swin's concat of 2x2 neighbours -> norm(4C) -> Linear(4C, C_out, no bias);
       with ``norm_position: post`` Linear -> norm(C_out) (Swin V2).
     ``norm_position`` says whether the norm acts on the input (pre) or output (post) channels.
+    ``pool`` is CoAtNet's cheap shortcut downsampling: 2x2 average pool -> Linear(C, C_out).
     ``pooling_attention`` is MViTv2's: no separate layer; the first block of each later stage
     is a transition block whose pooling attention halves the map (Q stride 2, max-pooled
     shortcut) and widens the channels (that stage's first mixer must be ``pooling_attention``).
@@ -177,7 +178,7 @@ class DownsampleConfig(_Strict):
     embedding: one stride-2 conv per kernel, channels split 1/2, 1/4, ..., concatenated.
     """
 
-    kind: Literal["conv", "patch_merging", "pooling_attention"] = "conv"
+    kind: Literal["conv", "patch_merging", "pool", "pooling_attention"] = "conv"
     kernel_size: PositiveInt = 2
     kernel_sizes: list[PositiveInt] | None = None
     bias: bool = True

@@ -12,6 +12,7 @@ from hvtnas import MIXERS, build_model
 from hvtnas.models.mixers.attention import (
     CosineWindowAttention,
     DilatedWindowAttention,
+    RelativeAttention,
     ShiftedWindowAttention,
     SpatialReductionAttention,
     WindowAttention,
@@ -356,3 +357,12 @@ def test_pooling_attention_relative_positions_are_decomposed() -> None:
     for (qy, qx), (ky, kx) in [((0, 0), (2, 1)), ((1, 2), (0, 0)), ((2, 2), (2, 2))]:
         rel = attn.rel_pos_h[qy - ky + 2] + attn.rel_pos_w[qx - kx + 2]
         torch.testing.assert_close(terms[0, 0, qy * 3 + qx, ky * 3 + kx], q[0, 0, qy, qx] @ rel)
+
+
+def test_relative_attention_bias_depends_on_the_offset_only() -> None:
+    attn = RelativeAttention(8, num_heads=2, map_size=4)
+    bias = attn.position_bias(4, 4)  # (2, 16, 16), read from the table as is
+    assert bias.shape == (2, 16, 16)
+    torch.testing.assert_close(bias[:, 0, 5], bias[:, 10, 15])  # both: one row down, one column right
+    torch.testing.assert_close(bias[:, 0, 0], attn.relative_position_bias_table[:, 3, 3])
+    assert attn.position_bias(6, 3).shape == (2, 18, 18)  # other sizes: the table is resized

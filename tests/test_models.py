@@ -110,6 +110,8 @@ def test_stems_reach_stride_four(stem: dict) -> None:
         {"kind": "conv", "kernel_size": 3, "norm": "batchnorm"},
         {"kind": "conv", "kernel_size": 2, "bias": False, "norm": "groupnorm", "norm_position": "pre"},
         {"kind": "patch_merging", "norm": "layernorm", "norm_position": "pre"},
+        {"kind": "pool", "norm": "batchnorm"},
+        {"kind": "conv", "kernel_sizes": [2, 4], "norm": "layernorm", "norm_position": "pre"},
     ],
 )
 def test_downsampling_halves_the_map(downsample: dict) -> None:

@@ -33,6 +33,7 @@ from hvtnas.models.embed import (
     PatchMerging,
     PatchStem,
     PixelAttention,
+    PoolDownsample,
     SinusoidalPosEmbed,
 )
 from hvtnas.models.ffn import FFNS
@@ -102,6 +103,8 @@ def build_downsample(cfg: DownsampleConfig, in_dim: int, out_dim: int) -> nn.Mod
         pre = _optional_norm(cfg.norm, 4 * in_dim) if cfg.norm_position == "pre" else None
         return PatchMerging(in_dim, out_dim, pre, post)
     pre = _optional_norm(cfg.norm, in_dim) if cfg.norm_position == "pre" else None
+    if cfg.kind == "pool":
+        return PoolDownsample(in_dim, out_dim, pre, post)
     cross_scale = None
     if cfg.kernel_sizes is not None:
         ks = cfg.kernel_sizes

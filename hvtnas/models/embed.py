@@ -152,6 +152,24 @@ class ConvDownsample(nn.Module):
         return self.post_norm(nchw_to_nhwc(self.conv(nhwc_to_nchw(x))))
 
 
+class PoolDownsample(nn.Module):
+    """2x2 average pool (odd maps: the last row/column averages what is there) -> Linear(C, C_out),
+    with an optional pre- or post-norm: CoAtNet's downsampling shortcut."""
+
+    def __init__(
+        self, in_dim: int, out_dim: int, pre_norm: nn.Module | None, post_norm: nn.Module | None
+    ) -> None:
+        super().__init__()
+        self.pre_norm = pre_norm if pre_norm is not None else nn.Identity()
+        self.proj = nn.Linear(in_dim, out_dim)
+        self.post_norm = post_norm if post_norm is not None else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = nhwc_to_nchw(self.pre_norm(x))
+        x = nchw_to_nhwc(F.avg_pool2d(x, 2, ceil_mode=True))  # (B, ceil(H/2), ceil(W/2), C)
+        return self.post_norm(self.proj(x))
+
+
 class PatchMerging(nn.Module):
     """Swin: concatenate each 2x2 neighbourhood -> norm(4C) -> Linear(4C, C_out, bias=False);
     Swin V2 normalises after the linear instead (``post_norm``: a norm of C_out channels)."""

@@ -12,6 +12,7 @@ from hvtnas.models.mixers.attention import (
     DilatedWindowAttention,
     GlobalAttention,
     PooledReductionAttention,
+    RelativeAttention,
     ShiftedCosineWindowAttention,
     ShiftedWindowAttention,
     SpatialReductionAttention,
@@ -31,6 +32,7 @@ from hvtnas.registry import Registry
 
 MIXERS: Registry[type[TokenMixer]] = Registry("token mixer")
 MIXERS.register("attention", GlobalAttention)  # ViT / CAFormer global MHSA
+MIXERS.register("relative_attention", RelativeAttention)  # CoAtNet stages 3-4
 MIXERS.register("window", WindowAttention)  # Swin W-MSA, Twins-SVT locally-grouped
 MIXERS.register("shifted_window", ShiftedWindowAttention)  # Swin SW-MSA
 MIXERS.register("dilated_window", DilatedWindowAttention)  # CrossFormer LDA, Shuffle Transformer

@@ -48,6 +48,54 @@ class GlobalAttention(TokenMixer):
         return self.proj(out)
 
 
+class RelativeAttention(GlobalAttention):
+    """Global MHSA plus a learned bias per head and 2-D relative offset (CoAtNet's relative attention).
+
+    The table has (2S-1)² entries for the stage's S x S map at the configured resolution; on other
+    map sizes it is bilinearly resized to (2H-1) x (2W-1) offsets (the bias stays a smooth
+    function of the offset).
+    """
+
+    uses_map_size = True
+    paper = "CoAtNet (Dai et al., NeurIPS 2021)"
+    complexity = "O(N² C)"
+
+    def __init__(
+        self, dim: int, num_heads: int, map_size: int, qkv_bias: bool = True, proj_bias: bool = True
+    ) -> None:
+        super().__init__(dim, num_heads, qkv_bias, proj_bias)
+        self.map_size = map_size
+        side = 2 * map_size - 1
+        self.relative_position_bias_table = nn.Parameter(torch.zeros(num_heads, side, side))
+        nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
+        self._index_cache: dict[tuple[int, int, torch.device], Tensor] = {}
+
+    def _relative_index(self, H: int, W: int, device: torch.device) -> Tensor:
+        """``(N, N)`` flat index into a (2H-1) x (2W-1) table for every query/key pair."""
+        key = (H, W, device)
+        if key not in self._index_cache:
+            coords = torch.stack(torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")).flatten(1)
+            rel = coords[:, :, None] - coords[:, None, :]  # (2, N, N)
+            self._index_cache[key] = ((rel[0] + H - 1) * (2 * W - 1) + rel[1] + W - 1).to(device)
+        return self._index_cache[key]
+
+    def position_bias(self, H: int, W: int) -> Tensor:
+        """``(heads, N, N)`` bias for an H x W map."""
+        table = self.relative_position_bias_table
+        if table.shape[1:] != (2 * H - 1, 2 * W - 1):
+            table = F.interpolate(
+                table[None], size=(2 * H - 1, 2 * W - 1), mode="bilinear", align_corners=False
+            )[0]
+        return table.flatten(1)[:, self._relative_index(H, W, table.device)]
+
+    def forward(self, x: Tensor) -> Tensor:
+        H, W = x.shape[1:3]
+        q, k, v = rearrange(self.qkv(x), "b h w (three n d) -> three b n (h w) d", three=3, n=self.num_heads)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=self.position_bias(H, W).to(q.dtype))
+        out = rearrange(out, "b n (h w) d -> b h w (n d)", h=H)
+        return self.proj(out)
+
+
 # ----------------------------------------------------------------------------- window attention
 class WindowParams(AttentionParams):
     window_size: PositiveInt = 7
