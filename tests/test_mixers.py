@@ -19,6 +19,7 @@ from hvtnas.models.mixers.attention import (
 )
 from hvtnas.models.mixers.conv_attention import ConvProjectionAttention, EfficientMultiHeadAttention
 from hvtnas.models.mixers.cross_window import CrossShapedWindowAttention
+from hvtnas.models.mixers.focal import FocalAttention
 from hvtnas.models.mixers.halo import HaloAttention
 from hvtnas.models.mixers.mlp import AxialShift, RandomMixing, TokenMLP
 from hvtnas.models.mixers.pooling import Pooling
@@ -366,3 +367,24 @@ def test_relative_attention_bias_depends_on_the_offset_only() -> None:
     torch.testing.assert_close(bias[:, 0, 5], bias[:, 10, 15])  # both: one row down, one column right
     torch.testing.assert_close(bias[:, 0, 0], attn.relative_position_bias_table[:, 3, 3])
     assert attn.position_bias(6, 3).shape == (2, 18, 18)  # other sizes: the table is resized
+
+
+def test_focal_attention_sees_the_pooled_neighbourhood_and_the_cyclic_ring() -> None:
+    """Window 2, ring 1, 3x3 pooled windows on an 8x8 map (4x4 windows)."""
+    mixer = FocalAttention(8, num_heads=2, map_size=8, window_size=2, expand_size=1, focal_window=3)
+    assert mixer.neighbour_bias.shape == (2, 4, 4 * 4 - 4 * 1)
+    # interior window (rows 2-3, cols 4-5): the pooled 3x3 windows around it cover rows 0-5, cols 2-7
+    expected = torch.zeros(8, 8, dtype=torch.bool)
+    expected[0:6, 2:8] = True
+    assert torch.equal(_touched(mixer, 8, 8, (2, 4)), expected)
+    # corner window: pooled windows rows/cols 0-3, plus the ring wrapping around the map (official)
+    expected = torch.zeros(8, 8, dtype=torch.bool)
+    expected[0:4, 0:4] = True
+    expected[7, 0:3] = expected[0:3, 7] = expected[7, 7] = True
+    assert torch.equal(_touched(mixer, 8, 8, (0, 0)), expected)
+
+
+def test_focal_attention_on_a_map_within_one_window_drops_the_ring() -> None:
+    mixer = FocalAttention(8, num_heads=2, map_size=5, window_size=7, expand_size=3, focal_window=1)
+    assert mixer.window_size == 5 and mixer.neighbour_bias is None
+    assert mixer(torch.randn(1, 5, 5, 8)).shape == (1, 5, 5, 8)

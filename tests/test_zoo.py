@@ -38,6 +38,9 @@ OFFICIAL_PARAMS = {
     "cswin_t": 22_320_552,
     # cheerss/CrossFormer models/crossformer.py with configs/tiny_patch4_group7_224.yaml
     "crossformer_t": 27_776_794,
+    # counted on microsoft/Focal-Transformer classification/focal_transformer.py with
+    # configs/focal_tiny_patch4_window7_224.yaml (module by module; not run)
+    "focal_t": 28_880_380,
     # wofmanaf/ResT models/rest.py rest_lite
     "rest_lite": 10_508_300,
     # OliverRensu/Shunted-Transformer SSA.py shunted_t (num_conv 0)

@@ -45,6 +45,7 @@ PUBLISHED: dict[str, Published] = {
     "crossformer_t": Published(27.8, 2.9, 81.5, "cheerss/CrossFormer"),
     "cvt_13": Published(20, 4.5, 81.6, "microsoft/CvT"),
     "mvitv2_t": Published(24, 4.7, 82.3, "facebookresearch/mvit"),
+    "focal_t": Published(28.9, 4.9, 82.2, "microsoft/Focal-Transformer"),
     "coatnet_0": Published(25, 4.2, 81.6, "paper, arXiv 2106.04803 (no official code)"),
     "rest_lite": Published(11, 1.4, 77.2, "wofmanaf/ResT"),
     "shunted_t": Published(11.5, None, 79.8, "OliverRensu/Shunted-Transformer"),
