@@ -129,6 +129,10 @@ def test_unknown_mixer_lists_known_ones() -> None:
             "stages[2].ffn.dw_residual: applies to the 'mixffn' FFN only",
         ),
         (
+            lambda c: c["stages"][0]["mixers"].__setitem__(0, {"kind": "token_mlp", "act": "swish9"}),
+            "stages[0].mixers[0].act: unknown activation 'swish9'",
+        ),
+        (
             lambda c: c.update(pos_embed={"kind": "rotary"}),
             "pos_embed.kind: Input should be",
         ),

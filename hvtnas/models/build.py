@@ -161,10 +161,12 @@ def build_model(spec: ModelSpec, *, num_classes: int | None = None) -> MetaForme
         downsample = build_downsample(cfg.downsample, widths[i - 1], dim) if i > 0 else None
         first_block = 0
         if i > 0 and cfg.downsample.kind == "pooling_attention":
-            # MViTv2: the stage's first block is the downsampling (Q stride 2 in its attention)
+            # MViTv2: the stage's first block is the downsampling (Q stride 2 in its attention); it
+            # reads the previous stage's map. Pre-norm, no layer/residual scale, as MViTv2's.
             params = scfg.mixer_for_block(0)
+            previous_map = -(-stem_size // 2 ** (i - 1))
             attention = PoolingAttention(
-                widths[i - 1], dim_out=dim, q_stride=2, **_mixer_kwargs(params, scfg, 2 * map_size)
+                widths[i - 1], dim_out=dim, q_stride=2, **_mixer_kwargs(params, scfg, previous_map)
             )
             downsample = AttentionDownsample(
                 widths[i - 1],

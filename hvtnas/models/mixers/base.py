@@ -2,10 +2,27 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, ConfigDict
+from pydantic_core import PydanticCustomError
 from torch import Tensor, nn
+
+from hvtnas.models.layers import ACTIVATIONS
+
+
+def _known_activation(name: str) -> str:
+    if name not in ACTIVATIONS:
+        raise PydanticCustomError(
+            "unknown_act",
+            "unknown activation '{value}'; known: {known}",
+            {"value": name, "known": ", ".join(sorted(ACTIVATIONS))},
+        )
+    return name
+
+
+# an activation name in a mixer's parameters, checked when the config is read
+ActivationName = Annotated[str, AfterValidator(_known_activation)]
 
 
 class MixerParams(BaseModel):

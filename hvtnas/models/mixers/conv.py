@@ -8,13 +8,13 @@ from pydantic import Field, PositiveInt
 from torch import Tensor, nn
 
 from hvtnas.models.layers import BatchNormLast, make_act, nchw_to_nhwc, nhwc_to_nchw
-from hvtnas.models.mixers.base import MixerParams, TokenMixer
+from hvtnas.models.mixers.base import ActivationName, MixerParams, TokenMixer
 
 
 class SepConvParams(MixerParams):
     kernel_size: PositiveInt = 7
     expansion_ratio: float = Field(2.0, gt=0)
-    act: str = "star_relu"
+    act: ActivationName = "star_relu"
     bias: bool = False
 
 
@@ -53,7 +53,7 @@ class MBConvParams(MixerParams):
     kernel_size: PositiveInt = 3
     expansion_ratio: float = Field(4.0, gt=0)
     se_ratio: float = Field(0.25, ge=0, le=1)  # of the input width; 0 disables squeeze-excitation
-    act: str = "gelu"
+    act: ActivationName = "gelu"
 
 
 class SqueezeExcite(nn.Module):

@@ -21,7 +21,7 @@ from pydantic import Field, PositiveInt
 from torch import Tensor, nn
 
 from hvtnas.models.layers import GroupNorm1, make_act, pad_to_multiple
-from hvtnas.models.mixers.base import MixerParams, TokenMixer
+from hvtnas.models.mixers.base import ActivationName, MixerParams, TokenMixer
 
 
 class WindowedTokenMixing(TokenMixer):
@@ -47,7 +47,7 @@ class WindowedTokenMixing(TokenMixer):
 class TokenMLPParams(MixerParams):
     window_size: PositiveInt = 7
     hidden_ratio: float = Field(2.0, gt=0)  # hidden tokens / tokens (Mixer-B/16: 384 for 196)
-    act: str = "gelu"
+    act: ActivationName = "gelu"
 
 
 class TokenMLP(WindowedTokenMixing):
@@ -94,7 +94,7 @@ class RandomMixing(WindowedTokenMixing):
 # ----------------------------------------------------------------------------- AS-MLP
 class AxialShiftParams(MixerParams):
     shift_size: PositiveInt = 5  # channel groups, shifted by -(s//2) .. s//2 pixels
-    act: str = "gelu"
+    act: ActivationName = "gelu"
 
 
 class AxialShift(TokenMixer):
