@@ -49,7 +49,7 @@ def zoo_command(
     if as_json:
         print(json.dumps(rows))
         return
-    table = Table(title="hvtnas zoo: ImageNet-1k configs at 224x224 (paper = official figures)")
+    table = Table(title="hvtnas zoo: ImageNet-1k configs, 224x224 unless noted (paper = official figures)")
     table.add_column("model", no_wrap=True)
     table.add_column("params", justify="right", no_wrap=True)
     table.add_column("paper", justify="right")
