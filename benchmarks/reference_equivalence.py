@@ -48,6 +48,7 @@ MODELS = {
 # models compared at their own input size instead of --resolution
 NATIVE_RESOLUTION = {"swinv2_t": 256}
 NOTES = {
+    "swinv2_t": "compared at 256x256, its native size (window 8)",
     "poolformer_s12": "timm's port applies the final GroupNorm after pooling; the official "
     "sail-sg/poolformer code (which hvtnas follows) applies it before, so logits differ by design",
 }

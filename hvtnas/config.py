@@ -198,9 +198,6 @@ class DownsampleConfig(_Strict):
             _check_cross_scale(self.kernel_sizes, stride=2)
         return self
 
-    def conv_kernel_sizes(self) -> list[int]:
-        return list(self.kernel_sizes) if self.kernel_sizes is not None else [self.kernel_size]
-
 
 class PosEmbedConfig(_Strict):
     """Model-level positional encoding.
