@@ -42,8 +42,13 @@ MODELS = {
     "caformer_s18": ("caformer_s18", "positional"),
     "twins_svt_s": ("twins_svt_small", "twins"),
     "twins_pcpvt_s": ("twins_pcpvt_small", "twins"),
+    "swinv2_t": ("swinv2_tiny_window8_256", "swinv2"),
+    "mvitv2_t": ("mvitv2_tiny", "mvit"),
 }
+# models compared at their own input size instead of --resolution
+NATIVE_RESOLUTION = {"swinv2_t": 256}
 NOTES = {
+    "swinv2_t": "compared at 256x256, its native size (window 8)",
     "poolformer_s12": "timm's port applies the final GroupNorm after pooling; the official "
     "sail-sg/poolformer code (which hvtnas follows) applies it before, so logits differ by design",
 }
@@ -125,6 +130,24 @@ def _swin_key(key: str) -> str:
     return re.sub(r"^norm\.", "head.norm.", key)
 
 
+def _swinv2_key(key: str) -> str:
+    return _swin_key(key).replace("downsample.norm.", "downsample.post_norm.")  # V2 normalises after
+
+
+def _mvit_key(key: str) -> str:
+    """timm's MViTv2: the first block of stages 2-4 is hvtnas's attention downsampling."""
+    key = key.replace("patch_embed.", "stem.")
+    if m := re.match(r"stages\.(\d+)\.blocks\.(\d+)\.(.*)", key):
+        i, j, rest = int(m.group(1)), int(m.group(2)), m.group(3)
+        rest = re.sub(r"attn\.(pool_[qkv])\.weight", r"attn.\1.conv.weight", rest)
+        rest = re.sub(r"attn\.norm_([qkv])\.", r"attn.pool_\1.norm.", rest)
+        rest = rest.replace("mlp.", "ffn.").replace("shortcut_proj_attn", "shortcut_proj")
+        if i > 0 and j == 0:
+            return f"stages.{i}.downsample.{rest.replace('attn.', 'attention.')}"
+        return f"stages.{i}.blocks.{j - (i > 0)}.{rest.replace('attn.', 'mixer.')}"
+    return re.sub(r"^norm\.", "head.norm.", key)
+
+
 def _twins_key(key: str) -> str:
     if m := re.match(r"patch_embeds\.(\d)\.(proj|norm)\.(.*)", key):
         i, part, rest = m.groups()
@@ -142,13 +165,14 @@ def _twins_key(key: str) -> str:
 
 
 def map_state_dict(reference: torch.nn.Module, model: torch.nn.Module, how: str) -> dict[str, torch.Tensor]:
-    ref = {k: v for k, v in reference.state_dict().items() if "relative_position_index" not in k}
+    buffers = ("relative_position_index", "relative_coords_table")  # computed, not learned
+    ref = {k: v for k, v in reference.state_dict().items() if not any(b in k for b in buffers)}
     ours = model.state_dict()
     if how == "positional":  # same modules in the same order; 1x1 convs become linears
         if len(ref) != len(ours):
             raise RuntimeError(f"{len(ref)} reference tensors vs {len(ours)}")
         return {k: v.reshape(ours[k].shape) for (k, _), v in zip(ours.items(), ref.values(), strict=True)}
-    rename = {"swin": _swin_key, "twins": _twins_key}[how]
+    rename = {"swin": _swin_key, "swinv2": _swinv2_key, "mvit": _mvit_key, "twins": _twins_key}[how]
     return {rename(k): v.reshape(ours[rename(k)].shape) for k, v in ref.items()}
 
 
@@ -157,6 +181,7 @@ def compare(name: str, timm: types.ModuleType, resolution: int) -> dict:
     reference = timm.create_model(timm_name).eval()
     model = hvtnas.build_model(name).eval()
     model.load_state_dict(map_state_dict(reference, model, how), strict=True)
+    resolution = NATIVE_RESOLUTION.get(name, resolution)
     x = torch.randn(2, 3, resolution, resolution)
     with torch.inference_mode():
         ref_logits, logits = reference(x), model(x)
@@ -164,6 +189,7 @@ def compare(name: str, timm: types.ModuleType, resolution: int) -> dict:
         pyramid = model.forward_features(x)
     return {
         "model": name,
+        "resolution": resolution,
         "reference": f"timm {timm.__version__}: {timm_name}",
         "max_abs_diff_logits": (ref_logits - logits).abs().max().item(),
         "logit_scale": ref_logits.abs().max().item(),

@@ -7,6 +7,7 @@ round-trips through YAML. Errors name the field path, and the file and line when
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -85,10 +86,16 @@ class InputConfig(_Strict):
 class StemConfig(_Kinded):
     """The stride-4 entry into stage 1.
 
-    - ``patch``: non-overlapping 4x4 conv, stride 4 (ViT/Swin patch embedding);
+    - ``patch``: non-overlapping 4x4 conv, stride 4 (ViT/Swin patch embedding); with
+      ``kernel_sizes`` (e.g. [4, 8, 16, 32]) CrossFormer's cross-scale embedding: one stride-4
+      conv per kernel (padding (k-4)/2), channels split 1/2, 1/4, ..., the last two equal, concatenated;
     - ``overlap``: one k x k conv, stride 4 (PVTv2 7x7 pad 3, PoolFormer 7x7 pad 2);
-    - ``conv``: ``depth`` stacked 3x3 convs, the first two with stride 2, norm + act between
-      (convolutional stem of CoAtNet / early-conv ViTs).
+    - ``conv``: ``depth`` stacked convs (3x3 unless ``kernel_sizes`` says otherwise; padding k//2
+      for odd k, 0 for even), the first two with stride 2 unless ``strides`` says otherwise, norm
+      + act between (convolutional stem of CoAtNet / early-conv ViTs). ``last_norm`` is the norm
+      after the last conv: ``true`` (the same as ``norm``), ``false`` (none: ResT) or a norm of
+      its own (Shunted: BatchNorm between, LayerNorm at the end); ``last_bias`` gives the last
+      conv a bias.
     """
 
     kind: Literal["patch", "overlap", "conv"] = "patch"
@@ -98,6 +105,10 @@ class StemConfig(_Kinded):
     hidden_ratio: float = Field(0.5, gt=0)  # conv only: hidden width = ratio * stage-1 width
     act: Activation = "gelu"  # conv only
     norm: NormConfig | None = None  # after the (last) conv; conv stems also between convs
+    strides: list[Literal[1, 2]] | None = None  # conv only: one per conv, product 4 (default 2, 2, 1, ...)
+    kernel_sizes: list[PositiveInt] | None = None  # conv: one per conv (default all 3); patch: cross-scale
+    last_norm: bool | NormConfig = True  # conv only: see above
+    last_bias: bool = False  # conv only
 
     @model_validator(mode="after")
     def _fields_fit_kind(self) -> StemConfig:
@@ -109,7 +120,45 @@ class StemConfig(_Kinded):
             )
         if self.kind == "conv" and self.norm is None:
             raise PydanticCustomError("stem_norm", "the 'conv' stem needs a norm (e.g. batchnorm)")
+        conv_only = {
+            "strides": self.strides is not None,
+            "kernel_sizes": self.kernel_sizes is not None and self.kind != "patch",
+            "last_norm": self.last_norm is not True,
+            "last_bias": self.last_bias,
+        }
+        if self.kind != "conv" and any(conv_only.values()):
+            field = next(name for name, used in conv_only.items() if used)
+            message = f"applies to the 'conv' stem only (this one is '{self.kind}')"
+            _fail((field,), getattr(self, field), message)
+        for field in ("strides", "kernel_sizes"):
+            value = getattr(self, field)
+            if self.kind == "conv" and value is not None and len(value) != self.depth:
+                _fail((field,), value, f"needs one entry per conv (depth {self.depth})")
+        if self.kind == "patch" and self.kernel_sizes is not None:
+            _check_cross_scale(self.kernel_sizes, stride=4)
+        if self.strides is not None and math.prod(self.strides) != 4:
+            _fail(("strides",), self.strides, "the strides must multiply to 4 (the stem's stride)")
         return self
+
+    def conv_strides(self) -> list[int]:
+        return list(self.strides) if self.strides is not None else [2, 2] + [1] * (self.depth - 2)
+
+    def conv_kernel_sizes(self) -> list[int]:
+        return list(self.kernel_sizes) if self.kernel_sizes is not None else [3] * self.depth
+
+
+def _check_cross_scale(kernel_sizes: list[int], stride: int) -> None:
+    if any(k < stride or (k - stride) % 2 for k in kernel_sizes):
+        _fail(
+            ("kernel_sizes",),
+            kernel_sizes,
+            f"cross-scale kernels must be >= the stride {stride} and differ from it by an even number",
+        )
+
+
+def cross_scale_widths(width: int, kernels: int) -> list[int]:
+    """CrossFormer's channel split of ``width`` over ``kernels`` convs: 1/2, 1/4, ..., the last two equal."""
+    return [width // 2 ** (i + 1) for i in range(kernels - 1)] + [width // 2 ** (kernels - 1)]
 
 
 class DownsampleConfig(_Kinded):
@@ -117,23 +166,30 @@ class DownsampleConfig(_Kinded):
 
     - ``conv``: k x k conv with stride 2, padding (k-1)//2: k=2 is the strided 2x2 conv
       (Twins, ShiftViT), k=3 the overlapping conv (PVTv2, PoolFormer, MetaFormer);
-    - ``patch_merging``: Swin's concat of 2x2 neighbours -> norm(4C) -> Linear(4C, C_out, no bias).
+    - ``patch_merging``: Swin's concat of 2x2 neighbours -> norm(4C) -> Linear(4C, C_out, no bias);
+      with ``norm_position: post`` Linear -> norm(C_out) (Swin V2).
     ``norm_position`` says whether the norm acts on the input (pre) or output (post) channels.
+    ``pool`` is CoAtNet's cheap shortcut downsampling: 2x2 average pool -> Linear(C, C_out).
+    ``pooling_attention`` is MViTv2's: no separate layer; the first block of each later stage
+    is a transition block whose pooling attention halves the map (Q stride 2, max-pooled
+    shortcut) and widens the channels (that stage's first mixer must be ``pooling_attention``).
+    ``kernel_sizes`` (conv only; replaces ``kernel_size``) is CrossFormer's cross-scale
+    embedding: one stride-2 conv per kernel, channels split 1/2, 1/4, ..., concatenated.
     """
 
-    kind: Literal["conv", "patch_merging"] = "conv"
+    kind: Literal["conv", "patch_merging", "pool", "pooling_attention"] = "conv"
     kernel_size: PositiveInt = 2
+    kernel_sizes: list[PositiveInt] | None = None
     bias: bool = True
     norm: NormConfig | None = None
     norm_position: Literal["pre", "post"] = "post"
 
     @model_validator(mode="after")
-    def _merging_is_pre_norm(self) -> DownsampleConfig:
-        if self.kind == "patch_merging" and self.norm is not None and self.norm_position != "pre":
-            raise PydanticCustomError(
-                "merge_norm",
-                "patch_merging normalises the concatenated 4C input: norm_position must be 'pre'",
-            )
+    def _kernel_sizes_fit(self) -> DownsampleConfig:
+        if self.kernel_sizes is not None:
+            if self.kind != "conv":
+                _fail(("kernel_sizes",), self.kernel_sizes, "applies to the 'conv' downsampling only")
+            _check_cross_scale(self.kernel_sizes, stride=2)
         return self
 
 
@@ -143,23 +199,33 @@ class PosEmbedConfig(_Kinded):
     ``absolute`` (learnable, interpolated at other input sizes) and ``sinusoidal`` (fixed 2-D)
     are added at the entrance of stage 1, or of every stage with ``per_stage`` (PVT v1);
     ``peg`` is CPVT's conditional encoding, a depthwise conv + residual after the first block
-    of each stage (Twins). Relative position bias is a parameter of the window mixers and the
-    Mix-FFN depthwise conv an FFN kind.
+    of each stage (Twins); ``pixel_attention`` is ResT's gate ``x * sigmoid(dwconv(x))`` after the
+    stem (and after every downsampling with ``per_stage``). Relative position bias is a
+    parameter of the window mixers, LePE of the cross-shaped window mixer, and the Mix-FFN
+    depthwise conv an FFN kind.
     """
 
-    kind: Literal["none", "absolute", "sinusoidal", "peg"] = "none"
+    kind: Literal["none", "absolute", "sinusoidal", "peg", "pixel_attention"] = "none"
     per_stage: bool = False
-    kernel_size: PositiveInt = 3  # peg only
+    kernel_size: PositiveInt = 3  # peg and pixel_attention
 
 
 class FFNConfig(_Kinded):
     """``mlp``: Linear -> act -> Linear; ``mixffn``: Linear -> depthwise 3x3 -> act -> Linear
-    (PVTv2 / SegFormer, positional information from the zero padding); ``none``: no FFN
-    sub-block (CoAtNet's MBConv stages)."""
+    (PVTv2 / SegFormer, positional information from the zero padding; with ``dw_residual`` the
+    conv is residual, act(h + dwconv(h)), as in Shunted); ``none``: no FFN sub-block (CoAtNet's
+    MBConv stages)."""
 
     kind: Literal["mlp", "mixffn", "none"] = "mlp"
     act: Activation = "gelu"
     bias: bool = True
+    dw_residual: bool = False  # mixffn only
+
+    @model_validator(mode="after")
+    def _dw_residual_needs_mixffn(self) -> FFNConfig:
+        if self.dw_residual and self.kind != "mixffn":
+            _fail(("dw_residual",), True, f"applies to the 'mixffn' FFN only (this one is '{self.kind}')")
+        return self
 
 
 def _parse_mixer(value: Any) -> Any:
@@ -195,6 +261,8 @@ class StageConfig(_Strict):
     layer_scale: float | None = Field(None, gt=0)  # init value of per-channel branch scales
     res_scale: bool = False  # learnable per-channel scale on the shortcut (MetaFormer baselines)
     out_norm: bool = False  # a norm on the stage output (PVT): the pyramid level is normalised
+    # pre: x + f(norm(x)) (most models); post: x + norm(f(x)), Swin V2's residual post-norm
+    norm_position: Literal["pre", "post"] = "pre"
 
     @field_validator("head_dim")
     @classmethod
@@ -221,7 +289,17 @@ class StageConfig(_Strict):
                     "heads ({heads}) x head_dim ({head_dim}) must equal width ({width}); give one of them",
                     {"heads": heads, "head_dim": head_dim, "width": width},
                 )
-        needs_heads = [m.kind for m in info.data.get("mixers", []) if MIXERS.get(m.kind).uses_heads]
+        mixers = info.data.get("mixers", [])
+        needs_heads = [m.kind for m in mixers if MIXERS.get(m.kind).uses_heads]
+        num_heads = heads if heads is not None else (width // head_dim if width and head_dim else None)
+        for m in mixers:
+            multiple = MIXERS.get(m.kind).heads_multiple
+            if num_heads is not None and num_heads % multiple:
+                raise PydanticCustomError(
+                    "heads_multiple",
+                    "mixer '{kind}' splits the heads into {multiple} groups: {heads} heads is not a multiple",
+                    {"kind": m.kind, "multiple": multiple, "heads": num_heads},
+                )
         # "head_dim" is absent from info.data when it failed its own check: report that error only
         if needs_heads and heads is None and "head_dim" in info.data and head_dim is None:
             raise PydanticCustomError(
@@ -262,6 +340,37 @@ class ArchConfig(_Strict):
     downsample: DownsampleConfig = DownsampleConfig()
     head: HeadConfig = HeadConfig()
     drop_path_rate: float = Field(0.0, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _attention_downsampling_has_its_mixer(self) -> ArchConfig:
+        if self.downsample.kind == "pooling_attention":
+            for i, stage in enumerate(self.stages[1:], start=1):
+                if stage.mixers[0].kind != "pooling_attention":
+                    _fail(
+                        ("stages", i, "mixers", 0),
+                        stage.mixers[0].kind,
+                        "downsample 'pooling_attention' makes this stage's first block the transition: "
+                        "its first mixer must be 'pooling_attention'",
+                    )
+        return self
+
+    @model_validator(mode="after")
+    def _cross_scale_widths(self) -> ArchConfig:
+        # every conv of a cross-scale embedding needs at least one channel, and they must add up
+        embeds = [("stem", self.stem.kernel_sizes if self.stem.kind == "patch" else None, 0)]
+        embeds += [("downsample", self.downsample.kernel_sizes, i) for i in range(1, len(self.stages))]
+        for field, kernels, i in embeds:
+            if kernels is None or len(kernels) == 1:
+                continue
+            width = self.stages[i].width
+            if width % 2 ** (len(kernels) - 1):
+                _fail(
+                    ("stages", i, "width"),
+                    width,
+                    f"{width} does not split over the {len(kernels)} cross-scale kernels of the {field} "
+                    f"(needs a multiple of {2 ** (len(kernels) - 1)})",
+                )
+        return self
 
     @model_validator(mode="after")
     def _sinusoidal_widths(self) -> ArchConfig:

@@ -111,6 +111,53 @@ def test_unknown_mixer_lists_known_ones() -> None:
         ),
         (lambda c: c.update(drop_path_rate=1.5), "drop_path_rate: Input should be less than 1"),
         (lambda c: c["stages"][0].pop("width"), "stages[0].width: required field is missing"),
+        (lambda c: c["stages"][1].update(norm_position="middle"), "stages[1].norm_position: Input should be"),
+        (
+            lambda c: c.update(stem={"kind": "patch", "strides": [2, 2]}),
+            "stem.strides: applies to the 'conv' stem",
+        ),
+        (
+            lambda c: c.update(stem={"kind": "conv", "norm": "batchnorm", "strides": [2, 1]}),
+            "stem.strides: the strides must multiply to 4",
+        ),
+        (
+            lambda c: c.update(stem={"kind": "conv", "norm": "batchnorm", "kernel_sizes": [7]}),
+            "stem.kernel_sizes: needs one entry per conv (depth 2)",
+        ),
+        (
+            lambda c: c["stages"][2].update(ffn={"kind": "mlp", "dw_residual": True}),
+            "stages[2].ffn.dw_residual: applies to the 'mixffn' FFN only",
+        ),
+        (
+            lambda c: c["stages"][0]["mixers"].__setitem__(0, {"kind": "token_mlp", "act": "swish9"}),
+            "stages[0].mixers[0].act: unknown activation 'swish9'",
+        ),
+        (
+            lambda c: c.update(pos_embed={"kind": "rotary"}),
+            "pos_embed.kind: Input should be",
+        ),
+        (
+            lambda c: c.update(stem={"kind": "patch", "kernel_sizes": [4, 7]}),
+            "stem.kernel_sizes: cross-scale kernels must be >= the stride 4",
+        ),
+        (
+            lambda c: c.update(downsample="pooling_attention"),
+            "stages[1].mixers[0]: downsample 'pooling_attention' makes this stage's first block",
+        ),
+        (
+            lambda c: c.update(downsample={"kind": "patch_merging", "kernel_sizes": [2, 4]}),
+            "downsample.kernel_sizes: applies to the 'conv' downsampling only",
+        ),
+        (
+            lambda c: c.update(downsample={"kind": "conv", "kernel_sizes": [2, 4, 6, 8, 10, 12]}),
+            "stages[2].width: 48 does not split over the 6 cross-scale kernels of the downsample",
+        ),
+        (
+            lambda c: c["stages"][0]["mixers"].__setitem__(
+                0, {"kind": "window", "relative_position_bias": False, "dynamic_position_bias": True}
+            ),
+            "stages[0].mixers[0]: dynamic_position_bias needs relative_position_bias: true",
+        ),
     ],
 )
 def test_bad_configs_name_the_field(edit, expected: str) -> None:
@@ -157,3 +204,22 @@ def test_sinusoidal_embedding_needs_widths_divisible_by_four() -> None:
     assert _problems(cfg) == [
         "stages[0].width: 18 is not divisible by 4, as the sinusoidal position embedding needs"
     ]
+
+
+def test_mixers_that_split_heads_need_a_multiple() -> None:
+    cfg = tiny_config([{"kind": "cross_window", "stripe_width": 2}])
+    cfg["stages"][3]["heads"] = 1
+    assert _problems(cfg) == [
+        "stages[3].heads: mixer 'cross_window' splits the heads into 2 groups: 1 heads is not a multiple"
+    ]
+    cfg = tiny_config(["shunted"], stage={"heads": None, "head_dim": 16})  # widths 16..64: 1..4 heads
+    assert _problems(cfg)[0].startswith("stages[0].heads: mixer 'shunted' splits the heads into 2 groups")
+
+
+def test_conv_stem_last_norm_takes_a_norm_of_its_own() -> None:
+    cfg = ArchConfig.from_dict(
+        tiny_config(["pooling"], stem={"kind": "conv", "norm": "batchnorm", "last_norm": "layernorm"})
+    )
+    assert cfg.stem.last_norm.kind == "layernorm"
+    norms = [type(n).__name__ for n in build_model(cfg).stem.norms]
+    assert norms == ["BatchNormLast", "LayerNormLast"]

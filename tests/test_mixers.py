@@ -9,9 +9,23 @@ import torch
 import torch.nn.functional as F
 
 from hvtnas import MIXERS, build_model
-from hvtnas.models.mixers.attention import ShiftedWindowAttention, SpatialReductionAttention, WindowAttention
+from hvtnas.models.mixers.attention import (
+    CosineWindowAttention,
+    DilatedWindowAttention,
+    RelativeAttention,
+    ShiftedWindowAttention,
+    SpatialReductionAttention,
+    WindowAttention,
+)
+from hvtnas.models.mixers.conv_attention import ConvProjectionAttention, EfficientMultiHeadAttention
+from hvtnas.models.mixers.cross_window import CrossShapedWindowAttention
+from hvtnas.models.mixers.focal import FocalAttention
+from hvtnas.models.mixers.halo import HaloAttention
+from hvtnas.models.mixers.mlp import AxialShift, RandomMixing, TokenMLP
 from hvtnas.models.mixers.pooling import Pooling
+from hvtnas.models.mixers.pooling_attention import PoolingAttention
 from hvtnas.models.mixers.shift import Shift
+from hvtnas.models.mixers.shunted import ShuntedAttention
 from tests.conftest import tiny_config
 
 
@@ -54,6 +68,8 @@ def test_every_mixer_declares_its_contract(kind: str) -> None:
     kwargs = params.model_dump(exclude={"kind"})
     if cls.uses_heads:
         kwargs["num_heads"] = 2
+    if cls.uses_map_size:
+        kwargs["map_size"] = 16  # built for a 16x16 map, run on another: tables must adapt
     mixer = cls(16, **kwargs)
     x = torch.randn(1, 9, 11, 16)  # odd, non-square map
     assert mixer(x).shape == x.shape
@@ -165,3 +181,213 @@ def test_shift_moves_four_channel_groups_one_pixel() -> None:
             expected[0, i, j, 3 * g : 4 * g] = x[0, i - 1, j, 3 * g : 4 * g]
     expected[..., 4 * g :] = x[..., 4 * g :]
     torch.testing.assert_close(out, expected)
+
+
+# ----------------------------------------------------------------------------- receptive fields
+def _touched(mixer: torch.nn.Module, H: int, W: int, at: tuple[int, int], dim: int = 8) -> torch.Tensor:
+    """(H, W) True where an input token has a gradient w.r.t. the output token ``at``."""
+    x = torch.randn(1, H, W, dim, dtype=torch.float64, requires_grad=True)
+    mixer.double()(x)[0, at[0], at[1]].sum().backward()
+    return x.grad[0].abs().sum(-1) > 0
+
+
+def test_cross_shaped_window_sees_its_row_and_column_stripes() -> None:
+    mixer = CrossShapedWindowAttention(8, num_heads=2, stripe_width=2)
+    H, W = 8, 10
+    for r, c in [(0, 0), (5, 3), (7, 9)]:
+        rows = torch.arange(H)[:, None].expand(H, W) // 2 == r // 2  # horizontal stripe, full width
+        cols = torch.arange(W)[None, :].expand(H, W) // 2 == c // 2  # vertical stripe, full height
+        assert torch.equal(_touched(mixer, H, W, (r, c)), rows | cols), (r, c)
+
+
+def test_cross_shaped_window_covering_the_map_is_global_attention_plus_lepe() -> None:
+    """CSWin's last stage: one stripe covers the map, so both halves attend every token."""
+    mixer = CrossShapedWindowAttention(8, num_heads=2, stripe_width=7)
+    x = torch.randn(2, 7, 7, 8)
+    q, k, v = mixer.qkv(x).flatten(1, 2).chunk(3, dim=-1)  # (B, 49, 8) each
+    halves = (slice(0, 4), slice(4, 8))  # vertical, horizontal branch: one head each
+    heads = [F.scaled_dot_product_attention(q[..., s], k[..., s], v[..., s]) for s in halves]
+    lepe = [
+        conv(v[..., s].transpose(1, 2).reshape(2, 4, 7, 7)).flatten(2).transpose(1, 2)
+        for conv, s in zip(mixer.lepe, halves, strict=True)
+    ]
+    expected = torch.cat([h + e for h, e in zip(heads, lepe, strict=True)], dim=-1)
+    torch.testing.assert_close(mixer(x), mixer.proj(expected).view(2, 7, 7, 8))
+
+
+def test_cross_shaped_window_needs_an_even_number_of_heads() -> None:
+    with pytest.raises(ValueError, match="split heads in two"):
+        CrossShapedWindowAttention(12, num_heads=3)
+
+
+@pytest.mark.parametrize("size", [(12, 12), (10, 9)])
+def test_halo_attention_sees_its_block_and_halo(size: tuple[int, int]) -> None:
+    mixer = HaloAttention(8, num_heads=2, block_size=4, halo_size=1)
+    H, W = size
+    for r, c in [(0, 0), (5, 6), (H - 1, W - 1)]:
+        r0, c0 = (r // 4) * 4, (c // 4) * 4
+        rows = (torch.arange(H) >= r0 - 1) & (torch.arange(H) < r0 + 5)
+        cols = (torch.arange(W) >= c0 - 1) & (torch.arange(W) < c0 + 5)
+        assert torch.equal(_touched(mixer, H, W, (r, c)), rows[:, None] & cols[None, :]), (r, c)
+
+
+def test_halo_covering_the_map_without_bias_is_global_attention() -> None:
+    mixer = HaloAttention(8, num_heads=2, block_size=3, halo_size=3, relative_position_bias=False)
+    x = torch.randn(2, 3, 3, 8)
+    q = mixer.q(x).view(2, 9, 2, 4).transpose(1, 2)
+    k, v = mixer.kv(x).view(2, 9, 2, 2, 4).permute(2, 0, 3, 1, 4)
+    ref = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(2, 3, 3, 8)
+    torch.testing.assert_close(mixer(x), mixer.proj(ref))
+
+
+@pytest.mark.parametrize("size", [(8, 8), (9, 10)])
+def test_dilated_window_groups_tokens_spaced_over_the_map(size: tuple[int, int]) -> None:
+    mixer = DilatedWindowAttention(8, num_heads=2, window_size=4)
+    H, W = size
+    nh, nw = -(-H // 4), -(-W // 4)  # windows per axis = spacing of a window's tokens
+    for r, c in [(0, 0), (3, 5), (H - 1, W - 1)]:
+        expected = (torch.arange(H)[:, None] % nh == r % nh) & (torch.arange(W)[None, :] % nw == c % nw)
+        assert torch.equal(_touched(mixer, H, W, (r, c)), expected), (r, c)
+
+
+def test_token_mlp_mixes_within_its_window_only() -> None:
+    mixer = TokenMLP(8, window_size=4)
+    touched = _touched(mixer, 8, 6, (5, 1))
+    expected = torch.zeros(8, 6, dtype=torch.bool)
+    expected[4:8, 0:4] = True
+    assert torch.equal(touched, expected)
+
+
+def test_random_mixing_is_a_frozen_row_stochastic_matrix() -> None:
+    mixer = RandomMixing(4, window_size=3)
+    assert not list(mixer.parameters()) and mixer.random_matrix.shape == (9, 9)
+    torch.testing.assert_close(mixer.random_matrix.sum(-1), torch.ones(9))
+    x = torch.randn(2, 3, 3, 4)
+    expected = torch.einsum("ij,bjc->bic", mixer.random_matrix, x.flatten(1, 2)).view(2, 3, 3, 4)
+    torch.testing.assert_close(mixer(x), expected)
+    assert "random_matrix" in mixer.state_dict()
+
+
+def test_axial_shift_moves_channel_groups_like_as_mlp() -> None:
+    """Against AS-MLP's own formulation: pad, roll each channel chunk by -2..2, crop."""
+    mixer = AxialShift(12, shift_size=5)
+    x = torch.randn(2, 6, 7, 12)
+
+    def rolled(x: torch.Tensor, axis: int) -> torch.Tensor:
+        padded = F.pad(x.permute(0, 3, 1, 2), (2, 2, 2, 2))
+        chunks = torch.chunk(padded, 5, dim=1)  # 12 channels: 4 chunks of 3, shifted -2..1 (zip stops)
+        out = torch.cat([torch.roll(c, s, axis) for c, s in zip(chunks, range(-2, 3), strict=False)], dim=1)
+        return out[:, :, 2:-2, 2:-2].permute(0, 2, 3, 1)
+
+    torch.testing.assert_close(mixer._shift(x, 2), rolled(x, 3))  # along W
+    torch.testing.assert_close(mixer._shift(x, 1), rolled(x, 2))  # along H
+
+
+def test_cosine_window_attention_logits() -> None:
+    """Swin V2 on one window: softmax(cos(q, k) * min(exp(logit_scale), 100) + 16 sigmoid(cpb)) v."""
+    mixer = CosineWindowAttention(8, num_heads=2, window_size=4)
+    with torch.no_grad():
+        mixer.logit_scale.fill_(5.0)  # above log(100): the clamp must act
+        mixer.q_bias.normal_()
+        mixer.v_bias.normal_()
+    x = torch.randn(1, 4, 4, 8)
+    bias = torch.cat([mixer.q_bias, torch.zeros(8), mixer.v_bias])
+    q, k, v = F.linear(x.flatten(1, 2), mixer.qkv.weight, bias).view(1, 16, 3, 2, 4).permute(2, 0, 3, 1, 4)
+    logits = F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1) * 100.0
+    logits = logits + mixer.position_bias(4, 4, x.device)
+    out = (logits.softmax(-1) @ v).transpose(1, 2).reshape(1, 4, 4, 8)
+    torch.testing.assert_close(mixer(x), mixer.proj(out))
+    assert mixer.position_bias(4, 4, x.device).abs().max() <= 16
+
+
+def test_conv_projection_attention_matches_cvt_formulation() -> None:
+    mixer = ConvProjectionAttention(8, num_heads=2, kv_stride=2).eval()
+    x = torch.randn(1, 6, 6, 8)
+    nchw = x.permute(0, 3, 1, 2)
+
+    def project(conv: torch.nn.Module, linear: torch.nn.Linear) -> torch.Tensor:
+        return linear(conv(nchw).flatten(2).transpose(1, 2)).view(1, -1, 2, 4).transpose(1, 2)
+
+    q = project(mixer.conv_q, mixer.proj_q)
+    k = project(mixer.conv_k, mixer.proj_k)
+    v = project(mixer.conv_v, mixer.proj_v)
+    assert k.shape[2] == 9  # 6x6 keys subsampled to 3x3
+    attn = (q @ k.transpose(-2, -1) * 8**-0.5).softmax(-1)  # CvT scales by width^-1/2
+    out = (attn @ v).transpose(1, 2).reshape(1, 6, 6, 8)
+    torch.testing.assert_close(mixer(x), mixer.proj(out))
+
+
+def test_emsa_mixes_heads_only_when_there_are_several() -> None:
+    assert EfficientMultiHeadAttention(8, num_heads=1, sr_ratio=2).head_transform is None
+    mixer = EfficientMultiHeadAttention(8, num_heads=2, sr_ratio=2)
+    assert mixer.sr.groups == 8 and mixer.sr.kernel_size == (3, 3) and mixer.sr.stride == (2, 2)
+    assert mixer(torch.randn(2, 7, 5, 8)).shape == (2, 7, 5, 8)
+
+
+def test_shunted_attention_uses_two_reduction_rates() -> None:
+    mixer = ShuntedAttention(16, num_heads=4, sr_ratio=8)
+    x = torch.randn(1, 16, 16, 16)
+    coarse, fine = (reduction(x, 2)[0] for reduction in mixer.reductions)
+    assert coarse.shape == (1, 2, 4, 4) and fine.shape == (1, 2, 16, 4)  # 2x2 and 4x4 key maps
+    assert not hasattr(ShuntedAttention(16, num_heads=4, sr_ratio=1), "reductions")
+
+
+def test_dynamic_position_bias_replaces_the_table() -> None:
+    mixer = WindowAttention(32, num_heads=2, window_size=7, dynamic_position_bias=True)
+    assert mixer.relative_position_bias_table is None
+    assert mixer.dynamic_position_bias.pos_proj.out_features == 2  # CrossFormer: width / 16
+    bias = mixer.position_bias(7, 7, torch.device("cpu"))
+    assert bias.shape == (2, 49, 49)
+    # a function of the offset only: equal offsets, equal bias
+    torch.testing.assert_close(bias[:, 0, 8], bias[:, 1, 9])
+    # smaller windows read the centre of the same function
+    small = mixer.position_bias(3, 3, torch.device("cpu"))
+    torch.testing.assert_close(small[:, 0, 4], bias[:, 0, 8])
+
+
+def test_pooling_attention_strides_and_residual_pooling() -> None:
+    """MViTv2's transition attention: Q stride 2 halves the map and widens it; K, V strided apart."""
+    attn = PoolingAttention(8, num_heads=2, map_size=8, kv_stride=4, dim_out=16, q_stride=2)
+    assert attn(torch.randn(2, 8, 8, 8)).shape == (2, 4, 4, 16)
+    assert attn(torch.randn(2, 9, 7, 8)).shape == (2, 5, 4, 16)  # ceil, like the max-pooled shortcut
+    assert attn.rel_pos_h.shape == (2 * 4 - 1, 8)  # 2 max(q side, kv side) - 1 offsets of head_dim
+
+
+def test_pooling_attention_relative_positions_are_decomposed() -> None:
+    """The position term of a query/key pair is q · (R_h[dy] + R_w[dx])."""
+    attn = PoolingAttention(4, num_heads=1, map_size=3)
+    q = torch.randn(1, 1, 3, 3, 4)
+    terms = attn._position_terms(q, (3, 3))  # (1, 1, 9, 9)
+    for (qy, qx), (ky, kx) in [((0, 0), (2, 1)), ((1, 2), (0, 0)), ((2, 2), (2, 2))]:
+        rel = attn.rel_pos_h[qy - ky + 2] + attn.rel_pos_w[qx - kx + 2]
+        torch.testing.assert_close(terms[0, 0, qy * 3 + qx, ky * 3 + kx], q[0, 0, qy, qx] @ rel)
+
+
+def test_relative_attention_bias_depends_on_the_offset_only() -> None:
+    attn = RelativeAttention(8, num_heads=2, map_size=4)
+    bias = attn.position_bias(4, 4)  # (2, 16, 16), read from the table as is
+    assert bias.shape == (2, 16, 16)
+    torch.testing.assert_close(bias[:, 0, 5], bias[:, 10, 15])  # both: one row down, one column right
+    torch.testing.assert_close(bias[:, 0, 0], attn.relative_position_bias_table[:, 3, 3])
+    assert attn.position_bias(6, 3).shape == (2, 18, 18)  # other sizes: the table is resized
+
+
+def test_focal_attention_sees_the_pooled_neighbourhood_and_the_cyclic_ring() -> None:
+    """Window 2, ring 1, 3x3 pooled windows on an 8x8 map (4x4 windows)."""
+    mixer = FocalAttention(8, num_heads=2, map_size=8, window_size=2, expand_size=1, focal_window=3)
+    assert mixer.neighbour_bias.shape == (2, 4, 4 * 4 - 4 * 1)
+    # interior window (rows 2-3, cols 4-5): the pooled 3x3 windows around it cover rows 0-5, cols 2-7
+    expected = torch.zeros(8, 8, dtype=torch.bool)
+    expected[0:6, 2:8] = True
+    assert torch.equal(_touched(mixer, 8, 8, (2, 4)), expected)
+    # corner window: pooled windows rows/cols 0-3, plus the ring wrapping around the map (official)
+    expected = torch.zeros(8, 8, dtype=torch.bool)
+    expected[0:4, 0:4] = True
+    expected[7, 0:3] = expected[0:3, 7] = expected[7, 7] = True
+    assert torch.equal(_touched(mixer, 8, 8, (0, 0)), expected)
+
+
+def test_focal_attention_on_a_map_within_one_window_drops_the_ring() -> None:
+    mixer = FocalAttention(8, num_heads=2, map_size=5, window_size=7, expand_size=3, focal_window=1)
+    assert mixer.window_size == 5 and mixer.neighbour_bias is None
+    assert mixer(torch.randn(1, 5, 5, 8)).shape == (1, 5, 5, 8)

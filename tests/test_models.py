@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from einops import rearrange
 
 from hvtnas import build_model, summarize
-from hvtnas.models.embed import AbsolutePosEmbed, PatchMerging, SinusoidalPosEmbed
+from hvtnas.models.embed import AbsolutePosEmbed, PatchMerging, PixelAttention, SinusoidalPosEmbed
 from tests.conftest import tiny_config
 
 PATTERNS = {
@@ -109,12 +110,40 @@ def test_stems_reach_stride_four(stem: dict) -> None:
         {"kind": "conv", "kernel_size": 3, "norm": "batchnorm"},
         {"kind": "conv", "kernel_size": 2, "bias": False, "norm": "groupnorm", "norm_position": "pre"},
         {"kind": "patch_merging", "norm": "layernorm", "norm_position": "pre"},
+        {"kind": "pool", "norm": "batchnorm"},
+        {"kind": "conv", "kernel_sizes": [2, 4], "norm": "layernorm", "norm_position": "pre"},
     ],
 )
 def test_downsampling_halves_the_map(downsample: dict) -> None:
     model = build_model(tiny_config(["pooling"], downsample=downsample))
     shapes = [tuple(f.shape[2:]) for f in model.forward_features(torch.randn(1, 3, 64, 64))]
     assert shapes == [(16, 16), (8, 8), (4, 4), (2, 2)]
+
+
+def test_patch_merging_with_post_norm_normalises_the_output_like_swin_v2() -> None:
+    downsample = {"kind": "patch_merging", "norm": "layernorm", "norm_position": "post"}
+    merge = build_model(tiny_config(["pooling"], downsample=downsample)).stages[1].downsample
+    assert isinstance(merge.norm, torch.nn.Identity) and merge.post_norm.normalized_shape == (32,)
+    x = torch.randn(1, 4, 4, 16)
+    merged = rearrange(x, "b (h dh) (w dw) c -> b h w (dw dh c)", dh=2, dw=2)  # Swin's 2x2 concat
+    torch.testing.assert_close(merge(x), merge.post_norm(merge.reduction(merged)))
+
+
+def test_post_norm_blocks_normalise_each_branch_output() -> None:
+    """Swin V2's residual post-norm: x + norm(f(x)) instead of x + f(norm(x))."""
+    block = build_model(tiny_config(["pooling"], stage={"norm_position": "post"})).stages[0].blocks[0].eval()
+    x = torch.randn(1, 8, 8, 16)
+    y = x + block.norm1(block.mixer(x))
+    torch.testing.assert_close(block(x), y + block.norm2(block.ffn(y)))
+
+
+def test_pixel_attention_gates_after_every_embedding() -> None:
+    model = build_model(tiny_config(["pooling"], pos_embed={"kind": "pixel_attention", "per_stage": True}))
+    assert all(isinstance(s.pos_embed, PixelAttention) for s in model.stages)
+    pa = model.stages[0].pos_embed
+    x = torch.randn(1, 5, 6, 16)
+    gate = torch.sigmoid(pa.proj(x.permute(0, 3, 1, 2))).permute(0, 2, 3, 1)
+    torch.testing.assert_close(pa(x), x * gate)
 
 
 def test_patch_merging_concatenates_in_swin_order() -> None:
@@ -164,3 +193,29 @@ def test_training_after_inference_mode(pattern: str) -> None:
         model.eval()(x)
     model.train()(x).mean().backward()
     assert all(p.grad is not None for p in model.parameters())
+
+
+def test_cross_scale_embeddings_concatenate_kernels_like_crossformer() -> None:
+    cfg = tiny_config(
+        ["pooling"],
+        stem={"kind": "patch", "kernel_sizes": [4, 8, 16, 32], "norm": "layernorm"},
+        downsample={"kind": "conv", "kernel_sizes": [2, 4], "norm": "layernorm", "norm_position": "pre"},
+    )
+    model = build_model(cfg)
+    stem = model.stem.proj
+    assert [c.out_channels for c in stem.convs] == [8, 4, 2, 2]  # width 16: 1/2, 1/4, 1/8, 1/8
+    assert [c.padding[0] for c in stem.convs] == [0, 2, 6, 14]
+    assert [c.out_channels for c in model.stages[1].downsample.conv.convs] == [16, 16]
+    for size in [(64, 64), (36, 44)]:  # odd maps on the way down are padded, kernels agree on sizes
+        shapes = [tuple(f.shape[2:]) for f in model.forward_features(torch.randn(1, 3, *size))]
+        assert shapes[0] == (size[0] // 4, size[1] // 4)
+
+
+def test_attention_downsampling_makes_the_first_block_the_transition() -> None:
+    cfg = tiny_config([{"kind": "pooling_attention"}], downsample="pooling_attention", stage={"depth": 2})
+    model = build_model(cfg)
+    assert [len(s.blocks) for s in model.stages] == [2, 1, 1, 1]  # depth 2 = transition + 1 block
+    transition = model.stages[1].downsample
+    assert transition.attention.pool_q.conv.stride == (2, 2) and transition.shortcut_proj.out_features == 32
+    shapes = [tuple(f.shape[1:]) for f in model.forward_features(torch.randn(1, 3, 50, 38))]
+    assert shapes == [(16, 13, 10), (32, 7, 5), (48, 4, 3), (64, 2, 2)]

@@ -50,7 +50,9 @@ def zoo_command(
     if as_json:
         print(json.dumps(rows))
         return
-    table = Table(title="hvtnas zoo at 224x224 (GMACs: multiply-accumulates; paper: official figures)")
+    table = Table(
+        title="hvtnas zoo at each model's input size (GMACs: multiply-accumulates; paper: official figures)"
+    )
     table.add_column("model", no_wrap=True)
     table.add_column("params", justify="right", no_wrap=True)
     table.add_column("paper", justify="right")

@@ -47,6 +47,12 @@ def sdpa_flop_jit(inputs: list[Any], outputs: list[Any]) -> int:
     return prod(batch) * length * source * (embed + v[-1])
 
 
+def matmul_flop_jit(inputs: list[Any], outputs: list[Any]) -> int:
+    """MACs of ``matmul`` for any operand ranks (fvcore's handle rejects a 1-D operand):
+    every output element is one dot product over the first operand's last dimension."""
+    return prod(get_shape(outputs[0])) * get_shape(inputs[0])[-1]
+
+
 @dataclass
 class FlopCount:
     """MACs of one forward pass at ``input_size`` (height, width), batch 1."""
@@ -73,6 +79,7 @@ def analyse(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> FlopCountAna
     """An fvcore analysis of ``module(*inputs)`` with hvtnas's handles and fvcore's noise silenced."""
     analysis = FlopCountAnalysis(module, inputs)
     analysis.set_op_handle("aten::scaled_dot_product_attention", sdpa_flop_jit)
+    analysis.set_op_handle("aten::matmul", matmul_flop_jit)
     analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from torch import Tensor, nn
 
-from hvtnas.models.layers import DropPath, Scale
+from hvtnas.models.layers import DropPath, Scale, nchw_to_nhwc, nhwc_to_nchw
 from hvtnas.models.mixers.base import TokenMixer
 
 
@@ -17,9 +17,10 @@ def _scale(dim: int, init: float | None) -> nn.Module:
 class MetaFormerBlock(nn.Module):
     """``x = s1(x) + ls1(drop(mixer(norm1(x))))``, then ``x = s2(x) + ls2(drop(ffn(norm2(x))))``.
 
-    ``ls`` is layer scale (branch scale), ``s`` residual scale (shortcut scale); both identity
-    unless configured. A mixer with ``residual = False`` replaces x (ShiftViT); ``ffn=None``
-    drops the second sub-block (CoAtNet MBConv stages).
+    With ``post_norm`` the norms move to the end of each branch, ``x + ls(drop(norm(f(x))))``
+    (Swin V2's residual post-norm). ``ls`` is layer scale (branch scale), ``s`` residual scale
+    (shortcut scale); both identity unless configured. A mixer with ``residual = False``
+    replaces x (ShiftViT); ``ffn=None`` drops the second sub-block (CoAtNet MBConv stages).
     """
 
     def __init__(
@@ -31,8 +32,10 @@ class MetaFormerBlock(nn.Module):
         drop_path: float = 0.0,
         layer_scale: float | None = None,
         res_scale: bool = False,
+        post_norm: bool = False,
     ) -> None:
         super().__init__()
+        self.post_norm = post_norm
         self.mixer_residual = mixer.residual
         if self.mixer_residual:
             self.norm1 = norm()
@@ -49,13 +52,18 @@ class MetaFormerBlock(nn.Module):
             self.ffn = None
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
+    def _branch(self, f: nn.Module, norm: nn.Module, x: Tensor) -> Tensor:
+        return norm(f(x)) if self.post_norm else f(norm(x))
+
     def forward(self, x: Tensor) -> Tensor:  # x: (B, H, W, C)
         if self.mixer_residual:
-            x = self.res_scale1(x) + self.drop_path(self.layer_scale1(self.mixer(self.norm1(x))))
+            mixed = self._branch(self.mixer, self.norm1, x)
+            x = self.res_scale1(x) + self.drop_path(self.layer_scale1(mixed))
         else:
             x = self.mixer(x)
         if self.ffn is not None:
-            x = self.res_scale2(x) + self.drop_path(self.layer_scale2(self.ffn(self.norm2(x))))
+            fed = self._branch(self.ffn, self.norm2, x)
+            x = self.res_scale2(x) + self.drop_path(self.layer_scale2(fed))
         return x
 
 
@@ -84,3 +92,37 @@ class Stage(nn.Module):
             if i == 0 and self.peg is not None:
                 x = self.peg(x)
         return self.out_norm(x)
+
+
+class AttentionDownsample(nn.Module):
+    """MViTv2's stage-transition block, used as a stage's downsampling: the first block of the stage,
+    whose attention halves the map (Q stride 2) and widens the channels.
+
+    ``x = maxpool(proj(norm1(x))) + drop(attn(norm1(x)))`` (3x3 max pool, stride 2; ``proj`` a
+    Linear when the width changes), then the usual ``x + drop(ffn(norm2(x)))``.
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        attention: nn.Module,
+        ffn: nn.Module,
+        norm1: nn.Module,
+        norm2: nn.Module,
+        drop_path: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.norm1 = norm1
+        self.shortcut_proj = nn.Linear(in_dim, out_dim) if in_dim != out_dim else nn.Identity()
+        self.shortcut_pool = nn.MaxPool2d(3, stride=2, padding=1)
+        self.attention = attention
+        self.norm2 = norm2
+        self.ffn = ffn
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, H, W, C_in) -> (B, H/2, W/2, C_out)
+        normed = self.norm1(x)
+        shortcut = nchw_to_nhwc(self.shortcut_pool(nhwc_to_nchw(self.shortcut_proj(normed))))
+        x = shortcut + self.drop_path(self.attention(normed))
+        return x + self.drop_path(self.ffn(self.norm2(x)))

@@ -13,23 +13,34 @@ from typing import Any
 import torch
 from torch import nn
 
-from hvtnas.config import ArchConfig, DownsampleConfig, NormConfig, StemConfig
+from hvtnas.config import (
+    ArchConfig,
+    DownsampleConfig,
+    NormConfig,
+    StageConfig,
+    StemConfig,
+    cross_scale_widths,
+)
 from hvtnas.errors import HvtnasError
-from hvtnas.models.blocks import MetaFormerBlock, Stage
+from hvtnas.models.blocks import AttentionDownsample, MetaFormerBlock, Stage
 from hvtnas.models.embed import (
     PEG,
     AbsolutePosEmbed,
     ConvDownsample,
     ConvStem,
+    CrossScaleConv,
     OverlapStem,
     PatchMerging,
     PatchStem,
+    PixelAttention,
+    PoolDownsample,
     SinusoidalPosEmbed,
 )
 from hvtnas.models.ffn import FFNS
 from hvtnas.models.layers import make_act, make_norm
 from hvtnas.models.metaformer import ClassifierHead, MetaFormer
-from hvtnas.models.mixers import MIXERS
+from hvtnas.models.mixers import MIXERS, MixerParams
+from hvtnas.models.mixers.pooling_attention import PoolingAttention
 
 ModelSpec = str | Path | ArchConfig | dict[str, Any]
 
@@ -62,25 +73,44 @@ def _optional_norm(cfg: NormConfig | None, dim: int) -> nn.Module | None:
 
 def build_stem(cfg: StemConfig, in_channels: int, dim: int) -> nn.Module:
     if cfg.kind == "patch":
-        return PatchStem(in_channels, dim, _optional_norm(cfg.norm, dim))
+        cross_scale = None
+        if cfg.kernel_sizes is not None:
+            ks = cfg.kernel_sizes
+            widths = cross_scale_widths(dim, len(ks))
+            cross_scale = CrossScaleConv(in_channels, widths, ks, 4, [(k - 4) // 2 for k in ks])
+        return PatchStem(in_channels, dim, _optional_norm(cfg.norm, dim), cross_scale)
     if cfg.kind == "overlap":
         k = cfg.kernel_size or 7
         padding = cfg.padding if cfg.padding is not None else k // 2
         return OverlapStem(in_channels, dim, k, padding, _optional_norm(cfg.norm, dim))
     assert cfg.norm is not None  # the config requires it for conv stems
     hidden = max(1, int(cfg.hidden_ratio * dim))
-    widths = [hidden] * (cfg.depth - 1) + [dim]
-    norms = [make_norm(cfg.norm.kind, w, cfg.norm.eps, cfg.norm.bias) for w in widths]
+    norms = [make_norm(cfg.norm.kind, hidden, cfg.norm.eps, cfg.norm.bias) for _ in range(cfg.depth - 1)]
+    if cfg.last_norm is not False:
+        last = cfg.norm if cfg.last_norm is True else cfg.last_norm
+        norms.append(make_norm(last.kind, dim, last.eps, last.bias))
     acts = [make_act(cfg.act) for _ in range(cfg.depth - 1)]
-    return ConvStem(in_channels, dim, hidden, cfg.depth, norms, acts)
+    return ConvStem(
+        in_channels, dim, hidden, cfg.conv_strides(), cfg.conv_kernel_sizes(), norms, acts, cfg.last_bias
+    )
 
 
-def build_downsample(cfg: DownsampleConfig, in_dim: int, out_dim: int) -> nn.Module:
-    if cfg.kind == "patch_merging":
-        return PatchMerging(in_dim, out_dim, _optional_norm(cfg.norm, 4 * in_dim))
-    pre = _optional_norm(cfg.norm, in_dim) if cfg.norm_position == "pre" else None
+def build_downsample(cfg: DownsampleConfig, in_dim: int, out_dim: int) -> nn.Module | None:
+    if cfg.kind == "pooling_attention":
+        return None  # built with the stage it opens (build_model)
     post = _optional_norm(cfg.norm, out_dim) if cfg.norm_position == "post" else None
-    return ConvDownsample(in_dim, out_dim, cfg.kernel_size, cfg.bias, pre, post)
+    if cfg.kind == "patch_merging":
+        pre = _optional_norm(cfg.norm, 4 * in_dim) if cfg.norm_position == "pre" else None
+        return PatchMerging(in_dim, out_dim, pre, post)
+    pre = _optional_norm(cfg.norm, in_dim) if cfg.norm_position == "pre" else None
+    if cfg.kind == "pool":
+        return PoolDownsample(in_dim, out_dim, pre, post)
+    cross_scale = None
+    if cfg.kernel_sizes is not None:
+        ks = cfg.kernel_sizes
+        widths = cross_scale_widths(out_dim, len(ks))
+        cross_scale = CrossScaleConv(in_dim, widths, ks, 2, [(k - 1) // 2 for k in ks], cfg.bias)
+    return ConvDownsample(in_dim, out_dim, cfg.kernel_size, cfg.bias, pre, post, cross_scale)
 
 
 def _init_weights(module: nn.Module) -> None:
@@ -89,6 +119,25 @@ def _init_weights(module: nn.Module) -> None:
         nn.init.trunc_normal_(module.weight, std=0.02)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
+
+
+def _mixer_kwargs(params: MixerParams, scfg: StageConfig, map_size: int) -> dict[str, Any]:
+    """Constructor arguments of a mixer: its parameters, plus what it declares it needs."""
+    mixer_cls = MIXERS.get(params.kind)
+    kwargs = params.model_dump(exclude={"kind"})
+    if mixer_cls.uses_heads:
+        kwargs["num_heads"] = scfg.num_heads
+    if mixer_cls.uses_map_size:
+        kwargs["map_size"] = map_size
+    return kwargs
+
+
+def _ffn(scfg: StageConfig) -> nn.Module | None:
+    if scfg.ffn.kind == "none":
+        return None
+    hidden = int(scfg.width * scfg.mlp_ratio)
+    extra = {"dw_residual": True} if scfg.ffn.dw_residual else {}
+    return FFNS[scfg.ffn.kind](scfg.width, hidden, act=scfg.ffn.act, bias=scfg.ffn.bias, **extra)
 
 
 def build_model(spec: ModelSpec, *, num_classes: int | None = None) -> MetaFormer:
@@ -101,46 +150,64 @@ def build_model(spec: ModelSpec, *, num_classes: int | None = None) -> MetaForme
         cfg = cfg.model_copy(update={"input": cfg.input.model_copy(update={"num_classes": num_classes})})
     widths = [s.width for s in cfg.stages]
     depths = [s.depth for s in cfg.stages]
-    drop_rates = torch.linspace(0, cfg.drop_path_rate, sum(depths)).tolist()
+    drop_rates = torch.linspace(0, cfg.drop_path_rate, sum(depths), device="cpu").tolist()
     stem_size = -(-cfg.input.resolution // 4)  # ceil: the patch stem pads
 
     stages = []
     for i, scfg in enumerate(cfg.stages):
         dim = scfg.width
+        map_size = -(-stem_size // 2**i)  # the stage's map side at the configured resolution
         norm_factory = _norm_factory(scfg.norm)
+        downsample = build_downsample(cfg.downsample, widths[i - 1], dim) if i > 0 else None
+        first_block = 0
+        if i > 0 and cfg.downsample.kind == "pooling_attention":
+            # MViTv2: the stage's first block is the downsampling (Q stride 2 in its attention); it
+            # reads the previous stage's map. Pre-norm, no layer/residual scale, as MViTv2's.
+            params = scfg.mixer_for_block(0)
+            previous_map = -(-stem_size // 2 ** (i - 1))
+            attention = PoolingAttention(
+                widths[i - 1], dim_out=dim, q_stride=2, **_mixer_kwargs(params, scfg, previous_map)
+            )
+            downsample = AttentionDownsample(
+                widths[i - 1],
+                dim,
+                attention,
+                _ffn(scfg),
+                norm1=norm_factory(widths[i - 1]),
+                norm2=norm_factory(dim),
+                drop_path=drop_rates[sum(depths[:i])],
+            )
+            first_block = 1
         blocks = []
-        for j in range(scfg.depth):
+        for j in range(first_block, scfg.depth):
             params = scfg.mixer_for_block(j)
             mixer_cls = MIXERS.get(params.kind)
-            kwargs = params.model_dump(exclude={"kind"})
-            if mixer_cls.uses_heads:
-                kwargs["num_heads"] = scfg.num_heads
-            ffn = None
-            if scfg.ffn.kind != "none":
-                hidden = int(dim * scfg.mlp_ratio)
-                ffn = FFNS[scfg.ffn.kind](dim, hidden, act=scfg.ffn.act, bias=scfg.ffn.bias)
             blocks.append(
                 MetaFormerBlock(
                     dim,
-                    mixer_cls(dim, **kwargs),
-                    ffn,
+                    mixer_cls(dim, **_mixer_kwargs(params, scfg, map_size)),
+                    _ffn(scfg),
                     norm=functools.partial(norm_factory, dim),
                     drop_path=drop_rates[sum(depths[:i]) + j],
                     layer_scale=scfg.layer_scale,
                     res_scale=scfg.res_scale,
+                    post_norm=scfg.norm_position == "post",
                 )
             )
         pos_embed = None
-        if cfg.pos_embed.kind in ("absolute", "sinusoidal") and (i == 0 or cfg.pos_embed.per_stage):
-            if cfg.pos_embed.kind == "absolute":
+        pe = cfg.pos_embed
+        if pe.kind in ("absolute", "sinusoidal", "pixel_attention") and (i == 0 or pe.per_stage):
+            if pe.kind == "absolute":
                 size = max(1, stem_size // 2**i)
                 pos_embed = AbsolutePosEmbed(dim, (size, size))
+            elif pe.kind == "pixel_attention":
+                pos_embed = PixelAttention(dim, pe.kernel_size)
             else:
                 pos_embed = SinusoidalPosEmbed(dim)
         stages.append(
             Stage(
                 blocks,
-                downsample=build_downsample(cfg.downsample, widths[i - 1], dim) if i > 0 else None,
+                downsample=downsample,
                 pos_embed=pos_embed,
                 peg=PEG(dim, cfg.pos_embed.kernel_size) if cfg.pos_embed.kind == "peg" else None,
                 out_norm=make_norm(scfg.norm.kind, dim, scfg.norm.eps, scfg.norm.bias)

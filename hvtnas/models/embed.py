@@ -14,12 +14,39 @@ from hvtnas.models.layers import nchw_to_nhwc, nhwc_to_nchw, pad_to_multiple
 
 
 # ----------------------------------------------------------------------------- stems
-class PatchStem(nn.Module):
-    """Non-overlapping 4x4 patches: conv k = s = 4 (+ norm). Inputs not divisible by 4 are padded."""
+class CrossScaleConv(nn.Module):
+    """CrossFormer's cross-scale embedding: convs of several kernel sizes, one stride, outputs
+    concatenated along channels (``widths`` each; small kernels get more channels)."""
 
-    def __init__(self, in_channels: int, dim: int, norm: nn.Module | None) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        widths: list[int],
+        kernel_sizes: list[int],
+        stride: int,
+        paddings: list[int],
+        bias: bool = True,
+    ) -> None:
         super().__init__()
-        self.proj = nn.Conv2d(in_channels, dim, kernel_size=4, stride=4)
+        self.convs = nn.ModuleList(
+            nn.Conv2d(in_channels, w, k, stride=stride, padding=p, bias=bias)
+            for w, k, p in zip(widths, kernel_sizes, paddings, strict=True)
+        )
+
+    def forward(self, x: Tensor) -> Tensor:  # NCHW -> NCHW
+        return torch.cat([conv(x) for conv in self.convs], dim=1)
+
+
+class PatchStem(nn.Module):
+    """Non-overlapping 4x4 patches: conv k = s = 4 (+ norm). Inputs not divisible by 4 are padded.
+
+    Given ``cross_scale`` (a ``CrossScaleConv`` with stride 4), that replaces the 4x4 conv."""
+
+    def __init__(
+        self, in_channels: int, dim: int, norm: nn.Module | None, cross_scale: nn.Module | None = None
+    ) -> None:
+        super().__init__()
+        self.proj = cross_scale if cross_scale is not None else nn.Conv2d(in_channels, dim, 4, stride=4)
         self.norm = norm if norm is not None else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
@@ -44,31 +71,46 @@ class OverlapStem(nn.Module):
 
 
 class ConvStem(nn.Module):
-    """Stacked 3x3 convs (no bias), the first two with stride 2, norm + act between, norm at the end."""
+    """Stacked convs without bias (the last one optionally with) with the given strides (product
+    4) and kernel sizes (padding k//2 for odd k, 0 for even), norm + act between, and a norm at
+    the end unless ``norms`` has one fewer entry than convs (ResT)."""
 
     def __init__(
         self,
         in_channels: int,
         dim: int,
         hidden: int,
-        depth: int,
+        strides: list[int],
+        kernel_sizes: list[int],
         norms: list[nn.Module],
         acts: list[nn.Module],
+        last_bias: bool = False,
     ) -> None:
         super().__init__()
+        depth = len(strides)
         widths = [in_channels] + [hidden] * (depth - 1) + [dim]
         self.convs = nn.ModuleList(
-            nn.Conv2d(widths[i], widths[i + 1], 3, stride=2 if i < 2 else 1, padding=1, bias=False)
-            for i in range(depth)
+            nn.Conv2d(
+                widths[i],
+                widths[i + 1],
+                k,
+                stride=strides[i],
+                padding=k // 2 if k % 2 else 0,
+                bias=last_bias and i == depth - 1,
+            )
+            for i, k in enumerate(kernel_sizes)
         )
         self.norms = nn.ModuleList(norms)
         self.acts = nn.ModuleList(acts)  # depth - 1 of them: none after the last conv
 
     def forward(self, x: Tensor) -> Tensor:
+        x = nchw_to_nhwc(x)
         for i, conv in enumerate(self.convs):
-            x = self.norms[i](nchw_to_nhwc(conv(x)))
+            x = nchw_to_nhwc(conv(nhwc_to_nchw(x)))
+            if i < len(self.norms):
+                x = self.norms[i](x)
             if i < len(self.acts):
-                x = nhwc_to_nchw(self.acts[i](x))
+                x = self.acts[i](x)
         return x  # (B, H/4, W/4, C)
 
 
@@ -76,7 +118,7 @@ class ConvStem(nn.Module):
 class ConvDownsample(nn.Module):
     """k x k conv with stride 2 and padding (k-1)//2, with an optional pre- or post-norm.
 
-    With k = 2 an odd map is zero-padded at the bottom/right first, so no row is dropped.
+    With an even k an odd map is zero-padded at the bottom/right first, so no row is dropped.
     """
 
     def __init__(
@@ -87,14 +129,21 @@ class ConvDownsample(nn.Module):
         bias: bool,
         pre_norm: nn.Module | None,
         post_norm: nn.Module | None,
+        cross_scale: CrossScaleConv | None = None,
     ) -> None:
         super().__init__()
         self.pre_norm = pre_norm if pre_norm is not None else nn.Identity()
-        self.conv = nn.Conv2d(
-            in_dim, out_dim, kernel_size, stride=2, padding=(kernel_size - 1) // 2, bias=bias
-        )
+        if cross_scale is not None:  # CrossFormer: several kernels, concatenated
+            self.conv = cross_scale
+            kernels = [conv.kernel_size[0] for conv in cross_scale.convs]
+        else:
+            self.conv = nn.Conv2d(
+                in_dim, out_dim, kernel_size, stride=2, padding=(kernel_size - 1) // 2, bias=bias
+            )
+            kernels = [kernel_size]
         self.post_norm = post_norm if post_norm is not None else nn.Identity()
-        self.pad_odd = kernel_size == 2
+        # even kernels would drop the last row of an odd map (and disagree with odd ones on its size)
+        self.pad_odd = any(k % 2 == 0 for k in kernels)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.pre_norm(x)
@@ -103,19 +152,41 @@ class ConvDownsample(nn.Module):
         return self.post_norm(nchw_to_nhwc(self.conv(nhwc_to_nchw(x))))
 
 
-class PatchMerging(nn.Module):
-    """Swin: concatenate each 2x2 neighbourhood -> norm(4C) -> Linear(4C, C_out, bias=False)."""
+class PoolDownsample(nn.Module):
+    """2x2 average pool (odd maps: the last row/column averages what is there) -> Linear(C, C_out),
+    with an optional pre- or post-norm: CoAtNet's downsampling shortcut."""
 
-    def __init__(self, in_dim: int, out_dim: int, norm: nn.Module | None) -> None:
+    def __init__(
+        self, in_dim: int, out_dim: int, pre_norm: nn.Module | None, post_norm: nn.Module | None
+    ) -> None:
+        super().__init__()
+        self.pre_norm = pre_norm if pre_norm is not None else nn.Identity()
+        self.proj = nn.Linear(in_dim, out_dim)
+        self.post_norm = post_norm if post_norm is not None else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = nhwc_to_nchw(self.pre_norm(x))
+        x = nchw_to_nhwc(F.avg_pool2d(x, 2, ceil_mode=True))  # (B, ceil(H/2), ceil(W/2), C)
+        return self.post_norm(self.proj(x))
+
+
+class PatchMerging(nn.Module):
+    """Swin: concatenate each 2x2 neighbourhood -> norm(4C) -> Linear(4C, C_out, bias=False);
+    Swin V2 normalises after the linear instead (``post_norm``: a norm of C_out channels)."""
+
+    def __init__(
+        self, in_dim: int, out_dim: int, norm: nn.Module | None, post_norm: nn.Module | None = None
+    ) -> None:
         super().__init__()
         self.norm = norm if norm is not None else nn.Identity()
         self.reduction = nn.Linear(4 * in_dim, out_dim, bias=False)
+        self.post_norm = post_norm if post_norm is not None else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
         x = pad_to_multiple(x, 2)
         # Swin's channel order [x(0,0), x(1,0), x(0,1), x(1,1)]: the row offset varies fastest
         x = rearrange(x, "b (h dh) (w dw) c -> b h w (dw dh c)", dh=2, dw=2)
-        return self.reduction(self.norm(x))
+        return self.post_norm(self.reduction(self.norm(x)))
 
 
 # ----------------------------------------------------------------------------- positional encodings
@@ -163,6 +234,17 @@ class SinusoidalPosEmbed(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return x + self.embedding(x.shape[1], x.shape[2], x.device, x.dtype)
+
+
+class PixelAttention(nn.Module):
+    """ResT's pixel-attention positional encoding: ``x * sigmoid(depthwise k x k conv(x))``."""
+
+    def __init__(self, dim: int, kernel_size: int = 3) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * torch.sigmoid(nchw_to_nhwc(self.proj(nhwc_to_nchw(x))))
 
 
 class PEG(nn.Module):

@@ -24,17 +24,20 @@ class MixFFN(nn.Module):
     """PVTv2 / SegFormer: Linear -> depthwise 3x3 conv -> act -> Linear. The zero-padded conv
     leaks position information, which is why PVTv2 needs no positional embedding."""
 
-    def __init__(self, dim: int, hidden: int, act: str = "gelu", bias: bool = True) -> None:
+    def __init__(
+        self, dim: int, hidden: int, act: str = "gelu", bias: bool = True, dw_residual: bool = False
+    ) -> None:
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden, bias=bias)
         self.dwconv = nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden)
         self.act = make_act(act)
         self.fc2 = nn.Linear(hidden, dim, bias=bias)
+        self.dw_residual = dw_residual  # Shunted: act(h + dwconv(h))
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.fc1(x)
-        x = nchw_to_nhwc(self.dwconv(nhwc_to_nchw(x)))
-        return self.fc2(self.act(x))
+        conv = nchw_to_nhwc(self.dwconv(nhwc_to_nchw(x)))
+        return self.fc2(self.act(x + conv if self.dw_residual else conv))
 
 
 FFNS: dict[str, type[nn.Module]] = {"mlp": Mlp, "mixffn": MixFFN}

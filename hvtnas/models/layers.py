@@ -95,6 +95,13 @@ class StarReLU(nn.Module):
         return self.scale * F.relu(x).square() + self.bias
 
 
+class QuickGELU(nn.Module):
+    """``x * sigmoid(1.702 x)``, the sigmoid approximation of GELU that CvT (after CLIP) uses."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
 class SquaredReLU(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return F.relu(x).square()
@@ -102,6 +109,7 @@ class SquaredReLU(nn.Module):
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "gelu": nn.GELU,
+    "quick_gelu": QuickGELU,
     "relu": nn.ReLU,
     "silu": nn.SiLU,
     "star_relu": StarReLU,

@@ -8,24 +8,49 @@ builder, the contract tests and the search space all read this registry.
 from __future__ import annotations
 
 from hvtnas.models.mixers.attention import (
+    CosineWindowAttention,
+    DilatedWindowAttention,
     GlobalAttention,
     PooledReductionAttention,
+    RelativeAttention,
+    ShiftedCosineWindowAttention,
     ShiftedWindowAttention,
     SpatialReductionAttention,
     WindowAttention,
 )
 from hvtnas.models.mixers.base import MixerParams, TokenMixer
 from hvtnas.models.mixers.conv import MBConv, SepConv
+from hvtnas.models.mixers.conv_attention import ConvProjectionAttention, EfficientMultiHeadAttention
+from hvtnas.models.mixers.cross_window import CrossShapedWindowAttention
+from hvtnas.models.mixers.focal import FocalAttention
+from hvtnas.models.mixers.halo import HaloAttention
+from hvtnas.models.mixers.mlp import AxialShift, RandomMixing, TokenMLP
 from hvtnas.models.mixers.pooling import Identity, Pooling
+from hvtnas.models.mixers.pooling_attention import PoolingAttention
 from hvtnas.models.mixers.shift import Shift
+from hvtnas.models.mixers.shunted import ShuntedAttention
 from hvtnas.registry import Registry
 
 MIXERS: Registry[type[TokenMixer]] = Registry("token mixer")
 MIXERS.register("attention", GlobalAttention)  # ViT / CAFormer global MHSA
+MIXERS.register("relative_attention", RelativeAttention)  # CoAtNet stages 3-4
 MIXERS.register("window", WindowAttention)  # Swin W-MSA, Twins-SVT locally-grouped
 MIXERS.register("shifted_window", ShiftedWindowAttention)  # Swin SW-MSA
+MIXERS.register("dilated_window", DilatedWindowAttention)  # CrossFormer LDA, Shuffle Transformer
+MIXERS.register("cosine_window", CosineWindowAttention)  # Swin V2 W-MSA
+MIXERS.register("shifted_cosine_window", ShiftedCosineWindowAttention)  # Swin V2 SW-MSA
 MIXERS.register("spatial_reduction", SpatialReductionAttention)  # PVT / PVTv2 / Twins GSA
 MIXERS.register("pooled_reduction", PooledReductionAttention)  # PVTv2-Li linear SRA
+MIXERS.register("shunted", ShuntedAttention)  # Shunted self-attention: two K/V rates
+MIXERS.register("pooling_attention", PoolingAttention)  # MViTv2 pooling attention
+MIXERS.register("cross_window", CrossShapedWindowAttention)  # CSWin cross-shaped windows + LePE
+MIXERS.register("conv_projection", ConvProjectionAttention)  # CvT convolutional projections
+MIXERS.register("emsa", EfficientMultiHeadAttention)  # ResT efficient MHSA
+MIXERS.register("focal", FocalAttention)  # Focal Transformer: fine ring + pooled windows
+MIXERS.register("halo", HaloAttention)  # HaloNet blocked local attention with a halo
+MIXERS.register("token_mlp", TokenMLP)  # MLP-Mixer token mixing (windowed)
+MIXERS.register("random_mixing", RandomMixing)  # RandFormer frozen random mixing (windowed)
+MIXERS.register("axial_shift", AxialShift)  # AS-MLP
 MIXERS.register("pooling", Pooling)  # PoolFormer
 MIXERS.register("shift", Shift)  # ShiftViT
 MIXERS.register("sepconv", SepConv)  # ConvFormer

@@ -6,12 +6,14 @@ kernels. Masks and relative-position indices depend only on the feature-map size
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
-from pydantic import PositiveInt
+from pydantic import PositiveInt, model_validator
+from pydantic_core import PydanticCustomError
 from torch import Tensor, nn
 
 from hvtnas.models.layers import LayerNormLast, make_act, nchw_to_nhwc, nhwc_to_nchw, pad_to_multiple
@@ -29,6 +31,8 @@ class GlobalAttention(TokenMixer):
 
     Params: ClassVar[type[MixerParams]] = AttentionParams
     uses_heads = True
+    paper = "ViT (Dosovitskiy et al., ICLR 2021); CAFormer (Yu et al., TPAMI 2023)"
+    complexity = "O(N² C)"
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, proj_bias: bool = True) -> None:
         super().__init__()
@@ -44,10 +48,87 @@ class GlobalAttention(TokenMixer):
         return self.proj(out)
 
 
+class RelativeAttention(GlobalAttention):
+    """Global MHSA plus a learned bias per head and 2-D relative offset (CoAtNet's relative attention).
+
+    The table has (2S-1)² entries for the stage's S x S map at the configured resolution; on other
+    map sizes it is bilinearly resized to (2H-1) x (2W-1) offsets (the bias stays a smooth
+    function of the offset).
+    """
+
+    uses_map_size = True
+    paper = "CoAtNet (Dai et al., NeurIPS 2021)"
+    complexity = "O(N² C)"
+
+    def __init__(
+        self, dim: int, num_heads: int, map_size: int, qkv_bias: bool = True, proj_bias: bool = True
+    ) -> None:
+        super().__init__(dim, num_heads, qkv_bias, proj_bias)
+        self.map_size = map_size
+        side = 2 * map_size - 1
+        self.relative_position_bias_table = nn.Parameter(torch.zeros(num_heads, side, side))
+        nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
+        self._index_cache: dict[tuple[int, int, torch.device], Tensor] = {}
+
+    @torch.inference_mode(False)  # cached for later training steps: must not be an inference tensor
+    def _relative_index(self, H: int, W: int, device: torch.device) -> Tensor:
+        """``(N, N)`` flat index into a (2H-1) x (2W-1) table for every query/key pair."""
+        key = (H, W, device)
+        if key not in self._index_cache:
+            coords = torch.stack(torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")).flatten(1)
+            rel = coords[:, :, None] - coords[:, None, :]  # (2, N, N)
+            self._index_cache[key] = ((rel[0] + H - 1) * (2 * W - 1) + rel[1] + W - 1).to(device)
+        return self._index_cache[key]
+
+    def position_bias(self, H: int, W: int) -> Tensor:
+        """``(heads, N, N)`` bias for an H x W map."""
+        table = self.relative_position_bias_table
+        if table.shape[1:] != (2 * H - 1, 2 * W - 1):
+            table = F.interpolate(
+                table[None], size=(2 * H - 1, 2 * W - 1), mode="bilinear", align_corners=False
+            )[0]
+        return table.flatten(1)[:, self._relative_index(H, W, table.device)]
+
+    def forward(self, x: Tensor) -> Tensor:
+        H, W = x.shape[1:3]
+        q, k, v = rearrange(self.qkv(x), "b h w (three n d) -> three b n (h w) d", three=3, n=self.num_heads)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=self.position_bias(H, W).to(q.dtype))
+        out = rearrange(out, "b n (h w) d -> b h w (n d)", h=H)
+        return self.proj(out)
+
+
 # ----------------------------------------------------------------------------- window attention
 class WindowParams(AttentionParams):
     window_size: PositiveInt = 7
     relative_position_bias: bool = True  # Swin: True; Twins-SVT's locally-grouped attention: False
+    # CrossFormer: the bias comes from a small MLP of the offset (DPB) instead of a table
+    dynamic_position_bias: bool = False
+
+    @model_validator(mode="after")
+    def _dynamic_needs_relative(self) -> WindowParams:
+        if self.dynamic_position_bias and not self.relative_position_bias:
+            raise PydanticCustomError(
+                "dpb", "dynamic_position_bias needs relative_position_bias: true (it computes that bias)"
+            )
+        return self
+
+
+class DynamicPositionBias(nn.Module):
+    """CrossFormer's DPB: relative offset (dy, dx) -> Linear -> 3 x [LN -> ReLU -> Linear] -> one bias
+    per head, so the bias is a function of the offset and exists for any window size."""
+
+    def __init__(self, hidden: int, num_heads: int) -> None:
+        super().__init__()
+        self.pos_proj = nn.Linear(2, hidden)
+        self.layers = nn.Sequential(
+            *(
+                nn.Sequential(nn.LayerNorm(hidden), nn.ReLU(inplace=True), nn.Linear(hidden, out))
+                for out in (hidden, hidden, num_heads)
+            )
+        )
+
+    def forward(self, offsets: Tensor) -> Tensor:
+        return self.layers(self.pos_proj(offsets))
 
 
 class WindowAttention(TokenMixer):
@@ -62,7 +143,13 @@ class WindowAttention(TokenMixer):
 
     Params: ClassVar[type[MixerParams]] = WindowParams
     uses_heads = True
+    logit_scale_factor: ClassVar[float | None] = None  # None: SDPA's 1/sqrt(head_dim)
+    paper = "Swin W-MSA (Liu et al., ICCV 2021); Twins-SVT LSA (Chu et al., NeurIPS 2021)"
+    complexity = "O(N M² C), window M"
     shift: ClassVar[bool] = False
+    # how a padded (Hp, Wp) map is cut into nh x nw windows of wh x ww tokens: contiguous blocks;
+    # the dilated variant interleaves them instead, "(wh nh) (ww nw)"
+    grid: ClassVar[str] = "(nh wh) (nw ww)"
 
     def __init__(
         self,
@@ -72,13 +159,20 @@ class WindowAttention(TokenMixer):
         relative_position_bias: bool = True,
         qkv_bias: bool = True,
         proj_bias: bool = True,
+        dynamic_position_bias: bool = False,
     ) -> None:
         super().__init__()
         self.num_heads = num_heads
         self.window_size = window_size
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim, bias=proj_bias)
-        if relative_position_bias:
+        # CrossFormer sizes the DPB's hidden layers dim / 16
+        self.dynamic_position_bias = (
+            DynamicPositionBias(max(1, dim // 16), num_heads)
+            if relative_position_bias and dynamic_position_bias
+            else None
+        )
+        if relative_position_bias and self.dynamic_position_bias is None:
             self.relative_position_bias_table = nn.Parameter(
                 torch.zeros((2 * window_size - 1) ** 2, num_heads)
             )
@@ -142,23 +236,51 @@ class WindowAttention(TokenMixer):
 
         label = regions(Hp, wh, sh)[:, None] * 3 + regions(Wp, ww, sw)[None, :]  # (Hp, Wp)
         pad = padding(Hp, H, sh)[:, None] | padding(Wp, W, sw)[None, :]
-        label = rearrange(label, "(nh wh) (nw ww) -> (nh nw) (wh ww)", wh=wh, ww=ww)
-        pad = rearrange(pad, "(nh wh) (nw ww) -> (nh nw) (wh ww)", wh=wh, ww=ww)
+        label = rearrange(label, f"{self.grid} -> (nh nw) (wh ww)", wh=wh, ww=ww)
+        pad = rearrange(pad, f"{self.grid} -> (nh nw) (wh ww)", wh=wh, ww=ww)
         blocked = (label[:, :, None] != label[:, None, :]) | (pad[:, None, :] & ~pad[:, :, None])
         mask = blocked.to(device)
         self._mask_cache[key] = mask
         return mask
 
+    @torch.inference_mode(False)  # cached for later training steps: must not be an inference tensor
+    def _offsets(self, device: torch.device) -> Tensor:
+        """``((2M-1)^2, 2)`` relative offsets (dy, dx) in the order of the bias table's rows."""
+        key = (-1, -1, device)  # shares the index cache: no window has size -1
+        if key not in self._index_cache:
+            span = torch.arange(1 - self.window_size, self.window_size, dtype=torch.float32)
+            grid = torch.stack(torch.meshgrid(span, span, indexing="ij"), dim=-1)  # (2M-1, 2M-1, 2)
+            self._index_cache[key] = grid.flatten(0, 1).to(device)
+        return self._index_cache[key]
+
+    def position_bias(self, wh: int, ww: int, device: torch.device) -> Tensor | None:
+        """``(heads, N, N)`` bias added to the attention logits of a wh x ww window, or None."""
+        if self.dynamic_position_bias is not None:
+            table = self.dynamic_position_bias(self._offsets(device))  # ((2M-1)^2, heads)
+        elif self.relative_position_bias_table is not None:
+            table = self.relative_position_bias_table
+        else:
+            return None
+        N = wh * ww
+        bias = table[self._relative_index(wh, ww, device).view(-1)]
+        return bias.view(N, N, self.num_heads).permute(2, 0, 1)  # (heads, N, N)
+
     def _attn_mask(self, H: int, W: int, wh: int, ww: int, x: Tensor) -> Tensor | None:
         blocked = self.blocked_mask(H, W, x.device)  # (nW, N, N) or None
-        if self.relative_position_bias_table is None:
+        bias = self.position_bias(wh, ww, x.device)
+        if bias is None:
             return None if blocked is None else ~blocked[:, None]  # bool, True = may attend
-        N = wh * ww
-        bias = self.relative_position_bias_table[self._relative_index(wh, ww, x.device).view(-1)]
-        bias = bias.view(N, N, self.num_heads).permute(2, 0, 1).to(x.dtype)  # (heads, N, N)
+        bias = bias.to(x.dtype)
         if blocked is None:
             return bias
         return bias.masked_fill(blocked[:, None], float("-inf"))  # (nW, heads, N, N)
+
+    def project_qkv(self, windows: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``(B, nW, N, C)`` window tokens -> q, k, v of shape ``(B, nW, heads, N, head_dim)``."""
+        q, k, v = rearrange(
+            self.qkv(windows), "b nw t (three n d) -> three b nw n t d", three=3, n=self.num_heads
+        )
+        return q, k, v
 
     def forward(self, x: Tensor) -> Tensor:
         H, W = x.shape[1:3]
@@ -167,12 +289,12 @@ class WindowAttention(TokenMixer):
         if sh or sw:
             x = torch.roll(x, shifts=(-sh, -sw), dims=(1, 2))
         Hp = x.shape[1]
-        windows = rearrange(x, "b (nh wh) (nw ww) c -> b (nh nw) (wh ww) c", wh=wh, ww=ww)
-        q, k, v = rearrange(
-            self.qkv(windows), "b nw t (three n d) -> three b nw n t d", three=3, n=self.num_heads
+        windows = rearrange(x, f"b {self.grid} c -> b (nh nw) (wh ww) c", wh=wh, ww=ww)
+        q, k, v = self.project_qkv(windows)
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=self._attn_mask(H, W, wh, ww, q), scale=self.logit_scale_factor
         )
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=self._attn_mask(H, W, wh, ww, q))
-        out = rearrange(out, "b (nh nw) n (wh ww) d -> b (nh wh) (nw ww) (n d)", nh=Hp // wh, wh=wh, ww=ww)
+        out = rearrange(out, f"b (nh nw) n (wh ww) d -> b {self.grid} (n d)", nh=Hp // wh, wh=wh, ww=ww)
         out = self.proj(out)
         if sh or sw:
             out = torch.roll(out, shifts=(sh, sw), dims=(1, 2))
@@ -181,6 +303,93 @@ class WindowAttention(TokenMixer):
 
 class ShiftedWindowAttention(WindowAttention):
     """Swin's SW-MSA: windows displaced by half a window through a cyclic shift, with its mask."""
+
+    paper = "Swin SW-MSA (Liu et al., ICCV 2021)"
+    shift = True
+
+
+class DilatedWindowAttention(WindowAttention):
+    """Windows of tokens spaced evenly over the whole map: window (i, j) holds the tokens at rows
+    i, i + nh, i + 2nh, ... and columns j, j + nw, ... (nh x nw windows of M x M tokens).
+
+    This is CrossFormer's long-distance attention (LDA; at 224 its interval I = map size / M) and
+    Shuffle Transformer's spatially shuffled windows, for pairing with short-distance ``window``
+    attention in a pattern. The relative position bias is over the window's coarse grid.
+    """
+
+    grid = "(wh nh) (ww nw)"
+    paper = "CrossFormer LDA (Wang et al., ICLR 2022); Shuffle Transformer (Huang et al., 2021)"
+
+
+# ----------------------------------------------------------------------------- Swin V2
+class CosineWindowParams(AttentionParams):
+    window_size: PositiveInt = 8
+    cpb_hidden: PositiveInt = 512  # hidden width of the continuous position bias MLP
+
+
+class CosineWindowAttention(WindowAttention):
+    """Swin V2 window attention: scaled cosine attention and a log-spaced continuous position bias.
+
+    Logits are ``cos(q, k) * exp(min(logit_scale, log 100))`` per head; scaling the normalised q
+    by that factor (and calling SDPA with scale 1) keeps the fused kernel. The bias is
+    ``16 * sigmoid(MLP(log-spaced relative offsets))``, so it is defined for any window size.
+    Like Swin V2, q and v have biases but k has none. Use with ``norm_position: post`` (res-post-norm).
+    """
+
+    Params: ClassVar[type[MixerParams]] = CosineWindowParams
+    logit_scale_factor: ClassVar[float | None] = 1.0  # the per-head scale is folded into q
+    paper = "Swin V2 (Liu et al., CVPR 2022)"
+    complexity = "O(N M² C), window M"
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        window_size: int = 8,
+        cpb_hidden: int = 512,
+        qkv_bias: bool = True,
+        proj_bias: bool = True,
+    ) -> None:
+        super().__init__(
+            dim, num_heads, window_size, relative_position_bias=False, qkv_bias=False, proj_bias=proj_bias
+        )
+        self.logit_scale = nn.Parameter(torch.full((num_heads, 1, 1), math.log(10.0)))
+        self.cpb_mlp = nn.Sequential(
+            nn.Linear(2, cpb_hidden), nn.ReLU(inplace=True), nn.Linear(cpb_hidden, num_heads, bias=False)
+        )
+        self.q_bias = nn.Parameter(torch.zeros(dim)) if qkv_bias else None
+        self.v_bias = nn.Parameter(torch.zeros(dim)) if qkv_bias else None
+        self._coords_cache: dict[torch.device, Tensor] = {}
+
+    @torch.inference_mode(False)  # cached for later training steps: must not be an inference tensor
+    def _log_spaced_offsets(self, device: torch.device) -> Tensor:
+        """``(2M-1, 2M-1, 2)`` relative offsets scaled to [-8, 8], then sign * log2(1 + |x|) / 3."""
+        if device not in self._coords_cache:
+            ws = self.window_size
+            offsets = torch.arange(-(ws - 1), ws, dtype=torch.float32) / max(ws - 1, 1) * 8
+            table = torch.stack(torch.meshgrid(offsets, offsets, indexing="ij"), dim=-1)
+            table = torch.sign(table) * torch.log2(table.abs() + 1.0) / math.log2(8)
+            self._coords_cache[device] = table.to(device)
+        return self._coords_cache[device]
+
+    def position_bias(self, wh: int, ww: int, device: torch.device) -> Tensor:
+        table = self.cpb_mlp(self._log_spaced_offsets(device)).flatten(0, 1)  # ((2M-1)^2, heads)
+        N = wh * ww
+        bias = table[self._relative_index(wh, ww, device).view(-1)].view(N, N, self.num_heads)
+        return 16 * torch.sigmoid(bias.permute(2, 0, 1))  # (heads, N, N)
+
+    def project_qkv(self, windows: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        bias = None
+        if self.q_bias is not None:
+            bias = torch.cat([self.q_bias, torch.zeros_like(self.q_bias), self.v_bias])
+        qkv = F.linear(windows, self.qkv.weight, bias)
+        q, k, v = rearrange(qkv, "b nw t (three n d) -> three b nw n t d", three=3, n=self.num_heads)
+        scale = torch.clamp(self.logit_scale, max=math.log(100.0)).exp()  # (heads, 1, 1)
+        return F.normalize(q, dim=-1) * scale, F.normalize(k, dim=-1), v
+
+
+class ShiftedCosineWindowAttention(CosineWindowAttention):
+    """Swin V2 attention in windows displaced by half a window (cyclic shift + mask, as SW-MSA)."""
 
     shift = True
 
@@ -199,6 +408,8 @@ class SpatialReductionAttention(TokenMixer):
 
     Params: ClassVar[type[MixerParams]] = SpatialReductionParams
     uses_heads = True
+    paper = "PVT (Wang et al., ICCV 2021); PVTv2 (CVMJ 2022); Twins GSA (NeurIPS 2021)"
+    complexity = "O(N² C / R²), ratio R"
 
     def __init__(
         self, dim: int, num_heads: int, sr_ratio: int = 1, qkv_bias: bool = True, proj_bias: bool = True
@@ -239,6 +450,8 @@ class PooledReductionAttention(SpatialReductionAttention):
     ``pool_size`` x ``pool_size`` map, then 1x1 conv, LayerNorm and GELU (cost linear in tokens)."""
 
     Params: ClassVar[type[MixerParams]] = PooledReductionParams
+    paper = "PVTv2-Li linear SRA (Wang et al., CVMJ 2022)"
+    complexity = "O(N P² C), pool P"
 
     def __init__(
         self, dim: int, num_heads: int, pool_size: int = 7, qkv_bias: bool = True, proj_bias: bool = True

@@ -2,10 +2,27 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, ConfigDict
+from pydantic_core import PydanticCustomError
 from torch import Tensor, nn
+
+from hvtnas.models.layers import ACTIVATIONS
+
+
+def _known_activation(name: str) -> str:
+    if name not in ACTIVATIONS:
+        raise PydanticCustomError(
+            "unknown_act",
+            "unknown activation '{value}'; known: {known}",
+            {"value": name, "known": ", ".join(sorted(ACTIVATIONS))},
+        )
+    return name
+
+
+# an activation name in a mixer's parameters, checked when the config is read
+ActivationName = Annotated[str, AfterValidator(_known_activation)]
 
 
 class MixerParams(BaseModel):
@@ -23,15 +40,24 @@ class TokenMixer(nn.Module):
     """Base class: ``forward(x)`` maps ``(B, H, W, C)`` to ``(B, H, W, C)``.
 
     Class attributes tell the builder and the contract tests what the mixer needs:
-    ``Params`` (its parameter model), ``uses_heads`` (it is given ``num_heads``),
-    ``flop_free`` (it does no multiply-accumulates by design: shift, identity, pooling).
+    ``Params`` (its parameter model), ``uses_heads`` (it is given ``num_heads``), ``heads_multiple``
+    (the number of groups it splits its heads into, which must divide them), ``uses_map_size`` (it
+    is given ``map_size``, the side of its stage's map at the configured input resolution, for
+    tables sized by the map such as MViTv2's relative positions),
+    ``flop_free`` (it does no multiply-accumulates by design: shift, identity, pooling),
+    ``paper`` (the papers it comes from) and ``complexity`` (its cost in the number of tokens N,
+    for the README's generated mixer table).
     The instance attribute ``residual`` is False for mixers that replace their input instead of
     being added to it (ShiftViT applies the shift with neither norm nor shortcut).
     """
 
     Params: ClassVar[type[MixerParams]] = MixerParams
     uses_heads: ClassVar[bool] = False
+    heads_multiple: ClassVar[int] = 1
+    uses_map_size: ClassVar[bool] = False
     flop_free: ClassVar[bool] = False
+    paper: ClassVar[str] = ""
+    complexity: ClassVar[str] = ""
     residual: bool = True
 
     def forward(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract

@@ -8,13 +8,13 @@ from pydantic import Field, PositiveInt
 from torch import Tensor, nn
 
 from hvtnas.models.layers import BatchNormLast, make_act, nchw_to_nhwc, nhwc_to_nchw
-from hvtnas.models.mixers.base import MixerParams, TokenMixer
+from hvtnas.models.mixers.base import ActivationName, MixerParams, TokenMixer
 
 
 class SepConvParams(MixerParams):
     kernel_size: PositiveInt = 7
     expansion_ratio: float = Field(2.0, gt=0)
-    act: str = "star_relu"
+    act: ActivationName = "star_relu"
     bias: bool = False
 
 
@@ -23,6 +23,8 @@ class SepConv(TokenMixer):
     pointwise expand -> act -> depthwise k x k -> pointwise project."""
 
     Params: ClassVar[type[MixerParams]] = SepConvParams
+    paper = "ConvFormer (Yu et al., TPAMI 2023); MobileNetV2 (CVPR 2018)"
+    complexity = "O(N K² C), kernel K"
 
     def __init__(
         self,
@@ -51,7 +53,7 @@ class MBConvParams(MixerParams):
     kernel_size: PositiveInt = 3
     expansion_ratio: float = Field(4.0, gt=0)
     se_ratio: float = Field(0.25, ge=0, le=1)  # of the input width; 0 disables squeeze-excitation
-    act: str = "gelu"
+    act: ActivationName = "gelu"
 
 
 class SqueezeExcite(nn.Module):
@@ -74,6 +76,8 @@ class MBConv(TokenMixer):
     """
 
     Params: ClassVar[type[MixerParams]] = MBConvParams
+    paper = "CoAtNet (Dai et al., NeurIPS 2021); EfficientNet (ICML 2019)"
+    complexity = "O(N K² C), kernel K"
 
     def __init__(
         self,

@@ -25,6 +25,8 @@ class Pooling(TokenMixer):
     Params: ClassVar[type[MixerParams]] = PoolingParams
     # averaging adds, it does not multiply-accumulate: 0 MACs, as PoolFormer's 1.8 G counts it
     flop_free = True
+    paper = "PoolFormer (Yu et al., CVPR 2022)"
+    complexity = "O(N K² C), pool K, no weights"
 
     def __init__(self, dim: int, pool_size: int = 3) -> None:
         super().__init__()
@@ -42,6 +44,8 @@ class Identity(TokenMixer):
     skeleton does by itself."""
 
     flop_free = True
+    paper = "IdentityFormer (Yu et al., TPAMI 2023)"
+    complexity = "0"
 
     def __init__(self, dim: int) -> None:
         super().__init__()

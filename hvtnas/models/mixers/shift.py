@@ -25,6 +25,8 @@ class Shift(TokenMixer):
 
     Params: ClassVar[type[MixerParams]] = ShiftParams
     flop_free = True
+    paper = "ShiftViT (Wang et al., AAAI 2022)"
+    complexity = "0 (memory moves only)"
 
     def __init__(self, dim: int, n_div: int = 12, residual: bool = False) -> None:
         super().__init__()

@@ -16,15 +16,18 @@ from hvtnas.errors import HvtnasError
 
 @dataclass(frozen=True)
 class Published:
-    """Figures as the paper / official repository reports them (ImageNet-1k, 224x224)."""
+    """Figures as the paper / official repository reports them (ImageNet-1k, 224x224 unless the
+    zoo file says otherwise); None where none is published."""
 
     params_m: float
-    gmacs: float
-    top1: float
+    gmacs: float | None
+    top1: float | None
     source: str
     # False where the paper's FLOPs leave out the attention products (Q K^T, A V): Twins
     # (mmpretrain's recount of the same models gives 3.67 / 2.82 G, the same convention)
     gmacs_count_attention: bool = True
+    # why hvtnas's FLOP count differs from the paper's by more than 3%, where it does
+    gmacs_deviation: str | None = None
 
 
 # ../shared/reference/published.md, from the official repositories' READMEs
@@ -42,6 +45,32 @@ PUBLISHED: dict[str, Published] = {
     "twins_svt_s": Published(24, 2.8, 81.7, "Meituan-AutoML/Twins", gmacs_count_attention=False),
     "twins_pcpvt_s": Published(24.1, 3.7, 81.2, "Meituan-AutoML/Twins", gmacs_count_attention=False),
     "shiftvit_t": Published(29, 4.5, 81.7, "microsoft/SPACH"),
+    "swinv2_t": Published(28, 5.9, 81.8, "microsoft/Swin-Transformer (256x256, window 8)"),
+    "cswin_t": Published(23, 4.3, 82.8, "microsoft/CSWin-Transformer"),
+    "crossformer_t": Published(27.8, 2.9, 81.5, "cheerss/CrossFormer"),
+    "cvt_13": Published(20, 4.5, 81.6, "microsoft/CvT"),
+    "mvitv2_t": Published(24, 4.7, 82.3, "facebookresearch/mvit"),
+    "focal_t": Published(28.9, 4.9, 82.2, "microsoft/Focal-Transformer"),
+    "coatnet_0": Published(
+        25,
+        4.2,
+        81.6,
+        "paper, arXiv 2106.04803 (no official code)",
+        gmacs_deviation="approximate architecture: downsampling before each stage instead of inside its "
+        "first MBConv block runs stage 1-2 convolutions at twice the resolution (4.51 G)",
+    ),
+    "rest_lite": Published(
+        11,
+        1.4,
+        77.2,
+        "wofmanaf/ResT",
+        gmacs_deviation="hvtnas counts 1.54 G (all convolutions, EMSA's head-mixing 1x1 conv and the "
+        "attention products); which of them the paper's 1.4 G leaves out is not established",
+    ),
+    "shunted_t": Published(11.5, None, 79.8, "OliverRensu/Shunted-Transformer"),
+    "pvt_tiny": Published(13.2, 1.9, 75.1, "whai362/PVT"),
+    # the SegFormer paper and README give no ImageNet figures for the encoder alone
+    "mit_b0": Published(3.3, None, None, "NVlabs/SegFormer (encoder, counted on mix_transformer.py)"),
 }
 
 
