@@ -107,12 +107,12 @@ def count_flops(model: nn.Module, x: Tensor) -> float:
     skips operators it has no rule for (e.g. scaled_dot_product_attention), so attention is
     undercounted here.
     """
-    from fvcore.nn import FlopCountAnalysis
-
-    analysis = FlopCountAnalysis(copy.deepcopy(model).eval(), (x[:1],))
-    analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
-    with warnings.catch_warnings():  # fvcore's tracer uses APIs torch has deprecated
+    with warnings.catch_warnings():  # fvcore scripts and traces with APIs torch has deprecated
         warnings.simplefilter("ignore", DeprecationWarning)
+        from fvcore.nn import FlopCountAnalysis
+
+        analysis = FlopCountAnalysis(copy.deepcopy(model).eval(), (x[:1],))
+        analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
         return float(analysis.total())
 
 
