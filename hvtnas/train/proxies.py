@@ -20,12 +20,14 @@ import copy
 import math
 import warnings
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hvtnas.models.layers import ACTIVATIONS
+from hvtnas.train.data import ImageData
 
 ProxyFn = Callable[[nn.Module, Tensor, Tensor], float]
 
@@ -129,6 +131,21 @@ ZERO_COST_PROXIES: dict[str, ProxyFn] = {
     "params": params,
     "flops": flops,
 }
+
+
+def zero_cost_scores(
+    arch: Any, data: ImageData, names: list[str] | None = None, batch_size: int = 64, seed: int = 0
+) -> dict[str, float]:
+    """Score an architecture (``ArchConfig``, dict, zoo name or YAML path) built for ``data``,
+    with freshly initialised weights (seeded) and one seeded batch of its training images."""
+    from hvtnas.models import build_model, resolve_config
+    from hvtnas.train.trainer import adapt_arch_to_data
+
+    arch_cfg = adapt_arch_to_data(resolve_config(arch), data)
+    torch.manual_seed(seed)
+    model = build_model(arch_cfg)
+    x, y = data.sample_batch(batch_size, seed=seed)
+    return score_model(model, x, y, names=names, seed=seed)
 
 
 def score_model(

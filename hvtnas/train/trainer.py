@@ -31,7 +31,9 @@ from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, DistributedSampler
 
+from hvtnas.config import ArchConfig
 from hvtnas.errors import HvtnasError
+from hvtnas.models.build import ModelSpec
 from hvtnas.train.data import DataConfig, ImageData, load_dataset
 
 log = logging.getLogger("hvtnas.train")
@@ -136,7 +138,7 @@ class TrainingDivergedError(Exception):
 
 # --------------------------------------------------------------------------- entry points
 def train_proxy(
-    arch: Any,
+    arch: ModelSpec,
     data: DataConfig | ImageData,
     cfg: TrainConfig | None = None,
     *,
@@ -160,7 +162,7 @@ def train_proxy(
     return train_model(model, data, cfg, on_epoch=on_epoch, progress=progress)
 
 
-def adapt_arch_to_data(arch_cfg: Any, data: ImageData) -> Any:
+def adapt_arch_to_data(arch_cfg: ArchConfig, data: ImageData) -> ArchConfig:
     """The architecture with the dataset's channels, classes and (proxy) resolution."""
     new_input = arch_cfg.input.model_copy(
         update={"channels": data.channels, "num_classes": data.num_classes, "resolution": data.resolution}
