@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from hvtnas.models import build_model
 from hvtnas.train.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
-from hvtnas.train.data import DataConfig, ImageData, load_dataset
+from hvtnas.train.data import DataConfig, DatasetError, ImageData, load_dataset
 from hvtnas.train.trainer import (
     EpochReport,
     TrainConfig,
@@ -170,6 +170,12 @@ def test_imagefolder_trains_through_a_dataloader_with_workers(tmp_path: Path) ->
     result = train_proxy(arch, data, quick(epochs=2, batch_size=8, lr=5e-3))
     assert result.status == "completed" and len(result.epochs) == 2
     assert result.images_seen == 2 * 16  # 19 training images -> 2 full batches of 8 per epoch
+    # a file that breaks later: the worker's error arrives as one plain line naming the file
+    for path, _ in data.train_dataset.samples:
+        path.write_bytes(b"truncated")
+    with pytest.raises(DatasetError) as err:
+        train_proxy(arch, data, quick(epochs=1, batch_size=8))
+    assert "not a readable image" in str(err.value) and "Traceback" not in str(err.value)
 
 
 def test_checkpoint_round_trip_and_exact_resume(synthetic: ImageData, tmp_path: Path) -> None:

@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from hvtnas.config import ArchConfig
 from hvtnas.errors import HvtnasError
 from hvtnas.models.build import ModelSpec
-from hvtnas.train.data import DataConfig, ImageData, load_dataset
+from hvtnas.train.data import DataConfig, DatasetError, ImageData, load_dataset
 
 log = logging.getLogger("hvtnas.train")
 
@@ -475,7 +475,7 @@ class _BatchSource:
                 yield self._prepare(x_all[idx], train=True), y_all[idx]
         else:
             self.train_sampler.set_epoch(epoch)
-            for x, y in self.train_loader:
+            for x, y in _plain_worker_errors(self.train_loader):
                 x = x.to(self.device, non_blocking=True)
                 yield self._prepare(x, train=True), y.to(self.device, non_blocking=True)
 
@@ -487,7 +487,7 @@ class _BatchSource:
                 part = idx[s : s + self.cfg.eval_batch_size]
                 yield self._prepare(x_all[part], train=False), y_all[part]
         else:
-            for x, y in self.val_loader:
+            for x, y in _plain_worker_errors(self.val_loader):
                 yield self._prepare(x.to(self.device), train=False), y.to(self.device)
 
     def _prepare(self, x: Tensor, train: bool) -> Tensor:
@@ -497,6 +497,19 @@ class _BatchSource:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
+
+
+def _plain_worker_errors(loader: DataLoader) -> Iterator[tuple[Tensor, Tensor]]:
+    """A DataLoader re-raises a worker's DatasetError with the worker's traceback in the message;
+    keep only the last line (the file and the problem), as for the in-process error."""
+    try:
+        yield from loader
+    except DatasetError as err:
+        text = str(err)
+        if "Original Traceback" not in text:
+            raise
+        last = text.strip().splitlines()[-1]
+        raise DatasetError(last.removeprefix("hvtnas.train.data.DatasetError: ")) from None
 
 
 def augment_batch(x: Tensor, crop_padding: int, hflip: bool) -> Tensor:
