@@ -10,7 +10,15 @@ from torch import nn
 
 from hvtnas.errors import HvtnasError
 from hvtnas.models import build_model
-from hvtnas.train.proxies import ZERO_COST_PROXIES, count_flops, naswot, score_model, synflow
+from hvtnas.train.data import DataConfig, load_dataset
+from hvtnas.train.proxies import (
+    ZERO_COST_PROXIES,
+    count_flops,
+    naswot,
+    score_model,
+    synflow,
+    zero_cost_scores,
+)
 from tests.train_helpers import one_thread, small_arch
 
 pytestmark = pytest.mark.usefixtures(one_thread.__name__)
@@ -33,6 +41,15 @@ def test_every_proxy_scores_a_model_without_changing_it(mixers: list[str], batch
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # worked on copies
     assert all(p.grad is None for p in model.parameters())
     assert score_model(model, *batch) == scores  # deterministic
+
+
+def test_zero_cost_scores_of_an_architecture_on_a_dataset() -> None:
+    data = load_dataset(DataConfig(name="synthetic", num_samples=80, image_size=16, channels=1))
+    scores = zero_cost_scores(small_arch(["pooling"]), data, names=["params", "naswot"], batch_size=8)
+    assert set(scores) == {"params", "naswot"} and math.isfinite(scores["naswot"])
+    assert scores == zero_cost_scores(small_arch(["pooling"]), data, names=["params", "naswot"], batch_size=8)
+    # the classifier is built for the data's 10 classes and 1 channel
+    assert scores["params"] == sum(p.numel() for p in build_model(small_arch(["pooling"])).parameters())
 
 
 def test_flop_baseline_counts_multiply_adds_of_a_known_network() -> None:

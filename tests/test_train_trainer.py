@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import weakref
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +15,7 @@ from torch import Tensor, nn
 
 from hvtnas.models import build_model
 from hvtnas.train.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
-from hvtnas.train.data import DataConfig, ImageData, load_dataset
+from hvtnas.train.data import DataConfig, DatasetError, ImageData, load_dataset
 from hvtnas.train.trainer import (
     EpochReport,
     TrainConfig,
@@ -93,14 +95,16 @@ class _Explodes(nn.Module):
 
 
 class _RaisesOnForward(nn.Module):
-    def __init__(self, error: Exception) -> None:
+    def __init__(self, make_error: Callable[[], Exception]) -> None:
         super().__init__()
         self.fc = nn.Linear(64, 4)
-        self.error = error
+        self.make_error = make_error  # a fresh exception per raise, as the allocator raises
+        self.activations: list[weakref.ref] = []
 
     def forward(self, x: Tensor) -> Tensor:
-        self.big = torch.empty(1000, 1000)  # memory the trial must give back
-        raise self.error
+        activation = self.fc(x.flatten(1))  # memory held by the failing frame, to be given back
+        self.activations.append(weakref.ref(activation))
+        raise self.make_error()
 
 
 def test_nan_loss_ends_the_trial_with_a_reason(synthetic: ImageData) -> None:
@@ -111,23 +115,25 @@ def test_nan_loss_ends_the_trial_with_a_reason(synthetic: ImageData) -> None:
 
 
 @pytest.mark.parametrize(
-    "error",
+    ("error_type", "message"),
     [
-        torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"),
-        RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 TB"),
+        (torch.OutOfMemoryError, "CUDA out of memory. Tried to allocate 20.00 GiB"),
+        (RuntimeError, "DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 TB"),
     ],
 )
-def test_out_of_memory_ends_the_trial_with_a_reason(synthetic: ImageData, error: Exception) -> None:
-    model = _RaisesOnForward(error)
+def test_out_of_memory_ends_the_trial_with_a_reason(
+    synthetic: ImageData, error_type: type[Exception], message: str
+) -> None:
+    model = _RaisesOnForward(lambda: error_type(message))
     result = train_model(model, synthetic, quick())
-    assert result.status == "failed" and result.reason.startswith("out of memory: ")
-    assert str(error).splitlines()[0] in result.reason
+    assert result.status == "failed" and result.reason == f"out of memory: {message}"
     assert all(p.grad is None for p in model.parameters())
+    assert model.activations and all(ref() is None for ref in model.activations)  # freed
 
 
 def test_other_errors_are_bugs_and_raise(synthetic: ImageData) -> None:
     with pytest.raises(RuntimeError, match="shape mismatch"):
-        train_model(_RaisesOnForward(RuntimeError("shape mismatch")), synthetic, quick())
+        train_model(_RaisesOnForward(lambda: RuntimeError("shape mismatch")), synthetic, quick())
 
 
 def test_lr_schedule_warms_up_then_decays_to_the_floor() -> None:
@@ -164,6 +170,12 @@ def test_imagefolder_trains_through_a_dataloader_with_workers(tmp_path: Path) ->
     result = train_proxy(arch, data, quick(epochs=2, batch_size=8, lr=5e-3))
     assert result.status == "completed" and len(result.epochs) == 2
     assert result.images_seen == 2 * 16  # 19 training images -> 2 full batches of 8 per epoch
+    # a file that breaks later: the worker's error arrives as one plain line naming the file
+    for path, _ in data.train_dataset.samples:
+        path.write_bytes(b"truncated")
+    with pytest.raises(DatasetError) as err:
+        train_proxy(arch, data, quick(epochs=1, batch_size=8))
+    assert "not a readable image" in str(err.value) and "Traceback" not in str(err.value)
 
 
 def test_checkpoint_round_trip_and_exact_resume(synthetic: ImageData, tmp_path: Path) -> None:

@@ -7,7 +7,7 @@
 
 from hvtnas.train.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
 from hvtnas.train.data import DataConfig, DatasetError, ImageData, load_dataset
-from hvtnas.train.proxies import ZERO_COST_PROXIES, count_flops, score_model
+from hvtnas.train.proxies import ZERO_COST_PROXIES, count_flops, score_model, zero_cost_scores
 from hvtnas.train.run import TrainRunConfig, read_run_config, run_training
 from hvtnas.train.trainer import (
     AugmentConfig,
@@ -39,4 +39,5 @@ __all__ = [
     "score_model",
     "train_model",
     "train_proxy",
+    "zero_cost_scores",
 ]

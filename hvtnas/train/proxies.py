@@ -18,14 +18,15 @@ from __future__ import annotations
 
 import copy
 import math
-import warnings
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hvtnas.models.layers import ACTIVATIONS
+from hvtnas.train.data import ImageData
 
 ProxyFn = Callable[[nn.Module, Tensor, Tensor], float]
 
@@ -101,19 +102,10 @@ def params(model: nn.Module, x: Tensor, y: Tensor) -> float:
 
 
 def count_flops(model: nn.Module, x: Tensor) -> float:
-    """Forward FLOPs (fvcore counts one fused multiply-add as one) of one input.
+    """Forward MACs of one input, counted the way ``hvtnas.costs`` counts them (attention included)."""
+    from hvtnas.costs.flops import analyse
 
-    The one place the FLOP baseline counts; swap in ``hvtnas.costs`` when it exists. fvcore
-    skips operators it has no rule for (e.g. scaled_dot_product_attention), so attention is
-    undercounted here.
-    """
-    from fvcore.nn import FlopCountAnalysis
-
-    analysis = FlopCountAnalysis(copy.deepcopy(model).eval(), (x[:1],))
-    analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
-    with warnings.catch_warnings():  # fvcore's tracer uses APIs torch has deprecated
-        warnings.simplefilter("ignore", DeprecationWarning)
-        return float(analysis.total())
+    return float(analyse(copy.deepcopy(model).eval(), (x[:1],)).total())
 
 
 def flops(model: nn.Module, x: Tensor, y: Tensor) -> float:
@@ -129,6 +121,21 @@ ZERO_COST_PROXIES: dict[str, ProxyFn] = {
     "params": params,
     "flops": flops,
 }
+
+
+def zero_cost_scores(
+    arch: Any, data: ImageData, names: list[str] | None = None, batch_size: int = 64, seed: int = 0
+) -> dict[str, float]:
+    """Score an architecture (``ArchConfig``, dict, zoo name or YAML path) built for ``data``,
+    with freshly initialised weights (seeded) and one seeded batch of its training images."""
+    from hvtnas.models import build_model, resolve_config
+    from hvtnas.train.trainer import adapt_arch_to_data
+
+    arch_cfg = adapt_arch_to_data(resolve_config(arch), data)
+    torch.manual_seed(seed)
+    model = build_model(arch_cfg)
+    x, y = data.sample_batch(batch_size, seed=seed)
+    return score_model(model, x, y, names=names, seed=seed)
 
 
 def score_model(

@@ -111,11 +111,6 @@ def run_training(
     ``metrics.json``, ``arch.yaml`` and ``run.yaml`` there. Under ``torchrun`` with several
     processes, trains with DDP (NCCL on GPUs, Gloo on CPUs); only rank 0 writes files."""
     resolve_device(run.train.device)  # refuse a bad device before anything is written
-    distributed = _init_distributed(run.train)
-    rank = dist.get_rank() if distributed else 0
-    train_cfg = run.train
-    if distributed and torch.cuda.is_available():
-        train_cfg = train_cfg.model_copy(update={"device": f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"})
     checkpoint_path = output_dir / CHECKPOINT_NAME
     resume_state = None
     if resume:
@@ -135,23 +130,31 @@ def run_training(
     arch = adapt_arch_to_data(arch, data)
     from hvtnas.models import build_model
 
+    # join torchrun's process group only once the inputs are known to be good
+    distributed = _init_distributed(run.train)
+    rank = dist.get_rank() if distributed else 0
+    train_cfg = run.train
+    if distributed and _uses_cuda(train_cfg):  # one GPU per process
+        train_cfg = train_cfg.model_copy(update={"device": f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"})
     torch.manual_seed(train_cfg.seed)
     model = build_model(arch)
-    if rank == 0:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        arch.to_yaml(output_dir / "arch.yaml")
-        resolved = run.model_copy(update={"arch": arch.to_dict(), "output_dir": output_dir})
-        (output_dir / "run.yaml").write_text(
-            yaml.safe_dump(resolved.model_dump(mode="json"), sort_keys=False, default_flow_style=None)
-        )
 
     def checkpoint(state: dict[str, Any]) -> None:
         save_checkpoint(checkpoint_path, state, arch)
 
     try:
+        if rank == 0:
+            output_dir.mkdir(parents=True, exist_ok=True)
+            arch.to_yaml(output_dir / "arch.yaml")
+            resolved = run.model_copy(update={"arch": arch.to_dict(), "output_dir": output_dir})
+            (output_dir / "run.yaml").write_text(
+                yaml.safe_dump(resolved.model_dump(mode="json"), sort_keys=False, default_flow_style=None)
+            )
         result = train_model(
             model, data, train_cfg, progress=progress, resume_state=resume_state, on_checkpoint=checkpoint
         )
+        if distributed:  # no rank tears the group down while another is still in a collective
+            dist.barrier()
     finally:
         if distributed:
             dist.destroy_process_group()
@@ -171,11 +174,15 @@ def adapt_arch_to_data_dict(arch: ArchConfig, stored: ArchConfig) -> dict[str, A
     return arch.model_copy(update={"input": stored.input}).to_dict()
 
 
+def _uses_cuda(cfg: TrainConfig) -> bool:
+    return torch.cuda.is_available() and not cfg.device.startswith("cpu")
+
+
 def _init_distributed(cfg: TrainConfig) -> bool:
     """Join the process group torchrun describes (WORLD_SIZE > 1); a no-op otherwise."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
         return dist.is_initialized()
-    cuda = torch.cuda.is_available() and cfg.device != "cpu"
+    cuda = _uses_cuda(cfg)
     if cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     dist.init_process_group(backend="nccl" if cuda else "gloo")

@@ -31,8 +31,10 @@ from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, DistributedSampler
 
+from hvtnas.config import ArchConfig
 from hvtnas.errors import HvtnasError
-from hvtnas.train.data import DataConfig, ImageData, load_dataset
+from hvtnas.models.build import ModelSpec
+from hvtnas.train.data import DataConfig, DatasetError, ImageData, load_dataset
 
 log = logging.getLogger("hvtnas.train")
 
@@ -136,7 +138,7 @@ class TrainingDivergedError(Exception):
 
 # --------------------------------------------------------------------------- entry points
 def train_proxy(
-    arch: Any,
+    arch: ModelSpec,
     data: DataConfig | ImageData,
     cfg: TrainConfig | None = None,
     *,
@@ -160,7 +162,7 @@ def train_proxy(
     return train_model(model, data, cfg, on_epoch=on_epoch, progress=progress)
 
 
-def adapt_arch_to_data(arch_cfg: Any, data: ImageData) -> Any:
+def adapt_arch_to_data(arch_cfg: ArchConfig, data: ImageData) -> ArchConfig:
     """The architecture with the dataset's channels, classes and (proxy) resolution."""
     new_input = arch_cfg.input.model_copy(
         update={"channels": data.channels, "num_classes": data.num_classes, "resolution": data.resolution}
@@ -473,7 +475,7 @@ class _BatchSource:
                 yield self._prepare(x_all[idx], train=True), y_all[idx]
         else:
             self.train_sampler.set_epoch(epoch)
-            for x, y in self.train_loader:
+            for x, y in _plain_worker_errors(self.train_loader):
                 x = x.to(self.device, non_blocking=True)
                 yield self._prepare(x, train=True), y.to(self.device, non_blocking=True)
 
@@ -485,7 +487,7 @@ class _BatchSource:
                 part = idx[s : s + self.cfg.eval_batch_size]
                 yield self._prepare(x_all[part], train=False), y_all[part]
         else:
-            for x, y in self.val_loader:
+            for x, y in _plain_worker_errors(self.val_loader):
                 yield self._prepare(x.to(self.device), train=False), y.to(self.device)
 
     def _prepare(self, x: Tensor, train: bool) -> Tensor:
@@ -495,6 +497,19 @@ class _BatchSource:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
+
+
+def _plain_worker_errors(loader: DataLoader) -> Iterator[tuple[Tensor, Tensor]]:
+    """A DataLoader re-raises a worker's DatasetError with the worker's traceback in the message;
+    keep only the last line (the file and the problem), as for the in-process error."""
+    try:
+        yield from loader
+    except DatasetError as err:
+        text = str(err)
+        if "Original Traceback" not in text:
+            raise
+        last = text.strip().splitlines()[-1]
+        raise DatasetError(last.removeprefix("hvtnas.train.data.DatasetError: ")) from None
 
 
 def augment_batch(x: Tensor, crop_padding: int, hflip: bool) -> Tensor:
