@@ -137,7 +137,9 @@ def test_cli_show_and_sample(tmp_path: Path) -> None:
     "path", sorted(Path(__file__).parent.parent.joinpath("search_spaces").glob("*.yaml"))
 )
 def test_shipped_spaces_parse_and_their_samples_build(path: Path) -> None:
-    space = SearchSpace.from_yaml(path)
+    from hvtnas.search import load_search_spec
+
+    space = load_search_spec(path).space  # the experiment section is validated too
     assert space.size() > 1
     for cfg in iter_samples(space, 3, seed=0):
         model = build_model(cfg)
