@@ -206,3 +206,26 @@ def test_report_writes_html_and_csv(tmp_path: Path) -> None:
     assert len(rows) == 1 + 4 and rows[0].startswith("trial,state,accuracy,params,flops")
     missing = runner.invoke(app, ["report", str(tmp_path / "nowhere")])
     assert missing.exit_code == 2 and "not a run folder" in missing.output
+
+
+def test_parallel_workers_share_one_study(tmp_path: Path) -> None:
+    path = _write(tmp_path)
+    result = _search(tmp_path, path, "--trials", "4", "--n-jobs", "2")
+    assert result.exit_code == 0, result.output
+    run = tmp_path / "runs" / "space"
+    assert (run / "journal.log").is_file() and not (run / "study.db").exists()  # SQLite is not shared
+    from hvtnas.search.workers import open_storage
+
+    study = optuna.load_study(study_name="space", storage=open_storage(f"journal:{run / 'journal.log'}"))
+    numbers = [t.number for t in study.trials]
+    assert 4 <= len(numbers) <= 5 and len(set(numbers)) == len(numbers)  # at most one trial in flight extra
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL) for t in study.trials)
+    exported = runner.invoke(app, ["export", str(run), "--out", str(tmp_path / "out")])
+    assert exported.exit_code == 0, exported.output
+
+
+def test_sqlite_runs_refuse_several_workers(tmp_path: Path) -> None:
+    path = _write(tmp_path)
+    assert _search(tmp_path, path, "--trials", "1").exit_code == 0
+    result = _search(tmp_path, path, "--trials", "3", "--n-jobs", "2")
+    assert result.exit_code == 2 and "cannot share safely" in result.output

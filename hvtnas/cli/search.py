@@ -16,13 +16,7 @@ from hvtnas.costs import CostCache
 from hvtnas.errors import HvtnasError
 from hvtnas.search import SearchRun, TrialOutcome, export_trials, load_search_spec, open_study, select_trials
 from hvtnas.search.dashboard import save_study_figures
-
-
-def _storage_for(run_dir: Path, storage: str | None) -> str:
-    if storage:
-        return storage
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{run_dir / 'study.db'}"
+from hvtnas.search.workers import open_storage, run_storage, run_workers
 
 
 @user_errors
@@ -42,6 +36,9 @@ def search_command(
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Sampler seed (default: the space's).")] = None,
     use_cache: Annotated[bool, typer.Option("--cache/--no-cache", help="Reuse measured costs.")] = True,
+    n_jobs: Annotated[
+        int, typer.Option(min=1, help="Worker processes on this machine (one per GPU where there are GPUs).")
+    ] = 1,
 ) -> None:
     """Run (or resume) a multi-objective architecture search; every trial is stored in the study."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -57,7 +54,8 @@ def search_command(
         spec.experiment = spec.experiment.model_copy(update={"sampler": new_sampler})
     name = study or space.stem
     run_dir = runs_dir / name
-    study_obj = open_study(spec, name, _storage_for(run_dir, storage))
+    storage_url = storage or run_storage(run_dir, n_jobs)
+    study_obj = open_study(spec, name, open_storage(storage_url))
     if storage is None:
         (run_dir / "space.yaml").write_text(spec.text)
     exp = spec.experiment
@@ -82,26 +80,46 @@ def search_command(
         text = f"trial {outcome.number}: {outcome.state.name.lower()} {values}"
         return text + (f" ({outcome.reason})" if outcome.reason else "")
 
-    cache = CostCache() if use_cache else None
-    if console.is_terminal:  # a live bar on a terminal, one plain line per trial in logs
-        columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
-        with Progress(*columns, console=console) as progress:
-            task = progress.add_task(status(), total=trials, completed=before)
+    if n_jobs > 1:
+        sampler_override = {k: v for k, v in {"name": sampler, "seed": seed}.items() if v is not None}
+        run_workers(
+            n_jobs,
+            {
+                "space": str(space),
+                "study": name,
+                "storage": storage_url,
+                "trials": trials,
+                "use_cache": use_cache,
+                "sampler": sampler_override,
+            },
+        )
+        run = SearchRun(spec, study_obj)  # for the final count
+    else:
+        cache = CostCache() if use_cache else None
+        if console.is_terminal:  # a live bar on a terminal, one plain line per trial in logs
+            columns = [
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+            ]
+            with Progress(*columns, console=console) as progress:
+                task = progress.add_task(status(), total=trials, completed=before)
+
+                def on_trial(outcome: TrialOutcome) -> None:
+                    progress.console.print(line(outcome), highlight=False)
+                    progress.update(task, completed=run.finished(), description=status())
+
+                run = SearchRun(spec, study_obj, cache=cache, on_trial=on_trial)
+                run.run(trials)
+        else:
 
             def on_trial(outcome: TrialOutcome) -> None:
-                progress.console.print(line(outcome), highlight=False)
-                progress.update(task, completed=run.finished(), description=status())
+                console.print(f"{line(outcome)}  [dim]{status()}[/]", highlight=False)
+                sys.stdout.flush()
 
             run = SearchRun(spec, study_obj, cache=cache, on_trial=on_trial)
             run.run(trials)
-    else:
-
-        def on_trial(outcome: TrialOutcome) -> None:
-            console.print(f"{line(outcome)}  [dim]{status()}[/]", highlight=False)
-            sys.stdout.flush()
-
-        run = SearchRun(spec, study_obj, cache=cache, on_trial=on_trial)
-        run.run(trials)
     save_study_figures(study_obj)  # what `hvtnas dashboard` shows beside Optuna's own plots
     console.print(
         f"done: {run.finished()} trials in study {name!r} ({'storage ' + storage if storage else run_dir})"
@@ -109,11 +127,20 @@ def search_command(
 
 
 def _load_study(run: Path | None, storage: str | None, study: str | None) -> optuna.Study:
+    return _load_study_and_storage(run, storage, study)[0]
+
+
+def _load_study_and_storage(
+    run: Path | None, storage: str | None, study: str | None
+) -> tuple[optuna.Study, str | optuna.storages.BaseStorage]:
     """The study of a run folder (its study.db) or of a storage URL; the only one unless named."""
     if storage is None:
-        if run is None or not (run / "study.db").is_file():
-            raise HvtnasError(f"{run}: not a run folder (no study.db); give runs/<study> or --storage")
-        storage = f"sqlite:///{run / 'study.db'}"
+        if run is None or not ((run / "study.db").is_file() or (run / "journal.log").is_file()):
+            raise HvtnasError(
+                f"{run}: not a run folder (no study.db or journal.log); give runs/<study> or --storage"
+            )
+        storage = run_storage(run)
+    storage = open_storage(storage)
     try:
         names = optuna.get_all_study_names(storage)
     except Exception as err:  # driver / connection errors
@@ -124,7 +151,7 @@ def _load_study(run: Path | None, storage: str | None, study: str | None) -> opt
         study = names[0]
     elif study not in names:
         raise HvtnasError(f"no study {study!r} in the storage; studies: {', '.join(names)}")
-    return optuna.load_study(study_name=study, storage=storage)
+    return optuna.load_study(study_name=study, storage=storage), storage
 
 
 @user_errors
