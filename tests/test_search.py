@@ -90,6 +90,14 @@ def test_search_runs_resumes_and_exports(tmp_path: Path) -> None:
         assert model.arch_config.metadata["study"] == "space"
         built = runner.invoke(app, ["build", str(file), "--json", "--no-cache"])
         assert built.exit_code == 0, built.output
+    trained = runner.invoke(
+        app, ["train", str(files[0]), "--epochs", "1", "--out", str(tmp_path / "trained"), "--json"]
+    )
+    assert trained.exit_code == 0, trained.output  # hvtnas train takes an exported config unchanged
+    run = tmp_path / "runs" / "space"
+    assert (run / "space.yaml").read_text() == path.read_text()
+    assert yaml.safe_load((run / "experiment.yaml").read_text())["objectives"] == ["accuracy", "params"]
+    assert len((run / "search.log").read_text().splitlines()) == 5
 
 
 def test_over_budget_architectures_are_never_trained(tmp_path: Path) -> None:

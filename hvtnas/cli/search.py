@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from typing import Annotated
 
 import optuna
 import typer
+import yaml
 from optuna.trial import TrialState
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -56,8 +58,12 @@ def search_command(
     run_dir = runs_dir / name
     storage_url = storage or run_storage(run_dir, n_jobs)
     study_obj = open_study(spec, name, open_storage(storage_url))
-    if storage is None:
+    if storage is None:  # the run folder: the space as given and the experiment with its defaults
         (run_dir / "space.yaml").write_text(spec.text)
+        (run_dir / "experiment.yaml").write_text(
+            yaml.safe_dump(spec.experiment.model_dump(mode="json"), sort_keys=False, default_flow_style=None)
+        )
+    log_file = (run_dir / "search.log").open("a") if storage is None else None
     exp = spec.experiment
     objectives = ", ".join(f"{o} ({d})" for o, d in zip(exp.objectives, exp.directions, strict=True))
     finished_states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
@@ -78,7 +84,11 @@ def search_command(
     def line(outcome: TrialOutcome) -> str:
         values = ", ".join(f"{v:.4g}" for v in outcome.values) if outcome.values else ""
         text = f"trial {outcome.number}: {outcome.state.name.lower()} {values}"
-        return text + (f" ({outcome.reason})" if outcome.reason else "")
+        text += f" ({outcome.reason})" if outcome.reason else ""
+        if log_file is not None:  # runs/<study>/search.log keeps every trial's line
+            log_file.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n")
+            log_file.flush()
+        return text
 
     if n_jobs > 1:
         sampler_override = {k: v for k, v in {"name": sampler, "seed": seed}.items() if v is not None}
@@ -120,6 +130,8 @@ def search_command(
 
             run = SearchRun(spec, study_obj, cache=cache, on_trial=on_trial)
             run.run(trials)
+    if log_file is not None:
+        log_file.close()
     save_study_figures(study_obj)  # what `hvtnas dashboard` shows beside Optuna's own plots
     console.print(
         f"done: {run.finished()} trials in study {name!r} ({'storage ' + storage if storage else run_dir})"
