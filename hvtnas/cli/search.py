@@ -120,7 +120,10 @@ def search_command(
                     progress.console.print(line(outcome), highlight=False)
                     progress.update(task, completed=run.finished(), description=status())
 
-                run = SearchRun(spec, study_obj, cache=cache, on_trial=on_trial)
+                def on_start(number: int) -> None:
+                    progress.update(task, description=f"trial {number} running | {status()}")
+
+                run = SearchRun(spec, study_obj, cache=cache, on_trial=on_trial, on_trial_start=on_start)
                 run.run(trials)
         else:
 

@@ -107,6 +107,7 @@ class SearchRun:
     study: optuna.Study
     cache: CostCache | None = None
     on_trial: Callable[[TrialOutcome], None] | None = None
+    on_trial_start: Callable[[int], None] | None = None  # receives the trial number
     data: ImageData | None = field(default=None, init=False)
 
     def finished(self) -> int:
@@ -135,6 +136,8 @@ class SearchRun:
     def run_one(self) -> TrialOutcome:
         exp = self.spec.experiment
         trial = self.study.ask()
+        if self.on_trial_start is not None:
+            self.on_trial_start(trial.number)
         started = time.perf_counter()
         try:
             outcome = self._evaluate(trial, exp)
