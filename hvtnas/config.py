@@ -28,8 +28,8 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from hvtnas.errors import ConfigError, RegistryError
-from hvtnas.models.layers import ACTIVATIONS
 from hvtnas.models.mixers import MIXERS, MixerParams
+from hvtnas.models.mixers.base import ActivationName as Activation
 
 MAX_STAGES = 4  # strides 4, 8, 16, 32
 
@@ -41,19 +41,6 @@ class _Strict(BaseModel):
 def _kind_shorthand(value: Any) -> Any:
     """Let YAML say ``norm: layernorm`` for ``norm: {kind: layernorm}``."""
     return {"kind": value} if isinstance(value, str) else value
-
-
-def _check_act(value: str) -> str:
-    if value not in ACTIVATIONS:
-        raise PydanticCustomError(
-            "unknown_act",
-            "unknown activation '{value}'; known: {known}",
-            {"value": value, "known": ", ".join(sorted(ACTIVATIONS))},
-        )
-    return value
-
-
-Activation = Annotated[str, BeforeValidator(_check_act)]
 
 
 class _Kinded(_Strict):
