@@ -70,12 +70,87 @@ def _closed_form(kind: str, H: int, W: int) -> int:
         return Np * C * 49
     if kind == "axial_shift":  # four 1x1 convs, two GroupNorms (5 per element)
         return 4 * N * C * C + 2 * 5 * N * C
+    d = C // HEADS  # head width
+    if kind == "conv_projection":  # CvT: depthwise 3x3 + BN for q (stride 1), k and v (stride 2)
+        Nk = ((H - 1) // 2 + 1) * ((W - 1) // 2 + 1)  # k/v map: padding 1, stride 2
+        return (
+            (N + 2 * Nk) * C * 9  # the three depthwise convs
+            + 2 * (N + 2 * Nk) * C  # their BatchNorms (eval)
+            + (N + 2 * Nk) * C * C  # the q, k, v linear projections
+            + 2 * N * Nk * C  # Q K^T + A V
+            + N * C * C  # output projection
+        )
+    if kind == "cross_window":  # CSWin, stripe 7: half the channels (one head) in each direction
+        vertical = (H, min(7, W))  # full-height stripes, 7 columns
+        horizontal = (min(7, H), W)
+        total = 3 * N * C * C + N * C * C  # qkv and output projection, on the real tokens
+        for sh, sw in (vertical, horizontal):
+            Np_ = (H + (-H) % sh) * (W + (-W) % sw)  # map padded to whole stripes
+            total += Np_ * sh * sw * C  # Q K^T + A V: every token with its stripe, C/2 channels, twice
+            total += Np_ * (C // 2) * 9  # LePE: depthwise 3x3 of V inside the stripes
+        return total
+    if kind == "emsa":  # ResT, sr_ratio 2: depthwise conv (kernel 3, stride 2, padding 1) + LN
+        Nk = ((H - 1) // 2 + 1) * ((W - 1) // 2 + 1)  # reduced map
+        return (
+            N * C * C  # q
+            + Nk * C * 9  # the reducing depthwise conv
+            + 5 * Nk * C  # its LayerNorm
+            + Nk * C * 2 * C  # k, v
+            + HEADS * N * Nk * d  # Q K^T (explicit matmul)
+            + HEADS * HEADS * N * Nk  # 1x1 conv across heads on the (heads, N, Nk) logits
+            + HEADS * N * Nk * d  # A V (explicit matmul; softmax and instance norm are element-wise)
+            + N * C * C  # output projection
+        )
+    if kind == "focal":  # window 7, expand 3, focal window 3 (map_size > 7: the official rule keeps
+        # them); the map is zero-padded to whole windows, and padded tokens are not masked
+        M, e, f = 7, 3, 3
+        nW = -(-H // M) * -(-W // M)
+        ring = 4 * M * M - 4 * (M - e) ** 2  # fine tokens of the four diagonal shifts outside the window
+        keys = M * M + ring + f * f  # own window, ring, pooled windows of the 3x3 neighbourhood
+        return (
+            nW * M * M * 3 * C * C  # qkv on the padded map
+            + nW * C * M * M  # each window pooled to one token: a learned weighting of its M² tokens
+            + nW * C * 2 * C  # k, v of the pooled tokens
+            + nW * M * M * keys * 2 * C  # Q K^T + A V (padding is not masked: all keys)
+            + N * C * C  # output projection of the real tokens
+        )
+    if kind == "halo":  # block 8 (a block of the map's size where the map is smaller), halo 3
+        bh, bw, h = min(8, H), min(8, W), 3
+        Np_ = (H + (-H) % bh) * (W + (-W) % bw)  # padded to whole blocks
+        K = (bh + 2 * h) * (bw + 2 * h)  # keys per block: the block and its halo (outside masked)
+        return Np_ * C * C + Np_ * C * 2 * C + 2 * Np_ * K * C + N * C * C  # q, kv, QK^T + AV, proj
+    if kind == "pooling_attention":  # MViTv2, kv stride 1: depthwise 3x3 + LN on each head's q, k, v
+        # the width table, made for 2 map_size - 1 = 2H - 1 offsets, is linearly resized to 2W - 1
+        # (2 taps per entry of width d)
+        resized = 2 * (2 * W - 1) * d if W != H else 0
+        return (
+            3 * N * C * C  # qkv
+            + 3 * N * C * 9  # the three pooling convs (per head, d channels each)
+            + 3 * 5 * N * C  # their LayerNorms over d
+            + resized
+            + HEADS * N * d * (H + W)  # decomposed position terms: q . R_h[dy] and q . R_w[dx]
+            + 2 * N * N * C  # Q K^T + A V
+            + N * C * C  # output projection
+        )
+    if kind == "relative_attention":  # CoAtNet: global attention plus a bias per head and offset
+        # the (heads, 2H-1, 2H-1) table (map_size H) is resized bilinearly (4 taps per output
+        # entry) to 2W - 1 columns
+        resized = 4 * HEADS * (2 * H - 1) * (2 * W - 1) if W != H else 0
+        return 4 * N * C * C + 2 * N * N * C + resized  # qkv + proj, Q K^T + A V, the table
+    if kind == "shunted":  # sr_ratio 4: one head on the map reduced 4x, the other on it reduced 2x
+        total = N * C * C + N * C * C  # q, output projection
+        for r in (4, 2):
+            Nr = -(-H // r) * -(-W // r)  # padded to a multiple of the rate, then conv k = s = r
+            total += Nr * C * C * r * r  # the reducing conv
+            total += 5 * Nr * C  # its LayerNorm
+            total += Nr * C * C  # k, v for the group (C/2 each)
+            total += Nr * (C // 2) * 9  # depthwise 3x3 on the group's V
+            total += N * Nr * C  # Q K^T + A V for one head of width C/2
+        return total
     raise KeyError(kind)
 
 
-# mixers whose closed form is written above; the other eight (conv_projection, cross_window, emsa,
-# focal, halo, pooling_attention, relative_attention, shunted) are checked against torch's own
-# counter below until theirs are written
+# every registered mixer has its closed form above
 CLOSED_FORM_KINDS = [
     "attention",
     "window",
@@ -93,22 +168,37 @@ CLOSED_FORM_KINDS = [
     "random_mixing",
     "axial_shift",
     "dilated_window",
+    "conv_projection",
+    "cross_window",
+    "emsa",
+    "focal",
+    "halo",
+    "pooling_attention",
+    "relative_attention",
+    "shunted",
 ]
 
 
-def _mixer(kind: str) -> torch.nn.Module:
+# parameters beyond the defaults: reductions that reduce (shunted: its two-rate path)
+MIXER_PARAMS = {"spatial_reduction": {"sr_ratio": 2}, "shunted": {"sr_ratio": 4}}
+
+
+def _mixer(kind: str, map_size: int) -> torch.nn.Module:
+    """``kind`` with the Params defaults; ``map_size`` (the side of the stage's map at the configured
+    resolution) is the test map's height, for the mixers that size tables by it."""
     cls = MIXERS.get(kind)
-    params = {"sr_ratio": 2} if kind == "spatial_reduction" else {}
-    kwargs = cls.Params(kind=kind, **params).model_dump(exclude={"kind"})
+    kwargs = cls.Params(kind=kind, **MIXER_PARAMS.get(kind, {})).model_dump(exclude={"kind"})
     if cls.uses_heads:
         kwargs["num_heads"] = HEADS
+    if cls.uses_map_size:
+        kwargs["map_size"] = map_size
     return cls(C, **kwargs).eval()
 
 
 @pytest.mark.parametrize("size", [(14, 14), (9, 12)])
 @pytest.mark.parametrize("kind", CLOSED_FORM_KINDS)
 def test_mixer_flops_match_closed_form(kind: str, size: tuple[int, int]) -> None:
-    analysis = analyse(_mixer(kind), (torch.randn(1, *size, C),))
+    analysis = analyse(_mixer(kind, size[0]), (torch.randn(1, *size, C),))
     assert analysis.total() == _closed_form(kind, *size)
 
 

@@ -18,7 +18,8 @@ from typing import Any
 
 from hvtnas.config import ArchConfig
 
-SCHEMA_VERSION = 1  # bump when a cost's definition changes, so stale entries are not reused
+SCHEMA_VERSION = 2  # bump when a cost's definition changes, so stale entries are not reused
+# 2: einsum counted exactly, linear interpolation counted (pooling_attention's FLOPs changed)
 
 
 def default_cache_path() -> Path:

@@ -7,6 +7,10 @@ Convention (the one behind the published figures of Swin, PVT, PoolFormer, MetaF
   are not counted;
 - norms: fvcore's estimate (5 per element with affine, 4 without; 2 per element for BatchNorm in
   eval, which deployment folds away);
+- interpolation: one MAC per tap and output element, as fvcore counts bilinear (4); linear
+  interpolation (MViTv2 resizing its position tables) is 2 (fvcore counted it as 0);
+- ``einsum`` of two operands: exactly the product of the sizes of all its indices (fvcore's
+  generic handle reads numpy's printed estimate, rounded to 4 digits, and returns a float);
 - element-wise ops (add, mul, activations), shifts, rolls, pads, average pooling: 0. They do no
   multiply-accumulate; the papers' counts ignore them (PoolFormer's 1.8 G counts its pooling as 0,
   ShiftViT calls its shift "zero FLOPs").
@@ -35,7 +39,7 @@ with warnings.catch_warnings():
         "ignore", message=r".*torch\.jit\.script.* is deprecated", category=DeprecationWarning
     )
     from fvcore.nn import FlopCountAnalysis
-    from fvcore.nn.jit_handles import get_shape
+    from fvcore.nn.jit_handles import einsum_flop_jit, elementwise_flop_counter, get_shape
 
 
 def sdpa_flop_jit(inputs: list[Any], outputs: list[Any]) -> int:
@@ -51,6 +55,21 @@ def matmul_flop_jit(inputs: list[Any], outputs: list[Any]) -> int:
     """MACs of ``matmul`` for any operand ranks (fvcore's handle rejects a 1-D operand):
     every output element is one dot product over the first operand's last dimension."""
     return prod(get_shape(outputs[0])) * get_shape(inputs[0])[-1]
+
+
+def exact_einsum_flop_jit(inputs: list[Any], outputs: list[Any]) -> int:
+    """MACs of a two-operand ``einsum``: one multiply-accumulate for every combination of its
+    indices (fvcore's generic handle rounds numpy's estimate to 4 significant digits). Other
+    forms (one or three operands, ellipses) go to fvcore's handle."""
+    equation = inputs[0].toIValue().replace(" ", "")
+    shapes = [get_shape(v) for v in inputs[1].node().inputs()]
+    operands = equation.split("->")[0].split(",")
+    if len(operands) != 2 or "." in equation:
+        return einsum_flop_jit(inputs, outputs)
+    sizes = {}
+    for letters, shape in zip(operands, shapes, strict=True):
+        sizes.update(zip(letters, shape, strict=True))
+    return prod(sizes.values())
 
 
 @dataclass
@@ -80,6 +99,8 @@ def analyse(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> FlopCountAna
     analysis = FlopCountAnalysis(module, inputs)
     analysis.set_op_handle("aten::scaled_dot_product_attention", sdpa_flop_jit)
     analysis.set_op_handle("aten::matmul", matmul_flop_jit)
+    analysis.set_op_handle("aten::einsum", exact_einsum_flop_jit)
+    analysis.set_op_handle("aten::upsample_linear1d", elementwise_flop_counter(0, 2))
     analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
