@@ -68,6 +68,8 @@ class ExperimentConfig(_Strict):
     sampler: SamplerConfig = SamplerConfig()
     early_stopping: EarlyStoppingConfig | None = EarlyStoppingConfig()
     proxy_batch_size: int = Field(64, ge=2)  # images for zero-cost proxy objectives
+    # seconds a trial may take; checked after every epoch, a trial past it fails with reason "timeout"
+    trial_timeout: float | None = Field(None, gt=0)
 
     @field_validator("objectives")
     @classmethod
