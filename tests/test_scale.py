@@ -69,10 +69,12 @@ def _pg_available() -> str | None:
     try:
         import psycopg
 
-        with psycopg.connect("postgresql://postgres@127.0.0.1:5432/test", connect_timeout=3):
+        with psycopg.connect(PG_URL.replace("+psycopg", ""), connect_timeout=3):
             return None
-    except Exception as err:  # driver missing or server down
-        return f"PostgreSQL at 127.0.0.1:5432 (user postgres, db test) unreachable: {type(err).__name__}"
+    except ImportError:
+        return "psycopg not installed (pip install -e '.[postgres]')"
+    except Exception as err:  # server down
+        return f"PostgreSQL at {PG_URL} unreachable: {type(err).__name__}: {str(err).strip()[:100]}"
 
 
 @pytest.fixture
@@ -160,7 +162,7 @@ def test_killed_worker_trial_is_failed_by_heartbeat_and_retried(tmp_path: Path, 
     assert study.trials[running.number].state == TrialState.FAIL
     retries = [t for t in study.trials if t.system_attrs.get("failed_trial") == running.number]
     assert len(retries) == 1 and retries[0].params == running.params  # the same architecture again
-    assert retries[0].state == TrialState.COMPLETE
+    assert retries[0].state == TrialState.COMPLETE and retries[0].user_attrs["retry_of"] == running.number
     _check_whole(study, 3, 1)
 
 

@@ -157,6 +157,9 @@ class SearchRun:
         started = time.perf_counter()
         with Heartbeat(self.study, trial):
             trial.set_user_attr(WORKER_ATTR, worker_id())  # lets a rerun on this host see it died
+            retry_of = self.study._storage.get_trial_system_attrs(trial._trial_id).get("failed_trial")
+            if retry_of is not None:  # a dead worker's trial, run again with its parameters
+                trial.set_user_attr("retry_of", retry_of)
             try:
                 outcome = self._evaluate(trial, exp, started)
             except HvtnasError as err:  # a bad sample: recorded, the study goes on
