@@ -166,6 +166,7 @@ def test_killed_worker_trial_is_failed_by_heartbeat_and_retried(tmp_path: Path, 
     _check_whole(study, 3, 1)
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # plain ask/tell, as SearchRun does
 def test_heartbeat_keeps_a_running_trial_alive_and_a_silent_one_is_retried(pg_study: str) -> None:
     storage = open_storage(PG_URL, heartbeat=1, max_retry=1)
     study = optuna.create_study(study_name=pg_study, storage=storage)

@@ -117,7 +117,10 @@ def fail_stale(study: optuna.Study, max_retry: int | None) -> list[int]:
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         owner = str(trial.user_attrs.get(WORKER_ATTR, ""))
         owner_host, _, pid = owner.rpartition(":")
-        if owner_host != host or not pid.isdigit() or _pid_alive(int(pid)):
+        if owner_host != host or not pid.isdigit():
+            continue
+        # called between trials, so a trial "of this process" is a previous one's (a reused pid)
+        if int(pid) != os.getpid() and _pid_alive(int(pid)):
             continue
         try:
             if not study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
