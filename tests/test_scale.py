@@ -184,6 +184,39 @@ def test_heartbeat_keeps_a_running_trial_alive_and_a_silent_one_is_retried(pg_st
     assert count_finished(study) == 0  # the crashed trial counts through its retry only
 
 
+RACE = (  # one worker's start: open the storage (creating its tables) and create or load the study
+    "import sys, warnings; warnings.simplefilter('ignore'); import optuna; "
+    "from hvtnas.search.workers import open_storage; "
+    "s = open_storage(sys.argv[1], heartbeat=5); "
+    "print(optuna.create_study(study_name='race', storage=s, load_if_exists=True)._study_id)"
+)
+
+
+def test_workers_starting_together_on_a_fresh_database_race_safely() -> None:
+    reason = _pg_available()
+    if reason:
+        pytest.skip(reason)
+    import psycopg
+
+    schema = f"hvtnas_test_{uuid.uuid4().hex[:8]}"  # an empty "database": no Optuna tables yet
+    admin = PG_URL.replace("+psycopg", "")
+    with psycopg.connect(admin, autocommit=True) as connection:
+        connection.execute(f"CREATE SCHEMA {schema}")
+    try:
+        url = f"{PG_URL}?options=-csearch_path%3D{schema}"
+        racers = [
+            subprocess.Popen([sys.executable, "-c", RACE, url], stdout=subprocess.PIPE, text=True)
+            for _ in range(4)
+        ]
+        ids = {p.communicate(timeout=120)[0].strip() for p in racers}
+        assert all(p.returncode == 0 for p in racers) and len(ids) == 1  # one study, every worker in it
+        with psycopg.connect(admin) as connection:
+            assert connection.execute(f"SELECT count(*) FROM {schema}.studies").fetchone() == (1,)
+    finally:
+        with psycopg.connect(admin, autocommit=True) as connection:
+            connection.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
 # ------------------------------------------------------------------------------- journal
 def test_journal_workers_in_separate_processes_and_a_killed_one(tmp_path: Path) -> None:
     space = _space(tmp_path)

@@ -157,7 +157,8 @@ class DeviceLock:
 
     def __init__(self, folder: Path | None, device: str = "cpu") -> None:
         self.folder = folder
-        self.device = device.replace("/", "_").replace(":", "_")
+        # the host in the name: a run folder on a shared file system must not couple machines
+        self.device = f"{socket.gethostname()}-{device}".replace("/", "_").replace(":", "_")
 
     @contextlib.contextmanager
     def _flock(self, name: str, mode: int) -> Iterator[None]:
