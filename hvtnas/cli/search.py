@@ -10,7 +10,6 @@ from typing import Annotated
 import optuna
 import typer
 import yaml
-from optuna.trial import TrialState
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from hvtnas.cli._common import console, user_errors
@@ -18,7 +17,7 @@ from hvtnas.costs import CostCache
 from hvtnas.errors import HvtnasError
 from hvtnas.search import SearchRun, TrialOutcome, export_trials, load_search_spec, open_study, select_trials
 from hvtnas.search.dashboard import save_study_figures
-from hvtnas.search.resilience import DeviceLock
+from hvtnas.search.resilience import DeviceLock, count_finished
 from hvtnas.search.workers import device_key, open_storage, run_storage, run_workers
 
 
@@ -79,8 +78,7 @@ def search_command(
     log_file = (run_dir / "search.log").open("a") if storage is None else None
     exp = spec.experiment
     objectives = ", ".join(f"{o} ({d})" for o, d in zip(exp.objectives, exp.directions, strict=True))
-    finished_states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-    before = len(study_obj.get_trials(deepcopy=False, states=finished_states))
+    before = count_finished(study_obj)  # a crashed trial that was retried counts once
     console.print(
         f"study {name!r}: {before} trials done, running to {trials}; objectives {objectives}", highlight=False
     )
