@@ -25,6 +25,7 @@ from typer.testing import CliRunner
 
 from hvtnas.cli import app
 from hvtnas.search.resilience import DeviceLock, Heartbeat, count_finished, fail_stale
+from hvtnas.search.study import HARD_TIMEOUT_EXIT
 from hvtnas.search.workers import open_storage
 
 PG_URL = os.environ.get("HVTNAS_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -308,7 +309,7 @@ def test_a_trial_past_its_timeout_fails_and_the_worker_goes_on(
         return real(arch, data, cfg, on_epoch=hanging, **kwargs)
 
     monkeypatch.setattr(study_module, "train_proxy", slow_epochs)
-    path = _space(tmp_path, trial_timeout=0.5, train={"epochs": 20})
+    path = _space(tmp_path, trial_timeout=0.5, trial_hard_timeout=60, train={"epochs": 20})
     result = _search(tmp_path, path, "--trials", "2")
     assert result.exit_code == 0, result.output
     trials = _trials(tmp_path)
@@ -318,6 +319,20 @@ def test_a_trial_past_its_timeout_fails_and_the_worker_goes_on(
         assert (
             t.user_attrs["training"]["epochs"][0]["epoch"] == 1 and len(t.user_attrs["accuracy_curve"]) == 1
         )
+
+
+def test_a_trial_hung_inside_an_epoch_is_abandoned_at_the_hard_timeout(tmp_path: Path) -> None:
+    space = _space(tmp_path, trial_timeout=3)  # hard limit: 2 x 3 s
+    url = f"journal:{tmp_path / 'journal.log'}"
+    hung = _worker(tmp_path, space, url, "h", 2, hang=True)  # never reaches the end of an epoch
+    out, _ = hung.communicate(timeout=120)
+    assert hung.returncode == HARD_TIMEOUT_EXIT, out  # --n-jobs restarts a worker that ends so
+    (trial,) = optuna.load_study(study_name="h", storage=open_storage(url)).trials
+    assert trial.state == TrialState.FAIL
+    assert trial.user_attrs["reason"].startswith("timeout: still running after 6 s")
+    _finish([_worker(tmp_path, space, url, "h", 2)])  # the next worker goes on; no retry of a hang
+    study = optuna.load_study(study_name="h", storage=open_storage(url))
+    assert count_finished(study) == 2 and not any("failed_trial" in t.system_attrs for t in study.trials)
 
 
 def test_bad_timeout_and_options_exit_2(tmp_path: Path) -> None:

@@ -13,6 +13,9 @@ import hashlib
 import json
 import logging
 import math
+import os
+import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -39,6 +42,7 @@ from hvtnas.train.trainer import EpochReport, adapt_arch_to_data
 log = logging.getLogger(__name__)
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 TIMEOUT = "timeout"  # the reason of a trial failed for taking longer than experiment.trial_timeout
+HARD_TIMEOUT_EXIT = 75  # exit status of a worker that abandoned a trial hung past 2 x trial_timeout
 
 
 def _first_line(err: BaseException) -> str:
@@ -155,6 +159,7 @@ class SearchRun:
         if self.on_trial_start is not None:
             self.on_trial_start(trial.number)
         started = time.perf_counter()
+        watchdog = self._watchdog(trial)
         with Heartbeat(self.study, trial):
             trial.set_user_attr(WORKER_ATTR, worker_id())  # lets a rerun on this host see it died
             retry_of = self.study._storage.get_trial_system_attrs(trial._trial_id).get("failed_trial")
@@ -178,8 +183,34 @@ class SearchRun:
                     save_trial_note(trial, arch, trial.user_attrs)
                 except Exception as err:  # a note is a nicety: never lose the trial for it
                     log.warning("trial %d: no dashboard note (%s)", trial.number, err)
+            if watchdog is not None:
+                watchdog.cancel()
             self.study.tell(trial, outcome.values, state=outcome.state)
         return outcome
+
+    def _watchdog(self, trial: optuna.Trial) -> threading.Timer | None:
+        """The hard limit: a trial still running at ``trial_hard_timeout`` (default 2 x
+        ``trial_timeout``) is stuck inside an epoch (the soft limit is checked between epochs). A
+        thread cannot be stopped safely, so the trial is failed with its reason and this process
+        ends (exit 75); ``--n-jobs`` restarts it."""
+        limit = self.spec.experiment.hard_timeout
+        if limit is None:
+            return None
+        timer = threading.Timer(limit, self._abandon, args=(trial, limit))
+        timer.daemon = True
+        timer.start()
+        return timer
+
+    def _abandon(self, trial: optuna.Trial, limit: float) -> None:
+        reason = f"{TIMEOUT}: still running after {limit:g} s (trial_hard_timeout); its worker process ended"
+        storage = self.study._storage
+        try:
+            storage.set_trial_user_attr(trial._trial_id, "reason", reason)
+            storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+        except Exception:  # it finished meanwhile (or the storage is gone): nothing to abandon
+            return
+        print(f"trial {trial.number}: {reason}", file=sys.stderr, flush=True)
+        os._exit(HARD_TIMEOUT_EXIT)
 
     def _evaluate(self, trial: optuna.Trial, exp: ExperimentConfig, started: float) -> TrialOutcome:
         data = self._dataset()

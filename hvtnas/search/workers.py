@@ -106,15 +106,26 @@ def run_workers(n_jobs: int, worker_args: dict[str, Any]) -> None:
     gpus = torch.cuda.device_count()
     threads = max(1, (os.cpu_count() or 1) // n_jobs)
     context = multiprocessing.get_context("spawn")  # fresh interpreters: no forked CUDA or thread pools
-    processes = []
-    for i in range(n_jobs):
+    from hvtnas.search.study import HARD_TIMEOUT_EXIT
+
+    def start(i: int) -> multiprocessing.process.BaseProcess:
         args = dict(worker_args, threads=threads, gpu=(i % gpus) if gpus else None, index=i)
         process = context.Process(target=worker_main, kwargs=args, name=f"hvtnas-worker-{i}")
         process.start()
-        processes.append(process)
-    for process in processes:
-        process.join()
-    failed = [p.name for p in processes if p.exitcode != 0]
+        return process
+
+    processes = {i: start(i) for i in range(n_jobs)}
+    done: list[multiprocessing.process.BaseProcess] = []
+    while processes:
+        for i, process in list(processes.items()):
+            process.join(timeout=0.5)
+            if process.exitcode is None:
+                continue
+            if process.exitcode == HARD_TIMEOUT_EXIT:  # it abandoned a hung trial: a fresh one goes on
+                processes[i] = start(i)
+            else:
+                done.append(processes.pop(i))
+    failed = [p.name for p in done if p.exitcode != 0]
     if failed:
         raise HvtnasError(f"worker processes failed: {', '.join(failed)} (their trials are in the study)")
 
