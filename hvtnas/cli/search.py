@@ -10,7 +10,6 @@ from typing import Annotated
 import optuna
 import typer
 import yaml
-from optuna.trial import TrialState
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from hvtnas.cli._common import console, user_errors
@@ -18,7 +17,8 @@ from hvtnas.costs import CostCache
 from hvtnas.errors import HvtnasError
 from hvtnas.search import SearchRun, TrialOutcome, export_trials, load_search_spec, open_study, select_trials
 from hvtnas.search.dashboard import save_study_figures
-from hvtnas.search.workers import open_storage, run_storage, run_workers
+from hvtnas.search.resilience import DeviceLock, count_finished
+from hvtnas.search.workers import device_key, open_storage, run_storage, run_workers
 
 
 @user_errors
@@ -41,6 +41,17 @@ def search_command(
     n_jobs: Annotated[
         int, typer.Option(min=1, help="Worker processes on this machine (one per GPU where there are GPUs).")
     ] = 1,
+    heartbeat: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Seconds between heartbeats of a running trial on a database storage (PostgreSQL); "
+            "a trial silent for twice that is failed and retried.",
+        ),
+    ] = 60,
+    max_retry: Annotated[
+        int, typer.Option(min=0, help="Retries of a trial whose worker died (same parameters).")
+    ] = 3,
 ) -> None:
     """Run (or resume) a multi-objective architecture search; every trial is stored in the study."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -57,7 +68,8 @@ def search_command(
     name = study or space.stem
     run_dir = runs_dir / name
     storage_url = storage or run_storage(run_dir, n_jobs)
-    study_obj = open_study(spec, name, open_storage(storage_url))
+    study_obj = open_study(spec, name, open_storage(storage_url, heartbeat, max_retry))
+    lock_dir = run_dir / "locks"  # this host's workers: latency is never timed while one trains
     if storage is None:  # the run folder: the space as given and the experiment with its defaults
         (run_dir / "space.yaml").write_text(spec.text)
         (run_dir / "experiment.yaml").write_text(
@@ -66,8 +78,7 @@ def search_command(
     log_file = (run_dir / "search.log").open("a") if storage is None else None
     exp = spec.experiment
     objectives = ", ".join(f"{o} ({d})" for o, d in zip(exp.objectives, exp.directions, strict=True))
-    finished_states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-    before = len(study_obj.get_trials(deepcopy=False, states=finished_states))
+    before = count_finished(study_obj)  # a crashed trial that was retried counts once
     console.print(
         f"study {name!r}: {before} trials done, running to {trials}; objectives {objectives}", highlight=False
     )
@@ -101,11 +112,15 @@ def search_command(
                 "trials": trials,
                 "use_cache": use_cache,
                 "sampler": sampler_override,
+                "heartbeat": heartbeat,
+                "max_retry": max_retry,
+                "lock_dir": str(lock_dir),
             },
         )
         run = SearchRun(spec, study_obj)  # for the final count
     else:
         cache = CostCache() if use_cache else None
+        resilience = {"max_retry": max_retry, "device_lock": DeviceLock(lock_dir, device_key())}
         if console.is_terminal:  # a live bar on a terminal, one plain line per trial in logs
             columns = [
                 TextColumn("{task.description}"),
@@ -123,7 +138,9 @@ def search_command(
                 def on_start(number: int) -> None:
                     progress.update(task, description=f"trial {number} running | {status()}")
 
-                run = SearchRun(spec, study_obj, cache=cache, on_trial=on_trial, on_trial_start=on_start)
+                run = SearchRun(
+                    spec, study_obj, cache=cache, on_trial=on_trial, on_trial_start=on_start, **resilience
+                )
                 run.run(trials)
         else:
 
@@ -131,7 +148,7 @@ def search_command(
                 console.print(f"{line(outcome)}  [dim]{status()}[/]", highlight=False)
                 sys.stdout.flush()
 
-            run = SearchRun(spec, study_obj, cache=cache, on_trial=on_trial)
+            run = SearchRun(spec, study_obj, cache=cache, on_trial=on_trial, **resilience)
             run.run(trials)
     if log_file is not None:
         log_file.close()

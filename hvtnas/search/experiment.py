@@ -68,6 +68,17 @@ class ExperimentConfig(_Strict):
     sampler: SamplerConfig = SamplerConfig()
     early_stopping: EarlyStoppingConfig | None = EarlyStoppingConfig()
     proxy_batch_size: int = Field(64, ge=2)  # images for zero-cost proxy objectives
+    # seconds a trial may take; checked after every epoch, a trial past it fails with reason "timeout"
+    trial_timeout: float | None = Field(None, gt=0)
+    # seconds after which a trial stuck inside an epoch is abandoned and its worker process ends
+    # (default 2 x trial_timeout; see README, "Scaling out")
+    trial_hard_timeout: float | None = Field(None, gt=0)
+
+    @property
+    def hard_timeout(self) -> float | None:
+        if self.trial_hard_timeout is not None:
+            return self.trial_hard_timeout
+        return 2 * self.trial_timeout if self.trial_timeout is not None else None
 
     @field_validator("objectives")
     @classmethod

@@ -13,6 +13,9 @@ import hashlib
 import json
 import logging
 import math
+import os
+import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -30,6 +33,7 @@ from hvtnas.errors import ConfigError, HvtnasError
 from hvtnas.models import build_model
 from hvtnas.search.dashboard import save_trial_note
 from hvtnas.search.experiment import PROXY_PREFIX, ExperimentConfig
+from hvtnas.search.resilience import WORKER_ATTR, DeviceLock, Heartbeat, count_finished, fail_stale, worker_id
 from hvtnas.space import SearchSpace
 from hvtnas.train import ImageData, load_dataset, train_proxy
 from hvtnas.train.proxies import score_model
@@ -37,6 +41,12 @@ from hvtnas.train.trainer import EpochReport, adapt_arch_to_data
 
 log = logging.getLogger(__name__)
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+TIMEOUT = "timeout"  # the reason of a trial failed for taking longer than experiment.trial_timeout
+HARD_TIMEOUT_EXIT = 75  # exit status of a worker that abandoned a trial hung past 2 x trial_timeout
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [""])[0][:300]
 
 
 class SearchError(HvtnasError):
@@ -108,14 +118,22 @@ class SearchRun:
     cache: CostCache | None = None
     on_trial: Callable[[TrialOutcome], None] | None = None
     on_trial_start: Callable[[int], None] | None = None  # receives the trial number
+    max_retry: int | None = 3  # retries of a trial whose worker died (stale heartbeat, dead process)
+    device_lock: DeviceLock = field(default_factory=lambda: DeviceLock(None))
     data: ImageData | None = field(default=None, init=False)
 
     def finished(self) -> int:
-        return len(self.study.get_trials(deepcopy=False, states=FINISHED))
+        """Trials that count towards the total (a crashed trial that was retried counts once)."""
+        return count_finished(self.study)
 
     def run(self, trials: int) -> list[TrialOutcome]:
         outcomes = []
-        while self.finished() < trials:
+        while True:
+            stale = fail_stale(self.study, self.max_retry)  # at start and between trials
+            if stale:
+                log.warning("failed trials of dead workers (retried): %s", stale)
+            if self.finished() >= trials:
+                break
             outcomes.append(self.run_one())
             if self.on_trial is not None:
                 self.on_trial(outcomes[-1])
@@ -135,23 +153,66 @@ class SearchRun:
 
     def run_one(self) -> TrialOutcome:
         exp = self.spec.experiment
-        trial = self.study.ask()
+        with warnings.catch_warnings():  # "heartbeat is meant for optimize": ours is in Heartbeat
+            warnings.filterwarnings("ignore", message="Heartbeat of storage")
+            trial = self.study.ask()
         if self.on_trial_start is not None:
             self.on_trial_start(trial.number)
         started = time.perf_counter()
-        try:
-            outcome = self._evaluate(trial, exp)
-        except HvtnasError as err:  # a bad sample: recorded, the study goes on
-            outcome = TrialOutcome(trial.number, TrialState.FAIL, reason=str(err))
-        trial.set_user_attr("wall_seconds", time.perf_counter() - started)
-        if outcome.reason:
-            trial.set_user_attr("reason", outcome.reason)
-        if "arch" in trial.user_attrs:  # the dashboard's note: architecture, costs, curve, reason
-            save_trial_note(trial, ArchConfig.model_validate(trial.user_attrs["arch"]), trial.user_attrs)
-        self.study.tell(trial, outcome.values, state=outcome.state)
+        watchdog = self._watchdog(trial)
+        with Heartbeat(self.study, trial):
+            trial.set_user_attr(WORKER_ATTR, worker_id())  # lets a rerun on this host see it died
+            retry_of = self.study._storage.get_trial_system_attrs(trial._trial_id).get("failed_trial")
+            if retry_of is not None:  # a dead worker's trial, run again with its parameters
+                trial.set_user_attr("retry_of", retry_of)
+            try:
+                outcome = self._evaluate(trial, exp, started)
+            except HvtnasError as err:  # a bad sample: recorded, the study goes on
+                outcome = TrialOutcome(trial.number, TrialState.FAIL, reason=str(err))
+            except Exception as err:  # a bug or a broken library inside one trial: fail it, go on
+                log.exception("trial %d raised", trial.number)
+                outcome = TrialOutcome(
+                    trial.number, TrialState.FAIL, reason=f"{type(err).__name__}: {_first_line(err)}"
+                )
+            trial.set_user_attr("wall_seconds", time.perf_counter() - started)
+            if outcome.reason:
+                trial.set_user_attr("reason", outcome.reason)
+            if "arch" in trial.user_attrs:  # the dashboard's note: architecture, costs, curve, reason
+                try:
+                    arch = ArchConfig.model_validate(trial.user_attrs["arch"])
+                    save_trial_note(trial, arch, trial.user_attrs)
+                except Exception as err:  # a note is a nicety: never lose the trial for it
+                    log.warning("trial %d: no dashboard note (%s)", trial.number, err)
+            if watchdog is not None:
+                watchdog.cancel()
+            self.study.tell(trial, outcome.values, state=outcome.state)
         return outcome
 
-    def _evaluate(self, trial: optuna.Trial, exp: ExperimentConfig) -> TrialOutcome:
+    def _watchdog(self, trial: optuna.Trial) -> threading.Timer | None:
+        """The hard limit: a trial still running at ``trial_hard_timeout`` (default 2 x
+        ``trial_timeout``) is stuck inside an epoch (the soft limit is checked between epochs). A
+        thread cannot be stopped safely, so the trial is failed with its reason and this process
+        ends (exit 75); ``--n-jobs`` restarts it."""
+        limit = self.spec.experiment.hard_timeout
+        if limit is None:
+            return None
+        timer = threading.Timer(limit, self._abandon, args=(trial, limit))
+        timer.daemon = True
+        timer.start()
+        return timer
+
+    def _abandon(self, trial: optuna.Trial, limit: float) -> None:
+        reason = f"{TIMEOUT}: still running after {limit:g} s (trial_hard_timeout); its worker process ended"
+        storage = self.study._storage
+        try:
+            storage.set_trial_user_attr(trial._trial_id, "reason", reason)
+            storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+        except Exception:  # it finished meanwhile (or the storage is gone): nothing to abandon
+            return
+        print(f"trial {trial.number}: {reason}", file=sys.stderr, flush=True)
+        os._exit(HARD_TIMEOUT_EXIT)
+
+    def _evaluate(self, trial: optuna.Trial, exp: ExperimentConfig, started: float) -> TrialOutcome:
         data = self._dataset()
         arch = adapt_arch_to_data(self.spec.space.sample(trial), data)
         key = arch_key(arch)
@@ -174,7 +235,11 @@ class SearchRun:
                 reason=f"duplicate of trial {earlier.number}: result reused",
             )
 
-        costs = measure_costs(arch, exp.costs, cache=self.cache)
+        if exp.costs.latency is not None:  # never timed while this host's other workers train
+            with self.device_lock.exclusive():
+                costs = measure_costs(arch, exp.costs, cache=self.cache)
+        else:
+            costs = measure_costs(arch, exp.costs, cache=self.cache)
         trial.set_user_attr("costs", costs.model_dump(mode="json"))
         constraints, violations = {}, []
         for name, limit in exp.constraints.items():
@@ -205,10 +270,12 @@ class SearchRun:
 
         accuracy = None
         if "accuracy" in exp.objectives:
-            result = train_proxy(arch, data, exp.train, on_epoch=self._early_stopping(trial, cost_values))
+            on_epoch = self._with_timeout(self._early_stopping(trial, cost_values), started)
+            with self.device_lock.training():
+                result = train_proxy(arch, data, exp.train, on_epoch=on_epoch)
             trial.set_user_attr("training", result.to_dict())
             trial.set_user_attr("accuracy_curve", result.accuracy_curve)
-            if result.status == "failed":
+            if result.status == "failed" or (result.reason or "").startswith(TIMEOUT):
                 return TrialOutcome(trial.number, TrialState.FAIL, reason=result.reason)
             if result.status == "stopped":
                 return TrialOutcome(trial.number, TrialState.PRUNED, reason=result.reason)
@@ -233,6 +300,20 @@ class SearchRun:
             if t.number != number and t.user_attrs.get("arch_key") == key:
                 return t
         return None
+
+    def _with_timeout(
+        self, on_epoch: Callable[[EpochReport], str | None], started: float
+    ) -> Callable[[EpochReport], str | None]:
+        """Stop (and so fail) the trial after the first epoch that ends past ``trial_timeout``."""
+        limit = self.spec.experiment.trial_timeout
+
+        def check(report: EpochReport) -> str | None:
+            elapsed = time.perf_counter() - started
+            if limit is not None and elapsed > limit:
+                return f"{TIMEOUT}: {elapsed:.1f} s > trial_timeout {limit:g} s after epoch {report.epoch}"
+            return on_epoch(report)
+
+        return check
 
     def _early_stopping(
         self, trial: optuna.Trial, costs: dict[str, float]
@@ -296,7 +377,10 @@ def open_study(spec: SearchSpec, study_name: str, storage: str | optuna.storages
         with warnings.catch_warnings():  # experimental in Optuna, but what the dashboard labels axes with
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names(exp.objectives)
-    elif stored_text != spec.text:
+        # workers creating the study at the same time from different files: the last write wins,
+        # and every other worker sees another text here and is refused below
+        stored_text = study._storage.get_study_user_attrs(study._study_id)["space_yaml"]
+    if stored_text != spec.text:
         raise SearchError(
             f"study {study_name!r} was created from another version of {spec.path.name}; "
             "use a new --study name, or the file the study was created with "

@@ -9,8 +9,12 @@ fails with "database is locked", optuna/optuna#820). ``--storage`` accepts any O
 
 from __future__ import annotations
 
+import inspect
 import multiprocessing
 import os
+import random
+import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -38,15 +42,58 @@ def run_storage(run_dir: Path, n_jobs: int = 1) -> str:
     return f"{JOURNAL_PREFIX}{journal}" if n_jobs > 1 else f"sqlite:///{sqlite}"
 
 
-def open_storage(storage: str) -> str | optuna.storages.BaseStorage:
-    """A storage URL as Optuna takes it, with ``journal:PATH`` opened as a JournalStorage."""
+def open_storage(
+    storage: str, heartbeat: int | None = None, max_retry: int | None = 3
+) -> str | optuna.storages.BaseStorage:
+    """A storage URL as Optuna takes it, with ``journal:PATH`` opened as a JournalStorage.
+
+    With ``heartbeat`` (seconds), a server database (PostgreSQL, MySQL) is opened as an RDBStorage
+    whose trials are failed when their heartbeat is older than twice that, and retried with the
+    same parameters up to ``max_retry`` times. SQLite (one worker) and journal files have none:
+    their dead trials are found by process id (``hvtnas.search.resilience``).
+    """
     if storage.startswith(JOURNAL_PREFIX):
         from optuna.storages.journal import JournalFileBackend
 
         path = Path(storage.removeprefix(JOURNAL_PREFIX))
         path.parent.mkdir(parents=True, exist_ok=True)
         return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
-    return storage
+    if heartbeat is None or storage.startswith("sqlite"):
+        return storage
+    from hvtnas.search.resilience import Retry
+
+    # Optuna 4.9 renamed failed_trial_callback (still accepted, with a FutureWarning)
+    parameters = inspect.signature(optuna.storages.RDBStorage).parameters
+    callback = (
+        "heartbeat_stale_trial_callback"
+        if "heartbeat_stale_trial_callback" in parameters
+        else "failed_trial_callback"
+    )
+    for attempt in range(5):
+        try:
+            with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna since 2.9
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(
+                    storage,
+                    engine_kwargs={"pool_pre_ping": True},  # long-lived workers outlive idle connections
+                    heartbeat_interval=heartbeat,
+                    grace_period=2 * heartbeat,
+                    **{callback: Retry(max_retry=max_retry)},
+                )
+        except ImportError as err:
+            raise HvtnasError(
+                f"cannot open storage {storage!r}: {err} (for PostgreSQL: pip install 'hvtnas[postgres]' "
+                "and a postgresql+psycopg:// URL)"
+            ) from None
+        except Exception as err:  # sqlalchemy / driver errors
+            # workers starting together on a fresh database race to create its tables: try again
+            if attempt < 4 and ("already exists" in str(err) or "duplicate key" in str(err)):
+                time.sleep(0.2 + random.random())
+                continue
+            raise HvtnasError(
+                f"cannot open storage {storage!r}: {type(err).__name__}: {str(err).splitlines()[0]}"
+            ) from None
+    raise AssertionError("unreachable")
 
 
 def run_workers(n_jobs: int, worker_args: dict[str, Any]) -> None:
@@ -59,15 +106,26 @@ def run_workers(n_jobs: int, worker_args: dict[str, Any]) -> None:
     gpus = torch.cuda.device_count()
     threads = max(1, (os.cpu_count() or 1) // n_jobs)
     context = multiprocessing.get_context("spawn")  # fresh interpreters: no forked CUDA or thread pools
-    processes = []
-    for i in range(n_jobs):
+    from hvtnas.search.study import HARD_TIMEOUT_EXIT
+
+    def start(i: int) -> multiprocessing.process.BaseProcess:
         args = dict(worker_args, threads=threads, gpu=(i % gpus) if gpus else None, index=i)
         process = context.Process(target=worker_main, kwargs=args, name=f"hvtnas-worker-{i}")
         process.start()
-        processes.append(process)
-    for process in processes:
-        process.join()
-    failed = [p.name for p in processes if p.exitcode != 0]
+        return process
+
+    processes = {i: start(i) for i in range(n_jobs)}
+    done: list[multiprocessing.process.BaseProcess] = []
+    while processes:
+        for i, process in list(processes.items()):
+            process.join(timeout=0.5)
+            if process.exitcode is None:
+                continue
+            if process.exitcode == HARD_TIMEOUT_EXIT:  # it abandoned a hung trial: a fresh one goes on
+                processes[i] = start(i)
+            else:
+                done.append(processes.pop(i))
+    failed = [p.name for p in done if p.exitcode != 0]
     if failed:
         raise HvtnasError(f"worker processes failed: {', '.join(failed)} (their trials are in the study)")
 
@@ -82,6 +140,9 @@ def worker_main(
     threads: int,
     gpu: int | None,
     index: int = 0,
+    heartbeat: int | None = None,
+    max_retry: int | None = 3,
+    lock_dir: str | None = None,
 ) -> None:
     """One worker: the search loop against the shared study until it holds ``trials`` trials."""
     if gpu is not None:
@@ -89,6 +150,7 @@ def worker_main(
     import torch
 
     from hvtnas.costs import CostCache
+    from hvtnas.search.resilience import DeviceLock
     from hvtnas.search.study import SearchRun, load_search_spec, open_study
 
     torch.set_num_threads(threads)
@@ -100,7 +162,7 @@ def worker_main(
     if sampler_cfg.seed is not None:  # the same seed in every worker would propose the same architectures
         sampler_cfg = sampler_cfg.model_copy(update={"seed": sampler_cfg.seed + index})
     spec.experiment = exp.model_copy(update={"train": train, "sampler": sampler_cfg})
-    study_obj = open_study(spec, study, open_storage(storage))
+    study_obj = open_study(spec, study, open_storage(storage, heartbeat, max_retry))
     name = multiprocessing.current_process().name
 
     def report(outcome: Any) -> None:
@@ -108,4 +170,20 @@ def worker_main(
         reason = f" ({outcome.reason})" if outcome.reason else ""
         print(f"[{name}] trial {outcome.number}: {outcome.state.name.lower()} {values}{reason}", flush=True)
 
-    SearchRun(spec, study_obj, cache=CostCache() if use_cache else None, on_trial=report).run(trials)
+    SearchRun(
+        spec,
+        study_obj,
+        cache=CostCache() if use_cache else None,
+        on_trial=report,
+        max_retry=max_retry,
+        device_lock=DeviceLock(Path(lock_dir) if lock_dir else None, device_key()),
+    ).run(trials)
+
+
+def device_key() -> str:
+    """The device this process trains on, as a lock-file name: ``cpu`` or ``cuda<visible ids>``."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return "cpu"
+    return "cuda" + os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0]

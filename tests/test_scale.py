@@ -1,0 +1,365 @@
+"""Scale-out and survival: workers in separate processes on PostgreSQL and journal storages, a
+worker killed mid-trial, heartbeats, and one test per kind of trial fault.
+
+PostgreSQL tests use the server at 127.0.0.1:5432 (user postgres, database test) and skip when it
+cannot be reached; each uses its own study name and deletes it."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+import yaml
+from optuna.trial import TrialState
+from typer.testing import CliRunner
+
+from hvtnas.cli import app
+from hvtnas.search.resilience import DeviceLock, Heartbeat, count_finished, fail_stale
+from hvtnas.search.study import HARD_TIMEOUT_EXIT
+from hvtnas.search.workers import open_storage
+
+PG_URL = os.environ.get("HVTNAS_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+runner = CliRunner()
+
+SPACE = {
+    "input": {"channels": 1, "resolution": 16, "num_classes": 10},
+    "stem": {"kind": "patch", "norm": "layernorm"},
+    "downsample": {"kind": "conv", "kernel_size": 2, "norm": "layernorm"},
+    "stages": [
+        {
+            "depth": 1,
+            "width": {"choice": [8, 16]},
+            "heads": 2,
+            "mixers": {"choice": [["pooling"], ["window"]]},
+        },
+        {"depth": {"int": [1, 3]}, "width": 16, "heads": 2, "mixers": ["pooling"]},
+    ],
+    "experiment": {
+        "objectives": ["accuracy", "params"],
+        "data": {"name": "digits", "fraction": 0.3},
+        "train": {"epochs": 1, "batch_size": 64, "threads": 1, "augment": {"hflip": False}},
+        "sampler": {"name": "random", "seed": 0},
+        "early_stopping": None,
+    },
+}
+
+
+def _space(tmp_path: Path, **experiment: object) -> Path:
+    space = yaml.safe_load(yaml.safe_dump(SPACE))
+    for key, value in experiment.items():
+        if isinstance(value, dict) and isinstance(space["experiment"].get(key), dict):
+            space["experiment"][key].update(value)
+        else:
+            space["experiment"][key] = value
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(space, sort_keys=False))
+    return path
+
+
+def _pg_available() -> str | None:
+    try:
+        import psycopg
+
+        with psycopg.connect(PG_URL.replace("+psycopg", ""), connect_timeout=3):
+            return None
+    except ImportError:
+        return "psycopg not installed (pip install -e '.[postgres]')"
+    except Exception as err:  # server down
+        return f"PostgreSQL at {PG_URL} unreachable: {type(err).__name__}: {str(err).strip()[:100]}"
+
+
+@pytest.fixture
+def pg_study() -> Iterator[str]:
+    reason = _pg_available()
+    if reason:
+        pytest.skip(reason)
+    name = f"hvtnas-test-{uuid.uuid4().hex[:10]}"
+    yield name
+    with contextlib.suppress(KeyError):
+        optuna.delete_study(study_name=name, storage=PG_URL)
+
+
+HANG = (  # a worker whose trials train forever: the one to kill mid-trial
+    "import sys, time; import hvtnas.search.study as s; "
+    "s.train_proxy = lambda *a, **k: time.sleep(3600); "
+    "from hvtnas.cli import main; sys.argv[0] = 'hvtnas'; main()"
+)
+
+
+def _worker(
+    tmp_path: Path, space: Path, storage: str, study: str, trials: int, *args: str, hang: bool = False
+) -> subprocess.Popen:
+    """``hvtnas search`` in a process of its own: what a user starts on each machine."""
+    command = [sys.executable, *(["-c", HANG] if hang else ["-m", "hvtnas"]), "search", str(space)]
+    command += ["--storage", storage, "--study", study, "--trials", str(trials), "--no-cache"]
+    command += ["--runs-dir", str(tmp_path / "runs"), *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+
+
+def _finish(processes: list[subprocess.Popen], timeout: float = 120) -> None:
+    for p in processes:
+        out, _ = p.communicate(timeout=timeout)
+        assert p.returncode == 0, out
+
+
+def _check_whole(study: optuna.Study, trials: int, workers: int) -> None:
+    numbers = [t.number for t in study.trials]
+    assert len(set(numbers)) == len(numbers)  # distinct numbers, nothing duplicated
+    assert not [t for t in study.trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    assert trials <= count_finished(study) <= trials + workers - 1  # at most the ones in flight extra
+
+
+def _wait_for_running(study_name: str, storage: object, deadline: float = 60) -> optuna.trial.FrozenTrial:
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        try:
+            study = optuna.load_study(study_name=study_name, storage=storage)
+            running = study.get_trials(states=(TrialState.RUNNING,))
+            if running and "arch" in running[0].user_attrs:  # sampled, now training
+                return running[0]
+        except KeyError:  # not created yet
+            pass
+        time.sleep(0.2)
+    raise AssertionError("no trial started")
+
+
+# ------------------------------------------------------------------------------- PostgreSQL
+def test_postgres_workers_in_separate_processes_share_one_study(tmp_path: Path, pg_study: str) -> None:
+    space = _space(tmp_path)
+    workers = [_worker(tmp_path, space, PG_URL, pg_study, 6) for _ in range(3)]  # they race to create it
+    _finish(workers)
+    study = optuna.load_study(study_name=pg_study, storage=PG_URL)
+    _check_whole(study, 6, 3)
+    assert study.user_attrs["space_yaml"] == space.read_text()
+    assert len({t.user_attrs["worker"] for t in study.trials}) >= 2  # the work was shared
+
+
+def test_killed_worker_trial_is_failed_by_heartbeat_and_retried(tmp_path: Path, pg_study: str) -> None:
+    space = _space(tmp_path)
+    victim = _worker(tmp_path, space, PG_URL, pg_study, 3, "--heartbeat", "1", hang=True)
+    running = _wait_for_running(pg_study, PG_URL)
+    time.sleep(1.5)  # heartbeats recorded while the trial runs
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    study = optuna.load_study(study_name=pg_study, storage=PG_URL)
+    running = study.trials[running.number]
+    assert running.state == TrialState.RUNNING and running.params  # a zombie until someone looks
+    # as if the victim ran on another machine: its process id says nothing, only its heartbeat does
+    study._storage.set_trial_user_attr(running._trial_id, "worker", "elsewhere:1")
+    time.sleep(2.5)  # past the grace period (2 x heartbeat)
+    _finish([_worker(tmp_path, space, PG_URL, pg_study, 3, "--heartbeat", "1")])
+    study = optuna.load_study(study_name=pg_study, storage=PG_URL)
+    assert study.trials[running.number].state == TrialState.FAIL
+    retries = [t for t in study.trials if t.system_attrs.get("failed_trial") == running.number]
+    assert len(retries) == 1 and retries[0].params == running.params  # the same architecture again
+    assert retries[0].state == TrialState.COMPLETE and retries[0].user_attrs["retry_of"] == running.number
+    _check_whole(study, 3, 1)
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # plain ask/tell, as SearchRun does
+def test_heartbeat_keeps_a_running_trial_alive_and_a_silent_one_is_retried(pg_study: str) -> None:
+    storage = open_storage(PG_URL, heartbeat=1, max_retry=1)
+    study = optuna.create_study(study_name=pg_study, storage=storage)
+    trial = study.ask()
+    x = trial.suggest_int("x", 0, 100)
+    trial.set_user_attr("worker", "elsewhere:1")  # another host: only the heartbeat speaks for it
+    with Heartbeat(study, trial):
+        time.sleep(3.2)  # longer than the grace period: only the heartbeats keep it running
+        assert fail_stale(study, max_retry=1) == []
+    time.sleep(3.2)
+    assert fail_stale(study, max_retry=1) == [trial.number]
+    assert study.trials[0].state == TrialState.FAIL
+    retry = study.ask()  # the enqueued retry: same parameters
+    assert retry.suggest_int("x", 0, 100) == x
+    assert count_finished(study) == 0  # the crashed trial counts through its retry only
+
+
+RACE = (  # one worker's start: open the storage (creating its tables) and create or load the study
+    "import sys, warnings; warnings.simplefilter('ignore'); import optuna; "
+    "from hvtnas.search.workers import open_storage; "
+    "s = open_storage(sys.argv[1], heartbeat=5); "
+    "print(optuna.create_study(study_name='race', storage=s, load_if_exists=True)._study_id)"
+)
+
+
+def test_workers_starting_together_on_a_fresh_database_race_safely() -> None:
+    reason = _pg_available()
+    if reason:
+        pytest.skip(reason)
+    import psycopg
+
+    schema = f"hvtnas_test_{uuid.uuid4().hex[:8]}"  # an empty "database": no Optuna tables yet
+    admin = PG_URL.replace("+psycopg", "")
+    with psycopg.connect(admin, autocommit=True) as connection:
+        connection.execute(f"CREATE SCHEMA {schema}")
+    try:
+        url = f"{PG_URL}?options=-csearch_path%3D{schema}"
+        racers = [
+            subprocess.Popen([sys.executable, "-c", RACE, url], stdout=subprocess.PIPE, text=True)
+            for _ in range(4)
+        ]
+        ids = {p.communicate(timeout=120)[0].strip() for p in racers}
+        assert all(p.returncode == 0 for p in racers) and len(ids) == 1  # one study, every worker in it
+        with psycopg.connect(admin) as connection:
+            assert connection.execute(f"SELECT count(*) FROM {schema}.studies").fetchone() == (1,)
+    finally:
+        with psycopg.connect(admin, autocommit=True) as connection:
+            connection.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+# ------------------------------------------------------------------------------- journal
+def test_journal_workers_in_separate_processes_and_a_killed_one(tmp_path: Path) -> None:
+    space = _space(tmp_path)
+    url = f"journal:{tmp_path / 'journal.log'}"
+    victim = _worker(tmp_path, space, url, "j", 5, hang=True)
+    running = _wait_for_running("j", open_storage(url))
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    running = optuna.load_study(study_name="j", storage=open_storage(url)).trials[running.number]
+    assert running.state == TrialState.RUNNING and running.params
+    # a journal has no heartbeat: the dead worker's trial is found by its process id on this host
+    _finish([_worker(tmp_path, space, url, "j", 5) for _ in range(3)])
+    study = optuna.load_study(study_name="j", storage=open_storage(url))
+    assert study.trials[running.number].state == TrialState.FAIL
+    retries = [t for t in study.trials if t.system_attrs.get("failed_trial") == running.number]
+    assert len(retries) == 1 and retries[0].params == running.params
+    _check_whole(study, 5, 3)
+
+
+# ------------------------------------------------------------------------------- faults
+def _search(tmp_path: Path, path: Path, *args: str):
+    return runner.invoke(
+        app, ["search", str(path), "--runs-dir", str(tmp_path / "runs"), "--no-cache", *args]
+    )
+
+
+def _trials(tmp_path: Path) -> list[optuna.trial.FrozenTrial]:
+    storage = f"sqlite:///{tmp_path / 'runs' / 'space' / 'study.db'}"
+    return optuna.load_study(study_name="space", storage=storage).trials
+
+
+def test_any_exception_in_a_trial_is_recorded_and_the_worker_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hvtnas.search import study as study_module
+
+    real, calls = study_module.train_proxy, {"n": 0}
+
+    def broken_once(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise KeyError("a bug deep inside")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(study_module, "train_proxy", broken_once)
+    result = _search(tmp_path, _space(tmp_path), "--trials", "2")
+    assert result.exit_code == 0, result.output
+    first, second = _trials(tmp_path)
+    assert first.state == TrialState.FAIL and first.user_attrs["reason"] == "KeyError: 'a bug deep inside'"
+    assert second.state == TrialState.COMPLETE
+
+
+def test_nan_loss_fails_the_trial_with_its_reason(tmp_path: Path) -> None:
+    result = _search(tmp_path, _space(tmp_path, train={"lr": 1e30, "grad_clip": None}), "--trials", "1")
+    assert result.exit_code == 0, result.output
+    (trial,) = _trials(tmp_path)
+    assert trial.state == TrialState.FAIL
+    assert "nan" in trial.user_attrs["reason"].lower() or "inf" in trial.user_attrs["reason"].lower()
+
+
+def test_out_of_memory_fails_the_trial_with_its_reason(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hvtnas.train import trainer
+
+    def no_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(trainer, "_make_optimizer", no_memory)  # inside the trainer's own guard
+    result = _search(tmp_path, _space(tmp_path), "--trials", "2")
+    assert result.exit_code == 0, result.output
+    trials = _trials(tmp_path)
+    assert len(trials) == 2 and all(t.state == TrialState.FAIL for t in trials)
+    assert trials[0].user_attrs["reason"].startswith("out of memory: CUDA out of memory")
+
+
+def test_a_trial_past_its_timeout_fails_and_the_worker_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hvtnas.search import study as study_module
+
+    real = study_module.train_proxy
+
+    def slow_epochs(arch, data, cfg, on_epoch=None, **kwargs):
+        def hanging(report):
+            time.sleep(0.6)  # an epoch that takes far too long
+            return on_epoch(report)
+
+        return real(arch, data, cfg, on_epoch=hanging, **kwargs)
+
+    monkeypatch.setattr(study_module, "train_proxy", slow_epochs)
+    path = _space(tmp_path, trial_timeout=0.5, trial_hard_timeout=60, train={"epochs": 20})
+    result = _search(tmp_path, path, "--trials", "2")
+    assert result.exit_code == 0, result.output
+    trials = _trials(tmp_path)
+    assert len(trials) == 2
+    for t in trials:
+        assert t.state == TrialState.FAIL and t.user_attrs["reason"].startswith("timeout: ")
+        assert (
+            t.user_attrs["training"]["epochs"][0]["epoch"] == 1 and len(t.user_attrs["accuracy_curve"]) == 1
+        )
+
+
+def test_a_trial_hung_inside_an_epoch_is_abandoned_at_the_hard_timeout(tmp_path: Path) -> None:
+    space = _space(tmp_path, trial_timeout=3)  # hard limit: 2 x 3 s
+    url = f"journal:{tmp_path / 'journal.log'}"
+    hung = _worker(tmp_path, space, url, "h", 2, hang=True)  # never reaches the end of an epoch
+    out, _ = hung.communicate(timeout=120)
+    assert hung.returncode == HARD_TIMEOUT_EXIT, out  # --n-jobs restarts a worker that ends so
+    (trial,) = optuna.load_study(study_name="h", storage=open_storage(url)).trials
+    assert trial.state == TrialState.FAIL
+    assert trial.user_attrs["reason"].startswith("timeout: still running after 6 s")
+    _finish([_worker(tmp_path, space, url, "h", 2)])  # the next worker goes on; no retry of a hang
+    study = optuna.load_study(study_name="h", storage=open_storage(url))
+    assert count_finished(study) == 2 and not any("failed_trial" in t.system_attrs for t in study.trials)
+
+
+def test_bad_timeout_and_options_exit_2(tmp_path: Path) -> None:
+    result = _search(tmp_path, _space(tmp_path, trial_timeout=-1), "--trials", "1")
+    assert result.exit_code == 2 and "trial_timeout" in result.output
+    assert _search(tmp_path, _space(tmp_path), "--heartbeat", "0").exit_code == 2
+
+
+# ------------------------------------------------------------------------------- latency lock
+def test_latency_is_never_timed_while_another_worker_trains(tmp_path: Path) -> None:
+    import threading
+
+    lock = DeviceLock(tmp_path / "locks", "cpu")
+    events: list[str] = []
+    training = threading.Event()
+
+    def train() -> None:
+        with lock.training():
+            events.append("train start")
+            training.set()
+            time.sleep(0.5)
+            events.append("train end")
+
+    thread = threading.Thread(target=train)
+    thread.start()
+    training.wait()
+    with lock.exclusive():  # separate open() handles: flock excludes them as it does processes
+        events.append("latency")
+    thread.join()
+    assert events == ["train start", "train end", "latency"]
