@@ -237,3 +237,17 @@ def test_sqlite_runs_refuse_several_workers(tmp_path: Path) -> None:
     assert _search(tmp_path, path, "--trials", "1").exit_code == 0
     result = _search(tmp_path, path, "--trials", "3", "--n-jobs", "2")
     assert result.exit_code == 2 and "cannot share safely" in result.output
+
+
+def test_devices_give_each_worker_one_gpu(tmp_path: Path) -> None:
+    from hvtnas.search.workers import device_for
+
+    assert [device_for(i, ["2", "3"], 4) for i in range(2)] == ["2", "3"]
+    assert [device_for(i, None, 2) for i in range(3)] == ["0", "1", "0"]
+    assert device_for(0, None, 0) is None  # CPU
+    path = _write(tmp_path)
+    assert _search(tmp_path, path, "--devices", "0,1", "--n-jobs", "3").exit_code == 2
+    assert _search(tmp_path, path, "--devices", "gpu0").exit_code == 2
+    result = _search(tmp_path, path, "--trials", "2", "--devices", "0,1")  # two workers (on CPU here)
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "runs" / "space" / "journal.log").is_file()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -41,6 +42,12 @@ def search_command(
     n_jobs: Annotated[
         int, typer.Option(min=1, help="Worker processes on this machine (one per GPU where there are GPUs).")
     ] = 1,
+    devices: Annotated[
+        str | None,
+        typer.Option(
+            help="GPUs for the workers, one worker each: '0,1,2,3' (sets --n-jobs to their number)."
+        ),
+    ] = None,
     heartbeat: Annotated[
         int,
         typer.Option(
@@ -67,6 +74,18 @@ def search_command(
         spec.experiment = spec.experiment.model_copy(update={"sampler": new_sampler})
     name = study or space.stem
     run_dir = runs_dir / name
+    device_list = None
+    if devices is not None:
+        device_list = [d.strip() for d in devices.split(",")]
+        if not all(d.isdigit() for d in device_list):
+            raise HvtnasError(f"--devices: expected GPU indices like '0,1,2,3', got {devices!r}")
+        if n_jobs not in (1, len(device_list)):
+            raise HvtnasError(
+                f"--n-jobs {n_jobs} and --devices {devices} disagree: one worker runs per device"
+            )
+        n_jobs = len(device_list)
+        if n_jobs == 1:  # one device: this process is the worker
+            os.environ["CUDA_VISIBLE_DEVICES"] = device_list[0]
     storage_url = storage or run_storage(run_dir, n_jobs)
     study_obj = open_study(spec, name, open_storage(storage_url, heartbeat, max_retry))
     lock_dir = run_dir / "locks"  # this host's workers: latency is never timed while one trains
@@ -116,6 +135,7 @@ def search_command(
                 "max_retry": max_retry,
                 "lock_dir": str(lock_dir),
             },
+            devices=device_list,
         )
         run = SearchRun(spec, study_obj)  # for the final count
     else:

@@ -96,10 +96,18 @@ def open_storage(
     raise AssertionError("unreachable")
 
 
-def run_workers(n_jobs: int, worker_args: dict[str, Any]) -> None:
+def device_for(index: int, devices: list[str] | None, gpu_count: int) -> str | None:
+    """The CUDA_VISIBLE_DEVICES of worker ``index``: the ``--devices`` entry it was given, else
+    GPU index mod count where there are GPUs, else None (CPU)."""
+    if devices:
+        return devices[index % len(devices)]
+    return str(index % gpu_count) if gpu_count else None
+
+
+def run_workers(n_jobs: int, worker_args: dict[str, Any], devices: list[str] | None = None) -> None:
     """Run ``n_jobs`` worker processes on the same study and wait for all of them.
 
-    CPU threads are divided between the workers; with GPUs, worker i uses GPU i mod count.
+    CPU threads are divided between the workers; worker i sees one GPU (``device_for``).
     """
     import torch
 
@@ -109,7 +117,7 @@ def run_workers(n_jobs: int, worker_args: dict[str, Any]) -> None:
     from hvtnas.search.study import HARD_TIMEOUT_EXIT
 
     def start(i: int) -> multiprocessing.process.BaseProcess:
-        args = dict(worker_args, threads=threads, gpu=(i % gpus) if gpus else None, index=i)
+        args = dict(worker_args, threads=threads, gpu=device_for(i, devices, gpus), index=i)
         process = context.Process(target=worker_main, kwargs=args, name=f"hvtnas-worker-{i}")
         process.start()
         return process
@@ -138,7 +146,7 @@ def worker_main(
     use_cache: bool,
     sampler: dict[str, Any],
     threads: int,
-    gpu: int | None,
+    gpu: str | None,
     index: int = 0,
     heartbeat: int | None = None,
     max_retry: int | None = 3,
@@ -146,7 +154,7 @@ def worker_main(
 ) -> None:
     """One worker: the search loop against the shared study until it holds ``trials`` trials."""
     if gpu is not None:
-        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
     import torch
 
     from hvtnas.costs import CostCache
