@@ -28,3 +28,29 @@ def tiny_config(mixers: list[Any], **overrides: Any) -> dict[str, Any]:
     }
     cfg.update(overrides)
     return cfg
+
+
+def tiny_search_space(stage2_depth: Any = 1, **experiment: Any) -> dict[str, Any]:
+    """A search space of 4-8 tiny architectures on digits that train for one epoch in about a
+    second: what the search, dashboard and scale-out tests run. ``experiment`` keys override."""
+    return {
+        "input": {"channels": 1, "resolution": 16, "num_classes": 10},
+        "stem": {"kind": "patch", "norm": "layernorm"},
+        "downsample": {"kind": "conv", "kernel_size": 2, "norm": "layernorm"},
+        "stages": [
+            {
+                "depth": 1,
+                "width": {"choice": [8, 16]},
+                "heads": 2,
+                "mixers": {"choice": [["pooling"], ["window"]]},
+            },
+            {"depth": stage2_depth, "width": 16, "heads": 2, "mixers": ["pooling"]},
+        ],
+        "experiment": {
+            "objectives": ["accuracy", "params"],
+            "data": {"name": "digits"},
+            "train": {"epochs": 1, "batch_size": 64, "threads": 1, "augment": {"hflip": False}},
+            "sampler": {"name": "random", "seed": 0},
+            **experiment,
+        },
+    }

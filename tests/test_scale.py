@@ -27,31 +27,15 @@ from hvtnas.cli import app
 from hvtnas.search.resilience import DeviceLock, Heartbeat, count_finished, fail_stale
 from hvtnas.search.study import HARD_TIMEOUT_EXIT
 from hvtnas.search.workers import open_storage
+from tests.conftest import tiny_search_space
 
 PG_URL = os.environ.get("HVTNAS_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 runner = CliRunner()
 
-SPACE = {
-    "input": {"channels": 1, "resolution": 16, "num_classes": 10},
-    "stem": {"kind": "patch", "norm": "layernorm"},
-    "downsample": {"kind": "conv", "kernel_size": 2, "norm": "layernorm"},
-    "stages": [
-        {
-            "depth": 1,
-            "width": {"choice": [8, 16]},
-            "heads": 2,
-            "mixers": {"choice": [["pooling"], ["window"]]},
-        },
-        {"depth": {"int": [1, 3]}, "width": 16, "heads": 2, "mixers": ["pooling"]},
-    ],
-    "experiment": {
-        "objectives": ["accuracy", "params"],
-        "data": {"name": "digits", "fraction": 0.3},
-        "train": {"epochs": 1, "batch_size": 64, "threads": 1, "augment": {"hflip": False}},
-        "sampler": {"name": "random", "seed": 0},
-        "early_stopping": None,
-    },
-}
+# more distinct architectures than the search tests' space (fewer duplicates), 30% of the data
+SPACE = tiny_search_space(
+    stage2_depth={"int": [1, 3]}, data={"name": "digits", "fraction": 0.3}, early_stopping=None
+)
 
 
 def _space(tmp_path: Path, **experiment: object) -> Path:

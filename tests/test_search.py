@@ -14,29 +14,11 @@ from typer.testing import CliRunner
 from hvtnas import build_model
 from hvtnas.cli import app
 from hvtnas.train.trainer import TrialResult
+from tests.conftest import tiny_search_space
 
 runner = CliRunner()
 
-SPACE = {
-    "input": {"channels": 1, "resolution": 16, "num_classes": 10},
-    "stem": {"kind": "patch", "norm": "layernorm"},
-    "downsample": {"kind": "conv", "kernel_size": 2, "norm": "layernorm"},
-    "stages": [
-        {
-            "depth": 1,
-            "width": {"choice": [8, 16]},
-            "heads": 2,
-            "mixers": {"choice": [["pooling"], ["window"]]},
-        },
-        {"depth": 1, "width": 16, "heads": 2, "mixers": ["pooling"]},
-    ],
-    "experiment": {
-        "objectives": ["accuracy", "params"],
-        "data": {"name": "digits"},
-        "train": {"epochs": 1, "batch_size": 64, "threads": 1, "augment": {"hflip": False}},
-        "sampler": {"name": "random", "seed": 0},
-    },
-}
+SPACE = tiny_search_space()
 
 
 def _write(tmp_path: Path, **experiment: object) -> Path:

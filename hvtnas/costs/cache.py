@@ -50,8 +50,6 @@ class CostCache:
             db.execute(
                 "CREATE TABLE IF NOT EXISTS costs (key TEXT PRIMARY KEY, kind TEXT, value TEXT, created REAL)"
             )
-        self.hits = 0
-        self.misses = 0
 
     def _connect(self) -> sqlite3.Connection:
         return sqlite3.connect(self.path, timeout=60)
@@ -59,11 +57,7 @@ class CostCache:
     def get(self, key: str) -> Any | None:
         with self._connect() as db:
             row = db.execute("SELECT value FROM costs WHERE key = ?", (key,)).fetchone()
-        if row is None:
-            self.misses += 1
-            return None
-        self.hits += 1
-        return json.loads(row[0])
+        return None if row is None else json.loads(row[0])
 
     def put(self, key: str, kind: str, value: Any) -> None:
         with self._connect() as db:

@@ -23,10 +23,6 @@ class MemoryCost:
     train_activation_bytes: int  # held for backward by one training step
     inference_peak_bytes: int | None = None  # CUDA only: peak of a forward in inference mode
 
-    @property
-    def train_activation_mib(self) -> float:
-        return self.train_activation_bytes / 2**20
-
 
 def _pyramid_loss(model: nn.Module, x: torch.Tensor, backbone_only: bool) -> torch.Tensor:
     if backbone_only:

@@ -22,7 +22,7 @@ from optuna.trial import FrozenTrial, TrialState
 from hvtnas.config import ArchConfig
 from hvtnas.costs import CostCache, CostSettings, measure_costs
 from hvtnas.models import zoo
-from hvtnas.search.experiment import PROXY_PREFIX, metric_direction
+from hvtnas.search.experiment import metric_direction
 from hvtnas.search.study import metric_value
 
 
@@ -61,12 +61,16 @@ def _feasible(study: optuna.Study) -> list[FrozenTrial]:
     ]
 
 
+ZOO_AXES = {"flops", "params"}
+
+
 def _zoo_points(
     study: optuna.Study, x: str, y: str, cache: CostCache | None
 ) -> list[tuple[str, float, float]]:
-    """The zoo's models measured at the study's input (channels, size, classes) for cost axes."""
+    """The zoo's models measured at the study's input (channels, size, classes), where both axes
+    are costs that need no device or measurement settings: FLOPs and parameters."""
     feasible = _feasible(study)
-    if not feasible or x.startswith(PROXY_PREFIX) or y.startswith(PROXY_PREFIX) or "accuracy" in (x, y):
+    if not feasible or not {x, y} <= ZOO_AXES:
         return []
     arch = ArchConfig.from_dict(feasible[0].user_attrs["arch"])
     points = []
@@ -74,10 +78,7 @@ def _zoo_points(
         cfg = zoo.get_config(name)
         cfg = cfg.model_copy(update={"input": arch.input})
         costs = measure_costs(cfg, CostSettings(dense_resolution=None), cache=cache)
-        try:
-            points.append((name, metric_value(x, costs), metric_value(y, costs)))
-        except (KeyError, TypeError, AttributeError):  # a cost this report cannot measure here
-            return []
+        points.append((name, metric_value(x, costs), metric_value(y, costs)))
     return points
 
 

@@ -7,7 +7,6 @@ import warnings
 from typing import Any
 
 import optuna
-from optuna.trial import FrozenTrial, TrialState
 
 from hvtnas.config import ArchConfig
 
@@ -82,7 +81,3 @@ def save_study_figures(study: optuna.Study) -> int:
         for graph_id, fig in figures:
             save_plotly_graph_object(study, fig, graph_object_id=graph_id)
     return len(figures)
-
-
-def finished_trials(study: optuna.Study) -> list[FrozenTrial]:
-    return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL))

@@ -222,7 +222,7 @@ class SearchRun:
         earlier = self._same_architecture(key, trial.number)
         if earlier is not None:  # identical architecture: same result, not trained again
             trial.set_user_attr("duplicate_of", earlier.number)
-            for name in ("costs", "accuracy_curve", "constraint_violations"):
+            for name in ("costs", "cost_objectives", "accuracy_curve", "constraint_violations"):
                 if name in earlier.user_attrs:
                     trial.set_user_attr(name, earlier.user_attrs[name])
             for name, value in earlier.user_attrs.get("constraints", {}).items():
@@ -250,6 +250,7 @@ class SearchRun:
                 violations.append(f"{name} {value:.4g} > {limit:.4g}")
         trial.set_user_attr("constraints", constraints)
         cost_values = {m: metric_value(m, costs) for m in exp.cost_objectives}
+        trial.set_user_attr("cost_objectives", cost_values)
 
         proxy_scores: dict[str, float] = {}
         proxies = [m.removeprefix(PROXY_PREFIX) for m in exp.objectives if m.startswith(PROXY_PREFIX)]
@@ -328,16 +329,14 @@ class SearchRun:
                 return None
             for other in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
                 curve = other.user_attrs.get("accuracy_curve") or []
-                other_costs = other.user_attrs.get("costs")
+                other_costs = other.user_attrs.get("cost_objectives")
                 if (
                     len(curve) < report.epoch
                     or other_costs is None
                     or other.user_attrs.get("constraint_violations")
                 ):
                     continue
-                cheaper = all(
-                    metric_value(m, Costs.model_validate(other_costs)) <= value for m, value in costs.items()
-                )
+                cheaper = all(other_costs[m] <= value for m, value in costs.items())
                 if cheaper and curve[report.epoch - 1] > report.val_accuracy:
                     return (
                         f"stopped at epoch {report.epoch}: trial {other.number} had accuracy "
