@@ -16,6 +16,8 @@ _EXPORTS = {
     "MIXERS": "hvtnas.models.mixers",
     "MixerParams": "hvtnas.models.mixers",
     "TokenMixer": "hvtnas.models.mixers",
+    "scale_architecture": "hvtnas.models.scaling",
+    "scale_to_flops": "hvtnas.models.scaling",
 }
 
 __all__ = sorted(_EXPORTS)

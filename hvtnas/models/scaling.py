@@ -1,0 +1,116 @@
+"""Scale a published architecture to another budget and input by width and depth only.
+
+A hand-designed family is compared with what a search finds at the same budget by keeping what
+makes it that family (mixers, stem, positional encoding, FFN, norms) and changing only how wide and
+how deep its stages are, the way the papers themselves derive their -T/-S/-B variants. Two things
+depend on the input size and follow it:
+
+- ``sr_ratio`` (PVT/Twins spatial reduction) is scaled with the resolution, so the reduced key map
+  stays the size the design chose (PVTv2 at 224 reduces every stage's keys to 7x7; at 28 the maps
+  are already that small and the ratio becomes 1);
+- window sizes need nothing: a window larger than its map shrinks to the map (Swin's rule,
+  applied by the window mixers themselves).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from hvtnas.config import ArchConfig, InputConfig
+from hvtnas.errors import HvtnasError
+
+MIN_HEAD_DIM = 8  # narrower heads than this are not worth their softmax
+
+
+def _round_width(width: float, multiple: int) -> int:
+    return max(multiple, round(width / multiple) * multiple)
+
+
+def _heads_for(width: int, original_heads: int) -> int:
+    """Keep the design's head count where heads stay at least MIN_HEAD_DIM wide, else fewer heads."""
+    heads = max(1, min(original_heads, width // MIN_HEAD_DIM))
+    while width % heads:
+        heads -= 1
+    return heads
+
+
+def scale_architecture(
+    cfg: ArchConfig,
+    *,
+    width_mult: float = 1.0,
+    depth_mult: float = 1.0,
+    input: InputConfig | dict[str, Any] | None = None,
+    width_multiple: int = 8,
+    name: str | None = None,
+) -> ArchConfig:
+    """``cfg`` with every stage ``width_mult`` times as wide (rounded to ``width_multiple``) and
+    ``depth_mult`` times as deep (at least one block), for ``input`` (default: ``cfg``'s).
+
+    Everything else is kept. Attention heads keep their count while they stay at least 8 channels
+    wide; spatial-reduction ratios follow the resolution (see the module docstring).
+    """
+    if width_mult <= 0 or depth_mult <= 0:
+        raise HvtnasError(f"width_mult and depth_mult must be positive (got {width_mult}, {depth_mult})")
+    data = cfg.model_dump(mode="json")
+    if input is not None:
+        new_input = InputConfig.model_validate(input) if isinstance(input, dict) else input
+        data["input"] = new_input.model_dump(mode="json")
+    resolution_ratio = data["input"]["resolution"] / cfg.input.resolution
+    for stage, original in zip(data["stages"], cfg.stages, strict=True):
+        stage["width"] = _round_width(original.width * width_mult, width_multiple)
+        stage["depth"] = max(1, round(original.depth * depth_mult))
+        if original.heads is not None or original.head_dim is not None:
+            heads = original.heads or original.width // original.head_dim
+            stage["heads"], stage["head_dim"] = _heads_for(stage["width"], heads), None
+        for mixer in stage["mixers"]:
+            if isinstance(mixer, dict) and "sr_ratio" in mixer:
+                mixer["sr_ratio"] = max(1, round(mixer["sr_ratio"] * resolution_ratio))
+    data["name"] = name or f"{cfg.name}_w{width_mult:.3g}_d{depth_mult:.3g}"
+    return ArchConfig.model_validate(data)
+
+
+def scale_to_flops(
+    cfg: ArchConfig,
+    target_macs: float,
+    *,
+    depth_mult: float = 1.0,
+    input: InputConfig | dict[str, Any] | None = None,
+    width_multiple: int = 8,
+    name: str | None = None,
+) -> ArchConfig:
+    """``cfg`` scaled by ``depth_mult`` and by the width multiplier whose MAC count (at the input
+    resolution, fvcore convention) comes closest to ``target_macs`` (in ratio)."""
+    from hvtnas.costs.flops import count_flops
+    from hvtnas.models.build import build_model
+
+    if target_macs <= 0:
+        raise HvtnasError(f"target_macs must be positive (got {target_macs})")
+
+    def macs(mult: float) -> tuple[float, ArchConfig]:
+        scaled = scale_architecture(
+            cfg, width_mult=mult, depth_mult=depth_mult, input=input, width_multiple=width_multiple, name=name
+        )
+        res = scaled.input.resolution
+        return count_flops(build_model(scaled), (res, res), scaled.input.channels).total, scaled
+
+    # MACs grow with width (in steps, since widths are rounded): bisect the multiplier in log
+    # space, remembering every distinct model met, and keep the closest in log ratio
+    counted: dict[tuple[int, ...], tuple[float, ArchConfig]] = {}
+
+    def closeness(mult: float) -> float:
+        widths = tuple(_round_width(s.width * mult, width_multiple) for s in cfg.stages)
+        if widths not in counted:
+            counted[widths] = macs(mult)
+        return counted[widths][0] - target_macs
+
+    lo, hi = width_multiple / max(s.width for s in cfg.stages) / 2, 1.0
+    while closeness(hi) < 0 and hi < 64:
+        lo, hi = hi, hi * 2
+    for _ in range(10):
+        mid = math.sqrt(lo * hi)
+        if closeness(mid) < 0:
+            lo = mid
+        else:
+            hi = mid
+    return min(counted.values(), key=lambda c: abs(math.log(c[0] / target_macs)))[1]
