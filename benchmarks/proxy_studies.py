@@ -1,6 +1,7 @@
 """Does a few-epoch proxy rank architectures as longer training does, and do zero-cost proxies?
 
-For every architecture of a small family of tiny MetaFormers (below) this script
+For a random sample of architectures from a shipped search space (default
+``search_spaces/animal_mnist.yaml``, on its own data and training recipe) this script
 
 1. scores the untrained network with every zero-cost proxy (one batch of training images),
 2. trains low-fidelity proxies (few epochs, optionally a fraction of the training data; each is a
@@ -11,12 +12,7 @@ and reports Kendall tau between each proxy's accuracy and the long training's (t
 study; also for the long run's own early epochs, which is what early stopping sees) and Spearman
 rho / Kendall tau of every zero-cost proxy against both accuracies (the zero-cost study).
 
-Architectures: the search spaces of issue 6 do not exist yet, so they are sampled here from a
-documented family of tiny configs (``sample_family``); switch to ``search_spaces/quickstart.yaml``
-once it exists. Data: ``../shared/data/animal_mnist.npz`` (10 animal classes, 28x28 gray) when
-present, else scikit-learn's digits.
-
-    nice -n 10 python benchmarks/proxy_studies.py            # ~10-15 min on 2 shared CPU cores
+    nice -n 10 python benchmarks/proxy_studies.py            # ~20 min on 2 CPU cores (animal_mnist, 28x28)
     nice -n 10 python benchmarks/proxy_studies.py --archs 4 --long-epochs 2 --out smoke
 """
 
@@ -25,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import random
 import sys
 import time
 from pathlib import Path
@@ -36,76 +31,33 @@ from scipy import stats
 
 from hvtnas.config import ArchConfig
 from hvtnas.models import build_model
-from hvtnas.train.data import DataConfig, load_dataset
+from hvtnas.search.study import arch_key, load_search_spec
+from hvtnas.space import iter_samples
+from hvtnas.train.data import load_dataset
 from hvtnas.train.proxies import ZERO_COST_PROXIES, score_model
-from hvtnas.train.trainer import TrainConfig, adapt_arch_to_data, train_model
+from hvtnas.train.trainer import adapt_arch_to_data, train_model
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-ANIMAL_MNIST = ROOT.parent / "shared" / "data" / "animal_mnist.npz"
-
-# The family: 4 stages of widths (w, 2w, 3w, 4w); stages 1-2 use one mixer and stages 3-4 another
-# (the CAFormer pattern: local mixing early, global late); head_dim 8.
-EARLY_MIXERS = ["pooling", "sepconv", "identity", "shift", "mbconv", {"kind": "window", "window_size": 2}]
-LATE_MIXERS = [
-    "attention",
-    "pooling",
-    "identity",
-    "sepconv",
-    {"kind": "spatial_reduction", "sr_ratio": 1},
-    {"kind": "window", "window_size": 2},
-]
-DEPTHS = [[1, 1, 1, 1], [1, 1, 2, 1], [2, 2, 2, 2], [1, 2, 3, 1], [2, 2, 4, 2]]
-BASE_WIDTHS = [8, 16, 24, 32]
-STEMS = [
-    {"kind": "patch", "norm": "layernorm"},
-    {"kind": "overlap", "norm": "layernorm"},
-    {"kind": "conv", "norm": "batchnorm"},
-]
-POS_EMBEDS = ["none", "absolute", "peg"]
+DEFAULT_SPACE = ROOT / "search_spaces" / "animal_mnist.yaml"
 
 
-def sample_family(n: int, seed: int) -> list[dict[str, Any]]:
-    """``n`` distinct architectures from the family above, as ``ArchConfig`` dicts."""
-    rng = random.Random(seed)
-    archs: list[dict[str, Any]] = []
-    seen: set[str] = set()
-    while len(archs) < n:
-        early, late = rng.choice(EARLY_MIXERS), rng.choice(LATE_MIXERS)
-        depths, w = rng.choice(DEPTHS), rng.choice(BASE_WIDTHS)
-        stages = []
-        for i, depth in enumerate(depths):
-            mixer = early if i < 2 else late
-            stage: dict[str, Any] = {"depth": depth, "width": w * (i + 1), "head_dim": 8, "mixers": [mixer]}
-            if isinstance(mixer, str) and mixer == "mbconv":
-                stage["ffn"] = "none"
-            stages.append(stage)
-        cfg = {
-            "name": f"a{len(archs):02d}",
-            "input": {"channels": 1, "resolution": 16, "num_classes": 10},
-            "stem": rng.choice(STEMS),
-            "pos_embed": rng.choice(POS_EMBEDS),
-            "downsample": {"kind": "conv", "kernel_size": 2, "norm": "layernorm"},
-            "stages": stages,
-        }
-        key = json.dumps({k: v for k, v in cfg.items() if k != "name"}, sort_keys=True)
-        if key in seen:
-            continue
-        seen.add(key)
-        ArchConfig.from_dict(cfg)  # fail here, not mid-study, on an invalid family member
-        archs.append(cfg)
-    return archs
+def sample_space(space_file: Path, n: int, seed: int) -> list[ArchConfig]:
+    """``n`` distinct architectures drawn uniformly from the space (Optuna's random sampler)."""
+    space = load_search_spec(space_file).space
+    archs: dict[str, ArchConfig] = {}
+    for cfg in iter_samples(space, 50 * n, seed=seed):
+        archs.setdefault(arch_key(cfg), cfg.model_copy(update={"name": f"a{len(archs):02d}"}))
+        if len(archs) == n:
+            break
+    return list(archs.values())
 
 
-def describe(cfg: dict[str, Any]) -> str:
-    def name(m: Any) -> str:
-        return m if isinstance(m, str) else m["kind"]
-
-    s = cfg["stages"]
-    depths = "-".join(str(st["depth"]) for st in s)
-    pe = cfg["pos_embed"]
-    mixers = f"{name(s[0]['mixers'][0])}/{name(s[2]['mixers'][0])}"
-    return f"{mixers} d{depths} w{s[0]['width']} {cfg['stem']['kind']} {pe}"
+def describe(cfg: ArchConfig) -> str:
+    stages = ", ".join(
+        f"{st.depth}x{st.width} " + "+".join(dict.fromkeys(m.kind for m in st.mixers)) for st in cfg.stages
+    )
+    return f"{cfg.stem.kind}/{cfg.pos_embed.kind}: {stages}"
 
 
 def correlations(a: list[float], b: list[float]) -> dict[str, float | None]:
@@ -131,14 +83,14 @@ def parse_proxies(text: str) -> list[tuple[int, float]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--space", type=Path, default=DEFAULT_SPACE, help="a search-space file")
     parser.add_argument("--archs", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--resolution", type=int, default=16)
+    parser.add_argument("--resolution", type=int, help="proxy resolution (default: the space's)")
     parser.add_argument(
-        "--proxies", default="2x0.5,3x1,5x1", help="proxy fidelities: EPOCHSxDATA_FRACTION, comma-separated"
+        "--proxies", default="2x0.5,3x0.5,3x1", help="proxy fidelities: EPOCHSxDATA_FRACTION, comma-separated"
     )
     parser.add_argument("--long-epochs", type=int, default=10)
-    parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--zc-batch", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: best on a shared CPU)")
     parser.add_argument("--out", default="proxy_studies")
@@ -146,26 +98,22 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     fidelities = parse_proxies(args.proxies)
 
-    if ANIMAL_MNIST.is_file():
-        base = DataConfig(name="npz", path=ANIMAL_MNIST, resolution=args.resolution, channels=1)
-        dataset = "animal_mnist"
-    else:
-        base = DataConfig(name="digits", resolution=args.resolution, channels=1)
-        dataset = "digits"
+    spec = load_search_spec(args.space)  # data and training recipe: the space's experiment section
+    inp = spec.space.tree["input"]
+    base = spec.experiment.data.for_arch(inp["channels"], args.resolution or inp["resolution"])
+    base = base.model_copy(update={"fraction": 1.0})
+    dataset = base.path.stem if base.path else base.name
     long_data = load_dataset(base)
     proxy_data = {f: load_dataset(base.model_copy(update={"fraction": f})) for _, f in fidelities}
-    no_flip = {"hflip": False}
-    proxy_cfgs = {
-        (e, f): TrainConfig(epochs=e, batch_size=args.batch_size, augment=no_flip, warmup_epochs=0.5)
-        for e, f in fidelities
-    }
-    long_cfg = TrainConfig(epochs=args.long_epochs, batch_size=args.batch_size, augment=no_flip)
+    recipe = spec.experiment.train.model_copy(update={"seed": args.seed})
+    proxy_cfgs = {(e, f): recipe.model_copy(update={"epochs": e}) for e, f in fidelities}
+    long_cfg = recipe.model_copy(update={"epochs": args.long_epochs})
     zc_x, zc_y = long_data.sample_batch(args.zc_batch, seed=args.seed)
 
     rows = []
     study_start = time.perf_counter()
-    for cfg in sample_family(args.archs, args.seed):
-        arch = adapt_arch_to_data(ArchConfig.from_dict(cfg), long_data)
+    for cfg in sample_space(args.space, args.archs, args.seed):
+        arch = adapt_arch_to_data(cfg, long_data)
         torch.manual_seed(args.seed)
         model = build_model(arch)
         t = time.perf_counter()
@@ -179,9 +127,9 @@ def main() -> None:
         long = train_model(build_model(arch), long_data, long_cfg)
         rows.append(
             {
-                "name": cfg["name"],
+                "name": cfg.name,
                 "arch": describe(cfg),
-                "config": cfg,
+                "config": cfg.to_dict(),
                 "params": long.params,
                 "zero_cost": zc,
                 "zero_cost_seconds": zc_seconds,
@@ -191,7 +139,7 @@ def main() -> None:
         )
         shown = "  ".join(f"{k} {_acc(v):.3f} ({v['train_seconds']:.1f}s)" for k, v in proxies.items())
         print(
-            f"{cfg['name']} {describe(cfg):52s} {long.params:>8,d}  {shown}"
+            f"{cfg.name} {describe(cfg)} {long.params:>8,d}  {shown}"
             f"  long {_acc(long.to_dict()):.3f} ({long.train_seconds:.1f}s)  zc {zc_seconds:.1f}s",
             flush=True,
         )
@@ -202,13 +150,17 @@ def main() -> None:
     ranking = {k: correlations([_acc(r["proxies"][k]) for r in rows], long_acc) for k in rows[0]["proxies"]}
     early_epochs = {
         f"long run, epoch {k}": correlations([_acc_at(r["long"], k) for r in rows], long_acc)
-        for k in (1, 2, 3, args.long_epochs // 2)
-        if k < args.long_epochs
+        for k in sorted({1, 2, 3, args.long_epochs // 2})
+        if 1 <= k < args.long_epochs
     }
     summary = {
         "dataset": dataset,
         "settings": {
-            **vars(args),
+            **{k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+            "resolution": long_data.resolution,
+            "space": str(args.space.resolve().relative_to(ROOT))
+            if args.space.resolve().is_relative_to(ROOT)
+            else str(args.space),
             "proxy_train": {
                 k: v.model_dump() for k, v in zip(rows[0]["proxies"], proxy_cfgs.values(), strict=True)
             },
@@ -258,9 +210,11 @@ def to_markdown(s: dict[str, Any]) -> str:
     lines = [
         f"# Proxy-ranking and zero-cost-proxy study ({s['dataset']})",
         "",
-        f"{len(s['rows'])} architectures from `benchmarks/proxy_studies.py`'s tiny family "
-        f"(seed {st['seed']}), {st['resolution']}x{st['resolution']} gray input, batch {st['batch_size']}, "
-        "AdamW (lr 2e-3, wd 0.05) + warm-up + cosine, label smoothing 0.1, random crop (no flip).",
+        f"{len(s['rows'])} architectures drawn at random from `{st['space']}` (seed {st['seed']}), "
+        f"{st['resolution']}x{st['resolution']} input, the space's training recipe: batch "
+        f"{st['long_train']['batch_size']}, AdamW (lr {st['long_train']['lr']}, wd "
+        f"{st['long_train']['weight_decay']}) + warm-up + cosine, label smoothing "
+        f"{st['long_train']['label_smoothing']}, random crop (no flip).",
         f"Long training: {st['long_epochs']} epochs on {st['train_images']} training images. Proxies "
         "(EPOCHSxDATA_FRACTION): separate short runs with their own schedules. Every accuracy is on the same "
         f"{st['val_images']} held-out validation images. Zero-cost proxies: one batch of {st['zc_batch']} "
@@ -293,7 +247,7 @@ def to_markdown(s: dict[str, Any]) -> str:
         "",
         "## Architectures (validation accuracy; seconds of training)",
         "",
-        "| name | early/late mixer, depths, base width, stem, pos-embed | params | "
+        "| name | stem/PE: depth x width mixer per stage | params | "
         + " | ".join(f"{k}" for k in keys)
         + " | long |",
         "|---|---|---:|" + "---:|" * (len(keys) + 1),
