@@ -59,6 +59,7 @@ from hvtnas.costs import LatencySettings
 from hvtnas.costs.flops import count_flops
 from hvtnas.costs.latency import measure_latency
 from hvtnas.models import build_model, scale_to_flops, zoo
+from hvtnas.search.resilience import count_finished
 from hvtnas.search.study import arch_key, load_search_spec
 from hvtnas.search.workers import run_storage
 from hvtnas.train import load_dataset
@@ -120,9 +121,12 @@ def log(msg: str) -> None:
 def run_searches(
     space_file: Path, work: Path, samplers: list[str], seeds: list[int], trials: int, jobs: int
 ) -> float:
-    """Every (sampler, seed) study through the CLI, ``jobs`` studies at a time; returns seconds."""
+    """Every (sampler, seed) study through the CLI, ``jobs`` studies at a time; returns seconds
+    (0 when every study was already finished)."""
     started = time.perf_counter()
-    pending = [(s, seed) for seed in seeds for s in samplers]
+    pending = [(s, seed) for seed in seeds for s in samplers if not _finished(work, f"{s}-s{seed}", trials)]
+    if not pending:
+        return 0.0
     running: list[tuple[subprocess.Popen, Path]] = []
     while pending or running:
         while pending and len(running) < jobs:
@@ -144,6 +148,14 @@ def run_searches(
                     raise SystemExit(f"search failed (exit {proc.returncode}); see {out.name}")
                 log(f"search {Path(out.name).stem}: done")
     return time.perf_counter() - started
+
+
+def _finished(work: Path, name: str, trials: int) -> bool:
+    run = work / "runs" / name
+    if not (run / "study.db").exists() and not (run / "journal.log").exists():
+        return False
+    study = optuna.load_study(study_name=name, storage=run_storage(run))
+    return count_finished(study) >= trials
 
 
 def load_studies(work: Path, samplers: list[str], seeds: list[int]) -> dict[tuple[str, int], optuna.Study]:
@@ -218,8 +230,11 @@ def _train_one(job: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def run_trainings(jobs: list[dict[str, Any]], done_file: Path, workers: int) -> dict[tuple[str, int], dict]:
-    """Train every job not already in ``done_file`` (one JSON line each); returns all results."""
+def run_trainings(
+    jobs: list[dict[str, Any]], done_file: Path, workers: int
+) -> tuple[dict[tuple[str, int], dict], int]:
+    """Train every job not already in ``done_file`` (one JSON line each); returns all results and
+    how many were trained now."""
     done = {}
     if done_file.exists():
         for line in done_file.read_text().splitlines():
@@ -236,7 +251,7 @@ def run_trainings(jobs: list[dict[str, Any]], done_file: Path, workers: int) -> 
                 out.write(json.dumps(r) + "\n")
                 out.flush()
                 log(f"  {r['role']} {r['key']} seed {r['seed']}: {r['accuracy']:.4f} ({r['seconds']:.0f} s)")
-    return done
+    return done, len(todo)
 
 
 # --------------------------------------------------------------------------------------- report
@@ -252,6 +267,26 @@ def welch(a: list[float], b: list[float]) -> float | None:
         return None
     p = stats.ttest_ind(a, b, equal_var=False).pvalue
     return None if math.isnan(p) else float(p)
+
+
+SIGNIFICANCE = 0.05  # Welch's t-test over training seeds: a smaller difference counts as noise
+
+
+def dominance(
+    challenger: dict[str, Any] | None, accs: list[float], latency_ms: float, p: float | None
+) -> str:
+    """Whether the challenger (no more FLOPs by construction) dominates the baseline, noise included."""
+    if challenger is None:
+        return "no: nothing found at these FLOPs"
+    better = challenger["mean"] > float(np.mean(accs))
+    significant = p is not None and p < SIGNIFICANCE
+    if not better:
+        return "no: the baseline is more accurate" + (" (significant)" if significant else " (within noise)")
+    if not significant:
+        return "no: more accurate, but within seed noise"
+    if challenger["latency_ms"] > latency_ms:
+        return "on accuracy and FLOPs, not latency"
+    return "yes"
 
 
 def front_composition(front_archs: list[tuple[float, ArchConfig]], budgets: list[float]) -> dict[str, Any]:
@@ -403,17 +438,28 @@ def write_markdown(result: dict[str, Any], path: Path) -> None:
     for sampler, hv in result["hypervolume"].items():
         cells = [f"{hv['mean'][n - 1]:.4f} ± {hv['sd'][n - 1]:.4f}" for n in result["hv_checkpoints"]]
         lines.append(f"| {sampler} | " + " | ".join(cells) + " |")
-    lines += ["", "Final hypervolume per seed: "]
+    lines += [
+        "",
+        "Per seed: final hypervolume; trials trained to the end / stopped early by early stopping:",
+        "",
+    ]
     for sampler, hv in result["hypervolume"].items():
-        lines.append(f"- {sampler}: " + ", ".join(f"{v:.4f}" for v in hv["final_per_seed"]))
+        lines.append(
+            f"- {sampler}: "
+            + ", ".join(f"{v:.4f}" for v in hv["final_per_seed"])
+            + "; "
+            + ", ".join(
+                f"{a}/{b}" for a, b in zip(hv["trained_per_seed"], hv["stopped_early_per_seed"], strict=True)
+            )
+        )
     lines += [
         "",
         "## Baselines against the found architectures",
         "",
         "Accuracy: mean ± sd over the training seeds (%). Latency: median ms at batch 1. The "
         "challenger is the found architecture with the best search accuracy at no more FLOPs than "
-        "the baseline; *dominates* means higher mean accuracy at no more FLOPs and no more latency; "
-        "*p*: Welch's t-test of the accuracy difference.",
+        "the baseline; *dominates* means higher mean accuracy (Welch's t-test over the seeds, "
+        f"p < {SIGNIFICANCE}) at no more FLOPs and no more latency.",
         "",
         "| baseline | MMACs | params | acc | latency | challenger | MMACs | params | acc | latency "
         "| Δacc | p | dominates |",
@@ -541,8 +587,8 @@ def main() -> None:
         for seed in args.train_seeds
     ]
     t0 = time.perf_counter()
-    results = run_trainings(train_jobs, work / "trainings.jsonl", jobs)
-    wall["baseline and challenger training"] = time.perf_counter() - t0
+    results, trained_now = run_trainings(train_jobs, work / "trainings.jsonl", jobs)
+    wall["baseline and challenger training"] = time.perf_counter() - t0 if trained_now else 0.0
 
     # 4. latency, alone on the machine
     t0 = time.perf_counter()
@@ -551,15 +597,23 @@ def main() -> None:
     settings = LatencySettings(
         device=scale.device, batch_size=1, threads=1 if scale.device == "cpu" else None
     )
+    measured_now = 0
     for key, arch in [(k, v[-1]) for k, v in {**baseline_archs, **challenger_archs}.items()]:
         if key not in latency:
+            measured_now += 1
             model = build_model(arch)
             res = measure_latency(
                 model, (arch.input.resolution,) * 2, settings, in_channels=arch.input.channels
             )
             latency[key] = res.median_ms
             latency_file.write_text(json.dumps(latency, indent=1))
-    wall["latency"] = time.perf_counter() - t0
+    wall["latency"] = time.perf_counter() - t0 if measured_now else 0.0
+    # wall time spent on each phase over all runs of this work folder (a rerun that only
+    # re-analyses adds nothing)
+    wall_file = work / "wall_seconds.json"
+    spent = json.loads(wall_file.read_text()) if wall_file.exists() else {}
+    wall = {k: spent.get(k, 0.0) + v for k, v in wall.items()}
+    wall_file.write_text(json.dumps(wall, indent=1))
 
     def accuracies(key: str) -> list[float]:
         return [results[key, s]["accuracy"] or 0.0 for s in args.train_seeds]
@@ -590,18 +644,14 @@ def main() -> None:
         ckey = ch[1].user_attrs["arch_key"] if ch else None
         c = by_key.get(ckey)
         mean = float(np.mean(accs))
-        if c is None:
-            verdict = "no (nothing found at these FLOPs)"
-        else:
-            better = c["mean"] > mean
-            faster = c["latency_ms"] <= latency[key]
-            verdict = "yes" if better and faster else "accuracy and FLOPs only (slower)" if better else "no"
+        p_value = welch(c["accuracies"], accs) if c else None
+        verdict = dominance(c, accs, latency[key], p_value)
         baselines.append(
             {
                 "family": family, "budget": budget, "key": key, "flops": flops, "params": params,
                 "accuracies": accs, "mean": mean, "sd": float(np.std(accs, ddof=1)) if len(accs) > 1 else 0.0,
                 "latency_ms": latency[key], "challenger": ckey,
-                "p_value": welch(c["accuracies"], accs) if c else None, "verdict": verdict,
+                "p_value": p_value, "verdict": verdict,
                 "description": describe(arch), "arch": arch.to_dict(),
             }
         )  # fmt: skip
@@ -621,6 +671,11 @@ def main() -> None:
             "mean": arr.mean(0).tolist(),
             "sd": (arr.std(0, ddof=1) if len(curves) > 1 else np.zeros(arr.shape[1])).tolist(),
             "final_per_seed": arr[:, -1].tolist(),
+            "trained_per_seed": [len(trained(studies[sampler, seed])) for seed in args.seeds],
+            "stopped_early_per_seed": [
+                len(studies[sampler, seed].get_trials(deepcopy=False, states=(TrialState.PRUNED,)))
+                for seed in args.seeds
+            ],
             "per_seed": curves,
         }
         points = [

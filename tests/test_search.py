@@ -133,11 +133,21 @@ def test_dominated_trials_stop_early(tmp_path: Path) -> None:
     space["experiment"]["train"]["epochs"] = 2
     path = tmp_path / "space.yaml"
     path.write_text(yaml.safe_dump(space))
-    assert _search(tmp_path, path, "--trials", "8").exit_code == 0
+    result = _search(tmp_path, path, "--trials", "8")
+    assert result.exit_code == 0
+    assert "generations fill slowly" not in result.output  # random search has no generations
     for t in _study(tmp_path).trials:
         if t.state == TrialState.PRUNED:
             assert t.user_attrs["reason"].startswith("stopped at epoch 1: trial")
             assert t.user_attrs["epochs_done"] == 1
+
+
+def test_nsga2_with_early_stopping_gets_a_note(tmp_path: Path) -> None:
+    space = yaml.safe_load(yaml.safe_dump(SPACE))
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(space))
+    result = _search(tmp_path, path, "--trials", "1", "--sampler", "nsga2")
+    assert result.exit_code == 0 and "generations fill slowly" in " ".join(result.output.split())
 
 
 @pytest.mark.parametrize(
