@@ -32,6 +32,7 @@ training, so an interrupted run continues where it stopped.
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
 import math
@@ -62,7 +63,7 @@ from hvtnas.models import build_model, scale_to_flops, zoo
 from hvtnas.search.resilience import count_finished
 from hvtnas.search.study import arch_key, load_search_spec
 from hvtnas.search.workers import run_storage
-from hvtnas.train import load_dataset
+from hvtnas.train import ImageData, load_dataset
 from hvtnas.train.trainer import adapt_arch_to_data, train_proxy
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -212,12 +213,18 @@ def pareto(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 # -------------------------------------------------------------------------------- trainings
+@functools.cache
+def _dataset(space_file: str, channels: int, resolution: int) -> ImageData:
+    """One copy per worker process (and per GPU, which the data lives on)."""
+    exp = load_search_spec(space_file).experiment
+    return load_dataset(exp.data.for_arch(channels, resolution))
+
+
 def _train_one(job: dict[str, Any]) -> dict[str, Any]:
     """One training with the space's recipe (runs in a worker process)."""
-    spec = load_search_spec(job["space_file"])
-    exp = spec.experiment
+    exp = load_search_spec(job["space_file"]).experiment
     arch = ArchConfig.model_validate(job["arch"])
-    data = load_dataset(exp.data.for_arch(arch.input.channels, arch.input.resolution))
+    data = _dataset(job["space_file"], arch.input.channels, arch.input.resolution)
     cfg = exp.train.model_copy(update={"seed": job["seed"]})
     started = time.perf_counter()
     result = train_proxy(arch, data, cfg)

@@ -1,0 +1,64 @@
+"""The generated zoo models compute the same function as timm's implementations.
+
+timm's randomly initialised weights are loaded into the generated model (the state-dict mapping of
+``benchmarks/_reference.py``) and both see the same input: logits and the four pyramid levels must
+agree to float32 tolerance. Equal parameter counts could hide a swapped norm, a wrong shift mask or
+a transposed relative-position table; equal outputs cannot.
+
+timm is not a dependency: CI installs it without dependencies (see the README's test command) and
+these tests are skipped with the reason where it cannot be imported.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from _reference import MODELS, NATIVE_RESOLUTION, import_timm, load_pair
+
+try:
+    timm = import_timm(install=False)
+except ImportError as err:  # no timm here: nothing to compare against
+    timm, SKIP_REASON = None, f"timm cannot be imported ({err}); CI installs it: pip install --no-deps timm"
+else:
+    SKIP_REASON = ""
+
+pytestmark = pytest.mark.skipif(timm is None, reason=SKIP_REASON)
+
+# Windowed models need their native 224 (windows of 7 at every stage); the others are checked at a
+# smaller size, which exercises the same code at a fraction of the CPU time.
+SMALL_RESOLUTION = 64
+NEEDS_NATIVE = {"swin_t", "swin_s", "twins_svt_s", "mvitv2_t"}
+# timm's PoolFormer applies the head's GroupNorm after pooling, the official code (which hvtnas
+# follows) before it: the trunk is compared, the logits differ by design.
+LOGITS_DIFFER_BY_DESIGN = {"poolformer_s12"}
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_generated_model_matches_timm(name: str) -> None:
+    torch.manual_seed(0)
+    reference, model = (m.eval() for m in load_pair(name, timm))
+    resolution = NATIVE_RESOLUTION.get(name, 224 if name in NEEDS_NATIVE else SMALL_RESOLUTION)
+    x = torch.randn(2, 3, resolution, resolution)
+    with torch.inference_mode():
+        pyramid = model.forward_features(x)
+        ref_pyramid = reference.forward_intermediates(x, intermediates_only=True)
+        assert len(pyramid) == len(ref_pyramid) == 4
+        for level, (ours, theirs) in enumerate(zip(pyramid, ref_pyramid, strict=True), start=1):
+            torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4, msg=f"pyramid level {level}")
+        if name not in LOGITS_DIFFER_BY_DESIGN:
+            torch.testing.assert_close(model(x), reference(x), rtol=1e-4, atol=1e-4)
+
+
+def test_a_wrong_weight_is_detected() -> None:
+    """The comparison has teeth: one perturbed weight changes the output beyond the tolerance."""
+    reference, model = (m.eval() for m in load_pair("pvt_v2_b0", timm))
+    with torch.no_grad():
+        model.stages[2].blocks[0].ffn.fc1.weight.mul_(1.01)
+    x = torch.randn(1, 3, SMALL_RESOLUTION, SMALL_RESOLUTION)
+    with torch.inference_mode(), pytest.raises(AssertionError):
+        torch.testing.assert_close(model(x), reference(x), rtol=1e-4, atol=1e-4)
