@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from hvtnas.models.fused import conv_act, linear_act
 from hvtnas.models.layers import make_act, nchw_to_nhwc, nhwc_to_nchw
 
 
@@ -17,7 +18,7 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden, dim, bias=bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(self.act(self.fc1(x)))
+        return self.fc2(linear_act(x, self.fc1, self.act))
 
 
 class MixFFN(nn.Module):
@@ -36,8 +37,9 @@ class MixFFN(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.fc1(x)
-        conv = nchw_to_nhwc(self.dwconv(nhwc_to_nchw(x)))
-        return self.fc2(self.act(x + conv if self.dw_residual else conv))
+        if self.dw_residual:
+            return self.fc2(self.act(x + nchw_to_nhwc(self.dwconv(nhwc_to_nchw(x)))))
+        return self.fc2(nchw_to_nhwc(conv_act(nhwc_to_nchw(x), self.dwconv, self.act)))
 
 
 FFNS: dict[str, type[nn.Module]] = {"mlp": Mlp, "mixffn": MixFFN}

@@ -140,12 +140,17 @@ class DropPath(nn.Module):
         super().__init__()
         self.p = p
 
-    def forward(self, x: Tensor) -> Tensor:
+    def sample_factor(self, x: Tensor) -> Tensor | None:
+        """Per-sample factors ``(B, 1, ..., 1)``: 0 for a dropped branch, 1 / keep for a kept one
+        (None when nothing is dropped), for callers that fold them into one fused op."""
         if self.p == 0.0 or not self.training:
-            return x
+            return None
         keep = 1.0 - self.p
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
-        return x * mask / keep
+        return x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep).div_(keep)
+
+    def forward(self, x: Tensor) -> Tensor:
+        factor = self.sample_factor(x)
+        return x if factor is None else x * factor
 
     def extra_repr(self) -> str:
         return f"p={self.p}"

@@ -7,6 +7,7 @@ from typing import ClassVar
 from pydantic import Field, PositiveInt
 from torch import Tensor, nn
 
+from hvtnas.models.fused import linear_act
 from hvtnas.models.layers import BatchNormLast, make_act, nchw_to_nhwc, nhwc_to_nchw
 from hvtnas.models.mixers.base import ActivationName, MixerParams, TokenMixer
 
@@ -44,7 +45,7 @@ class SepConv(TokenMixer):
         self.pwconv2 = nn.Linear(hidden, dim, bias=bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.act(self.pwconv1(x))
+        x = linear_act(x, self.pwconv1, self.act)
         x = nchw_to_nhwc(self.dwconv(nhwc_to_nchw(x)))
         return self.pwconv2(x)
 

@@ -1,0 +1,112 @@
+"""Fused CPU inference kernels: a linear or convolution and its activation as one oneDNN kernel.
+
+On CPU, an activation after a linear layer is a separate pass over the largest tensor of the block
+(the FFN's hidden layer, 4-8x the width): 15-30% of a MetaFormer's inference time. oneDNN applies
+it inside the matrix product instead (a "post-op", what Inductor's CPU backend emits), and a
+StarReLU becomes a fused ReLU plus one ``addcmul``.
+
+The fused path is taken only where it computes the same function (tested against the plain ops and
+against timm's models): in ``torch.inference_mode`` on CPU float32 tensors, outside tracing,
+``torch.compile`` (which fuses by itself) and Python dispatch modes (fvcore's and torch's FLOP
+counters must see the plain ops), and once a start-up check has found the private oneDNN ops and
+seen them agree with the plain ones. Everywhere else, training included, the plain ops run.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+from hvtnas.models.layers import StarReLU
+
+log = logging.getLogger(__name__)
+
+# activation module -> oneDNN post-op (attr, algorithm); StarReLU is ReLU + one addcmul
+_RELU = ("relu", "")
+
+
+def _post_op(act: nn.Module) -> tuple[str, str] | None:
+    if isinstance(act, nn.GELU):
+        return ("gelu", "tanh" if act.approximate == "tanh" else "none")
+    if isinstance(act, nn.ReLU | StarReLU):
+        return _RELU
+    if isinstance(act, nn.SiLU):
+        return ("swish", "")
+    return None
+
+
+@functools.cache
+def _onednn_works() -> bool:
+    """The private ops exist in this build and agree with the plain ops (checked once)."""
+    try:
+        ops = torch.ops.mkldnn
+        with torch.inference_mode():
+            x = torch.randn(6, 8)
+            w, b = torch.randn(16, 8), torch.randn(16)
+            fused = ops._linear_pointwise(x, w, b, "gelu", [None], "none")
+            linear_ok = torch.allclose(fused, F.gelu(F.linear(x, w, b)), atol=1e-5)
+            x4 = torch.randn(2, 16, 5, 5).contiguous(memory_format=torch.channels_last)
+            cw, cb = torch.randn(16, 1, 3, 3), torch.randn(16)
+            fused = ops._convolution_pointwise(x4, cw, cb, [1, 1], [1, 1], [1, 1], 16, "gelu", [None], "none")
+            conv_ok = torch.allclose(fused, F.gelu(F.conv2d(x4, cw, cb, padding=1, groups=16)), atol=1e-5)
+    except (AttributeError, RuntimeError) as err:
+        log.debug("fused oneDNN kernels unavailable: %s", err)
+        return False
+    if not (linear_ok and conv_ok):
+        log.warning("fused oneDNN kernels disagree with the plain ops in this torch build: not used")
+    return linear_ok and conv_ok
+
+
+def _fusable(x: Tensor) -> bool:
+    return (
+        torch.is_inference_mode_enabled()
+        and x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and not torch.jit.is_tracing()
+        and not torch.compiler.is_compiling()
+        and _get_current_dispatch_mode() is None
+        and _onednn_works()
+    )
+
+
+def _finish(act: nn.Module, y: Tensor) -> Tensor:
+    """The rest of an activation whose ReLU part was fused: StarReLU's ``s * y**2 + b`` in one pass."""
+    if isinstance(act, StarReLU):
+        return torch.addcmul(act.bias, y, y, value=act.scale.item())
+    return y
+
+
+def linear_act(x: Tensor, linear: nn.Linear, act: nn.Module) -> Tensor:
+    """``act(linear(x))``, as one kernel where that is safe (see the module docstring)."""
+    post_op = _post_op(act)
+    if post_op is None or not _fusable(x):
+        return act(linear(x))
+    attr, algorithm = post_op
+    y = torch.ops.mkldnn._linear_pointwise(x, linear.weight, linear.bias, attr, [None], algorithm)
+    return _finish(act, y)
+
+
+def conv_act(x: Tensor, conv: nn.Conv2d, act: nn.Module) -> Tensor:
+    """``act(conv(x))`` for an NCHW (view) input, as one kernel where that is safe."""
+    post_op = _post_op(act)
+    if post_op is None or conv.padding_mode != "zeros" or isinstance(conv.padding, str) or not _fusable(x):
+        return act(conv(x))
+    attr, algorithm = post_op
+    y = torch.ops.mkldnn._convolution_pointwise(
+        x,
+        conv.weight,
+        conv.bias,
+        list(conv.padding),
+        list(conv.stride),
+        list(conv.dilation),
+        conv.groups,
+        attr,
+        [None],
+        algorithm,
+    )
+    return _finish(act, y)
