@@ -219,3 +219,14 @@ def test_attention_downsampling_makes_the_first_block_the_transition() -> None:
     assert transition.attention.pool_q.conv.stride == (2, 2) and transition.shortcut_proj.out_features == 32
     shapes = [tuple(f.shape[1:]) for f in model.forward_features(torch.randn(1, 3, 50, 38))]
     assert shapes == [(16, 13, 10), (32, 7, 5), (48, 4, 3), (64, 2, 2)]
+
+
+def test_build_without_weight_init_has_the_same_parameters_and_flops() -> None:
+    from hvtnas.costs.flops import count_flops
+
+    initialised, default = build_model("pvt_v2_b0"), build_model("pvt_v2_b0", init_weights=False)
+    assert [p.shape for p in initialised.parameters()] == [p.shape for p in default.parameters()]
+    assert count_flops(initialised, (64, 64)).total == count_flops(default, (64, 64)).total
+    # the truncated normal (std 0.02) is what a trained-from-scratch model starts from
+    assert initialised.stages[0].blocks[0].ffn.fc1.weight.std() < 0.025
+    assert default.stages[0].blocks[0].ffn.fc1.weight.std() > 0.05

@@ -24,6 +24,7 @@ from optuna.trial import TrialState
 from typer.testing import CliRunner
 
 from hvtnas.cli import app
+from hvtnas.errors import HvtnasError
 from hvtnas.search.resilience import DeviceLock, Heartbeat, count_finished, fail_stale
 from hvtnas.search.study import HARD_TIMEOUT_EXIT
 from hvtnas.search.workers import open_storage
@@ -347,3 +348,29 @@ def test_latency_is_never_timed_while_another_worker_trains(tmp_path: Path) -> N
         events.append("latency")
     thread.join()
     assert events == ["train start", "train end", "latency"]
+
+
+def test_sqlite_study_uses_write_ahead_logging_and_keeps_every_trial(tmp_path: Path) -> None:
+    """The single-worker SQLite storage commits cheaply (WAL, synchronous=NORMAL) and a reopened
+    study holds everything written, heartbeat-thread writes included."""
+    import sqlite3
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    study = optuna.create_study(storage=open_storage(url), study_name="s", directions=["minimize"])
+    for i in range(3):
+        trial = study.ask()
+        trial.set_user_attr("i", i)
+        study.tell(trial, float(i))
+    del study
+    with contextlib.closing(sqlite3.connect(tmp_path / "study.db")) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    reopened = optuna.load_study(study_name="s", storage=url)
+    assert [t.user_attrs["i"] for t in reopened.trials] == [0, 1, 2]
+    assert reopened.best_value == 0.0
+
+
+def test_sqlite_storage_that_is_not_a_database_is_a_clear_error(tmp_path: Path) -> None:
+    bad = tmp_path / "study.db"
+    bad.write_text("not a database\n" * 100)
+    with pytest.raises(HvtnasError, match=r"cannot open storage .*study\.db"):
+        open_storage(f"sqlite:///{bad}")

@@ -99,7 +99,7 @@ def measure_costs(
     def get_model():  # built only when something is not cached
         nonlocal model
         if model is None:
-            model = build_model(cfg)
+            model = build_model(cfg, init_weights=False)  # costs do not depend on the values
         return model
 
     def cached(kind: str, key_settings: dict[str, Any], compute) -> Any:

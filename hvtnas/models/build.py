@@ -140,10 +140,12 @@ def _ffn(scfg: StageConfig) -> nn.Module | None:
     return FFNS[scfg.ffn.kind](scfg.width, hidden, act=scfg.ffn.act, bias=scfg.ffn.bias, **extra)
 
 
-def build_model(spec: ModelSpec, *, num_classes: int | None = None) -> MetaFormer:
+def build_model(spec: ModelSpec, *, num_classes: int | None = None, init_weights: bool = True) -> MetaFormer:
     """Build the backbone + classifier that a config (or zoo name / YAML path) describes.
 
     ``num_classes`` overrides the config's (0 gives a headless backbone, timm's convention).
+    ``init_weights=False`` keeps PyTorch's default initialisation instead of the truncated normal
+    (most of the build time of a large model): enough for counting parameters and FLOPs.
     """
     cfg = resolve_config(spec)
     if num_classes is not None:
@@ -226,7 +228,8 @@ def build_model(spec: ModelSpec, *, num_classes: int | None = None) -> MetaForme
         dropout=head_cfg.dropout,
     )
     model = MetaFormer(build_stem(cfg.stem, cfg.input.channels, widths[0]), stages, head, widths)
-    for module in model.modules():
-        _init_weights(module)
+    if init_weights:
+        for module in model.modules():
+            _init_weights(module)
     model.arch_config = cfg  # the config it was built from (for summaries and export)
     return model
