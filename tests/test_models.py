@@ -230,3 +230,56 @@ def test_build_without_weight_init_has_the_same_parameters_and_flops() -> None:
     # the truncated normal (std 0.02) is what a trained-from-scratch model starts from
     assert initialised.stages[0].blocks[0].ffn.fc1.weight.std() < 0.025
     assert default.stages[0].blocks[0].ffn.fc1.weight.std() > 0.05
+
+
+@pytest.mark.parametrize("name", ["pvt_v2_b0", "convformer_s18"])
+def test_fused_inference_kernels_compute_what_the_plain_ops_compute(name: str) -> None:
+    """CPU inference takes the fused oneDNN kernels (MixFFN conv + GELU, SepConv linear + StarReLU,
+    MLP linear + GELU); no_grad and training take the plain ops. Both give the same outputs."""
+    from hvtnas.models import fused
+
+    model = build_model(name).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():  # not inference mode: plain ops
+        plain = model(x)
+    with torch.inference_mode():
+        fast = model(x)
+    torch.testing.assert_close(fast, plain, rtol=1e-4, atol=1e-4)
+    if fused._onednn_works():  # this build has the kernels: check that they were really used
+        calls: list[str] = []
+        with torch.inference_mode(), pytest.MonkeyPatch.context() as mp:
+            for op in ("_linear_pointwise", "_convolution_pointwise"):
+                original = getattr(torch.ops.mkldnn, op)
+                mp.setattr(torch.ops.mkldnn, op, lambda *a, op=op, f=original: calls.append(op) or f(*a))
+            model(x)
+        assert calls  # MixFFN: conv + GELU; ConvFormer: linear + StarReLU's ReLU, linear + GELU
+
+
+def test_training_step_through_fused_residual_and_drop_path_matches_the_unfused_formula() -> None:
+    """``addcmul`` with folded layer scale and drop-path factors is the textbook
+    ``x + drop_path(layer_scale * branch)``: same values and gradients for the same RNG draw."""
+    from hvtnas.models.blocks import MetaFormerBlock
+    from hvtnas.models.ffn import Mlp
+    from hvtnas.models.layers import LayerNormLast
+    from hvtnas.models.mixers.pooling import Pooling
+
+    block = MetaFormerBlock(
+        8, Pooling(8), Mlp(8, 16), lambda: LayerNormLast(8), drop_path=0.5, layer_scale=0.1
+    )
+    block.train()
+    x = torch.randn(16, 4, 4, 8, requires_grad=True)
+    torch.manual_seed(1)
+    fused_out = block(x)
+    torch.manual_seed(1)
+    keep = []
+    for norm, f, ls in (
+        (block.norm1, block.mixer, block.layer_scale1),
+        (block.norm2, block.ffn, block.layer_scale2),
+    ):
+        branch = f(norm(x if not keep else keep[-1]))
+        mask = branch.new_empty(16, 1, 1, 1).bernoulli_(0.5) / 0.5
+        keep.append((x if len(keep) == 0 else keep[-1]) + mask * ls(branch))
+    torch.testing.assert_close(fused_out, keep[-1])
+    (g_fused,) = torch.autograd.grad(fused_out.sum(), x)
+    (g_plain,) = torch.autograd.grad(keep[-1].sum(), x)
+    torch.testing.assert_close(g_fused, g_plain)

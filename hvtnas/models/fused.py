@@ -10,12 +10,14 @@ against timm's models): in ``torch.inference_mode`` on CPU float32 tensors, outs
 ``torch.compile`` (which fuses by itself) and Python dispatch modes (fvcore's and torch's FLOP
 counters must see the plain ops), and once a start-up check has found the private oneDNN ops and
 seen them agree with the plain ones. Everywhere else, training included, the plain ops run.
+``HVTNAS_FUSED_KERNELS=0`` in the environment turns them off (to compare, or to rule them out).
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import os
 
 import torch
 import torch.nn.functional as F
@@ -43,6 +45,8 @@ def _post_op(act: nn.Module) -> tuple[str, str] | None:
 @functools.cache
 def _onednn_works() -> bool:
     """The private ops exist in this build and agree with the plain ops (checked once)."""
+    if os.environ.get("HVTNAS_FUSED_KERNELS", "1") == "0":
+        return False
     try:
         ops = torch.ops.mkldnn
         with torch.inference_mode():
