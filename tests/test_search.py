@@ -135,19 +135,32 @@ def test_dominated_trials_stop_early(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump(space))
     result = _search(tmp_path, path, "--trials", "8")
     assert result.exit_code == 0
-    assert "generations fill slowly" not in result.output  # random search has no generations
     for t in _study(tmp_path).trials:
         if t.state == TrialState.PRUNED:
             assert t.user_attrs["reason"].startswith("stopped at epoch 1: trial")
             assert t.user_attrs["epochs_done"] == 1
 
 
-def test_nsga2_with_early_stopping_gets_a_note(tmp_path: Path) -> None:
+def test_nsga2_records_stopped_trials_as_complete_and_dominated(tmp_path: Path) -> None:
+    """NSGA-II forms generations from complete trials only; a stopped trial is recorded complete
+    (flagged, with the accuracy it had when stopped), dominated by the trial that stopped it."""
     space = yaml.safe_load(yaml.safe_dump(SPACE))
+    space["experiment"]["train"]["epochs"] = 2
+    space["experiment"]["sampler"] = {"name": "nsga2", "population_size": 2, "seed": 0}
     path = tmp_path / "space.yaml"
     path.write_text(yaml.safe_dump(space))
-    result = _search(tmp_path, path, "--trials", "1", "--sampler", "nsga2")
-    assert result.exit_code == 0 and "generations fill slowly" in " ".join(result.output.split())
+    assert _search(tmp_path, path, "--trials", "8").exit_code == 0
+    study = _study(tmp_path)
+    assert all(t.state != TrialState.PRUNED for t in study.trials)
+    stopped = [t for t in study.trials if t.user_attrs.get("stopped_early")]
+    assert stopped, "no trial was stopped: the test space no longer exercises early stopping"
+    front = {t.number for t in study.best_trials}
+    for t in stopped:
+        assert t.state == TrialState.COMPLETE and t.number not in front
+        assert t.user_attrs["reason"].startswith("stopped at epoch 1: trial")
+        assert t.values[0] == pytest.approx(t.user_attrs["accuracy_curve"][-1])
+    generations = {v for t in study.trials for k, v in t.system_attrs.items() if k.endswith(":generation")}
+    assert len(generations) > 1  # stopped trials count: evolution gets past generation 0
 
 
 @pytest.mark.parametrize(

@@ -102,18 +102,6 @@ def search_command(
         f"study {name!r}: {before} trials done, running to {trials}; objectives {objectives}", highlight=False
     )
 
-    generational = exp.sampler.name in ("nsga2", "nsga3") or (
-        exp.sampler.name == "auto" and len(exp.objectives) > 1
-    )
-    if exp.early_stopping is not None and generational:
-        console.print(
-            "[yellow]note:[/] NSGA-II/III count only trials trained to the end towards a generation, "
-            "and early stopping stops many: generations fill slowly (benchmarks/search_quality.py saw "
-            "NSGA-II stay in its random first generation for 40 trials). For short studies use "
-            "--sampler tpe, a smaller population_size, or no early_stopping.",
-            highlight=False,
-        )
-
     acc_index = exp.objectives.index("accuracy") if "accuracy" in exp.objectives else None
 
     def status() -> str:
