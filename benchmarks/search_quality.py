@@ -170,12 +170,21 @@ def load_studies(work: Path, samplers: list[str], seeds: list[int]) -> dict[tupl
 
 
 def trained(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    """Completed trials that were trained (over-budget samples are recorded but never trained)."""
+    """Completed trials trained to the end (over-budget samples are recorded but never trained;
+    under NSGA-II/III a trial stopped early is recorded complete, flagged ``stopped_early``)."""
     return [
         t
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if "constraint_violations" not in t.user_attrs
+        if "constraint_violations" not in t.user_attrs and not t.user_attrs.get("stopped_early")
     ]
+
+
+def stopped_early(study: optuna.Study) -> int:
+    """Trials early stopping ended: pruned, or (NSGA-II/III) complete and flagged."""
+    return sum(
+        t.state == TrialState.PRUNED or bool(t.user_attrs.get("stopped_early"))
+        for t in study.get_trials(deepcopy=False)
+    )
 
 
 # ----------------------------------------------------------------------------------- hypervolume
@@ -679,10 +688,7 @@ def main() -> None:
             "sd": (arr.std(0, ddof=1) if len(curves) > 1 else np.zeros(arr.shape[1])).tolist(),
             "final_per_seed": arr[:, -1].tolist(),
             "trained_per_seed": [len(trained(studies[sampler, seed])) for seed in args.seeds],
-            "stopped_early_per_seed": [
-                len(studies[sampler, seed].get_trials(deepcopy=False, states=(TrialState.PRUNED,)))
-                for seed in args.seeds
-            ],
+            "stopped_early_per_seed": [stopped_early(studies[sampler, seed]) for seed in args.seeds],
             "per_seed": curves,
         }
         points = [
