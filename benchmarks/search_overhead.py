@@ -21,8 +21,9 @@ reported apart.
 Data: ``cifar.yaml`` and ``metaformer.yaml`` read data this machine may lack (the CIFAR-10 archive,
 an ImageNet-100 folder); a space whose data file or folder is missing gets synthetic data with the
 same channels, classes and resolution, which is all the search takes from it (``adapt_arch_to_data``).
-Note that the search measures costs at the data's resolution: ``metaformer.yaml`` proxies at 112, so
-its ``flops`` are at 112x112 and its ``flops_dense`` at 1280x800.
+Costs are measured at the space's ``input.resolution`` (the size architectures are exported at),
+not at the data's proxy resolution: ``metaformer.yaml``'s ``flops`` are at 224x224 although it
+proxy-trains at 112, and its ``flops_dense`` at 1280x800.
 
     python benchmarks/search_overhead.py        # 4 spaces, 30 trials (metaformer 10), SQLite and PostgreSQL
     python benchmarks/search_overhead.py --spaces quickstart --trials 10 --storage sqlite journal

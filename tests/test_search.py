@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from hvtnas import build_model
 from hvtnas.cli import app
+from hvtnas.config import ArchConfig
 from hvtnas.train.trainer import TrialResult
 from tests.conftest import tiny_search_space
 
@@ -256,3 +257,30 @@ def test_devices_give_each_worker_one_gpu(tmp_path: Path) -> None:
     result = _search(tmp_path, path, "--trials", "2", "--devices", "0,1")  # two workers (on CPU here)
     assert result.exit_code == 0, result.output
     assert (tmp_path / "runs" / "space" / "journal.log").is_file()
+
+
+def test_costs_and_exports_are_at_the_space_resolution_while_training_uses_the_proxy_resolution(
+    tmp_path: Path,
+) -> None:
+    """A space declared at 32x32 that proxy-trains at 16x16: FLOPs, the recorded architecture and
+    the exported config are the 32x32 model's; only the training saw 16x16 images."""
+    from hvtnas.costs import measure_costs
+
+    space = yaml.safe_load(yaml.safe_dump(SPACE))
+    space["input"]["resolution"] = 32
+    space["experiment"]["objectives"] = ["accuracy", "flops"]
+    space["experiment"]["data"]["resolution"] = 16
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(space))
+    assert _search(tmp_path, path, "--trials", "2").exit_code == 0
+    trials = [t for t in _study(tmp_path).trials if t.state == TrialState.COMPLETE]
+    assert trials
+    for t in trials:
+        arch = ArchConfig.model_validate(t.user_attrs["arch"])
+        assert arch.input.resolution == 32 and t.user_attrs["proxy_resolution"] == 16
+        assert t.values[1] == measure_costs(arch).flops  # the 32x32 model's MACs
+        assert t.user_attrs["training"]["status"] == "completed" and t.user_attrs["accuracy_curve"]
+    result = runner.invoke(app, ["export", str(tmp_path / "runs" / "space"), "--out", str(tmp_path / "exp")])
+    assert result.exit_code == 0, result.output
+    exported = [ArchConfig.from_yaml(f) for f in sorted((tmp_path / "exp").glob("*.yaml"))]
+    assert exported and all(cfg.input.resolution == 32 for cfg in exported)

@@ -214,7 +214,12 @@ class SearchRun:
 
     def _evaluate(self, trial: optuna.Trial, exp: ExperimentConfig, started: float) -> TrialOutcome:
         data = self._dataset()
-        arch = adapt_arch_to_data(self.spec.space.sample(trial), data)
+        # The architecture keeps the space's input resolution: its costs are measured and it is
+        # exported at that size. Only training sees the data's (proxy) resolution (train_proxy
+        # adapts it), which may be lower to make trials cheap.
+        arch = adapt_arch_to_data(self.spec.space.sample(trial), data, keep_resolution=True)
+        if data.resolution != arch.input.resolution:
+            trial.set_user_attr("proxy_resolution", data.resolution)
         key = arch_key(arch)
         trial.set_user_attr("arch", arch.to_dict())
         trial.set_user_attr("arch_key", key)
@@ -262,7 +267,9 @@ class SearchRun:
         proxies = [m.removeprefix(PROXY_PREFIX) for m in exp.objectives if m.startswith(PROXY_PREFIX)]
         if proxies:  # one batch, no training: cheap enough to score over-budget samples too
             x, y = data.sample_batch(exp.proxy_batch_size, seed=exp.train.seed)
-            proxy_scores = score_model(build_model(arch), x, y, proxies, seed=exp.train.seed)
+            proxy_scores = score_model(
+                build_model(adapt_arch_to_data(arch, data)), x, y, proxies, seed=exp.train.seed
+            )
             trial.set_user_attr("proxies", proxy_scores)
 
         if violations:  # over budget: never trained; worst accuracy, true costs

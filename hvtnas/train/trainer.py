@@ -162,11 +162,13 @@ def train_proxy(
     return train_model(model, data, cfg, on_epoch=on_epoch, progress=progress)
 
 
-def adapt_arch_to_data(arch_cfg: ArchConfig, data: ImageData) -> ArchConfig:
-    """The architecture with the dataset's channels, classes and (proxy) resolution."""
-    new_input = arch_cfg.input.model_copy(
-        update={"channels": data.channels, "num_classes": data.num_classes, "resolution": data.resolution}
-    )
+def adapt_arch_to_data(arch_cfg: ArchConfig, data: ImageData, *, keep_resolution: bool = False) -> ArchConfig:
+    """The architecture with the dataset's channels, classes and (proxy) resolution; with
+    ``keep_resolution`` its own resolution (the one it is deployed, costed and exported at)."""
+    update: dict[str, int] = {"channels": data.channels, "num_classes": data.num_classes}
+    if not keep_resolution:
+        update["resolution"] = data.resolution
+    new_input = arch_cfg.input.model_copy(update=update)
     return arch_cfg.model_copy(update={"input": new_input})
 
 
