@@ -42,28 +42,44 @@ def _post_op(act: nn.Module) -> tuple[str, str] | None:
     return None
 
 
+_PLAIN_ACTS = {
+    ("gelu", "none"): lambda y: F.gelu(y),
+    ("gelu", "tanh"): lambda y: F.gelu(y, approximate="tanh"),
+    ("relu", ""): F.relu,
+    ("swish", ""): F.silu,
+}
+
+
 @functools.cache
-def _onednn_works() -> bool:
-    """The private ops exist in this build and agree with the plain ops (checked once)."""
+def _onednn_works(kind: str = "linear", attr: str = "gelu", algorithm: str = "none") -> bool:
+    """This build has the fused ``kind`` kernel with this post-op, and it agrees with the plain
+    ops (checked once per combination, on small random tensors)."""
     if os.environ.get("HVTNAS_FUSED_KERNELS", "1") == "0":
         return False
+    act = _PLAIN_ACTS[attr, algorithm]
     try:
         ops = torch.ops.mkldnn
         with torch.inference_mode():
-            x = torch.randn(6, 8)
-            w, b = torch.randn(16, 8), torch.randn(16)
-            fused = ops._linear_pointwise(x, w, b, "gelu", [None], "none")
-            linear_ok = torch.allclose(fused, F.gelu(F.linear(x, w, b)), atol=1e-5)
-            x4 = torch.randn(2, 16, 5, 5).contiguous(memory_format=torch.channels_last)
-            cw, cb = torch.randn(16, 1, 3, 3), torch.randn(16)
-            fused = ops._convolution_pointwise(x4, cw, cb, [1, 1], [1, 1], [1, 1], 16, "gelu", [None], "none")
-            conv_ok = torch.allclose(fused, F.gelu(F.conv2d(x4, cw, cb, padding=1, groups=16)), atol=1e-5)
-    except (AttributeError, RuntimeError) as err:
-        log.debug("fused oneDNN kernels unavailable: %s", err)
+            if kind == "linear":
+                x, w, b = torch.randn(6, 8), torch.randn(16, 8), torch.randn(16)
+                fused = ops._linear_pointwise(x, w, b, attr, [None], algorithm)
+                plain = act(F.linear(x, w, b))
+            else:
+                x = torch.randn(2, 16, 5, 5).contiguous(memory_format=torch.channels_last)
+                w, b = torch.randn(16, 1, 3, 3), torch.randn(16)
+                fused = ops._convolution_pointwise(
+                    x, w, b, [1, 1], [1, 1], [1, 1], 16, attr, [None], algorithm
+                )
+                plain = act(F.conv2d(x, w, b, padding=1, groups=16))
+            agrees = fused.shape == plain.shape and torch.allclose(fused, plain, atol=1e-5)
+    except Exception as err:  # missing op, other signature in this torch build, no oneDNN
+        log.debug("fused oneDNN %s + %s unavailable: %s", kind, attr, err)
         return False
-    if not (linear_ok and conv_ok):
-        log.warning("fused oneDNN kernels disagree with the plain ops in this torch build: not used")
-    return linear_ok and conv_ok
+    if not agrees:
+        log.warning(
+            "fused oneDNN %s + %s disagrees with the plain ops in this torch build: not used", kind, attr
+        )
+    return agrees
 
 
 def _fusable(x: Tensor) -> bool:
@@ -74,7 +90,6 @@ def _fusable(x: Tensor) -> bool:
         and not torch.jit.is_tracing()
         and not torch.compiler.is_compiling()
         and _get_current_dispatch_mode() is None
-        and _onednn_works()
     )
 
 
@@ -88,7 +103,7 @@ def _finish(act: nn.Module, y: Tensor) -> Tensor:
 def linear_act(x: Tensor, linear: nn.Linear, act: nn.Module) -> Tensor:
     """``act(linear(x))``, as one kernel where that is safe (see the module docstring)."""
     post_op = _post_op(act)
-    if post_op is None or not _fusable(x):
+    if post_op is None or not _fusable(x) or not _onednn_works("linear", *post_op):
         return act(linear(x))
     attr, algorithm = post_op
     y = torch.ops.mkldnn._linear_pointwise(x, linear.weight, linear.bias, attr, [None], algorithm)
@@ -98,7 +113,13 @@ def linear_act(x: Tensor, linear: nn.Linear, act: nn.Module) -> Tensor:
 def conv_act(x: Tensor, conv: nn.Conv2d, act: nn.Module) -> Tensor:
     """``act(conv(x))`` for an NCHW (view) input, as one kernel where that is safe."""
     post_op = _post_op(act)
-    if post_op is None or conv.padding_mode != "zeros" or isinstance(conv.padding, str) or not _fusable(x):
+    if (
+        post_op is None
+        or conv.padding_mode != "zeros"
+        or isinstance(conv.padding, str)
+        or not _fusable(x)
+        or not _onednn_works("conv", *post_op)
+    ):
         return act(conv(x))
     attr, algorithm = post_op
     y = torch.ops.mkldnn._convolution_pointwise(
