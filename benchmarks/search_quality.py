@@ -523,6 +523,11 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--scale", choices=sorted(SCALES), default="cpu")
+    parser.add_argument(
+        "--space",
+        type=Path,
+        help="another search-space file for this scale (e.g. the same space, another recipe)",
+    )
     parser.add_argument("--trials", type=int, help="trials per study (default: the scale's)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="sampler seeds")
     parser.add_argument("--train-seeds", type=int, nargs="+", default=[1, 2, 3])
@@ -543,9 +548,10 @@ def main() -> None:
         raise SystemExit("--scale gpu needs a CUDA device (none is visible)")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
-    space_file = work / Path(scale.space).name  # the exact file every study and training reads
+    source = args.space or ROOT / scale.space
+    space_file = work / source.name  # the exact file every study and training reads
     if not space_file.exists():
-        shutil.copy(ROOT / scale.space, space_file)
+        shutil.copy(source, space_file)
     spec = load_search_spec(space_file)
     exp = spec.experiment
     if exp.objectives[:2] != ["accuracy", "flops"]:
@@ -707,10 +713,10 @@ def main() -> None:
     union_front = pareto(union_points)
     checkpoints = sorted({n for n in (10, 20, 40, 60, 100, 200, trials) if n <= trials})
     result = {
-        "title": f"Search quality, {args.scale} scale: {Path(scale.space).stem} space",
+        "title": f"Search quality, {args.scale} scale: {source.stem} space",
         "settings": {
             "scale": args.scale,
-            "space": scale.space,
+            "space": str(args.space) if args.space else scale.space,
             "data": scale.note,
             "recipe": (
                 f"{exp.train.epochs} epochs, batch {exp.train.batch_size}, AdamW lr {exp.train.lr}, "
