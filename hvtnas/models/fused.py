@@ -57,16 +57,17 @@ def _onednn_works(kind: str = "linear", attr: str = "gelu", algorithm: str = "no
     if os.environ.get("HVTNAS_FUSED_KERNELS", "1") == "0":
         return False
     act = _PLAIN_ACTS[attr, algorithm]
+    rand = functools.partial(torch.randn, generator=torch.Generator().manual_seed(0))  # not the global RNG
     try:
         ops = torch.ops.mkldnn
         with torch.inference_mode():
             if kind == "linear":
-                x, w, b = torch.randn(6, 8), torch.randn(16, 8), torch.randn(16)
+                x, w, b = rand(6, 8), rand(16, 8), rand(16)
                 fused = ops._linear_pointwise(x, w, b, attr, [None], algorithm)
                 plain = act(F.linear(x, w, b))
             else:
-                x = torch.randn(2, 16, 5, 5).contiguous(memory_format=torch.channels_last)
-                w, b = torch.randn(16, 1, 3, 3), torch.randn(16)
+                x = rand(2, 16, 5, 5).contiguous(memory_format=torch.channels_last)
+                w, b = rand(16, 1, 3, 3), rand(16)
                 fused = ops._convolution_pointwise(
                     x, w, b, [1, 1], [1, 1], [1, 1], 16, attr, [None], algorithm
                 )
