@@ -61,3 +61,21 @@ def test_pareto_keeps_only_non_dominated_points(sq):
     ]
     front = sq.pareto(points)
     assert [(p["accuracy"], p["flops"]) for p in front] == [(0.6, 1.0), (0.7, 3.0)]
+
+
+def test_trials_stopped_early_under_nsga2_count_as_stopped_not_trained(sq):
+    """NSGA-II records a stopped trial complete and flagged: it adds nothing to the hypervolume and
+    is counted with the pruned ones."""
+    study = _study([(0.5, 5.0), None])
+    study.add_trial(
+        optuna.trial.create_trial(
+            params={"i": 2},
+            distributions={"i": IntDistribution(0, 100)},
+            values=[0.9, 1.0],  # would dominate everything if it counted
+            user_attrs={"stopped_early": True},
+        )
+    )
+    history = sq.hypervolume_history(study, 3, flops_ref=10.0, error_ref=0.9)
+    assert history[2] == pytest.approx(history[0])
+    assert [t.number for t in sq.trained(study)] == [0]
+    assert sq.stopped_early(study) == 2
