@@ -33,6 +33,7 @@ from hvtnas.config import ArchConfig
 from hvtnas.models import build_model
 from hvtnas.search.study import arch_key, load_search_spec
 from hvtnas.space import iter_samples
+from hvtnas.summary import describe
 from hvtnas.train.data import load_dataset
 from hvtnas.train.proxies import ZERO_COST_PROXIES, score_model
 from hvtnas.train.trainer import adapt_arch_to_data, train_model
@@ -51,13 +52,6 @@ def sample_space(space_file: Path, n: int, seed: int) -> list[ArchConfig]:
         if len(archs) == n:
             break
     return list(archs.values())
-
-
-def describe(cfg: ArchConfig) -> str:
-    stages = ", ".join(
-        f"{st.depth}x{st.width} " + "+".join(dict.fromkeys(m.kind for m in st.mixers)) for st in cfg.stages
-    )
-    return f"{cfg.stem.kind}/{cfg.pos_embed.kind}: {stages}"
 
 
 def correlations(a: list[float], b: list[float]) -> dict[str, float | None]:
@@ -247,7 +241,7 @@ def to_markdown(s: dict[str, Any]) -> str:
         "",
         "## Architectures (validation accuracy; seconds of training)",
         "",
-        "| name | stem/PE: depth x width mixer per stage | params | "
+        "| name | architecture (stem, PE: depth x width mixers per stage) | params | "
         + " | ".join(f"{k}" for k in keys)
         + " | long |",
         "|---|---|---:|" + "---:|" * (len(keys) + 1),
@@ -255,7 +249,8 @@ def to_markdown(s: dict[str, Any]) -> str:
     for r in s["rows"]:
         cells = [f"{_acc(r['proxies'][k]):.3f} ({r['proxies'][k]['train_seconds']:.0f}s)" for k in keys]
         cells.append(f"{_acc(r['long']):.3f} ({r['long']['train_seconds']:.0f}s)")
-        lines.append(f"| {r['name']} | {r['arch']} | {r['params']:,} | " + " | ".join(cells) + " |")
+        arch = r["arch"].replace("|", "\\|")  # stage separators inside a table cell
+        lines.append(f"| {r['name']} | {arch} | {r['params']:,} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

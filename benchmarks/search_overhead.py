@@ -31,8 +31,8 @@ proxy-trains at 112, and its ``flops_dense`` at 1280x800.
 
 A PostgreSQL server that cannot be reached is skipped (noted in the results); its study is deleted
 afterwards. ``metaformer`` runs 10 trials by default (``metaformer:10``): its models are ImageNet-sized
-and each trial counts FLOPs at 1280x800 too, ~20 s on 2 busy cores. Run time with the defaults: about
-10 minutes on 2 CPU cores, nearly all of it in ``metaformer`` (2 minutes without it). Results:
+and each trial counts FLOPs at 1280x800 too, ~3 s on 2 cores. Run time with the defaults: about 3
+minutes on 2 CPU cores. Results:
 ``benchmarks/results/search_overhead.{json,md}``.
 """
 
@@ -63,6 +63,7 @@ import torch
 import hvtnas.costs.measure as costs_measure
 import hvtnas.search.study as search_study
 from hvtnas.costs import CostCache
+from hvtnas.costs.latency import cpu_name
 from hvtnas.errors import HvtnasError
 from hvtnas.search import SearchRun, SearchSpec, TrialOutcome, load_search_spec, open_study
 from hvtnas.search.experiment import ExperimentConfig
@@ -73,7 +74,7 @@ ROOT = Path(__file__).parent.parent
 RESULTS = Path(__file__).parent / "results"
 SPACES = ROOT / "search_spaces"
 TARGET_S = 1.5  # issue 8: the search's own overhead per trial, on a 2-core CPU
-# metaformer (ImageNet-sized models, FLOPs at 1280x800 too) takes ~20 s a trial on 2 busy cores: 10 trials
+# metaformer (ImageNet-sized models, FLOPs at 1280x800 too) takes ~3 s a trial on 2 cores: 10 trials
 DEFAULT_SPACES = ["quickstart", "animal_mnist", "cifar", "metaformer:10"]
 HEARTBEAT_S = 60  # hvtnas search's default: PostgreSQL trials run with a heartbeat thread
 # steps of a trial, in the order of the table (ms, mean over the trials)
@@ -233,14 +234,6 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
         "target_s": TARGET_S,
         "target_met": mean <= TARGET_S,
     }
-
-
-def cpu_name() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:

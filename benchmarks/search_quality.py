@@ -25,8 +25,10 @@ training seeds, Welch's t-test), and what the fronts are made of.
     python benchmarks/search_quality.py --scale cpu --trials 6 --seeds 0 --train-seeds 1 \
         --families swin_t poolformer_s12 --work runs/sq-smoke --out smoke   # a smoke run, minutes
 
-The work folder (``runs/search_quality_<scale>`` by default) holds the studies and every finished
-training, so an interrupted run continues where it stopped.
+The work folder (``runs/search_quality_<scale>`` by default) holds the studies, every finished
+training and a cost cache (``costs.sqlite``: FLOPs, parameters and latency per architecture), so an
+interrupted run continues where it stopped and a rerun only re-analyses. ``--space`` runs a scale on
+another space file (the same space with another recipe, say).
 """
 
 from __future__ import annotations
@@ -38,7 +40,6 @@ import json
 import math
 import multiprocessing
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -56,13 +57,13 @@ from optuna.trial import TrialState
 from scipy import stats
 
 from hvtnas.config import ArchConfig
-from hvtnas.costs import LatencySettings
-from hvtnas.costs.flops import count_flops
-from hvtnas.costs.latency import measure_latency
-from hvtnas.models import build_model, scale_to_flops, zoo
+from hvtnas.costs import CostCache, Costs, CostSettings, LatencySettings, measure_costs
+from hvtnas.costs.latency import cpu_name
+from hvtnas.models import scale_to_flops, zoo
 from hvtnas.search.resilience import count_finished
 from hvtnas.search.study import arch_key, load_search_spec
 from hvtnas.search.workers import run_storage
+from hvtnas.summary import describe
 from hvtnas.train import ImageData, load_dataset
 from hvtnas.train.trainer import adapt_arch_to_data, train_proxy
 
@@ -151,22 +152,19 @@ def run_searches(
     return time.perf_counter() - started
 
 
+def _load(work: Path, name: str) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=run_storage(work / "runs" / name))
+
+
 def _finished(work: Path, name: str, trials: int) -> bool:
     run = work / "runs" / name
     if not (run / "study.db").exists() and not (run / "journal.log").exists():
         return False
-    study = optuna.load_study(study_name=name, storage=run_storage(run))
-    return count_finished(study) >= trials
+    return count_finished(_load(work, name)) >= trials
 
 
 def load_studies(work: Path, samplers: list[str], seeds: list[int]) -> dict[tuple[str, int], optuna.Study]:
-    studies = {}
-    for sampler in samplers:
-        for seed in seeds:
-            name = f"{sampler}-s{seed}"
-            storage = run_storage(work / "runs" / name)
-            studies[sampler, seed] = optuna.load_study(study_name=name, storage=storage)
-    return studies
+    return {(sampler, seed): _load(work, f"{sampler}-s{seed}") for sampler in samplers for seed in seeds}
 
 
 def trained(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
@@ -271,13 +269,6 @@ def run_trainings(
 
 
 # --------------------------------------------------------------------------------------- report
-def describe(arch: ArchConfig) -> str:
-    stages = " | ".join(
-        f"{s.depth}x{s.width} " + "+".join(dict.fromkeys(m.kind for m in s.mixers)) for s in arch.stages
-    )
-    return f"{arch.stem.kind} stem, {arch.pos_embed.kind} PE: {stages}"
-
-
 def welch(a: list[float], b: list[float]) -> float | None:
     if len(a) < 2 or len(b) < 2:
         return None
@@ -561,6 +552,10 @@ def main() -> None:
         exp.data.for_arch(spec.space.tree["input"]["channels"], spec.space.tree["input"]["resolution"])
     )
     wall: dict[str, float] = {}
+    cost_cache = CostCache(work / "costs.sqlite")  # FLOPs, parameters and latency, once per architecture
+
+    def costs(arch: ArchConfig, latency: LatencySettings | None = None) -> Costs:
+        return measure_costs(arch, CostSettings(dense_resolution=None, latency=latency), cache=cost_cache)
 
     # 1. searches
     wall["searches"] = run_searches(space_file, work, args.samplers, args.seeds, trials, jobs)
@@ -592,8 +587,7 @@ def main() -> None:
     ]
     challenger_of: dict[str, tuple[tuple[str, int], optuna.trial.FrozenTrial] | None] = {}
     for key, (_, _, arch) in baseline_archs.items():
-        flops = count_flops(build_model(arch), (arch.input.resolution,) * 2, arch.input.channels).total
-        fits = [(sk, t) for sk, t in found if t.values[1] <= flops]
+        fits = [(sk, t) for sk, t in found if t.values[1] <= costs(arch).flops]
         challenger_of[key] = max(fits, key=lambda st: st[1].values[0]) if fits else None
     challenger_archs = {
         t.user_attrs["arch_key"]: (sk, t, ArchConfig.model_validate(t.user_attrs["arch"]))
@@ -614,22 +608,14 @@ def main() -> None:
 
     # 4. latency, alone on the machine
     t0 = time.perf_counter()
-    latency_file = work / "latency.json"
-    latency = json.loads(latency_file.read_text()) if latency_file.exists() else {}
     settings = LatencySettings(
         device=scale.device, batch_size=1, threads=1 if scale.device == "cpu" else None
     )
-    measured_now = 0
-    for key, arch in [(k, v[-1]) for k, v in {**baseline_archs, **challenger_archs}.items()]:
-        if key not in latency:
-            measured_now += 1
-            model = build_model(arch)
-            res = measure_latency(
-                model, (arch.input.resolution,) * 2, settings, in_channels=arch.input.channels
-            )
-            latency[key] = res.median_ms
-            latency_file.write_text(json.dumps(latency, indent=1))
-    wall["latency"] = time.perf_counter() - t0 if measured_now else 0.0
+    latency = {
+        key: costs(v[-1], settings).latency.median_ms
+        for key, v in {**baseline_archs, **challenger_archs}.items()
+    }
+    wall["latency"] = time.perf_counter() - t0  # ~0 when every latency was in the cache
     # wall time spent on each phase over all runs of this work folder (a rerun that only
     # re-analyses adds nothing)
     wall_file = work / "wall_seconds.json"
@@ -637,46 +623,45 @@ def main() -> None:
     wall = {k: spent.get(k, 0.0) + v for k, v in wall.items()}
     wall_file.write_text(json.dumps(wall, indent=1))
 
-    def accuracies(key: str) -> list[float]:
-        return [results[key, s]["accuracy"] or 0.0 for s in args.train_seeds]
+    def measured(key: str, arch: ArchConfig) -> dict[str, Any]:
+        """Accuracies over the training seeds (mean, sd), FLOPs, parameters and latency."""
+        accs = [results[key, s]["accuracy"] or 0.0 for s in args.train_seeds]
+        c = costs(arch)
+        return {
+            "key": key, "flops": c.flops, "params": c.params, "accuracies": accs,
+            "mean": float(np.mean(accs)), "sd": float(np.std(accs, ddof=1)) if len(accs) > 1 else 0.0,
+            "latency_ms": latency[key],
+            "description": describe(arch), "arch": arch.to_dict(),
+        }  # fmt: skip
 
-    def cost(arch: ArchConfig) -> tuple[float, int]:
-        model = build_model(arch)
-        flops = count_flops(model, (arch.input.resolution,) * 2, arch.input.channels).total
-        return flops, sum(p.numel() for p in model.parameters())
-
-    challengers = []
-    for key, (sk, t, arch) in challenger_archs.items():
-        accs = accuracies(key)
-        flops, params = cost(arch)
-        challengers.append(
-            {
-                "key": key, "study": f"{sk[0]}-s{sk[1]}", "number": t.number, "search_accuracy": t.values[0],
-                "flops": flops, "params": params, "accuracies": accs, "mean": float(np.mean(accs)),
-                "sd": float(np.std(accs, ddof=1)) if len(accs) > 1 else 0.0, "latency_ms": latency[key],
-                "description": describe(arch), "arch": arch.to_dict(),
-            }
-        )  # fmt: skip
+    challengers = [
+        {
+            "study": f"{sk[0]}-s{sk[1]}",
+            "number": t.number,
+            "search_accuracy": t.values[0],
+            **measured(key, arch),
+        }
+        for key, (sk, t, arch) in challenger_archs.items()
+    ]
     by_key = {c["key"]: c for c in challengers}
     baselines = []
     for key, (family, budget, arch) in baseline_archs.items():
-        accs = accuracies(key)
-        flops, params = cost(arch)
+        row = measured(key, arch)
         ch = challenger_of[key]
         ckey = ch[1].user_attrs["arch_key"] if ch else None
         c = by_key.get(ckey)
-        mean = float(np.mean(accs))
-        p_value = welch(c["accuracies"], accs) if c else None
-        verdict = dominance(c, accs, latency[key], p_value)
+        p_value = welch(c["accuracies"], row["accuracies"]) if c else None
+        verdict = dominance(c, row["accuracies"], row["latency_ms"], p_value)
         baselines.append(
             {
-                "family": family, "budget": budget, "key": key, "flops": flops, "params": params,
-                "accuracies": accs, "mean": mean, "sd": float(np.std(accs, ddof=1)) if len(accs) > 1 else 0.0,
-                "latency_ms": latency[key], "challenger": ckey,
-                "p_value": p_value, "verdict": verdict,
-                "description": describe(arch), "arch": arch.to_dict(),
+                "family": family,
+                "budget": budget,
+                **row,
+                "challenger": ckey,
+                "p_value": p_value,
+                "verdict": verdict,
             }
-        )  # fmt: skip
+        )
 
     # hypervolume and fronts
     error_ref = 1.0 - 1.0 / data.num_classes
@@ -737,7 +722,7 @@ def main() -> None:
             "depth_mult": DEPTH_MULT,
             "flops_ref": flops_ref,
             "error_ref": error_ref,
-            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs"
+            "machine": f"{cpu_name()}, {os.cpu_count()} CPUs"
             + (f", {torch.cuda.get_device_name()}" if scale.device == "cuda" else ""),
             "torch": torch.__version__,
             "optuna": optuna.__version__,

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from _reference import MODELS as REFERENCE_MODELS
 from _reference import import_timm, load_pair
 
+from hvtnas.costs.latency import device_name
 from hvtnas.models import resolve_config
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -145,20 +146,34 @@ def _on_device(*models: torch.nn.Module, device: torch.device) -> Iterator[None]
             torch.cuda.empty_cache()
 
 
+def compile_modes(device: torch.device, compile_arg: str) -> list[bool]:
+    """Whether each measurement compiles the models: ``torch.compile`` is measured on CUDA only."""
+    if device.type != "cuda":
+        return [False]
+    return {"both": [False, True], "off": [False], "only": [True]}[compile_arg]
+
+
+def default_iters(device: torch.device, setting: Setting) -> int:
+    """Iterations per timed round: enough for a round to outlast timer and launch noise."""
+    if device.type == "cuda":
+        return 50 if setting.batch == 1 else 15
+    return 5 if setting.batch == 1 else 1
+
+
 def measure_model(name: str, timm: Any, args: argparse.Namespace, settings: dict[str, Setting]) -> list[dict]:
     device = torch.device(args.device)
     drop_path = resolve_config(name).drop_path_rate  # the paper's rate, in both models
+    channels_last = device.type == "cuda"
     rows = []
     for key in args.settings:
         setting = settings[key]
-        for compiled in [False, True] if (device.type == "cuda" and args.compile != "off") else [False]:
-            if compiled is False and args.compile == "only":
-                continue
+        for compiled in compile_modes(device, args.compile):
+            # a fresh pair for every measurement: the same weights and no optimizer state or
+            # compiled graphs carried over from the previous setting
             torch.manual_seed(0)
             reference, generated = load_pair(name, timm, drop_path_rate=drop_path)
             models = {"reference": reference, "generated": generated}
             with _on_device(*models.values(), device=device):
-                channels_last = device.type == "cuda"
                 for k, m in models.items():
                     m.to(device)
                     if channels_last:
@@ -170,13 +185,7 @@ def measure_model(name: str, timm: Any, args: argparse.Namespace, settings: dict
                     for k, m in models.items()
                 }
                 warmup = args.warmup + (5 if compiled else 0)
-                iters = args.iters or (
-                    (10 if setting.batch == 1 else 3)
-                    if device.type == "cuda"
-                    else (5 if setting.batch == 1 else 1)
-                )
-                if device.type == "cuda":
-                    iters *= 5
+                iters = args.iters or default_iters(device, setting)
                 times = interleaved(steps, device, warmup, args.rounds, iters)
             ref_s, gen_s = statistics.median(times["reference"]), statistics.median(times["generated"])
             target = target_for(device.type, setting)
@@ -188,7 +197,7 @@ def measure_model(name: str, timm: Any, args: argparse.Namespace, settings: dict
                 "batch": setting.batch,
                 "train": setting.train,
                 "dtype": "bfloat16 autocast" if device.type == "cuda" else "float32",
-                "channels_last": device.type == "cuda",
+                "channels_last": channels_last,
                 "compile": compiled,
                 "reference_ms": 1000 * ref_s,
                 "generated_ms": 1000 * gen_s,
@@ -212,26 +221,14 @@ def measure_model(name: str, timm: Any, args: argparse.Namespace, settings: dict
 
 
 def environment(device: torch.device, threads: int) -> dict[str, Any]:
-    env: dict[str, Any] = {
+    return {
         "date": datetime.date.today().isoformat(),
         "torch": torch.__version__,
         "python": platform.python_version(),
         "device": device.type,
         "threads": threads,
+        "gpu" if device.type == "cuda" else "cpu": device_name(device),
     }
-    if device.type == "cuda":
-        env["gpu"] = torch.cuda.get_device_name(device)
-    else:
-        env["cpu"] = _cpu_name()
-    return env
-
-
-def _cpu_name() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def to_markdown(env: dict[str, Any], rows: list[dict]) -> str:

@@ -1,4 +1,5 @@
-"""What a built model is: parameter counts (total and per stage) and the pyramid's shapes."""
+"""What a built model is: parameter counts (total and per stage), the pyramid's shapes, a one-line
+description of its architecture."""
 
 from __future__ import annotations
 
@@ -8,12 +9,22 @@ from typing import Any
 import torch
 from torch import nn
 
+from hvtnas.config import ArchConfig
 from hvtnas.models.build import ModelSpec, build_model
 from hvtnas.models.metaformer import MetaFormer
 
 
 def count_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
+
+
+def describe(cfg: ArchConfig) -> str:
+    """One line: stem, positional encoding and, per stage, depth x width and its mixers, e.g.
+    ``patch stem, none PE: 2x96 window+shifted_window | 2x192 window+shifted_window | ...``."""
+    stages = " | ".join(
+        f"{s.depth}x{s.width} " + "+".join(dict.fromkeys(m.kind for m in s.mixers)) for s in cfg.stages
+    )
+    return f"{cfg.stem.kind} stem, {cfg.pos_embed.kind} PE: {stages}"
 
 
 def params_per_part(model: MetaFormer) -> dict[str, int]:

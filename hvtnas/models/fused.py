@@ -28,15 +28,13 @@ from hvtnas.models.layers import StarReLU
 
 log = logging.getLogger(__name__)
 
-# activation module -> oneDNN post-op (attr, algorithm); StarReLU is ReLU + one addcmul
-_RELU = ("relu", "")
-
 
 def _post_op(act: nn.Module) -> tuple[str, str] | None:
+    """The oneDNN post-op (attr, algorithm) of an activation; StarReLU is ReLU + one addcmul."""
     if isinstance(act, nn.GELU):
         return ("gelu", "tanh" if act.approximate == "tanh" else "none")
     if isinstance(act, nn.ReLU | StarReLU):
-        return _RELU
+        return ("relu", "")
     if isinstance(act, nn.SiLU):
         return ("swish", "")
     return None
@@ -51,7 +49,7 @@ _PLAIN_ACTS = {
 
 
 @functools.cache
-def _onednn_works(kind: str = "linear", attr: str = "gelu", algorithm: str = "none") -> bool:
+def _onednn_works(kind: str, attr: str, algorithm: str) -> bool:
     """This build has the fused ``kind`` kernel with this post-op, and it agrees with the plain
     ops (checked once per combination, on small random tensors)."""
     if os.environ.get("HVTNAS_FUSED_KERNELS", "1") == "0":

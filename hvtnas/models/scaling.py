@@ -92,7 +92,8 @@ def scale_to_flops(
             cfg, width_mult=mult, depth_mult=depth_mult, input=input, width_multiple=width_multiple, name=name
         )
         res = scaled.input.resolution
-        return count_flops(build_model(scaled), (res, res), scaled.input.channels).total, scaled
+        model = build_model(scaled, init_weights=False)  # MACs do not depend on the values
+        return count_flops(model, (res, res), scaled.input.channels).total, scaled
 
     # MACs grow with width (in steps, since widths are rounded): bisect the multiplier in log
     # space, remembering every distinct model met, and keep the closest in log ratio

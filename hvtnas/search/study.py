@@ -227,13 +227,8 @@ class SearchRun:
         earlier = self._same_architecture(key, trial.number)
         if earlier is not None:  # identical architecture: same result, not trained again
             trial.set_user_attr("duplicate_of", earlier.number)
-            for name in (
-                "costs",
-                "cost_objectives",
-                "accuracy_curve",
-                "constraint_violations",
-                "stopped_early",
-            ):
+            copied = ("costs", "cost_objectives", "accuracy_curve", "constraint_violations", "stopped_early")
+            for name in copied:
                 if name in earlier.user_attrs:
                     trial.set_user_attr(name, earlier.user_attrs[name])
             for name, value in earlier.user_attrs.get("constraints", {}).items():
@@ -291,25 +286,20 @@ class SearchRun:
             trial.set_user_attr("accuracy_curve", result.accuracy_curve)
             if result.status == "failed" or (result.reason or "").startswith(TIMEOUT):
                 return TrialOutcome(trial.number, TrialState.FAIL, reason=result.reason)
-            stopped = result.reason if result.status == "stopped" else None
-            if stopped is not None and not self._generational:
-                return TrialOutcome(trial.number, TrialState.PRUNED, reason=stopped)
-            if stopped is not None:
+            if result.status == "stopped":
+                if not self._generational:
+                    return TrialOutcome(trial.number, TrialState.PRUNED, reason=result.reason)
                 # NSGA-II/III build generations from complete trials only: with many trials
                 # stopped, generation 0 (random) would never fill. Recorded complete with the
                 # accuracy it had when stopped, it is dominated by the trial that stopped it
                 # (no more cost, higher accuracy at that epoch), so it never reaches the front.
                 trial.set_user_attr("stopped_early", True)
+                stopped = result.reason
             accuracy = result.val_accuracy
         values = [self._value(m, accuracy, cost_values, proxy_scores) for m in exp.objectives]
         if any(not math.isfinite(v) for v in values):
             return TrialOutcome(trial.number, TrialState.FAIL, reason=f"non-finite objective values {values}")
-        return TrialOutcome(
-            trial.number,
-            TrialState.COMPLETE,
-            values,
-            reason=stopped,
-        )
+        return TrialOutcome(trial.number, TrialState.COMPLETE, values, reason=stopped)
 
     @property
     def _generational(self) -> bool:

@@ -93,9 +93,7 @@ def open_storage(
             if attempt < 4 and ("already exists" in str(err) or "duplicate key" in str(err)):
                 time.sleep(0.2 + random.random())
                 continue
-            raise HvtnasError(
-                f"cannot open storage {storage!r}: {type(err).__name__}: {str(err).splitlines()[0]}"
-            ) from None
+            raise _cannot_open(storage, err) from None
     raise AssertionError("unreachable")
 
 
@@ -115,9 +113,11 @@ def _sqlite_storage(url: str) -> optuna.storages.RDBStorage:
     try:
         return optuna.storages.RDBStorage(url, engine_kwargs={"creator": lambda: _sqlite_connection(path)})
     except Exception as err:  # sqlalchemy / sqlite errors: not a database, no permission, ...
-        raise HvtnasError(
-            f"cannot open storage {url!r}: {type(err).__name__}: {str(err).splitlines()[0]}"
-        ) from None
+        raise _cannot_open(url, err) from None
+
+
+def _cannot_open(storage: str, err: Exception) -> HvtnasError:
+    return HvtnasError(f"cannot open storage {storage!r}: {type(err).__name__}: {str(err).splitlines()[0]}")
 
 
 def device_for(index: int, devices: list[str] | None, gpu_count: int) -> str | None:
