@@ -28,10 +28,19 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from hvtnas.errors import ConfigError, RegistryError
+from hvtnas.io import read_text
 from hvtnas.models.mixers import MIXERS, MixerParams
 from hvtnas.models.mixers.base import ActivationName as Activation
 
 MAX_STAGES = 4  # strides 4, 8, 16, 32
+# Sizes beyond any real architecture: a mistyped size is refused up front, with why, instead of
+# allocating gigabytes (or overflowing) when the model is built.
+MAX_RESOLUTION = 8192  # input side in pixels (the stride-4 map alone is 4M tokens)
+MAX_WIDTH = 16384  # channels of a stage (ViT-22B: 6144)
+MAX_BLOCKS = 512  # blocks over all stages (the deepest published pyramids have < 100)
+MAX_CLASSES = 100_000
+MAX_INT = 100_000  # any other integer (kernel, window, pool sizes, ...)
+MAX_PARAMS = 20e9  # estimated parameters: 80 GB in float32 before activations and optimizer state
 
 
 class _Strict(BaseModel):
@@ -65,9 +74,10 @@ class NormConfig(_Kinded):
 
 
 class InputConfig(_Strict):
-    channels: PositiveInt = 3
-    resolution: PositiveInt = 224  # square input the model is configured for (absolute PE size)
-    num_classes: NonNegativeInt = 1000  # 0: no classifier, forward() returns pooled features
+    channels: PositiveInt = Field(3, le=64)
+    # square input the model is configured for (absolute PE size)
+    resolution: PositiveInt = Field(224, le=MAX_RESOLUTION)
+    num_classes: NonNegativeInt = Field(1000, le=MAX_CLASSES)  # 0: no classifier, forward() returns features
 
 
 class StemConfig(_Kinded):
@@ -236,13 +246,13 @@ MixerSpec = Annotated[SerializeAsAny[MixerParams], BeforeValidator(_parse_mixer)
 
 
 class StageConfig(_Strict):
-    depth: PositiveInt
-    width: PositiveInt
+    depth: PositiveInt = Field(le=MAX_BLOCKS)
+    width: PositiveInt = Field(le=MAX_WIDTH)
     # cycled over the stage's blocks: Swin is [window, shifted_window]
     mixers: list[MixerSpec] = Field(min_length=1)
     head_dim: PositiveInt | None = Field(None, validate_default=True)  # alternative to heads
     heads: PositiveInt | None = Field(None, validate_default=True)
-    mlp_ratio: float = Field(4.0, gt=0)
+    mlp_ratio: float = Field(4.0, gt=0, le=64)
     ffn: FFNConfig = FFNConfig()
     norm: NormConfig = NormConfig()
     layer_scale: float | None = Field(None, gt=0)  # init value of per-channel branch scales
@@ -328,6 +338,52 @@ class ArchConfig(_Strict):
     head: HeadConfig = HeadConfig()
     drop_path_rate: float = Field(0.0, ge=0, lt=1)
 
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, name: str | None) -> str | None:
+        # a name becomes a file or folder name (exports, `hvtnas train`'s default output folder)
+        if name is not None and (name.startswith(".") or any(c in name for c in "/\\\0")):
+            raise PydanticCustomError(
+                "plain_name", "a name may not contain '/' nor start with '.' (it names files)"
+            )
+        return name
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_absurd_integers(cls, data: Any) -> Any:
+        def check(value: Any, loc: tuple) -> None:
+            if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INT:
+                _fail(loc, value, f"{value} is larger than any size hvtnas builds (limit {MAX_INT:,})")
+            elif isinstance(value, dict):
+                for key, item in value.items():
+                    if loc or key != "metadata":  # an export's metadata holds counts (FLOPs, params)
+                        check(item, (*loc, key))
+            elif isinstance(value, list):
+                for i, item in enumerate(value):
+                    check(item, (*loc, i))
+
+        check(data, ())
+        return data
+
+    @model_validator(mode="after")
+    def _within_limits(self) -> ArchConfig:
+        blocks = sum(s.depth for s in self.stages)
+        if blocks > MAX_BLOCKS:
+            _fail(
+                ("stages",),
+                [s.depth for s in self.stages],
+                f"{blocks} blocks in all is more than the limit of {MAX_BLOCKS}",
+            )
+        params = estimated_params(self)
+        if params > MAX_PARAMS:
+            _fail(
+                ("stages",),
+                [s.width for s in self.stages],
+                f"about {params:.3g} parameters is more than the limit of {MAX_PARAMS:.3g} "
+                f"({MAX_PARAMS * 4 / 1e9:.0f} GB of float32 weights)",
+            )
+        return self
+
     @model_validator(mode="after")
     def _attention_downsampling_has_its_mixer(self) -> ArchConfig:
         if self.downsample.kind == "pooling_attention":
@@ -376,9 +432,7 @@ class ArchConfig(_Strict):
     @classmethod
     def from_yaml(cls, path: str | Path) -> ArchConfig:
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError([f"{path}: no such file"])
-        return cls.from_yaml_text(path.read_text(), source=str(path))
+        return cls.from_yaml_text(read_text(path, "config file"), source=str(path))
 
     @classmethod
     def from_yaml_text(cls, text: str, source: str = "<string>") -> ArchConfig:
@@ -409,6 +463,15 @@ class ArchConfig(_Strict):
         if path is not None:
             Path(path).write_text(text)
         return text
+
+
+def estimated_params(cfg: ArchConfig) -> float:
+    """A quick upper-bound-ish parameter estimate (attention-like mixer + FFN per block, the
+    classifier): what the size limits check before anything is allocated."""
+    total = 0.0
+    for stage in cfg.stages:
+        total += stage.depth * (4 + 2 * stage.mlp_ratio) * stage.width**2
+    return total + cfg.stages[-1].width * cfg.input.num_classes
 
 
 def _fail(loc: tuple, value: Any, message: str) -> None:
@@ -473,10 +536,24 @@ def _line_for(loc: tuple, lines: dict[tuple, int]) -> int | None:
     return None
 
 
+# Limits of a YAML file: nesting (deeper recursion is a RecursionError in the parser and the
+# validators) and values after aliases are expanded (a few hundred bytes of nested aliases expand
+# to billions of values: the "billion laughs" alias bomb).
+MAX_YAML_DEPTH = 64
+MAX_YAML_VALUES = 100_000
+
+
 def load_yaml_with_lines(text: str, source: str) -> tuple[Any, dict[tuple, int]]:
-    """Parse YAML and record the 1-based line of every mapping key and list item by its path."""
+    """Parse YAML and record the 1-based line of every mapping key and list item by its path.
+
+    Refused with one line each, before anything is built: nesting deeper than ``MAX_YAML_DEPTH``,
+    more than ``MAX_YAML_VALUES`` values once aliases are expanded (an alias bomb), recursive
+    aliases, keys that are not plain values and a key given twice in one mapping."""
     try:
+        _check_nesting(text, source)
         node = yaml.compose(text, Loader=yaml.SafeLoader)
+        if node is not None:
+            _check_expanded_size(node, source)
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
@@ -488,10 +565,23 @@ def load_yaml_with_lines(text: str, source: str) -> tuple[Any, dict[tuple, int]]
     def walk(n: yaml.Node, path: tuple) -> None:
         lines[path] = n.start_mark.line + 1
         if isinstance(n, yaml.MappingNode):
+            seen: dict[Any, int] = {}
             for key, value in n.value:
-                lines[(*path, key.value)] = key.start_mark.line + 1
+                line = key.start_mark.line + 1
+                if not isinstance(key, yaml.ScalarNode):
+                    raise ConfigError(
+                        [f"{source}:{line}: {_path(path)}: a key must be a plain value"], source
+                    )
+                if key.value in seen and key.value != "<<":
+                    where = f"{_path((*path, key.value))}"
+                    raise ConfigError(
+                        [f"{source}:{line}: {where}: key given twice (first at line {seen[key.value]})"],
+                        source,
+                    )
+                seen[key.value] = line
+                lines[(*path, key.value)] = line
                 walk(value, (*path, key.value))
-                lines[(*path, key.value)] = key.start_mark.line + 1
+                lines[(*path, key.value)] = line
         elif isinstance(n, yaml.SequenceNode):
             for i, item in enumerate(n.value):
                 walk(item, (*path, i))
@@ -499,3 +589,54 @@ def load_yaml_with_lines(text: str, source: str) -> tuple[Any, dict[tuple, int]]
     if node is not None:
         walk(node, ())
     return data, lines
+
+
+def _check_nesting(text: str, source: str) -> None:
+    """Refuse nesting deeper than ``MAX_YAML_DEPTH`` from the event stream (which needs no recursion)."""
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.SequenceStartEvent | yaml.MappingStartEvent):
+            depth += 1
+            if depth > MAX_YAML_DEPTH:
+                raise ConfigError(
+                    [
+                        f"{source}:{event.start_mark.line + 1}: lists and mappings nested more than "
+                        f"{MAX_YAML_DEPTH} deep (no config needs that)"
+                    ],
+                    source,
+                )
+        elif isinstance(event, yaml.SequenceEndEvent | yaml.MappingEndEvent):
+            depth -= 1
+
+
+def _check_expanded_size(root: yaml.Node, source: str) -> None:
+    """Count values with every alias expanded, each shared node once (memoised): an alias bomb
+    is refused in time linear in the file, before anything walks its expansion."""
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+
+    def size(n: yaml.Node) -> int:
+        key = id(n)
+        if key in sizes:
+            return sizes[key]
+        if key in active:
+            raise ConfigError([f"{source}:{n.start_mark.line + 1}: an alias refers to itself"], source)
+        active.add(key)
+        total = 1
+        if isinstance(n, yaml.MappingNode):
+            total += sum(size(k) + size(v) for k, v in n.value)
+        elif isinstance(n, yaml.SequenceNode):
+            total += sum(size(item) for item in n.value)
+        active.discard(key)
+        sizes[key] = total
+        if total > MAX_YAML_VALUES:
+            raise ConfigError(
+                [
+                    f"{source}:{n.start_mark.line + 1}: its aliases expand to more than {MAX_YAML_VALUES:,} "
+                    "values (an alias bomb?)"
+                ],
+                source,
+            )
+        return total
+
+    size(root)

@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError,
 
 from hvtnas.config import ArchConfig, _line_for, format_validation_error, load_yaml_with_lines
 from hvtnas.errors import ConfigError
+from hvtnas.io import read_text
 
 LEAF_KEYS = ("choice", "int", "float")
 
@@ -158,9 +159,7 @@ class SearchSpace:
     @classmethod
     def from_yaml(cls, path: str | Path) -> SearchSpace:
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError([f"{path}: no such file"])
-        data, lines = load_yaml_with_lines(path.read_text(), str(path))
+        data, lines = load_yaml_with_lines(read_text(path, "search space"), str(path))
         if not isinstance(data, dict):
             raise ConfigError([f"{path}: expected a mapping at the top level"])
         data.pop("experiment", None)  # the search's settings: hvtnas.search.load_search_spec reads them
@@ -259,22 +258,90 @@ class SearchSpace:
         return node
 
     def _check_samples(self) -> None:
-        """Every option and both ends of every range must give a valid architecture (the rest of
-        the space at its first option / low end): a bad option is found now, not in trial 137."""
-        problems: list[str] = []
+        """The whole space is valid before anything runs: the base sample (every choice's first
+        option, every range's low end) and every option and both ends of every range with the
+        rest at base must give a valid architecture (a bad option is found now, not in trial 137).
+
+        A problem is reported once, on the line of the field it concerns: without a condition
+        when no choice changes it, else ``with <choice> = <value>`` naming the choice that causes
+        it. Problems are ordered by line."""
+        base_trial = _SweepTrial({})
+        base = self._sweep_problems(base_trial)
+        sweeps: list[tuple[str, Any, dict[str, tuple[int, str]]]] = []
         for parsed in self.nodes.values():
             values = parsed.labels if isinstance(parsed.leaf, ChoiceLeaf) else list(parsed.leaf.bounds)
+            if isinstance(parsed.leaf, FloatLeaf):  # a fractional value finds an integer field
+                low, high = parsed.leaf.bounds
+                values.append(low + 0.5 if low + 0.5 <= high else (low + high) / 2)
             for value in {repr(v): v for v in values}.values():
-                sweep = _SweepTrial({parsed.name: value})
-                try:
-                    ArchConfig.model_validate(self._materialize(self.tree, sweep))
-                except ValidationError as err:
-                    for problem in format_validation_error(err):
-                        problems.append(
-                            f"{self._where(parsed.yaml_path)}with {parsed.name} = {value}: {problem}"
-                        )
-        if problems:
-            raise ConfigError(sorted(set(problems)), self.source, what="search space")
+                sweeps.append((parsed.name, value, self._sweep_problems(_SweepTrial({parsed.name: value}))))
+        # problems are compared by field: one report per field, the base sample's first
+        found: dict[str, tuple[int, str]] = {}  # field path -> (line, text)
+        for line, text in base.values():
+            field = _field(text)
+            # caused by a choice when another value of that choice clears the field
+            causes = [name for name, _, problems in sweeps if field not in map(_field, problems)]
+            if causes and causes[0] in base_trial.params:
+                text = f"with {causes[0]} = {base_trial.params[causes[0]]}: {text}"
+            found.setdefault(field, (line, text))
+        for name, value, problems in sweeps:
+            for line, text in problems.values():
+                field = _field(text)
+                if field in found:
+                    continue
+                leaf = next(n for n in self.nodes.values() if n.name == name)
+                if isinstance(leaf.leaf, FloatLeaf) and "fractional part" in text:
+                    message = (
+                        f"{name} is a float range but the field takes integers: use {{int: [low, high]}}"
+                    )
+                    found[field] = (line, f"{field}: {message}")
+                else:
+                    found[field] = (line, f"with {name} = {value}: {text}")
+        if found:
+            ordered = sorted(found.values(), key=lambda item: (item[0], item[1]))
+            problems = [
+                f"{self.source}:{line}: {text}" if line else f"{self.source}: {text}"
+                for line, text in ordered
+            ]
+            raise ConfigError(list(dict.fromkeys(problems)), self.source, what="search space")
+
+    def _sweep_problems(self, trial: _SweepTrial) -> dict[str, tuple[int, str]]:
+        """The problems of one sweep sample: ``field: message`` -> (line in the file, that text)."""
+        try:
+            ArchConfig.model_validate(self._materialize(self.tree, trial))
+        except ValidationError as err:
+            lines: dict[tuple, int] = {}
+            self._sample_lines(self.tree, trial, (), (), lines)
+            out: dict[str, tuple[int, str]] = {}
+            plain = format_validation_error(err)
+            located = format_validation_error(err, "<s>", lines)
+            for text, where in zip(plain, located, strict=True):
+                line = where.removeprefix("<s>:").partition(":")[0]
+                out[text] = (int(line) if line.isdigit() else 0, text)
+            return out
+        return {}
+
+    def _sample_lines(
+        self, node: Any, trial: Suggester, out_path: tuple, yaml_path: tuple, out: dict
+    ) -> None:
+        """The file's line of every field of the sample ``trial`` gives (its path in the sampled
+        config -> the line of the value it came from)."""
+        line = _line_for(yaml_path, self.lines)
+        if line:
+            out[out_path] = line
+        if _is_leaf(node):
+            parsed = self.nodes[id(node)]
+            if isinstance(parsed.leaf, ChoiceLeaf):
+                index = parsed.labels.index(trial.suggest_categorical(parsed.name, parsed.labels))
+                self._sample_lines(
+                    parsed.leaf.choice[index], trial, out_path, (*yaml_path, "choice", index), out
+                )
+        elif isinstance(node, dict):
+            for key, value in node.items():
+                self._sample_lines(value, trial, (*out_path, key), (*yaml_path, key), out)
+        elif isinstance(node, list):
+            for i, value in enumerate(node):
+                self._sample_lines(value, trial, (*out_path, i), (*yaml_path, i), out)
 
     # -------------------------------------------------------------------------- description
     def dimensions(self) -> list[Dimension]:
@@ -355,6 +422,11 @@ class _SweepTrial:
         self, name: str, low: float, high: float, *, step: float | None = None, log: bool = False
     ) -> float:
         return self._take(name, low)
+
+
+def _field(problem: str) -> str:
+    """The field path a ``field.path: message`` problem line is about."""
+    return problem.partition(": ")[0]
 
 
 def _display(path: tuple) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -18,17 +19,35 @@ err_console = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+INTERRUPTED_EXIT = 130  # the shell's code for a command stopped by Ctrl-C (SIGINT)
+
+
+def print_error(message: str) -> None:
+    err_console.print(f"[bold red]error:[/] {escape(message)}", markup=True, highlight=False, soft_wrap=True)
+
+
 def user_errors(func: F) -> F:
-    """Bad input is the user's to fix, not a bug: print the message (no traceback), exit 2."""
+    """Bad input is the user's to fix, not a bug: print the message (no traceback), exit 2.
+
+    A config error prints one line per problem (``file:line: field: problem``). Faults of the
+    machine (a full disk, an unwritable folder) print one line naming the file and the cause
+    and exit 1; Ctrl-C prints ``interrupted`` and exits 130, without a traceback."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
         except HvtnasError as err:
-            err_console.print(
-                f"[bold red]error:[/] {escape(str(err))}", markup=True, highlight=False, soft_wrap=True
-            )
+            problems = getattr(err, "problems", None)
+            for line in problems or [str(err)]:
+                print_error(line)
             raise typer.Exit(code=2) from None
+        except OSError as err:  # a full disk, no permission, an I/O error: name the file and the cause
+            where = f"{err.filename}: " if err.filename else ""
+            print_error(f"{where}{err.strerror or err}")
+            raise typer.Exit(code=1) from None
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr, flush=True)
+            raise typer.Exit(code=INTERRUPTED_EXIT) from None
 
     return wrapper  # type: ignore[return-value]
