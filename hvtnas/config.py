@@ -28,7 +28,7 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from hvtnas.errors import ConfigError, RegistryError
-from hvtnas.io import read_text
+from hvtnas.io import atomic_write_text, read_text
 from hvtnas.models.mixers import MIXERS, MixerParams
 from hvtnas.models.mixers.base import ActivationName as Activation
 
@@ -461,7 +461,7 @@ class ArchConfig(_Strict):
     def to_yaml(self, path: str | Path | None = None) -> str:
         text = yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None)
         if path is not None:
-            Path(path).write_text(text)
+            atomic_write_text(path, text)  # a crash leaves the old file or the new one, never half
         return text
 
 

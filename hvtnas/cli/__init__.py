@@ -2,14 +2,31 @@
 
 from __future__ import annotations
 
-import typer
+import sys
+from types import TracebackType
 
-from hvtnas.cli.build import build_command
-from hvtnas.cli.mixers import mixers_command
-from hvtnas.cli.search import dashboard_command, export_command, report_command, search_command
-from hvtnas.cli.space import space_app
-from hvtnas.cli.train import train_command
-from hvtnas.cli.zoo import zoo_command
+
+def _quiet_interrupt(
+    kind: type[BaseException], value: BaseException, traceback: TracebackType | None
+) -> None:
+    """Ctrl-C while the command line starts (torch takes seconds to import): one word, no traceback."""
+    if issubclass(kind, KeyboardInterrupt):
+        print("interrupted", file=sys.stderr, flush=True)
+    else:
+        sys.__excepthook__(kind, value, traceback)
+
+
+if sys.excepthook is sys.__excepthook__:  # set before the heavy imports below
+    sys.excepthook = _quiet_interrupt
+
+import typer  # noqa: E402
+
+from hvtnas.cli.build import build_command  # noqa: E402
+from hvtnas.cli.mixers import mixers_command  # noqa: E402
+from hvtnas.cli.search import dashboard_command, export_command, report_command, search_command  # noqa: E402
+from hvtnas.cli.space import space_app  # noqa: E402
+from hvtnas.cli.train import train_command  # noqa: E402
+from hvtnas.cli.zoo import zoo_command  # noqa: E402
 
 app = typer.Typer(
     name="hvtnas",
@@ -30,4 +47,8 @@ app.add_typer(space_app, name="space")
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except KeyboardInterrupt:  # outside a command's own handling (click's start-up)
+        print("interrupted", file=sys.stderr, flush=True)
+        sys.exit(130)

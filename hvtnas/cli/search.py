@@ -13,12 +13,14 @@ import typer
 import yaml
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from hvtnas.cli._common import console, user_errors
+from hvtnas.cli._common import console, print_error, user_errors
 from hvtnas.costs import CostCache
 from hvtnas.errors import HvtnasError
+from hvtnas.io import atomic_write_text, check_name, safe_file_name
 from hvtnas.search import SearchRun, TrialOutcome, export_trials, load_search_spec, open_study, select_trials
 from hvtnas.search.dashboard import save_study_figures
 from hvtnas.search.resilience import DeviceLock, count_finished
+from hvtnas.search.storage import check_data, failure_summary
 from hvtnas.search.workers import device_key, open_storage, run_storage, run_workers
 
 
@@ -72,8 +74,11 @@ def search_command(
         except ValueError as err:
             raise HvtnasError(f"--sampler: {err.errors()[0]['msg']}") from None
         spec.experiment = spec.experiment.model_copy(update={"sampler": new_sampler})
-    name = study or space.stem
+    name = check_name(
+        study or space.stem, "study name" if study else f"study name (from {space.name}; use --study)"
+    )
     run_dir = runs_dir / name
+    check_data(spec)  # a missing data file fails every trial: say so before anything is written
     device_list = None
     if devices is not None:
         device_list = [d.strip() for d in devices.split(",")]
@@ -90,14 +95,16 @@ def search_command(
     study_obj = open_study(spec, name, open_storage(storage_url, heartbeat, max_retry))
     lock_dir = run_dir / "locks"  # this host's workers: latency is never timed while one trains
     if storage is None:  # the run folder: the space as given and the experiment with its defaults
-        (run_dir / "space.yaml").write_text(spec.text)
-        (run_dir / "experiment.yaml").write_text(
-            yaml.safe_dump(spec.experiment.model_dump(mode="json"), sort_keys=False, default_flow_style=None)
+        atomic_write_text(run_dir / "space.yaml", spec.text)
+        atomic_write_text(
+            run_dir / "experiment.yaml",
+            yaml.safe_dump(spec.experiment.model_dump(mode="json"), sort_keys=False, default_flow_style=None),
         )
     log_file = (run_dir / "search.log").open("a") if storage is None else None
     exp = spec.experiment
     objectives = ", ".join(f"{o} ({d})" for o, d in zip(exp.objectives, exp.directions, strict=True))
     before = count_finished(study_obj)  # a crashed trial that was retried counts once
+    earlier = {t.number for t in study_obj.get_trials(deepcopy=False)}
     console.print(
         f"study {name!r}: {before} trials done, running to {trials}; objectives {objectives}", highlight=False
     )
@@ -176,6 +183,11 @@ def search_command(
     console.print(
         f"done: {run.finished()} trials in study {name!r} ({'storage ' + storage if storage else run_dir})"
     )
+    this_run = [t for t in study_obj.get_trials(deepcopy=False) if t.number not in earlier]
+    summary = failure_summary(study_obj, this_run)
+    if summary is not None:  # nothing to show for it: not a success
+        print_error(summary)
+        raise typer.Exit(code=1)
 
 
 def _load_study(run: Path | None, storage: str | None, study: str | None) -> optuna.Study:
@@ -222,7 +234,8 @@ def report_command(
     from hvtnas.report import write_report  # plotly and pandas only when a report is asked for
 
     study_obj = _load_study(run, storage, study)
-    target = out or (run / "report.html" if run is not None else Path(f"{study_obj.study_name}_report.html"))
+    default = Path(f"{safe_file_name(study_obj.study_name)}_report.html")
+    target = out or (run / "report.html" if run is not None else default)
     html_path, csv_path = write_report(study_obj, target, cache=CostCache() if use_cache else None)
     console.print(f"{html_path}\n{csv_path}", highlight=False)
 
@@ -247,7 +260,9 @@ def export_command(
     chosen = select_trials(study_obj, pareto=pareto, trial=trial, top=top, by=by)
     if not chosen:
         raise HvtnasError(f"study {study_obj.study_name!r} has no completed trial to export")
-    target = out or (run / "exports" if run is not None else Path("exports") / study_obj.study_name)
+    target = out or (
+        run / "exports" if run is not None else Path("exports") / safe_file_name(study_obj.study_name)
+    )
     for path in export_trials(study_obj, chosen, target):
         console.print(str(path), highlight=False)
 

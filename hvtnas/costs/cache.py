@@ -8,8 +8,10 @@ SQLite in WAL mode lets several worker processes on one machine share the file.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import os
 import sqlite3
 import time
@@ -18,6 +20,7 @@ from typing import Any
 
 from hvtnas.config import ArchConfig
 
+log = logging.getLogger(__name__)
 SCHEMA_VERSION = 2  # bump when a cost's definition changes, so stale entries are not reused
 # 2: einsum counted exactly, linear interpolation counted (pooling_attention's FLOPs changed)
 
@@ -42,30 +45,79 @@ def cost_key(kind: str, cfg: ArchConfig, settings: dict[str, Any]) -> str:
 
 
 class CostCache:
+    """A cache is a speed-up, never a reason to fail: a corrupt cache file is moved aside
+    (``costs.sqlite.corrupt-<time>``) and rebuilt, and a cache that cannot be used at all (no
+    permission, a full disk) is bypassed; each with one warning naming the file and the cause."""
+
     def __init__(self, path: str | Path | None = None) -> None:
         self.path = Path(path) if path is not None else default_cache_path()
+        self.disabled = False
+        try:
+            self._create()
+        except (sqlite3.OperationalError, OSError) as err:  # no permission, locked, a full disk
+            self._disable(err)
+        except sqlite3.DatabaseError as err:  # not a database, a malformed file: rebuild it
+            self._rebuild(err)
+        except sqlite3.Error as err:
+            self._disable(err)
+
+    def _create(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as db:
+        with contextlib.closing(self._connect()) as conn, conn as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(
                 "CREATE TABLE IF NOT EXISTS costs (key TEXT PRIMARY KEY, kind TEXT, value TEXT, created REAL)"
             )
+            db.execute("SELECT COUNT(*) FROM costs").fetchone()
+
+    def _rebuild(self, err: Exception) -> None:
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
+        try:
+            for suffix in ("-wal", "-shm"):
+                Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+            os.replace(self.path, aside)
+            self._create()
+        except (sqlite3.Error, OSError) as again:
+            self._disable(again)
+            return
+        log.warning(
+            "warning: cost cache %s was unreadable (%s): moved to %s, starting afresh", self.path, err, aside
+        )
+        return True
+
+    def _disable(self, err: Exception) -> None:
+        if not self.disabled:
+            log.warning("warning: cost cache %s cannot be used (%s): measuring without it", self.path, err)
+        self.disabled = True
 
     def _connect(self) -> sqlite3.Connection:
         return sqlite3.connect(self.path, timeout=60)
 
     def get(self, key: str) -> Any | None:
-        with self._connect() as db:
-            row = db.execute("SELECT value FROM costs WHERE key = ?", (key,)).fetchone()
-        return None if row is None else json.loads(row[0])
+        if self.disabled:
+            return None
+        try:
+            with contextlib.closing(self._connect()) as db:
+                row = db.execute("SELECT value FROM costs WHERE key = ?", (key,)).fetchone()
+            return None if row is None else json.loads(row[0])
+        except (sqlite3.Error, OSError, ValueError) as err:  # a corrupt entry or file: measure again
+            self._disable(err)
+            return None
 
     def put(self, key: str, kind: str, value: Any) -> None:
-        with self._connect() as db:
-            db.execute(
-                "INSERT OR REPLACE INTO costs (key, kind, value, created) VALUES (?, ?, ?, ?)",
-                (key, kind, json.dumps(value), time.time()),
-            )
+        if self.disabled:
+            return
+        try:
+            with contextlib.closing(self._connect()) as conn, conn as db:
+                db.execute(
+                    "INSERT OR REPLACE INTO costs (key, kind, value, created) VALUES (?, ?, ?, ?)",
+                    (key, kind, json.dumps(value), time.time()),
+                )
+        except (sqlite3.Error, OSError) as err:  # a full disk: the result is kept, just not cached
+            self._disable(err)
 
     def __len__(self) -> int:
-        with self._connect() as db:
+        if self.disabled:
+            return 0
+        with contextlib.closing(self._connect()) as db:
             return db.execute("SELECT COUNT(*) FROM costs").fetchone()[0]

@@ -21,6 +21,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hvtnas.config import ArchConfig
 from hvtnas.costs import CostCache, CostSettings, measure_costs
+from hvtnas.io import atomic_write_text
 from hvtnas.models import zoo
 from hvtnas.search.experiment import metric_direction
 from hvtnas.search.study import metric_value
@@ -176,7 +177,7 @@ def write_report(study: optuna.Study, out: Path, cache: CostCache | None = None)
     out.parent.mkdir(parents=True, exist_ok=True)
     frame = trials_frame(study)
     csv_path = out.with_suffix(".csv")
-    frame.to_csv(csv_path, index=False)
+    atomic_write_text(csv_path, frame.to_csv(index=False))  # a crash leaves the old file, never a torn one
     front = frame[frame["trial"].isin({t.number for t in study.best_trials})]
     sections: list[str] = []
     figures = pareto_figures(study, cache)
@@ -212,8 +213,9 @@ def write_report(study: optuna.Study, out: Path, cache: CostCache | None = None)
         "table{border-collapse:collapse;font-size:13px} td,th{border:1px solid #ddd;padding:3px 6px} "
         ".note{color:#777}"
     )
-    out.write_text(
+    atomic_write_text(
+        out,
         f"<!doctype html><html><head><meta charset=utf-8><title>{html.escape(study.study_name)}</title>"
-        f"<style>{style}</style></head><body>{body}</body></html>"
+        f"<style>{style}</style></head><body>{body}</body></html>",
     )
     return out, csv_path

@@ -10,6 +10,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hvtnas.config import ArchConfig
 from hvtnas.errors import HvtnasError
+from hvtnas.io import safe_file_name
 
 
 def select_trials(
@@ -78,7 +79,7 @@ def export_trials(study: optuna.Study, trials: list[FrozenTrial], out: Path) -> 
     paths = []
     for t in trials:
         cfg = trial_config(study, t)
-        path = out / f"{cfg.name}.yaml"
+        path = out / f"{safe_file_name(cfg.name)}.yaml"  # a study name may hold '/' or '..'
         cfg.to_yaml(path)
         paths.append(path)
     return paths

@@ -7,6 +7,10 @@
 - **Dead local workers** (any storage, journal and SQLite included, which have no heartbeats):
   every running trial records ``worker`` = ``host:pid``; a RUNNING trial whose process on this host
   no longer exists is failed and retried the same way.
+- **Orphans**: a worker killed between creating a trial and recording itself leaves a RUNNING
+  trial without a ``worker``; one older than ``ORPHAN_GRACE_S`` is failed and retried the same way.
+- **Reasons**: every trial failed this way records why (``reason``), and a worker stopped by
+  Ctrl-C or SIGTERM fails its running trial at once ("interrupted") and enqueues its retry.
 - **Counting**: a failed trial that was retried is not counted towards ``--trials`` (its retry is).
 - **Device lock**: latency is never timed while another worker on the same host trains (see
   ``DeviceLock``).
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import datetime
 import fcntl
 import os
 import socket
@@ -34,6 +39,19 @@ _RetryBase = (
     or optuna.storages.RetryFailedTrialCallback
 )
 WORKER_ATTR = "worker"  # user attribute: host:pid of the process running the trial
+# seconds after which a RUNNING trial that never recorded its worker is taken for an orphan (its
+# worker recorded itself within milliseconds of creating it, or died); tests set it lower
+ORPHAN_GRACE_S = float(os.environ.get("HVTNAS_ORPHAN_GRACE_S", "60"))
+FAULT_ENV = "HVTNAS_FAULT"
+
+
+def fault_point(name: str) -> None:
+    """Test hook: with ``HVTNAS_FAULT=name`` in the environment this process kills itself with
+    SIGKILL here, as a crash or ``kill -9`` at that moment would (tests/test_robustness.py).
+    Points: ``after_ask`` (a trial just created, nothing recorded yet), ``after_trial`` (a
+    trial just told)."""
+    if os.environ.get(FAULT_ENV) == name:
+        os.kill(os.getpid(), 9)
 
 
 def worker_id() -> str:
@@ -105,6 +123,15 @@ def fail_stale(study: optuna.Study, max_retry: int | None) -> list[int]:
     enqueue their parameters again (at most ``max_retry`` times). Returns the failed numbers."""
     failed: list[int] = []
     if heartbeat_enabled(study):
+        storage = study._storage
+        try:  # record why before Optuna fails them (a finished trial takes no attributes)
+            for trial_id in storage._get_stale_trial_ids(study._study_id):
+                grace = storage.grace_period
+                _set_reason(
+                    study, trial_id, f"no heartbeat for over {grace} s: its worker died or lost the storage"
+                )
+        except Exception:  # a private Optuna API: without it only the reason is missing
+            pass
         before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -114,13 +141,21 @@ def fail_stale(study: optuna.Study, max_retry: int | None) -> list[int]:
         failed += sorted((before - after) & now_failed)
     host = socket.gethostname()
     retry = Retry(max_retry=max_retry)
+    now = datetime.datetime.now()
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         owner = str(trial.user_attrs.get(WORKER_ATTR, ""))
         owner_host, _, pid = owner.rpartition(":")
-        if owner_host != host or not pid.isdigit():
-            continue
+        if not owner:  # its worker died before recording itself (or is recording itself right now)
+            started = trial.datetime_start
+            if started is None or (now - started).total_seconds() < ORPHAN_GRACE_S:
+                continue
+            reason = "its worker died before recording itself (found on resume); retried"
         # called between trials, so a trial "of this process" is a previous one's (a reused pid)
-        if int(pid) != os.getpid() and _pid_alive(int(pid)):
+        elif owner_host != host or not pid.isdigit() or (int(pid) != os.getpid() and _pid_alive(int(pid))):
+            continue
+        else:
+            reason = f"its worker {owner} died during the trial (found on resume); retried"
+        if not _set_reason(study, trial._trial_id, reason):
             continue
         try:
             if not study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
@@ -128,6 +163,31 @@ def fail_stale(study: optuna.Study, max_retry: int | None) -> list[int]:
         except (optuna.exceptions.UpdateFinishedTrialError, RuntimeError):
             continue  # another worker got there first
         retry(study, study._storage.get_trial(trial._trial_id))
+        failed.append(trial.number)
+    return failed
+
+
+def _set_reason(study: optuna.Study, trial_id: int, reason: str) -> bool:
+    """Record why a trial is failed; False when it finished meanwhile."""
+    try:
+        study._storage.set_trial_user_attr(trial_id, "reason", reason)
+    except (optuna.exceptions.UpdateFinishedTrialError, RuntimeError):
+        return False
+    return True
+
+
+def fail_own_running(study: optuna.Study, reason: str, max_retry: int | None) -> list[int]:
+    """Fail this process's running trials with ``reason`` and enqueue their retries (Ctrl-C, SIGTERM)."""
+    me, failed = worker_id(), []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if trial.user_attrs.get(WORKER_ATTR) != me or not _set_reason(study, trial._trial_id, reason):
+            continue
+        try:
+            if not study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
+                continue
+        except (optuna.exceptions.UpdateFinishedTrialError, RuntimeError):
+            continue
+        Retry(max_retry=max_retry)(study, study._storage.get_trial(trial._trial_id))
         failed.append(trial.number)
     return failed
 

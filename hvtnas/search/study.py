@@ -30,10 +30,20 @@ from hvtnas.config import ArchConfig, format_validation_error, load_yaml_with_li
 from hvtnas.costs import CostCache, Costs, measure_costs
 from hvtnas.costs.cache import canonical_config
 from hvtnas.errors import ConfigError, HvtnasError
+from hvtnas.io import read_text
 from hvtnas.models import build_model
 from hvtnas.search.dashboard import save_trial_note
 from hvtnas.search.experiment import PROXY_PREFIX, ExperimentConfig
-from hvtnas.search.resilience import WORKER_ATTR, DeviceLock, Heartbeat, count_finished, fail_stale, worker_id
+from hvtnas.search.resilience import (
+    WORKER_ATTR,
+    DeviceLock,
+    Heartbeat,
+    count_finished,
+    fail_own_running,
+    fail_stale,
+    fault_point,
+    worker_id,
+)
 from hvtnas.space import SearchSpace
 from hvtnas.train import ImageData, load_dataset, train_proxy
 from hvtnas.train.proxies import score_model
@@ -65,9 +75,7 @@ class SearchSpec:
 
 def load_search_spec(path: str | Path) -> SearchSpec:
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError([f"{path}: no such file"])
-    text = path.read_text()
+    text = read_text(path, "search space")
     data, lines = load_yaml_with_lines(text, str(path))
     if not isinstance(data, dict):
         raise ConfigError([f"{path}: expected a mapping at the top level"])
@@ -134,7 +142,12 @@ class SearchRun:
                 log.warning("failed trials of dead workers (retried): %s", stale)
             if self.finished() >= trials:
                 break
-            outcomes.append(self.run_one())
+            try:
+                outcomes.append(self.run_one())
+            except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the running trial fails now, with why
+                fail_own_running(self.study, "interrupted (Ctrl-C or SIGTERM); retried", self.max_retry)
+                raise
+            fault_point("after_trial")
             if self.on_trial is not None:
                 self.on_trial(outcomes[-1])
         return outcomes
@@ -156,6 +169,7 @@ class SearchRun:
         with warnings.catch_warnings():  # "heartbeat is meant for optimize": ours is in Heartbeat
             warnings.filterwarnings("ignore", message="Heartbeat of storage")
             trial = self.study.ask()
+        fault_point("after_ask")
         if self.on_trial_start is not None:
             self.on_trial_start(trial.number)
         started = time.perf_counter()

@@ -9,13 +9,18 @@ fails with "database is locked", optuna/optuna#820). ``--storage`` accepts any O
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import multiprocessing
 import os
 import random
+import signal
 import sqlite3
+import sys
+import threading
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +29,7 @@ import optuna
 from hvtnas.errors import HvtnasError
 
 JOURNAL_PREFIX = "journal:"
+INTERRUPTED_EXIT = 130  # a worker stopped by Ctrl-C / SIGTERM
 
 
 def run_storage(run_dir: Path, n_jobs: int = 1) -> str:
@@ -56,10 +62,16 @@ def open_storage(
     if storage.startswith(JOURNAL_PREFIX):
         from optuna.storages.journal import JournalFileBackend
 
+        from hvtnas.search.storage import repair_journal
+
         path = Path(storage.removeprefix(JOURNAL_PREFIX))
         path.parent.mkdir(parents=True, exist_ok=True)
+        repair_journal(path)  # a record torn by a crash would make the whole file unreadable
         return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
     if storage.startswith("sqlite:///") and ":memory:" not in storage:
+        from hvtnas.search.storage import check_sqlite_file
+
+        check_sqlite_file(Path(storage.removeprefix("sqlite:///")))  # empty or not a database: say so
         return _sqlite_storage(storage)
     if heartbeat is None or storage.startswith("sqlite"):
         return storage
@@ -143,20 +155,30 @@ def run_workers(n_jobs: int, worker_args: dict[str, Any], devices: list[str] | N
     def start(i: int) -> multiprocessing.process.BaseProcess:
         args = dict(worker_args, threads=threads, gpu=device_for(i, devices, gpus), index=i)
         process = context.Process(target=worker_main, kwargs=args, name=f"hvtnas-worker-{i}")
-        process.start()
+        with _sigint_ignored():  # a worker starts deaf to Ctrl-C (no traceback from its start-up)
+            process.start()
         return process
 
     processes = {i: start(i) for i in range(n_jobs)}
     done: list[multiprocessing.process.BaseProcess] = []
-    while processes:
-        for i, process in list(processes.items()):
-            process.join(timeout=0.5)
+    try:
+        while processes:
+            for i, process in list(processes.items()):
+                process.join(timeout=0.5)
+                if process.exitcode is None:
+                    continue
+                if process.exitcode == HARD_TIMEOUT_EXIT:  # it abandoned a hung trial: a fresh one goes on
+                    processes[i] = start(i)
+                else:
+                    done.append(processes.pop(i))
+    except KeyboardInterrupt:  # each worker fails its running trial ("interrupted") and ends
+        for process in processes.values():
+            process.terminate()  # SIGTERM: the worker's KeyboardInterrupt
+        for process in processes.values():
+            process.join(timeout=30)
             if process.exitcode is None:
-                continue
-            if process.exitcode == HARD_TIMEOUT_EXIT:  # it abandoned a hung trial: a fresh one goes on
-                processes[i] = start(i)
-            else:
-                done.append(processes.pop(i))
+                process.kill()
+        raise
     failed = [p.name for p in done if p.exitcode != 0]
     if failed:
         raise HvtnasError(f"worker processes failed: {', '.join(failed)} (their trials are in the study)")
@@ -176,7 +198,68 @@ def worker_main(
     max_retry: int | None = 3,
     lock_dir: str | None = None,
 ) -> None:
-    """One worker: the search loop against the shared study until it holds ``trials`` trials."""
+    """One worker: the search loop against the shared study until it holds ``trials`` trials.
+
+    Ctrl-C or SIGTERM fail its running trial with the reason "interrupted" and end it quietly."""
+    signal.signal(signal.SIGINT, _raise_interrupt)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        _worker_loop(
+            space,
+            study,
+            storage,
+            trials,
+            use_cache,
+            sampler,
+            threads,
+            gpu,
+            index,
+            heartbeat,
+            max_retry,
+            lock_dir,
+        )
+    except KeyboardInterrupt:
+        sys.exit(INTERRUPTED_EXIT)
+    except HvtnasError as err:  # one line, as the command itself would print it
+        print(f"[{multiprocessing.current_process().name}] error: {err}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    # once: a second signal (Ctrl-C reaches the workers and the parent's SIGTERM follows) must not
+    # interrupt the recording of the first
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """SIGINT ignored while a worker process starts: it inherits that until it installs its own."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _worker_loop(
+    space: str,
+    study: str,
+    storage: str,
+    trials: int,
+    use_cache: bool,
+    sampler: dict[str, Any],
+    threads: int,
+    gpu: str | None,
+    index: int,
+    heartbeat: int | None,
+    max_retry: int | None,
+    lock_dir: str | None,
+) -> None:
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu
     import torch

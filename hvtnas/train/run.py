@@ -26,7 +26,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from hvtnas.config import ArchConfig, format_validation_error, load_yaml_with_lines
-from hvtnas.errors import HvtnasError
+from hvtnas.errors import ConfigError, HvtnasError
+from hvtnas.io import read_text
 from hvtnas.train.checkpoint import load_checkpoint, save_checkpoint
 from hvtnas.train.data import DataConfig, load_dataset
 from hvtnas.train.trainer import TrainConfig, TrialResult, adapt_arch_to_data, resolve_device, train_model
@@ -57,9 +58,11 @@ class TrainRunConfig(BaseModel):
 def read_run_config(path: str | Path) -> tuple[TrainRunConfig, ArchConfig]:
     """A run config (or a bare architecture config) and its resolved architecture."""
     path = Path(path)
-    if not path.is_file():
-        raise RunConfigError([f"{path}: no such file"])
-    data, lines = load_yaml_with_lines(path.read_text(), str(path))
+    try:
+        text = read_text(path, "training config")
+    except ConfigError as err:
+        raise RunConfigError(err.problems) from None
+    data, lines = load_yaml_with_lines(text, str(path))
     if not isinstance(data, dict):
         raise RunConfigError([f"{path}: expected a mapping at the top level, got {type(data).__name__}"])
     if "stages" in data and "arch" not in data:  # a bare architecture config
