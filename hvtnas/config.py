@@ -554,12 +554,18 @@ def load_yaml_with_lines(text: str, source: str) -> tuple[Any, dict[tuple, int]]
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         if node is not None:
             _check_expanded_size(node, source)
+            lines = _node_lines(node, source)
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""
         problem = getattr(err, "problem", None) or str(err)
         raise ConfigError([f"{source}{line}: YAML syntax error: {problem}"], source) from None
+    return data, (lines if node is not None else {})
+
+
+def _node_lines(node: yaml.Node, source: str) -> dict[tuple, int]:
+    """The line of every mapping key and list item by its path; refuses duplicate keys."""
     lines: dict[tuple, int] = {}
 
     def walk(n: yaml.Node, path: tuple) -> None:
@@ -586,9 +592,8 @@ def load_yaml_with_lines(text: str, source: str) -> tuple[Any, dict[tuple, int]]
             for i, item in enumerate(n.value):
                 walk(item, (*path, i))
 
-    if node is not None:
-        walk(node, ())
-    return data, lines
+    walk(node, ())
+    return lines
 
 
 def _check_nesting(text: str, source: str) -> None:

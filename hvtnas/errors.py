@@ -6,6 +6,8 @@ from __future__ import annotations
 class HvtnasError(Exception):
     """Base class of every error hvtnas raises on purpose (bad input, not bugs)."""
 
+    exit_code = 2  # of the command line: 2 bad input, 1 a fault of the machine (a full disk)
+
 
 class ConfigError(HvtnasError, ValueError):
     """A configuration file or object is invalid.

@@ -78,7 +78,9 @@ def write_error(path: str | Path, err: OSError) -> HvtnasError:
     cause = err.strerror or str(err)
     if err.errno in (errno.ENOSPC, errno.EDQUOT):
         cause += " (free some space and run the command again: nothing completed is lost)"
-    return HvtnasError(f"cannot write {path}: {cause}")
+    error = HvtnasError(f"cannot write {path}: {cause}")
+    error.exit_code = 1
+    return error
 
 
 def check_name(name: str, what: str) -> str:

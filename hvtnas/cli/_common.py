@@ -41,7 +41,7 @@ def user_errors(func: F) -> F:
             problems = getattr(err, "problems", None)
             for line in problems or [str(err)]:
                 print_error(line)
-            raise typer.Exit(code=2) from None
+            raise typer.Exit(code=err.exit_code) from None
         except OSError as err:  # a full disk, no permission, an I/O error: name the file and the cause
             where = f"{err.filename}: " if err.filename else ""
             print_error(f"{where}{err.strerror or err}")

@@ -10,6 +10,7 @@ from pydantic import ValidationError
 from rich.table import Table
 
 from hvtnas.cli._common import console, user_errors
+from hvtnas.config import MAX_RESOLUTION
 from hvtnas.costs import CostCache, Costs, CostSettings, LatencySettings, Resolution, measure_costs
 from hvtnas.errors import HvtnasError
 from hvtnas.models import build_model
@@ -50,7 +51,11 @@ def build_command(
     model: Annotated[str, typer.Argument(help="A zoo name (see `hvtnas zoo`) or an architecture YAML file.")],
     resolution: Annotated[
         int | None,
-        typer.Option(min=1, help="Input size for shapes, FLOPs and latency (default: the config's)."),
+        typer.Option(
+            min=1,
+            max=MAX_RESOLUTION,
+            help="Input size for shapes, FLOPs and latency (default: the config's).",
+        ),
     ] = None,
     dense_resolution: Annotated[
         str,

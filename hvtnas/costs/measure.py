@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 
+from hvtnas.config import MAX_RESOLUTION
 from hvtnas.costs.cache import CostCache, cost_key
 from hvtnas.costs.flops import count_flops
 from hvtnas.costs.latency import LatencyResult, LatencySettings, device_name, measure_latency
@@ -22,8 +23,8 @@ class Resolution(BaseModel):
     (``1280x800``: 800 rows, 1280 columns); a single number is a square."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    height: PositiveInt
-    width: PositiveInt
+    height: PositiveInt = Field(le=MAX_RESOLUTION)  # larger is a typo, not an input (hvtnas.config)
+    width: PositiveInt = Field(le=MAX_RESOLUTION)
 
     @model_validator(mode="before")
     @classmethod

@@ -79,7 +79,8 @@ def export_trials(study: optuna.Study, trials: list[FrozenTrial], out: Path) -> 
     paths = []
     for t in trials:
         cfg = trial_config(study, t)
-        path = out / f"{safe_file_name(cfg.name)}.yaml"  # a study name may hold '/' or '..'
+        cfg = cfg.model_copy(update={"name": safe_file_name(cfg.name)})  # a study name may hold '/'
+        path = out / f"{cfg.name}.yaml"
         cfg.to_yaml(path)
         paths.append(path)
     return paths
