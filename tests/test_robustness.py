@@ -189,7 +189,9 @@ def test_a_float_range_for_an_integer_field_is_refused(tmp_path: Path) -> None:
     result = _search(tmp_path, _write(tmp_path / "space.yaml", data), "--trials", "1")
     assert result.exit_code == BAD_INPUT
     [line] = _errors(result)
-    assert "space.yaml:13: stages[0].depth: stage1.depth is a float range but the field takes integers" in line
+    assert (
+        "space.yaml:13: stages[0].depth: stage1.depth is a float range but the field takes integers" in line
+    )
     _nothing_written(tmp_path)
 
 
