@@ -31,8 +31,8 @@ BAD_INPUT = 2
 
 
 def _errors(result) -> list[str]:
-    """The non-empty lines of a failed command: each must be one ``error: ...`` line."""
-    lines = [line for line in result.output.splitlines() if line.strip()]
+    """The non-empty lines a failed command wrote to stderr: each must be one ``error: ...`` line."""
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert "Traceback" not in result.output, result.output
     assert lines and all(line.startswith("error: ") for line in lines), result.output
     return lines
@@ -503,3 +503,32 @@ def test_ctrl_c_during_a_trial_fails_it_with_its_reason_and_resume_retries_it(tm
     study = _study(tmp_path)
     assert study.trials[retry.number].params == trial.params
     assert resilience.count_finished(study) == 2
+
+
+def test_a_full_database_during_a_search_is_one_line_and_keeps_what_was_told(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sqlite3
+
+    import sqlalchemy.exc
+
+    from hvtnas.search.study import SearchRun
+
+    space = _space(tmp_path)
+    assert _search(tmp_path, space, "--trials", "1").exit_code == 0
+    done = _completed(_study(tmp_path))
+
+    def full(self):  # what Optuna raises when SQLite cannot commit
+        driver = sqlite3.OperationalError("database or disk is full")
+        try:
+            raise sqlalchemy.exc.OperationalError("INSERT ...", {}, driver)
+        except sqlalchemy.exc.OperationalError as err:
+            raise optuna.exceptions.StorageInternalError("An exception is raised during the commit.") from err
+
+    monkeypatch.setattr(SearchRun, "run_one", full)
+    result = _search(tmp_path, space, "--trials", "2")
+    assert result.exit_code == 1
+    [line] = _errors(result)
+    db = tmp_path / "runs" / "space" / "study.db"
+    assert line == f"error: storage sqlite:///{db}: OperationalError: database or disk is full"
+    assert _completed(_study(tmp_path)) == done

@@ -22,6 +22,28 @@ F = TypeVar("F", bound=Callable[..., Any])
 INTERRUPTED_EXIT = 130  # the shell's code for a command stopped by Ctrl-C (SIGINT)
 
 
+_storage: list[str] = []  # the storage the running command uses, to name it in a fault's line
+
+
+def note_storage(storage: str) -> None:
+    """Name ``storage`` in the message of a storage fault (a full disk) of this command."""
+    _storage[:] = [storage]
+
+
+def _storage_fault(err: Exception) -> str | None:
+    """One line for a database driver's error (sqlalchemy, sqlite3, psycopg), else None."""
+    from optuna.exceptions import StorageInternalError
+
+    if isinstance(err, StorageInternalError) and err.__cause__ is not None:
+        err = err.__cause__  # Optuna wraps the driver's error; that one says what happened
+    if type(err).__module__.split(".")[0] not in ("sqlalchemy", "sqlite3", "psycopg"):
+        return None
+    cause = getattr(err, "orig", None) or err
+    first = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+    where = f"storage {_storage[0]}" if _storage else "storage"
+    return f"{where}: {type(cause).__name__}: {first}"
+
+
 def print_error(message: str) -> None:
     err_console.print(f"[bold red]error:[/] {escape(message)}", markup=True, highlight=False, soft_wrap=True)
 
@@ -35,6 +57,7 @@ def user_errors(func: F) -> F:
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        _storage.clear()
         try:
             return func(*args, **kwargs)
         except HvtnasError as err:
@@ -43,11 +66,17 @@ def user_errors(func: F) -> F:
                 print_error(line)
             raise typer.Exit(code=err.exit_code) from None
         except OSError as err:  # a full disk, no permission, an I/O error: name the file and the cause
-            where = f"{err.filename}: " if err.filename else ""
+            where = f"{err.filename}: " if err.filename else (f"storage {_storage[0]}: " if _storage else "")
             print_error(f"{where}{err.strerror or err}")
             raise typer.Exit(code=1) from None
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr, flush=True)
             raise typer.Exit(code=INTERRUPTED_EXIT) from None
+        except Exception as err:  # a database full or gone: one line, what was told is in the study
+            line = _storage_fault(err)
+            if line is None:
+                raise  # a bug: the traceback is for us
+            print_error(line)
+            raise typer.Exit(code=1) from None
 
     return wrapper  # type: ignore[return-value]

@@ -13,7 +13,7 @@ import typer
 import yaml
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from hvtnas.cli._common import console, print_error, user_errors
+from hvtnas.cli._common import console, note_storage, print_error, user_errors
 from hvtnas.costs import CostCache
 from hvtnas.errors import HvtnasError
 from hvtnas.io import atomic_write_text, check_name, safe_file_name
@@ -92,6 +92,7 @@ def search_command(
         if n_jobs == 1:  # one device: this process is the worker
             os.environ["CUDA_VISIBLE_DEVICES"] = device_list[0]
     storage_url = storage or run_storage(run_dir, n_jobs)
+    note_storage(storage_url)
     study_obj = open_study(spec, name, open_storage(storage_url, heartbeat, max_retry))
     lock_dir = run_dir / "locks"  # this host's workers: latency is never timed while one trains
     if storage is None:  # the run folder: the space as given and the experiment with its defaults

@@ -16,6 +16,7 @@ import collections
 import json
 import logging
 import os
+import re
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -114,8 +115,11 @@ def failure_summary(study: optuna.Study, trials: list[FrozenTrial]) -> str | Non
     finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)]
     if not finished or any(t.state != TrialState.FAIL for t in finished):
         return None
-    reasons = collections.Counter(str(t.user_attrs.get("reason") or "no reason recorded") for t in finished)
-    reason, count = reasons.most_common(1)[0]
+    reasons = [str(t.user_attrs.get("reason") or "no reason recorded") for t in finished]
+    # reasons that differ only in numbers (seconds, trial numbers) are one reason
+    kinds = collections.Counter(re.sub(r"\d+(\.\d+)?", "#", r) for r in reasons)
+    kind, count = kinds.most_common(1)[0]
+    reason = next(r for r in reasons if re.sub(r"\d+(\.\d+)?", "#", r) == kind)
     return (
         f"all {len(finished)} trials of this run of study {study.study_name!r} failed; "
         f"{'the reason' if count == len(finished) else f'most often ({count}x)'}: {reason}"
