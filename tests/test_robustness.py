@@ -413,6 +413,7 @@ def test_an_empty_study_file_is_refused_not_replaced(tmp_path: Path) -> None:
         ["search", str(_space(tmp_path)), "--runs-dir", str(tmp_path / "runs"), "--trials", "1"],
         ["report", str(run)],
         ["export", str(run)],
+        ["dashboard", str(run)],
     ):
         result = runner.invoke(app, command)
         assert result.exit_code == BAD_INPUT
@@ -532,3 +533,25 @@ def test_a_full_database_during_a_search_is_one_line_and_keeps_what_was_told(
     db = tmp_path / "runs" / "space" / "study.db"
     assert line == f"error: storage sqlite:///{db}: OperationalError: database or disk is full"
     assert _completed(_study(tmp_path)) == done
+
+
+def test_ctrl_c_stops_n_jobs_workers_without_tracebacks_and_the_study_resumes(tmp_path: Path) -> None:
+    space = _space(tmp_path, train={"epochs": 30})  # trials long enough to be caught mid-way
+    command = [sys.executable, "-m", "hvtnas", "search", str(space), "--trials", "20", "--n-jobs", "2"]
+    command += ["--runs-dir", str(tmp_path / "runs"), "--no-cache"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # a session of its own: Ctrl-C in a terminal reaches the whole process group, workers included
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
+    )
+    journal = tmp_path / "runs" / "space" / "journal.log"
+    _wait_until(lambda: journal.exists() and b'"arch"' in journal.read_bytes(), what="a trial to train")
+    os.killpg(process.pid, signal.SIGINT)
+    _, err = process.communicate(timeout=600)
+    assert process.returncode == 130 and "Traceback" not in err, err
+    from hvtnas.search.workers import open_storage
+
+    study = optuna.load_study(study_name="space", storage=open_storage(f"journal:{journal}"))
+    assert not study.get_trials(states=(TrialState.RUNNING,))  # each worker failed its own trial
+    interrupted = [t for t in study.get_trials(states=(TrialState.FAIL,))]
+    assert interrupted and all(t.user_attrs["reason"].startswith("interrupted") for t in interrupted)

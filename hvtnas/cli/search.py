@@ -283,11 +283,10 @@ def dashboard_command(
     """Serve optuna-dashboard for the study: Pareto fronts, per-trial architecture notes, hvtnas figures."""
     from optuna_dashboard import run_server
 
-    study_obj = _load_study(run, storage, study)
+    study_obj, opened = _load_study_and_storage(run, storage, study)
     save_study_figures(study_obj)
-    url = storage or f"sqlite:///{run / 'study.db'}"
     console.print(
         f"dashboard of study {study_obj.study_name!r}: http://{host}:{port}/dashboard (Ctrl+C stops)"
     )
     sys.stdout.flush()
-    run_server(url, host=host, port=port)
+    run_server(opened, host=host, port=port)  # the run folder's own storage (SQLite or journal)

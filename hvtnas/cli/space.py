@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from hvtnas.cli._common import console, user_errors
+from hvtnas.io import safe_file_name
 from hvtnas.search import load_search_spec
 from hvtnas.space import SearchSpace, iter_samples
 
@@ -61,8 +62,9 @@ def sample_command(
     """Write ``n`` random architectures of the space as config files that `hvtnas build` takes."""
     space = SearchSpace.from_yaml(path)
     out.mkdir(parents=True, exist_ok=True)
+    stem = safe_file_name(path.stem)  # "...yaml" has the stem ".."
     for i, cfg in enumerate(iter_samples(space, n, seed)):
-        cfg = cfg.model_copy(update={"name": cfg.name or f"{path.stem}_sample{i:03d}"})
-        target = out / f"{path.stem}_sample{i:03d}.yaml"
+        cfg = cfg.model_copy(update={"name": cfg.name or f"{stem}_sample{i:03d}"})
+        target = out / f"{stem}_sample{i:03d}.yaml"
         cfg.to_yaml(target)
         console.print(f"{target}: {_summary(cfg)}", highlight=False)

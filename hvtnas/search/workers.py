@@ -225,11 +225,16 @@ def worker_main(
         sys.exit(2)
 
 
+_interrupted: list[int] = []
+
+
 def _raise_interrupt(signum: int, frame: object) -> None:
     # once: a second signal (Ctrl-C reaches the workers and the parent's SIGTERM follows) must not
-    # interrupt the recording of the first
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # interrupt the recording of the first. The handler stays installed (a signal that arrives
+    # while it is swapped for SIG_IGN makes Python print "Signal 15 ignored due to race condition")
+    if _interrupted:
+        return
+    _interrupted.append(signum)
     raise KeyboardInterrupt
 
 
