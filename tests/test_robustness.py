@@ -135,10 +135,18 @@ def test_unreadable_files_give_one_line_in_every_command(tmp_path: Path, command
     assert not (tmp_path / "runs").exists() and not (tmp_path / "train").exists()
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their permissions")
-def test_a_file_without_read_permission_is_one_line(tmp_path: Path) -> None:
+def test_a_file_without_read_permission_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = _write(tmp_path / "arch.yaml", tiny_config(["pooling"]))
     path.chmod(0)
+    if os.geteuid() == 0:  # root reads files whatever their permissions: deny it as the kernel would
+        real = Path.read_bytes
+
+        def denied(self: Path) -> bytes:
+            if self == path:
+                raise PermissionError(errno.EACCES, "Permission denied", str(self))
+            return real(self)
+
+        monkeypatch.setattr(Path, "read_bytes", denied)
     for command in ("build", "space show"):
         result = runner.invoke(app, [*command.split(), str(path)])
         assert result.exit_code == BAD_INPUT

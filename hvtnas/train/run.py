@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from hvtnas.config import ArchConfig, format_validation_error, load_yaml_with_lines
 from hvtnas.errors import ConfigError, HvtnasError
-from hvtnas.io import read_text
+from hvtnas.io import atomic_write_text, read_text
 from hvtnas.train.checkpoint import load_checkpoint, save_checkpoint
 from hvtnas.train.data import DataConfig, load_dataset
 from hvtnas.train.trainer import TrainConfig, TrialResult, adapt_arch_to_data, resolve_device, train_model
@@ -150,8 +150,9 @@ def run_training(
             output_dir.mkdir(parents=True, exist_ok=True)
             arch.to_yaml(output_dir / "arch.yaml")
             resolved = run.model_copy(update={"arch": arch.to_dict(), "output_dir": output_dir})
-            (output_dir / "run.yaml").write_text(
-                yaml.safe_dump(resolved.model_dump(mode="json"), sort_keys=False, default_flow_style=None)
+            atomic_write_text(
+                output_dir / "run.yaml",
+                yaml.safe_dump(resolved.model_dump(mode="json"), sort_keys=False, default_flow_style=None),
             )
         result = train_model(
             model, data, train_cfg, progress=progress, resume_state=resume_state, on_checkpoint=checkpoint
@@ -168,7 +169,7 @@ def run_training(
             "dataset": data.name,
             "checkpoint": str(checkpoint_path),
         }
-        (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+        atomic_write_text(output_dir / "metrics.json", json.dumps(metrics, indent=1))
     return result
 
 
