@@ -154,7 +154,7 @@ def run_workers(n_jobs: int, worker_args: dict[str, Any], devices: list[str] | N
 
     def start(i: int) -> multiprocessing.process.BaseProcess:
         args = dict(worker_args, threads=threads, gpu=device_for(i, devices, gpus), index=i)
-        process = context.Process(target=worker_main, kwargs=args, name=f"hvtnas-worker-{i}")
+        process = context.Process(target=worker_process, kwargs=args, name=f"hvtnas-worker-{i}")
         with _sigint_ignored():  # a worker starts deaf to Ctrl-C (no traceback from its start-up)
             process.start()
         return process
@@ -184,40 +184,13 @@ def run_workers(n_jobs: int, worker_args: dict[str, Any], devices: list[str] | N
         raise HvtnasError(f"worker processes failed: {', '.join(failed)} (their trials are in the study)")
 
 
-def worker_main(
-    space: str,
-    study: str,
-    storage: str,
-    trials: int,
-    use_cache: bool,
-    sampler: dict[str, Any],
-    threads: int,
-    gpu: str | None,
-    index: int = 0,
-    heartbeat: int | None = None,
-    max_retry: int | None = 3,
-    lock_dir: str | None = None,
-) -> None:
-    """One worker: the search loop against the shared study until it holds ``trials`` trials.
-
-    Ctrl-C or SIGTERM fail its running trial with the reason "interrupted" and end it quietly."""
+def worker_process(**kwargs: Any) -> None:
+    """The body of a ``--n-jobs`` worker process: ``worker_main``, where Ctrl-C or SIGTERM fail
+    the running trial with the reason "interrupted" and end the process quietly (exit 130)."""
     signal.signal(signal.SIGINT, _raise_interrupt)
     signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        _worker_loop(
-            space,
-            study,
-            storage,
-            trials,
-            use_cache,
-            sampler,
-            threads,
-            gpu,
-            index,
-            heartbeat,
-            max_retry,
-            lock_dir,
-        )
+        worker_main(**kwargs)
     except KeyboardInterrupt:
         sys.exit(INTERRUPTED_EXIT)
     except HvtnasError as err:  # one line, as the command itself would print it
@@ -251,7 +224,7 @@ def _sigint_ignored() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
-def _worker_loop(
+def worker_main(
     space: str,
     study: str,
     storage: str,
@@ -260,11 +233,12 @@ def _worker_loop(
     sampler: dict[str, Any],
     threads: int,
     gpu: str | None,
-    index: int,
-    heartbeat: int | None,
-    max_retry: int | None,
-    lock_dir: str | None,
+    index: int = 0,
+    heartbeat: int | None = None,
+    max_retry: int | None = 3,
+    lock_dir: str | None = None,
 ) -> None:
+    """One worker: the search loop against the shared study until it holds ``trials`` trials."""
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu
     import torch
