@@ -275,8 +275,9 @@ class SearchSpace:
                 values.append(low + 0.5 if low + 0.5 <= high else (low + high) / 2)
             for value in {repr(v): v for v in values}.values():
                 sweeps.append((parsed.name, value, self._sweep_problems(_SweepTrial({parsed.name: value}))))
-        # problems are compared by field: one report per field, the base sample's first
-        found: dict[str, tuple[int, str]] = {}  # field path -> (line, text)
+        # a field wrong in the base sample is reported once (whatever other dimensions choose);
+        # other problems once per distinct message
+        found: dict[str, tuple[int, str]] = {}  # field path (base) or problem -> (line, text)
         for line, text in base.values():
             field = _field(text)
             # caused by a choice when another value of that choice clears the field
@@ -284,19 +285,20 @@ class SearchSpace:
             if causes and causes[0] in base_trial.params:
                 text = f"with {causes[0]} = {base_trial.params[causes[0]]}: {text}"
             found.setdefault(field, (line, text))
+        at_base = set(found)
         for name, value, problems in sweeps:
             for line, text in problems.values():
                 field = _field(text)
-                if field in found:
+                if field in at_base or text in found:  # reported already (two bad options: two lines)
                     continue
                 leaf = next(n for n in self.nodes.values() if n.name == name)
                 if isinstance(leaf.leaf, FloatLeaf) and "fractional part" in text:
                     message = (
                         f"{name} is a float range but the field takes integers: use {{int: [low, high]}}"
                     )
-                    found[field] = (line, f"{field}: {message}")
+                    found[text] = (line, f"{field}: {message}")
                 else:
-                    found[field] = (line, f"with {name} = {value}: {text}")
+                    found[text] = (line, f"with {name} = {value}: {text}")
         if found:
             ordered = sorted(found.values(), key=lambda item: (item[0], item[1]))
             problems = [

@@ -217,6 +217,17 @@ def test_a_space_error_is_reported_once_on_its_line_in_line_order(tmp_path: Path
     ]
 
 
+def test_two_bad_options_of_one_field_are_two_lines(tmp_path: Path) -> None:
+    data = tiny_search_space()
+    data["stages"][0]["mixers"] = {"choice": [["pooling"], ["windw"], ["foo"]]}
+    space = _write(tmp_path / "space.yaml", data)
+    result = runner.invoke(app, ["space", "show", str(space)])
+    assert result.exit_code == BAD_INPUT
+    lines = _errors(result)
+    assert len(lines) == 2 and "mixer = foo: stages[0].mixers[0]: unknown" in lines[0]
+    assert "mixer = windw: stages[0].mixers[0]: unknown token mixer 'windw'" in lines[1]
+
+
 def test_a_missing_data_file_is_refused_before_the_first_trial(tmp_path: Path) -> None:
     space = _space(tmp_path, data={"name": "npz", "path": "nowhere/animal_mnist.npz"})
     result = _search(tmp_path, space, "--trials", "2")
