@@ -495,7 +495,10 @@ HANG = (  # hvtnas search whose trials train until interrupted
 )
 
 
-def test_ctrl_c_during_a_trial_fails_it_with_its_reason_and_resume_retries_it(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sent", [signal.SIGINT, signal.SIGTERM])  # Ctrl-C; preemption
+def test_ctrl_c_during_a_trial_fails_it_with_its_reason_and_resume_retries_it(
+    tmp_path: Path, sent: int
+) -> None:
     space = _space(tmp_path)
     command = [sys.executable, "-c", HANG, "search", str(space), "--trials", "2"]
     command += ["--runs-dir", str(tmp_path / "runs"), "--no-cache"]
@@ -510,7 +513,7 @@ def test_ctrl_c_during_a_trial_fails_it_with_its_reason_and_resume_retries_it(tm
             return False
 
     _wait_until(training, what="a trial to start training")
-    process.send_signal(signal.SIGINT)
+    process.send_signal(sent)
     _, err = process.communicate(timeout=600)
     assert process.returncode == 130 and "Traceback" not in err and err.strip() == "interrupted", err
     study = _study(tmp_path)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -44,6 +46,10 @@ def _storage_fault(err: Exception) -> str | None:
     return f"{where}: {type(cause).__name__}: {first}"
 
 
+def _terminated(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # the running trial is failed with its reason, the command ends quietly
+
+
 def print_error(message: str) -> None:
     err_console.print(f"[bold red]error:[/] {escape(message)}", markup=True, highlight=False, soft_wrap=True)
 
@@ -58,6 +64,9 @@ def user_errors(func: F) -> F:
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         _storage.clear()
+        previous = None
+        if threading.current_thread() is threading.main_thread():  # SIGTERM (preemption) as Ctrl-C
+            previous = signal.signal(signal.SIGTERM, _terminated)
         try:
             return func(*args, **kwargs)
         except HvtnasError as err:
@@ -78,5 +87,8 @@ def user_errors(func: F) -> F:
                 raise  # a bug: the traceback is for us
             print_error(line)
             raise typer.Exit(code=1) from None
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
 
     return wrapper  # type: ignore[return-value]
