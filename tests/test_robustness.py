@@ -224,8 +224,11 @@ def test_two_bad_options_of_one_field_are_two_lines(tmp_path: Path) -> None:
     result = runner.invoke(app, ["space", "show", str(space)])
     assert result.exit_code == BAD_INPUT
     lines = _errors(result)
-    assert len(lines) == 2 and "mixer = foo: stages[0].mixers[0]: unknown" in lines[0]
-    assert "mixer = windw: stages[0].mixers[0]: unknown token mixer 'windw'" in lines[1]
+    assert len(lines) == 2  # each on its option's line
+    assert (
+        f"{space}:22: with stage1.mixer = windw: stages[0].mixers[0]: unknown token mixer 'windw'" in lines[0]
+    )
+    assert f"{space}:23: with stage1.mixer = foo: stages[0].mixers[0]: unknown token mixer 'foo'" in lines[1]
 
 
 def test_a_missing_data_file_is_refused_before_the_first_trial(tmp_path: Path) -> None:
