@@ -9,6 +9,7 @@ from hvtnas.cli.mixers import mixers_command
 from hvtnas.cli.search import dashboard_command, export_command, report_command, search_command
 from hvtnas.cli.space import space_app
 from hvtnas.cli.train import train_command
+from hvtnas.cli.weights import convert_command
 from hvtnas.cli.zoo import zoo_command
 
 app = typer.Typer(
@@ -22,6 +23,7 @@ app.command("zoo")(zoo_command)
 app.command("build")(build_command)
 app.command("mixers")(mixers_command)
 app.command("train")(train_command)
+app.command("convert")(convert_command)
 app.command("search")(search_command)
 app.command("export")(export_command)
 app.command("report")(report_command)

@@ -64,6 +64,13 @@ def train_command(
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the final metrics as one JSON object.")
     ] = False,
+    weights: Annotated[
+        Path | None,
+        typer.Option(
+            help="Start from these weights (safetensors or weights-only torch file; hvtnas's, timm's "
+            "or official layout) instead of a random initialisation."
+        ),
+    ] = None,
 ) -> None:
     """Train an architecture, checkpointing after every epoch; write metrics.json and the checkpoint."""
     from hvtnas.train.data import DataConfig
@@ -97,7 +104,7 @@ def train_command(
     show_bar = show_bar and int(os.environ.get("RANK", "0")) == 0
     if not show_bar and not as_json:  # quiet logs: one line per epoch on stderr
         _log_epochs_to_stderr()
-    result = run_training(run, arch, output_dir, resume=resume, progress=show_bar)
+    result = run_training(run, arch, output_dir, resume=resume, progress=show_bar, weights=weights)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 speaks for all
         raise typer.Exit(code=1 if result.status == "failed" else 0)
     if as_json:

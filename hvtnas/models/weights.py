@@ -23,6 +23,7 @@ weight becomes a linear's (hvtnas's channels-last layers) by a reshape.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -204,8 +205,9 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     if not isinstance(state, dict) or not any(isinstance(v, Tensor) for v in state.values()):
         raise WeightsError(f"checkpoint {path} holds no state dict (no tensors found)")
     state = {k: v for k, v in state.items() if isinstance(v, Tensor)}
-    if all(k.startswith("module.") for k in state):
-        state = {k.removeprefix("module."): v for k, v in state.items()}
+    for prefix in ("module.", "model."):  # DDP's wrapper; a features_only model's
+        if all(k.startswith(prefix) for k in state):
+            state = {k.removeprefix(prefix): v for k, v in state.items()}
     return state
 
 
@@ -235,10 +237,10 @@ class _Fit:
             self.renamed[new] = key
         self.missing = [k for k in target if k not in self.mapped]
         self.unexpected = [k for k in self.mapped if k not in target]
-        self.mismatched = [
+        self.mismatched = [  # in the model's order: stem first
             k
-            for k in self.mapped
-            if k in target and not _same_up_to_ones(self.mapped[k].shape, target[k].shape)
+            for k in target
+            if k in self.mapped and not _same_up_to_ones(self.mapped[k].shape, target[k].shape)
         ]
         self.matched = len(self.mapped) - len(self.unexpected) - len(self.mismatched)
 
@@ -317,11 +319,18 @@ def load_weights(
 
 
 def save_weights(model: nn.Module, path: str | Path, metadata: dict[str, str] | None = None) -> Path:
-    """``model``'s state dict as a safetensors file (contiguous copies; shared tensors cloned)."""
+    """``model``'s state dict as a safetensors file (contiguous copies; shared tensors cloned).
+    The file's metadata holds the architecture config as JSON (``arch_config``) where the model
+    has one, so the file says what it is for."""
     from safetensors.torch import save_file
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
-    save_file(state, str(path), metadata=metadata)
+    meta = {"format": "pt", "hvtnas_layout": "hvtnas"}
+    cfg = getattr(model, "arch_config", None)
+    if cfg is not None:
+        meta["arch_config"] = json.dumps(cfg.to_dict())
+    meta.update(metadata or {})
+    save_file(state, str(path), metadata=meta)
     return path

@@ -105,11 +105,21 @@ def default_output_dir(arch: ArchConfig) -> Path:
 
 
 def run_training(
-    run: TrainRunConfig, arch: ArchConfig, output_dir: Path, *, resume: bool = False, progress: bool = False
+    run: TrainRunConfig,
+    arch: ArchConfig,
+    output_dir: Path,
+    *,
+    resume: bool = False,
+    progress: bool = False,
+    weights: Path | None = None,
 ) -> TrialResult:
     """Train ``arch`` as ``run`` says; checkpoint to ``output_dir`` after every epoch and write
     ``metrics.json``, ``arch.yaml`` and ``run.yaml`` there. Under ``torchrun`` with several
-    processes, trains with DDP (NCCL on GPUs, Gloo on CPUs); only rank 0 writes files."""
+    processes, trains with DDP (NCCL on GPUs, Gloo on CPUs); only rank 0 writes files.
+
+    ``weights``: start from a weights file (hvtnas's, timm's or an official checkpoint; see
+    ``hvtnas.models.weights``) instead of a random initialisation; a classifier for another
+    number of classes than the data's stays freshly initialised. Ignored on ``resume``."""
     resolve_device(run.train.device)  # refuse a bad device before anything is written
     checkpoint_path = output_dir / CHECKPOINT_NAME
     resume_state = None
@@ -138,6 +148,11 @@ def run_training(
         train_cfg = train_cfg.model_copy(update={"device": f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"})
     torch.manual_seed(train_cfg.seed)
     model = build_model(arch)
+    init_layout = None
+    if weights is not None and resume_state is None:
+        from hvtnas.models.weights import load_weights
+
+        init_layout, _ = load_weights(model, weights)
 
     def checkpoint(state: dict[str, Any]) -> None:
         save_checkpoint(checkpoint_path, state, arch)
@@ -165,6 +180,8 @@ def run_training(
             "dataset": data.name,
             "checkpoint": str(checkpoint_path),
         }
+        if init_layout is not None:
+            metrics["init_weights"] = {"path": str(weights), "layout": init_layout}
         (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
     return result
 
