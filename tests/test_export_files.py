@@ -125,9 +125,11 @@ def test_train_writes_the_trained_weights_onnx_and_card(tmp_path: Path) -> None:
     assert set(metrics["files"]) == {"weights", "ONNX", "card"}
     trained = load_model(out / "checkpoint.pt").eval()
     rebuilt = build_model(out / "arch.yaml", checkpoint=out / "model.safetensors").eval()
+    from_checkpoint = build_model(out / "arch.yaml", checkpoint=out / "checkpoint.pt").eval()
     x = torch.randn(2, 1, 8, 8)
     with torch.no_grad():
         torch.testing.assert_close(rebuilt(x), trained(x), rtol=0, atol=0)
+        torch.testing.assert_close(from_checkpoint(x), trained(x), rtol=0, atol=0)
         torch.testing.assert_close(_onnx_outputs(out / "model.onnx", x), trained(x), rtol=1e-3, atol=1e-4)
     card = (out / "model_card.md").read_text()
     assert f"Validation accuracy **{metrics['val_accuracy']:.4f}**" in card and "epochs: 1" in card

@@ -74,7 +74,7 @@ def test_prune_intermediate_layers_keeps_the_pyramid() -> None:
         expected = model.forward_intermediates(x, intermediates_only=True)[:2]
         assert model.prune_intermediate_layers([0, 1]) == [0, 1]
         got = model.forward_intermediates(x, intermediates_only=True)
-    assert len(model.stages) == 2 and model.num_classes == 0
+    assert len(model.stages) == 2 and model.num_classes == 0 and len(model.arch_config.stages) == 2
     for ours, theirs in zip(got, expected, strict=True):
         torch.testing.assert_close(ours, theirs)
 

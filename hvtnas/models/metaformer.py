@@ -153,6 +153,9 @@ class MetaFormer(nn.Module):
         take, last = _take_indices(len(self.stages), indices)
         self.stages = self.stages[: last + 1]
         self.feature_info = self.feature_info[: last + 1]
+        cfg = getattr(self, "arch_config", None)
+        if cfg is not None:  # the config describes what is left
+            self.arch_config = cfg.model_copy(update={"stages": cfg.stages[: last + 1]})
         if prune_norm:
             self.head.norm = nn.Identity()
         if prune_head:

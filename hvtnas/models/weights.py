@@ -172,7 +172,7 @@ LAYOUTS: dict[str, Callable[[str], str]] = {
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     """The tensors of a safetensors file or a weights-only torch file, unwrapped from the
     ``{"model": ...}`` / ``{"state_dict": ...}`` dicts training scripts save and from DDP's
-    ``module.`` prefix."""
+    ``module.`` prefix (hvtnas's own training checkpoints too)."""
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"checkpoint {path} does not exist")
@@ -200,7 +200,7 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     for _ in range(3):  # {"model": {...}}, {"state_dict": {"model": ...}}
         if isinstance(state, dict):
             inner = next((state[k] for k in _WRAPPERS if isinstance(state.get(k), dict)), None)
-            if inner is not None and not any(isinstance(v, Tensor) for v in state.values()):
+            if inner is not None:  # a flat state dict holds no dicts
                 state = inner
     if not isinstance(state, dict) or not any(isinstance(v, Tensor) for v in state.values()):
         raise WeightsError(f"checkpoint {path} holds no state dict (no tensors found)")
