@@ -1,5 +1,5 @@
-"""The reference implementations the zoo is checked against: timm's models, and the state-dict
-mapping that loads their weights into hvtnas's generated models.
+"""The reference implementations the zoo is checked against: timm's models, whose weights
+``hvtnas.models.weights`` loads into hvtnas's generated models.
 
 timm is not a dependency of hvtnas. Where it is not importable (this CPU machine has no
 torchvision, which timm imports at module level), ``import_timm`` installs timm without
@@ -11,7 +11,6 @@ benchmarks and ``tests/test_reference_equivalence.py`` share this module.
 from __future__ import annotations
 
 import importlib
-import re
 import subprocess
 import sys
 import tempfile
@@ -21,24 +20,13 @@ from pathlib import Path
 import torch
 
 import hvtnas
+from hvtnas.models.weights import TIMM_NAMES, convert_state_dict
 
 # the version the results under benchmarks/results/ were measured with (CI installs the same one)
 TIMM_VERSION = "1.0.31"
 
-# hvtnas zoo name -> (timm name, how to map state-dict keys)
-MODELS = {
-    "swin_t": ("swin_tiny_patch4_window7_224", "swin"),
-    "swin_s": ("swin_small_patch4_window7_224", "swin"),
-    "pvt_v2_b0": ("pvt_v2_b0", "positional"),
-    "pvt_v2_b2": ("pvt_v2_b2", "positional"),
-    "poolformer_s12": ("poolformer_s12", "positional"),
-    "convformer_s18": ("convformer_s18", "positional"),
-    "caformer_s18": ("caformer_s18", "positional"),
-    "twins_svt_s": ("twins_svt_small", "twins"),
-    "twins_pcpvt_s": ("twins_pcpvt_small", "twins"),
-    "swinv2_t": ("swinv2_tiny_window8_256", "swinv2"),
-    "mvitv2_t": ("mvitv2_tiny", "mvit"),
-}
+# hvtnas zoo name -> timm name; the state-dict mapping is the package's (hvtnas.models.weights)
+MODELS = TIMM_NAMES
 # models compared at their own input size instead of --resolution
 NATIVE_RESOLUTION = {"swinv2_t": 256}
 NOTES = {
@@ -124,65 +112,13 @@ def _install_torchvision_stand_in() -> None:
         setattr(sys.modules[parent], leaf, module)
 
 
-def _swin_key(key: str) -> str:
-    key = key.replace("patch_embed.", "stem.")
-    key = re.sub(r"^layers\.", "stages.", key)
-    key = key.replace(".attn.", ".mixer.").replace(".mlp.", ".ffn.")
-    return re.sub(r"^norm\.", "head.norm.", key)
-
-
-def _swinv2_key(key: str) -> str:
-    return _swin_key(key).replace("downsample.norm.", "downsample.post_norm.")  # V2 normalises after
-
-
-def _mvit_key(key: str) -> str:
-    """timm's MViTv2: the first block of stages 2-4 is hvtnas's attention downsampling."""
-    key = key.replace("patch_embed.", "stem.")
-    if m := re.match(r"stages\.(\d+)\.blocks\.(\d+)\.(.*)", key):
-        i, j, rest = int(m.group(1)), int(m.group(2)), m.group(3)
-        rest = re.sub(r"attn\.(pool_[qkv])\.weight", r"attn.\1.conv.weight", rest)
-        rest = re.sub(r"attn\.norm_([qkv])\.", r"attn.pool_\1.norm.", rest)
-        rest = rest.replace("mlp.", "ffn.").replace("shortcut_proj_attn", "shortcut_proj")
-        if i > 0 and j == 0:
-            return f"stages.{i}.downsample.{rest.replace('attn.', 'attention.')}"
-        return f"stages.{i}.blocks.{j - (i > 0)}.{rest.replace('attn.', 'mixer.')}"
-    return re.sub(r"^norm\.", "head.norm.", key)
-
-
-def _twins_key(key: str) -> str:
-    if m := re.match(r"patch_embeds\.(\d)\.(proj|norm)\.(.*)", key):
-        i, part, rest = m.groups()
-        if i == "0":
-            return f"stem.{part}.{rest}"
-        return f"stages.{i}.downsample.{'conv' if part == 'proj' else 'post_norm'}.{rest}"
-    if m := re.match(r"blocks\.(\d)\.(\d+)\.(.*)", key):
-        i, j, rest = m.groups()
-        return f"stages.{i}.blocks.{j}.{rest.replace('attn.', 'mixer.').replace('mlp.', 'ffn.')}"
-    if m := re.match(r"pos_block\.(\d)\.proj\.0\.(.*)", key):
-        return f"stages.{m.group(1)}.peg.proj.{m.group(2)}"
-    if key.startswith("norm."):
-        return "head." + key
-    return key.replace("head.", "head.fc.")
-
-
-def map_state_dict(reference: torch.nn.Module, model: torch.nn.Module, how: str) -> dict[str, torch.Tensor]:
-    buffers = ("relative_position_index", "relative_coords_table")  # computed, not learned
-    ref = {k: v for k, v in reference.state_dict().items() if not any(b in k for b in buffers)}
-    ours = model.state_dict()
-    if how == "positional":  # same modules in the same order; 1x1 convs become linears
-        if len(ref) != len(ours):
-            raise RuntimeError(f"{len(ref)} reference tensors vs {len(ours)}")
-        return {k: v.reshape(ours[k].shape) for (k, _), v in zip(ours.items(), ref.values(), strict=True)}
-    rename = {"swin": _swin_key, "swinv2": _swinv2_key, "mvit": _mvit_key, "twins": _twins_key}[how]
-    return {rename(k): v.reshape(ours[rename(k)].shape) for k, v in ref.items()}
-
-
 def load_pair(
     name: str, timm: types.ModuleType, **reference_kwargs: object
 ) -> tuple[torch.nn.Module, torch.nn.Module]:
     """(timm's model, hvtnas's generated model holding the same weights) for a zoo model."""
-    timm_name, how = MODELS[name]
-    reference = timm.create_model(timm_name, **reference_kwargs)
+    reference = timm.create_model(MODELS[name], **reference_kwargs)
     model = hvtnas.build_model(name)
-    model.load_state_dict(map_state_dict(reference, model, how), strict=True)
+    state, _, skipped = convert_state_dict(reference.state_dict(), model, new_classifier=False)
+    assert not skipped
+    model.load_state_dict(state, strict=True)
     return reference, model

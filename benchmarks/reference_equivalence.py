@@ -31,11 +31,11 @@ def compare(name: str, timm: types.ModuleType, resolution: int) -> dict:
     with torch.inference_mode():
         ref_logits, logits = reference(x), model(x)
         ref_pyramid = reference.forward_intermediates(x, intermediates_only=True)
-        pyramid = model.forward_features(x)
+        pyramid = model.forward_intermediates(x, intermediates_only=True)
     return {
         "model": name,
         "resolution": resolution,
-        "reference": f"timm {timm.__version__}: {MODELS[name][0]}",
+        "reference": f"timm {timm.__version__}: {MODELS[name]}",
         "max_abs_diff_logits": (ref_logits - logits).abs().max().item(),
         "logit_scale": ref_logits.abs().max().item(),
         "max_abs_diff_pyramid": [

@@ -191,7 +191,7 @@ def measure_model(name: str, timm: Any, args: argparse.Namespace, settings: dict
             target = target_for(device.type, setting)
             row = {
                 "model": name,
-                "reference": f"timm {timm.__version__}: {REFERENCE_MODELS[name][0]}",
+                "reference": f"timm {timm.__version__}: {REFERENCE_MODELS[name]}",
                 "device": device.type,
                 "setting": setting.name,
                 "batch": setting.batch,

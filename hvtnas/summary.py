@@ -57,7 +57,8 @@ def summarize(spec: ModelSpec | MetaFormer, resolution: int | None = None) -> Mo
     was_training = model.training
     model.eval()
     with torch.inference_mode():
-        pyramid = model.forward_features(torch.zeros(1, channels, resolution, resolution))
+        x = torch.zeros(1, channels, resolution, resolution)
+        pyramid = model.forward_intermediates(x, intermediates_only=True)
     model.train(was_training)
     stages = [{"channels": f.shape[1], "height": f.shape[2], "width": f.shape[3]} for f in pyramid]
     return ModelSummary(

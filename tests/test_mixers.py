@@ -44,7 +44,7 @@ def test_every_mixer_forward_backward(kind: str, resolution: int) -> None:
     with torch.inference_mode():  # anything cached here must still work for training below
         model.eval()(x)
     model.train()
-    pyramid = model.forward_features(x)
+    pyramid = model.forward_intermediates(x, intermediates_only=True)
     assert [tuple(f.shape) for f in pyramid] == [
         (2, w, -(-resolution // s), -(-resolution // s))
         for w, s in zip([16, 32, 48, 64], [4, 8, 16, 32], strict=True)

@@ -27,11 +27,11 @@ PATTERNS = {
 def test_pyramid_at_any_input_size(pattern: str, size: tuple[int, int]) -> None:
     model = build_model(tiny_config(PATTERNS[pattern])).eval()
     H, W = size
-    pyramid = model.forward_features(torch.randn(1, 3, H, W))
+    pyramid = model.forward_intermediates(torch.randn(1, 3, H, W), intermediates_only=True)
     assert len(pyramid) == 4
     h, w = -(-H // 4), -(-W // 4)  # the patch stem pads to a multiple of 4
     for level, (feature, info) in enumerate(zip(pyramid, model.feature_info, strict=True)):
-        assert feature.shape == (1, info["channels"], h, w), level
+        assert feature.shape == (1, info["num_chs"], h, w), level
         assert info["reduction"] == 4 * 2**level
         h, w = -(-h // 2), -(-w // 2)  # 2x2 downsampling pads odd maps
         assert torch.isfinite(feature).all()
@@ -40,7 +40,7 @@ def test_pyramid_at_any_input_size(pattern: str, size: tuple[int, int]) -> None:
 def test_forward_equals_head_on_last_pyramid_level() -> None:
     model = build_model(tiny_config(PATTERNS["swin"])).eval()
     x = torch.randn(2, 3, 32, 32)
-    last = model.forward_pyramid(x)[-1]
+    last = model.forward_intermediates(x, intermediates_only=True)[-1]
     torch.testing.assert_close(model(x), model.forward_head(last))
     assert model.forward_head(last, pre_logits=True).shape == (2, 64)
 
@@ -99,7 +99,8 @@ def test_peg_follows_the_first_block_of_every_stage() -> None:
 )
 def test_stems_reach_stride_four(stem: dict) -> None:
     model = build_model(tiny_config(["pooling"], stem=stem))
-    assert model.forward_features(torch.randn(2, 3, 64, 64))[0].shape == (2, 16, 16, 16)
+    pyramid = model.forward_intermediates(torch.randn(2, 3, 64, 64), intermediates_only=True)
+    assert pyramid[0].shape == (2, 16, 16, 16)
 
 
 @pytest.mark.parametrize(
@@ -116,7 +117,10 @@ def test_stems_reach_stride_four(stem: dict) -> None:
 )
 def test_downsampling_halves_the_map(downsample: dict) -> None:
     model = build_model(tiny_config(["pooling"], downsample=downsample))
-    shapes = [tuple(f.shape[2:]) for f in model.forward_features(torch.randn(1, 3, 64, 64))]
+    shapes = [
+        tuple(f.shape[2:])
+        for f in model.forward_intermediates(torch.randn(1, 3, 64, 64), intermediates_only=True)
+    ]
     assert shapes == [(16, 16), (8, 8), (4, 4), (2, 2)]
 
 
@@ -207,7 +211,10 @@ def test_cross_scale_embeddings_concatenate_kernels_like_crossformer() -> None:
     assert [c.padding[0] for c in stem.convs] == [0, 2, 6, 14]
     assert [c.out_channels for c in model.stages[1].downsample.conv.convs] == [16, 16]
     for size in [(64, 64), (36, 44)]:  # odd maps on the way down are padded, kernels agree on sizes
-        shapes = [tuple(f.shape[2:]) for f in model.forward_features(torch.randn(1, 3, *size))]
+        shapes = [
+            tuple(f.shape[2:])
+            for f in model.forward_intermediates(torch.randn(1, 3, *size), intermediates_only=True)
+        ]
         assert shapes[0] == (size[0] // 4, size[1] // 4)
 
 
@@ -217,7 +224,10 @@ def test_attention_downsampling_makes_the_first_block_the_transition() -> None:
     assert [len(s.blocks) for s in model.stages] == [2, 1, 1, 1]  # depth 2 = transition + 1 block
     transition = model.stages[1].downsample
     assert transition.attention.pool_q.conv.stride == (2, 2) and transition.shortcut_proj.out_features == 32
-    shapes = [tuple(f.shape[1:]) for f in model.forward_features(torch.randn(1, 3, 50, 38))]
+    shapes = [
+        tuple(f.shape[1:])
+        for f in model.forward_intermediates(torch.randn(1, 3, 50, 38), intermediates_only=True)
+    ]
     assert shapes == [(16, 13, 10), (32, 7, 5), (48, 4, 3), (64, 2, 2)]
 
 

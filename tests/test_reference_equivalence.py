@@ -45,7 +45,7 @@ def test_generated_model_matches_timm(name: str) -> None:
     resolution = NATIVE_RESOLUTION.get(name, 224 if name in NEEDS_NATIVE else SMALL_RESOLUTION)
     x = torch.randn(2, 3, resolution, resolution)
     with torch.inference_mode():
-        pyramid = model.forward_features(x)
+        pyramid = model.forward_intermediates(x, intermediates_only=True)
         ref_pyramid = reference.forward_intermediates(x, intermediates_only=True)
         assert len(pyramid) == len(ref_pyramid) == 4
         for level, (ours, theirs) in enumerate(zip(pyramid, ref_pyramid, strict=True), start=1):

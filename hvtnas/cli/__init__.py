@@ -26,6 +26,7 @@ from hvtnas.cli.mixers import mixers_command  # noqa: E402
 from hvtnas.cli.search import dashboard_command, export_command, report_command, search_command  # noqa: E402
 from hvtnas.cli.space import space_app  # noqa: E402
 from hvtnas.cli.train import train_command  # noqa: E402
+from hvtnas.cli.weights import convert_command  # noqa: E402
 from hvtnas.cli.zoo import zoo_command  # noqa: E402
 
 app = typer.Typer(
@@ -39,6 +40,7 @@ app.command("zoo")(zoo_command)
 app.command("build")(build_command)
 app.command("mixers")(mixers_command)
 app.command("train")(train_command)
+app.command("convert")(convert_command)
 app.command("search")(search_command)
 app.command("export")(export_command)
 app.command("report")(report_command)

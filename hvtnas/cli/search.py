@@ -255,6 +255,16 @@ def export_command(
     top: Annotated[int | None, typer.Option(min=1, help="The best K trials by --by.")] = None,
     by: Annotated[str, typer.Option(help="Objective that ranks --top.")] = "accuracy",
     out: Annotated[Path | None, typer.Option(help="Folder for the configs (default: <run>/exports).")] = None,
+    card: Annotated[
+        bool, typer.Option("--card", help="Also a model card (<name>.md): costs, accuracy, recipe, study.")
+    ] = False,
+    onnx: Annotated[
+        bool, typer.Option("--onnx", help="Also <name>.onnx, checked with onnxruntime (extra 'export').")
+    ] = False,
+    safetensors: Annotated[
+        bool, typer.Option("--safetensors", help="Also the initial (untrained, seeded) weights.")
+    ] = False,
+    seed: Annotated[int, typer.Option(help="Seed of the initial weights (--onnx, --safetensors).")] = 0,
 ) -> None:
     """Write trials as architecture configs (with their costs and metrics as metadata)."""
     study_obj = _load_study(run, storage, study)
@@ -264,8 +274,14 @@ def export_command(
     target = out or (
         run / "exports" if run is not None else Path("exports") / safe_file_name(study_obj.study_name)
     )
-    for path in export_trials(study_obj, chosen, target):
+    which = {k for k, on in {"card": card, "onnx": onnx, "safetensors": safetensors}.items() if on}
+    for t, path in zip(chosen, export_trials(study_obj, chosen, target), strict=True):
         console.print(str(path), highlight=False)
+        if which:
+            from hvtnas.search.export_files import export_trial_files
+
+            for extra in export_trial_files(study_obj, t, path, which, seed=seed, cache=CostCache()).values():
+                console.print(str(extra), highlight=False)
 
 
 @user_errors

@@ -64,6 +64,22 @@ def train_command(
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the final metrics as one JSON object.")
     ] = False,
+    weights: Annotated[
+        Path | None,
+        typer.Option(
+            help="Start from these weights (safetensors or weights-only torch file; hvtnas's, timm's "
+            "or official layout) instead of a random initialisation."
+        ),
+    ] = None,
+    safetensors: Annotated[
+        bool, typer.Option("--safetensors", help="Also write the trained weights as OUT/model.safetensors.")
+    ] = False,
+    onnx: Annotated[
+        bool, typer.Option("--onnx", help="Also OUT/model.onnx, checked with onnxruntime (extra 'export').")
+    ] = False,
+    card: Annotated[
+        bool, typer.Option("--card", help="Also OUT/model_card.md: costs, latency, accuracy and recipe.")
+    ] = False,
 ) -> None:
     """Train an architecture, checkpointing after every epoch; write metrics.json and the checkpoint."""
     from hvtnas.train.data import DataConfig
@@ -97,7 +113,14 @@ def train_command(
     show_bar = show_bar and int(os.environ.get("RANK", "0")) == 0
     if not show_bar and not as_json:  # quiet logs: one line per epoch on stderr
         _log_epochs_to_stderr()
-    result = run_training(run, arch, output_dir, resume=resume, progress=show_bar)
+    which = {k for k, on in {"safetensors": safetensors, "onnx": onnx, "card": card}.items() if on}
+    if "onnx" in which:  # before hours of training, not after
+        from hvtnas.models.onnx import require_onnxruntime
+
+        require_onnxruntime()
+    result = run_training(
+        run, arch, output_dir, resume=resume, progress=show_bar, weights=weights, artifacts=which
+    )
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 speaks for all
         raise typer.Exit(code=1 if result.status == "failed" else 0)
     if as_json:

@@ -91,7 +91,7 @@ class _Pyramid(nn.Module):
         self.model = model
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return tuple(self.model.forward_pyramid(x))
+        return tuple(self.model.forward_intermediates(x, intermediates_only=True, output_fmt="NHWC"))
 
 
 def analyse(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> FlopCountAnalysis:

@@ -26,7 +26,8 @@ class MemoryCost:
 
 def _pyramid_loss(model: nn.Module, x: torch.Tensor, backbone_only: bool) -> torch.Tensor:
     if backbone_only:
-        return sum(level.float().mean() for level in model.forward_pyramid(x))
+        pyramid = model.forward_intermediates(x, intermediates_only=True, output_fmt="NHWC")
+        return sum(level.float().mean() for level in pyramid)
     return model(x).float().mean()
 
 

@@ -12,7 +12,10 @@ from typing import Any
 _EXPORTS = {
     "build_model": "hvtnas.models.build",
     "resolve_config": "hvtnas.models.build",
+    "FeaturePyramid": "hvtnas.models.metaformer",
     "MetaFormer": "hvtnas.models.metaformer",
+    "load_weights": "hvtnas.models.weights",
+    "save_weights": "hvtnas.models.weights",
     "MIXERS": "hvtnas.models.mixers",
     "MixerParams": "hvtnas.models.mixers",
     "TokenMixer": "hvtnas.models.mixers",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+import torch.utils.checkpoint
 from torch import Tensor, nn
 
 from hvtnas.models.layers import DropPath, Scale, nchw_to_nhwc, nhwc_to_nchw
@@ -97,11 +98,14 @@ class Stage(nn.Module):
         self.blocks = nn.ModuleList(blocks)
         self.peg = peg
         self.out_norm = out_norm if out_norm is not None else nn.Identity()
+        self.grad_checkpointing = False  # MetaFormer.set_grad_checkpointing
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.pos_embed(self.downsample(x))
+        checkpoint = self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting()
         for i, block in enumerate(self.blocks):
-            x = block(x)
+            # with checkpointing only the block's input is kept; its inside is recomputed in backward
+            x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False) if checkpoint else block(x)
             if i == 0 and self.peg is not None:
                 x = self.peg(x)
         return self.out_norm(x)

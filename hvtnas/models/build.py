@@ -6,7 +6,7 @@ Everything below it (mixers, blocks, stems) takes plain constructor arguments.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,7 @@ from hvtnas.models.embed import (
 )
 from hvtnas.models.ffn import FFNS
 from hvtnas.models.layers import make_act, make_norm
-from hvtnas.models.metaformer import ClassifierHead, MetaFormer
+from hvtnas.models.metaformer import ClassifierHead, FeaturePyramid, MetaFormer
 from hvtnas.models.mixers import MIXERS, MixerParams
 from hvtnas.models.mixers.pooling_attention import PoolingAttention
 
@@ -140,13 +140,28 @@ def _ffn(scfg: StageConfig) -> nn.Module | None:
     return FFNS[scfg.ffn.kind](scfg.width, hidden, act=scfg.ffn.act, bias=scfg.ffn.bias, **extra)
 
 
-def build_model(spec: ModelSpec, *, num_classes: int | None = None, init_weights: bool = True) -> MetaFormer:
+def build_model(
+    spec: ModelSpec,
+    *,
+    num_classes: int | None = None,
+    init_weights: bool = True,
+    checkpoint: str | Path | None = None,
+    features_only: bool = False,
+    out_indices: int | Sequence[int] | None = None,
+) -> MetaFormer | FeaturePyramid:
     """Build the backbone + classifier that a config (or zoo name / YAML path) describes.
 
     ``num_classes`` overrides the config's (0 gives a headless backbone, timm's convention).
     ``init_weights=False`` keeps PyTorch's default initialisation instead of the truncated normal
     (most of the build time of a large model): enough for counting parameters and FLOPs.
+    ``checkpoint``: a weights file to load (safetensors or a weights-only torch file) in hvtnas's
+    layout or in timm's / the official one of a zoo family (see ``hvtnas.models.weights``); with a
+    ``num_classes`` other than the file's, the classifier stays freshly initialised (fine-tuning).
+    ``features_only``: the backbone alone, a ``FeaturePyramid`` whose forward returns the maps of
+    the stages in ``out_indices`` (default: all), as timm's ``features_only=True``.
     """
+    if out_indices is not None and not features_only:
+        raise HvtnasError("out_indices is an option of features_only=True")
     cfg = resolve_config(spec)
     if num_classes is not None:
         cfg = cfg.model_copy(update={"input": cfg.input.model_copy(update={"num_classes": num_classes})})
@@ -232,4 +247,10 @@ def build_model(spec: ModelSpec, *, num_classes: int | None = None, init_weights
         for module in model.modules():
             _init_weights(module)
     model.arch_config = cfg  # the config it was built from (for summaries and export)
+    if checkpoint is not None:
+        from hvtnas.models.weights import load_weights
+
+        load_weights(model, checkpoint, name=cfg.name)
+    if features_only:
+        return FeaturePyramid(model, out_indices)
     return model

@@ -108,11 +108,24 @@ def default_output_dir(arch: ArchConfig) -> Path:
 
 
 def run_training(
-    run: TrainRunConfig, arch: ArchConfig, output_dir: Path, *, resume: bool = False, progress: bool = False
+    run: TrainRunConfig,
+    arch: ArchConfig,
+    output_dir: Path,
+    *,
+    resume: bool = False,
+    progress: bool = False,
+    weights: Path | None = None,
+    artifacts: set[str] | frozenset[str] = frozenset(),
 ) -> TrialResult:
     """Train ``arch`` as ``run`` says; checkpoint to ``output_dir`` after every epoch and write
     ``metrics.json``, ``arch.yaml`` and ``run.yaml`` there. Under ``torchrun`` with several
-    processes, trains with DDP (NCCL on GPUs, Gloo on CPUs); only rank 0 writes files."""
+    processes, trains with DDP (NCCL on GPUs, Gloo on CPUs); only rank 0 writes files.
+
+    ``weights``: start from a weights file (hvtnas's, timm's or an official checkpoint; see
+    ``hvtnas.models.weights``) instead of a random initialisation; a classifier for another
+    number of classes than the data's stays freshly initialised. Ignored on ``resume``.
+    ``artifacts``: also write the trained model as ``model.safetensors``, ``model.onnx`` (checked
+    with onnxruntime) and a ``model_card.md`` (``hvtnas.artifacts.ARTIFACTS``)."""
     resolve_device(run.train.device)  # refuse a bad device before anything is written
     checkpoint_path = output_dir / CHECKPOINT_NAME
     resume_state = None
@@ -141,6 +154,11 @@ def run_training(
         train_cfg = train_cfg.model_copy(update={"device": f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"})
     torch.manual_seed(train_cfg.seed)
     model = build_model(arch)
+    init_layout = None
+    if weights is not None and resume_state is None:
+        from hvtnas.models.weights import load_weights
+
+        init_layout, _ = load_weights(model, weights)
 
     def checkpoint(state: dict[str, Any]) -> None:
         save_checkpoint(checkpoint_path, state, arch)
@@ -169,8 +187,50 @@ def run_training(
             "dataset": data.name,
             "checkpoint": str(checkpoint_path),
         }
+        if init_layout is not None:
+            metrics["init_weights"] = {"path": str(weights), "layout": init_layout}
+        if artifacts and result.status != "failed":
+            files = _write_artifacts(model, run, arch, result, output_dir, set(artifacts), metrics)
+            metrics["files"] = {what: str(path) for what, path in files.items()}
         atomic_write_text(output_dir / "metrics.json", json.dumps(metrics, indent=1))
     return result
+
+
+def _write_artifacts(
+    model: torch.nn.Module,
+    run: TrainRunConfig,
+    arch: ArchConfig,
+    result: TrialResult,
+    output_dir: Path,
+    which: set[str],
+    metrics: dict[str, Any],
+) -> dict[str, Path]:
+    """The trained model's safetensors, ONNX graph and model card (accuracy with this run's recipe;
+    latency measured on the training device)."""
+    from hvtnas.artifacts import fill_costs, write_artifacts
+    from hvtnas.card import ModelCard
+    from hvtnas.costs import CostSettings, LatencySettings
+
+    model = getattr(model, "module", model)  # DDP's wrapper
+    card = None
+    if "card" in which:
+        device = str(next(model.parameters()).device)
+        epochs = len(result.epochs)
+        card = ModelCard(
+            arch=arch,
+            accuracy=result.val_accuracy,
+            accuracy_note=f"after {epochs} epoch(s) of `hvtnas train` on {metrics['dataset']}"
+            + (f", starting from {metrics['init_weights']['path']}" if "init_weights" in metrics else ""),
+            recipe={
+                "data": run.data.model_dump(mode="json", exclude_none=True),
+                "train": run.train.model_dump(mode="json", exclude_none=True),
+            },
+            study=arch.metadata or None,
+            files={"config": "arch.yaml"},
+        )
+        latency = LatencySettings(device=device, warmup=3, repeats=10)
+        card = fill_costs(card, model, CostSettings(latency=latency), cache=None)
+    return write_artifacts(model.eval(), output_dir, "model", which, card, card_name="model_card.md")
 
 
 def adapt_arch_to_data_dict(arch: ArchConfig, stored: ArchConfig) -> dict[str, Any]:

@@ -1,0 +1,336 @@
+"""Weights in and out: load a timm, official or hvtnas checkpoint file into a generated model.
+
+A checkpoint file is read as safetensors or as a weights-only torch file
+(``torch.load(weights_only=True)``: no code in the file runs). Its state dict is renamed from the
+layout it is in to hvtnas's: every layout below is tried and the one whose keys and shapes fit the
+model is taken, so the caller does not say where a file came from.
+
+| layout | what | zoo models |
+|---|---|---|
+| ``hvtnas`` | hvtnas's own (``save_weights``, ``hvtnas export --weights``) | any |
+| ``timm`` | timm 1.x's MetaFormer and PVT v2 | pvt_v2_*, poolformer_s12, convformer_s18, caformer_s18 |
+| ``timm-swin`` / ``timm-swinv2`` | timm 1.x's Swin / Swin V2 | swin_t, swin_s / swinv2_t |
+| ``timm-twins`` | timm's Twins | twins_svt_s, twins_pcpvt_s |
+| ``timm-mvit`` | timm's MViTv2 | mvitv2_t |
+| ``official-swin(v2)`` | microsoft/Swin-Transformer (V1, V2) | swin_t, swin_s (swinv2_t) |
+| ``official-pvt_v2`` | whai362/PVT | pvt_v2_* |
+| ``official-poolformer`` | sail-sg/poolformer | poolformer_s12 |
+| ``official-metaformer`` | sail-sg/metaformer | convformer_s18, caformer_s18 |
+
+Computed buffers (relative position indices, attention masks) are dropped; a 1x1 convolution's
+weight becomes a linear's (hvtnas's channels-last layers) by a reshape.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from hvtnas.errors import HvtnasError
+
+# the timm model whose weights each zoo model takes (the equivalence tests compare the two)
+TIMM_NAMES = {
+    "swin_t": "swin_tiny_patch4_window7_224",
+    "swin_s": "swin_small_patch4_window7_224",
+    "pvt_v2_b0": "pvt_v2_b0",
+    "pvt_v2_b2": "pvt_v2_b2",
+    "poolformer_s12": "poolformer_s12",
+    "convformer_s18": "convformer_s18",
+    "caformer_s18": "caformer_s18",
+    "twins_svt_s": "twins_svt_small",
+    "twins_pcpvt_s": "twins_pcpvt_small",
+    "swinv2_t": "swinv2_tiny_window8_256",
+    "mvitv2_t": "mvitv2_tiny",
+}
+
+# computed from the geometry, not learned: never loaded
+_COMPUTED = ("relative_position_index", "relative_coords_table", "attn_mask")
+# wrappers training scripts put around a state dict
+_WRAPPERS = ("state_dict_ema", "model_ema", "state_dict", "model", "module")
+_CLASSIFIER = ("head.fc.", "head.mlp.")
+
+
+class WeightsError(HvtnasError):
+    """A checkpoint file that cannot be read, or whose tensors do not fit the model."""
+
+
+# ----------------------------------------------------------------------------- key layouts
+def _timm_key(key: str) -> str:
+    """timm 1.x's MetaFormer (PoolFormer, ConvFormer, CAFormer) and PVT v2."""
+    key = re.sub(r"^patch_embed\.", "stem.", key)
+    key = key.replace("stem.conv.", "stem.proj.")
+    key = key.replace(".token_mixer.", ".mixer.").replace(".attn.", ".mixer.").replace(".mlp.", ".ffn.")
+    key = key.replace(".mixer.act1.", ".mixer.act.")
+    key = re.sub(r"^(stages\.\d+)\.norm\.", r"\1.out_norm.", key)
+    key = key.replace(".downsample.proj.", ".downsample.conv.")
+    key = re.sub(r"^head\.(weight|bias)$", r"head.fc.\1", key)
+    key = key.replace("head.fc.fc1.", "head.mlp.0.").replace("head.fc.norm.", "head.mlp.2.")
+    return key.replace("head.fc.fc2.", "head.fc.")
+
+
+def _swin_key(key: str) -> str:
+    key = key.replace("patch_embed.", "stem.")
+    key = re.sub(r"^layers\.", "stages.", key)
+    key = key.replace(".attn.", ".mixer.").replace(".mlp.", ".ffn.")
+    return re.sub(r"^norm\.", "head.norm.", key)
+
+
+def _swinv2_key(key: str) -> str:
+    return _swin_key(key).replace("downsample.norm.", "downsample.post_norm.")  # V2 normalises after
+
+
+def _mvit_key(key: str) -> str:
+    """timm's MViTv2: the first block of stages 2-4 is hvtnas's attention downsampling."""
+    key = key.replace("patch_embed.", "stem.")
+    if m := re.match(r"stages\.(\d+)\.blocks\.(\d+)\.(.*)", key):
+        i, j, rest = int(m.group(1)), int(m.group(2)), m.group(3)
+        rest = re.sub(r"attn\.(pool_[qkv])\.weight", r"attn.\1.conv.weight", rest)
+        rest = re.sub(r"attn\.norm_([qkv])\.", r"attn.pool_\1.norm.", rest)
+        rest = rest.replace("mlp.", "ffn.").replace("shortcut_proj_attn", "shortcut_proj")
+        if i > 0 and j == 0:
+            return f"stages.{i}.downsample.{rest.replace('attn.', 'attention.')}"
+        return f"stages.{i}.blocks.{j - (i > 0)}.{rest.replace('attn.', 'mixer.')}"
+    return re.sub(r"^norm\.", "head.norm.", key)
+
+
+def _twins_key(key: str) -> str:
+    if m := re.match(r"patch_embeds\.(\d)\.(proj|norm)\.(.*)", key):
+        i, part, rest = m.groups()
+        if i == "0":
+            return f"stem.{part}.{rest}"
+        return f"stages.{i}.downsample.{'conv' if part == 'proj' else 'post_norm'}.{rest}"
+    if m := re.match(r"blocks\.(\d)\.(\d+)\.(.*)", key):
+        i, j, rest = m.groups()
+        return f"stages.{i}.blocks.{j}.{rest.replace('attn.', 'mixer.').replace('mlp.', 'ffn.')}"
+    if m := re.match(r"pos_block\.(\d)\.proj\.0\.(.*)", key):
+        return f"stages.{m.group(1)}.peg.proj.{m.group(2)}"
+    if key.startswith("norm."):
+        return "head." + key
+    return key.replace("head.", "head.fc.")
+
+
+def _official_swin_to_timm(key: str) -> str:
+    """microsoft/Swin-Transformer: the patch merging closes stage i there, opens stage i+1 in timm."""
+    key = re.sub(r"layers\.(\d+)\.downsample", lambda m: f"layers.{int(m.group(1)) + 1}.downsample", key)
+    return re.sub(r"^head\.", "head.fc.", key)
+
+
+def _official_pvt_v2_to_timm(key: str) -> str:
+    """whai362/PVT (timm's ``checkpoint_filter_fn`` of pvt_v2)."""
+    key = key.replace("patch_embed1", "patch_embed")
+    for i in (2, 3, 4):
+        key = key.replace(f"patch_embed{i}", f"stages.{i - 1}.downsample")
+    key = key.replace("dwconv.dwconv", "dwconv")
+    key = re.sub(r"block(\d+)\.(\d+)", lambda m: f"stages.{int(m.group(1)) - 1}.blocks.{m.group(2)}", key)
+    return re.sub(r"^norm(\d+)", lambda m: f"stages.{int(m.group(1)) - 1}.norm", key)
+
+
+def _official_metaformer_to_timm(key: str, poolformer_v1: bool) -> str:
+    """sail-sg/poolformer and sail-sg/metaformer (timm's ``checkpoint_filter_fn`` of metaformer)."""
+    if poolformer_v1:
+        key = re.sub(r"layer_scale_([0-9]+)", r"layer_scale\1.scale", key)
+        for old, new in (("network.1", "downsample_layers.1"), ("network.3", "downsample_layers.2")):
+            key = key.replace(old, new)
+        key = key.replace("network.5", "downsample_layers.3")
+        key = key.replace("network.2", "network.1").replace("network.4", "network.2")
+        key = key.replace("network.6", "network.3").replace("network", "stages")
+    key = re.sub(r"downsample_layers\.([0-9]+)", r"stages.\1.downsample", key)
+    key = key.replace("downsample.proj", "downsample.conv").replace("patch_embed.proj", "patch_embed.conv")
+    key = re.sub(r"([0-9]+)\.([0-9]+)", r"\1.blocks.\2", key)
+    key = key.replace("stages.0.downsample", "patch_embed").replace("patch_embed", "stem")
+    key = key.replace("post_norm", "norm").replace("pre_norm", "norm")
+    key = re.sub(r"^head\.", "head.fc.", key)
+    return re.sub(r"^norm\.", "head.norm.", key)
+
+
+def _identity(key: str) -> str:
+    return key
+
+
+LAYOUTS: dict[str, Callable[[str], str]] = {
+    "hvtnas": _identity,
+    "timm": _timm_key,
+    "timm-swin": _swin_key,
+    "timm-swinv2": _swinv2_key,
+    "timm-twins": _twins_key,
+    "timm-mvit": _mvit_key,
+    "official-swin": lambda k: _swin_key(_official_swin_to_timm(k)),
+    "official-swinv2": lambda k: _swinv2_key(_official_swin_to_timm(k)),
+    "official-pvt_v2": lambda k: _timm_key(_official_pvt_v2_to_timm(k)),
+    "official-metaformer": lambda k: _timm_key(_official_metaformer_to_timm(k, poolformer_v1=False)),
+    "official-poolformer": lambda k: _timm_key(_official_metaformer_to_timm(k, poolformer_v1=True)),
+}
+
+
+# ----------------------------------------------------------------------------- reading files
+def read_state_dict(path: str | Path) -> dict[str, Tensor]:
+    """The tensors of a safetensors file or a weights-only torch file, unwrapped from the
+    ``{"model": ...}`` / ``{"state_dict": ...}`` dicts training scripts save and from DDP's
+    ``module.`` prefix (hvtnas's own training checkpoints too)."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"checkpoint {path} does not exist")
+    with path.open("rb") as f:
+        head = f.read(16)
+    if path.suffix == ".safetensors" or (len(head) >= 9 and head[8:9] == b"{"):
+        try:
+            from safetensors.torch import load_file
+        except ImportError:  # pragma: no cover - a dependency of hvtnas
+            raise WeightsError("reading safetensors files needs the safetensors package") from None
+        try:
+            state: Any = load_file(str(path))
+        except Exception as err:
+            raise WeightsError(f"checkpoint {path} is not a readable safetensors file: {err}") from None
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise WeightsError(
+                f"checkpoint {path} is neither a safetensors file nor a weights-only torch file "
+                f"(torch.load(weights_only=True) refused it: {first}); save its state_dict() with "
+                "torch.save or safetensors"
+            ) from None
+    for _ in range(3):  # {"model": {...}}, {"state_dict": {"model": ...}}
+        if isinstance(state, dict):
+            inner = next((state[k] for k in _WRAPPERS if isinstance(state.get(k), dict)), None)
+            if inner is not None:  # a flat state dict holds no dicts
+                state = inner
+    if not isinstance(state, dict) or not any(isinstance(v, Tensor) for v in state.values()):
+        raise WeightsError(f"checkpoint {path} holds no state dict (no tensors found)")
+    state = {k: v for k, v in state.items() if isinstance(v, Tensor)}
+    for prefix in ("module.", "model."):  # DDP's wrapper; a features_only model's
+        if all(k.startswith(prefix) for k in state):
+            state = {k.removeprefix(prefix): v for k, v in state.items()}
+    return state
+
+
+# ----------------------------------------------------------------------------- fitting
+def _same_up_to_ones(a: torch.Size, b: torch.Size) -> bool:
+    """Shapes equal but for size-1 dimensions: a 1x1 conv's (O, I, 1, 1) and a linear's (O, I)."""
+    return [d for d in a if d != 1] == [d for d in b if d != 1]
+
+
+class _Fit:
+    """How a state dict, renamed by one layout, fits a model's."""
+
+    def __init__(self, layout: str, source: dict[str, Tensor], target: dict[str, Tensor]) -> None:
+        self.layout = layout
+        self.mapped: dict[str, Tensor] = {}
+        self.renamed: dict[str, str] = {}  # new key -> key in the file
+        rename = LAYOUTS[layout]
+        for key, value in source.items():
+            if any(c in key for c in _COMPUTED):
+                continue
+            new = rename(key)
+            if new not in target and ".downsample.norm." in new:  # timm does not say pre or post
+                for where in ("pre_norm", "post_norm"):
+                    if (alternative := new.replace(".downsample.norm.", f".downsample.{where}.")) in target:
+                        new = alternative
+            self.mapped[new] = value
+            self.renamed[new] = key
+        self.missing = [k for k in target if k not in self.mapped]
+        self.unexpected = [k for k in self.mapped if k not in target]
+        self.mismatched = [  # in the model's order: stem first
+            k
+            for k in target
+            if k in self.mapped and not _same_up_to_ones(self.mapped[k].shape, target[k].shape)
+        ]
+        self.matched = len(self.mapped) - len(self.unexpected) - len(self.mismatched)
+
+    @property
+    def problems(self) -> list[str]:
+        return self.missing + self.unexpected + self.mismatched
+
+    def describe(self, target: dict[str, Tensor], limit: int = 8) -> str:
+        def some(keys: list[str]) -> str:
+            shown = ", ".join(keys[:limit])
+            return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
+
+        parts = []
+        if self.missing:
+            parts.append(f"missing from the file ({len(self.missing)}): {some(self.missing)}")
+        if self.unexpected:
+            names = [f"{k} (file: {self.renamed[k]})" if self.renamed[k] != k else k for k in self.unexpected]
+            parts.append(f"not in the model ({len(self.unexpected)}): {some(names)}")
+        if self.mismatched:
+            shapes = [
+                f"{k}: file {tuple(self.mapped[k].shape)} vs model {tuple(target[k].shape)}"
+                for k in self.mismatched
+            ]
+            parts.append(f"shapes differ ({len(self.mismatched)}): {some(shapes)}")
+        return "; ".join(parts)
+
+
+def convert_state_dict(
+    state: dict[str, Tensor],
+    model: nn.Module,
+    *,
+    new_classifier: bool | None = None,
+    source: str = "the checkpoint",
+) -> tuple[dict[str, Tensor], str, list[str]]:
+    """``state`` renamed and reshaped into ``model``'s state dict.
+
+    Returns ``(state_dict, layout, skipped)``. ``new_classifier``: the model's classifier may
+    differ from the file's; its keys are then skipped (``skipped``) and keep their fresh
+    initialisation (fine-tuning on other classes). Default: where the file's classifier has another
+    number of classes than the model's (or either has none). Raises ``WeightsError`` naming the
+    missing, unexpected and mis-shaped keys of the closest layout when no layout fits.
+    """
+    target = model.state_dict()
+    fits = [_Fit(layout, state, target) for layout in LAYOUTS]
+    best = min(fits, key=lambda f: (len(f.problems), -f.matched))
+    if new_classifier is None:
+        fc = best.mapped.get("head.fc.weight")
+        new_classifier = (fc.shape[0] if fc is not None else 0) != getattr(model, "num_classes", None)
+    skipped: list[str] = []
+    if best.problems and new_classifier and all(k.startswith(_CLASSIFIER) for k in best.problems):
+        skipped = sorted(set(best.problems))
+        best.missing, best.unexpected, best.mismatched = [], [], []
+    if best.problems:
+        name = getattr(getattr(model, "arch_config", None), "name", None) or type(model).__name__
+        raise WeightsError(
+            f"{source} does not fit model {name}: the closest key layout ({best.layout}, "
+            f"{best.matched} of {len(target)} tensors matched) leaves {best.describe(target)}. "
+            f"Known layouts: {', '.join(LAYOUTS)} (see hvtnas.models.weights)"
+        )
+    out = {k: v.reshape(target[k].shape) for k, v in best.mapped.items() if k in target and k not in skipped}
+    return out, best.layout, skipped
+
+
+def load_weights(
+    model: nn.Module, path: str | Path, *, name: str | None = None, new_classifier: bool | None = None
+) -> tuple[str, list[str]]:
+    """Load a checkpoint file into ``model`` (see ``convert_state_dict``); returns
+    ``(layout, skipped classifier keys)``."""
+    state = read_state_dict(path)
+    converted, layout, skipped = convert_state_dict(
+        state, model, new_classifier=new_classifier, source=f"checkpoint {path}"
+    )
+    missing, unexpected = model.load_state_dict(converted, strict=False)
+    assert not unexpected and set(missing) <= set(skipped), (missing, unexpected)
+    return layout, skipped
+
+
+def save_weights(model: nn.Module, path: str | Path, metadata: dict[str, str] | None = None) -> Path:
+    """``model``'s state dict as a safetensors file (contiguous copies; shared tensors cloned).
+    The file's metadata holds the architecture config as JSON (``arch_config``) where the model
+    has one, so the file says what it is for."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    meta = {"format": "pt", "hvtnas_layout": "hvtnas"}
+    cfg = getattr(model, "arch_config", None)
+    if cfg is not None:
+        meta["arch_config"] = json.dumps(cfg.to_dict())
+    meta.update(metadata or {})
+    save_file(state, str(path), metadata=meta)
+    return path

@@ -1,0 +1,194 @@
+"""Weights in: hvtnas, timm and official checkpoint files -> ``build_model(checkpoint=)``,
+``hvtnas convert`` and ``hvtnas train --weights``; clear errors for files that do not fit."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from hvtnas import build_model
+from hvtnas.cli import app
+from hvtnas.models.weights import WeightsError, load_weights, read_state_dict, save_weights
+from tests.conftest import tiny_config
+from tests.train_helpers import small_arch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from _reference import import_timm
+
+try:
+    timm = import_timm(install=False)
+except ImportError as err:
+    timm, NO_TIMM = None, f"timm cannot be imported ({err}); CI installs it: pip install --no-deps timm"
+else:
+    NO_TIMM = ""
+needs_timm = pytest.mark.skipif(timm is None, reason=NO_TIMM)
+runner = CliRunner()
+
+
+def _model(**overrides: object) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_model(tiny_config(["window", "shifted_window"], **overrides)).eval()
+
+
+def test_safetensors_round_trip_gives_the_same_outputs(tmp_path: Path) -> None:
+    model = _model()
+    path = save_weights(model, tmp_path / "tiny.safetensors")
+    loaded = build_model(model.arch_config, checkpoint=path).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.inference_mode():
+        torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:  # the file says what architecture it holds
+        assert json.loads(f.metadata()["arch_config"])["name"] == "tiny"
+
+
+def test_weights_only_torch_files_wrapped_as_training_scripts_save_them(tmp_path: Path) -> None:
+    model = _model()
+    state = {f"module.{k}": v for k, v in model.state_dict().items()}  # DDP's prefix
+    torch.save({"model": state, "epoch": 3}, tmp_path / "ckpt.pth")
+    loaded = build_model(model.arch_config, checkpoint=tmp_path / "ckpt.pth").eval()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.inference_mode():
+        torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+
+
+def test_pickled_objects_are_refused(tmp_path: Path) -> None:
+    torch.save({"model": _model().state_dict(), "opt": Path("x")}, tmp_path / "pickle.pt")
+    with pytest.raises(WeightsError, match=r"weights_only=True"):
+        read_state_dict(tmp_path / "pickle.pt")
+    with pytest.raises(WeightsError, match="does not exist"):
+        read_state_dict(tmp_path / "missing.safetensors")
+
+
+def test_a_file_for_another_architecture_names_keys_and_shapes(tmp_path: Path) -> None:
+    path = save_weights(_model(), tmp_path / "tiny.safetensors")
+    other = tiny_config(["window", "shifted_window"])
+    other["stages"][3]["width"] = 96  # last stage wider
+    with pytest.raises(WeightsError) as info:
+        build_model(other, checkpoint=path)
+    message = str(info.value)
+    assert "\n" not in message and "closest key layout (hvtnas" in message
+    assert "shapes differ (31): stages.3.downsample.conv.weight: file (64, 48, 2, 2) vs model (96," in message
+    deeper = tiny_config(["window", "shifted_window", "window"])
+    with pytest.raises(WeightsError, match=r"missing from the file \(\d+\): stages\.0\.blocks\.2\."):
+        build_model(deeper, checkpoint=path)
+    result = runner.invoke(app, ["convert", str(path), "--model", "pvt_v2_b0", "--out", str(tmp_path / "x")])
+    assert result.exit_code == 2 and "does not fit model pvt_v2_b0" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_another_number_of_classes_keeps_a_fresh_classifier(tmp_path: Path) -> None:
+    model = _model(head={"norm": "layernorm", "mlp_ratio": 2.0})
+    path = save_weights(model, tmp_path / "tiny.safetensors")
+    finetune = build_model(model.arch_config, num_classes=3)
+    layout, skipped = load_weights(finetune, path)
+    assert layout == "hvtnas" and skipped == ["head.fc.bias", "head.fc.weight"]
+    x = torch.randn(1, 3, 32, 32)
+    with torch.inference_mode():
+        torch.testing.assert_close(finetune.eval().forward_features(x), model.forward_features(x))
+        assert finetune(x).shape == (1, 3)
+    headless = build_model(model.arch_config, checkpoint=path, features_only=True)
+    with torch.inference_mode():
+        torch.testing.assert_close(headless(x)[-1], model.forward_features(x))
+
+
+def test_train_starts_from_converted_weights(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    arch = small_arch(["pooling"])
+    source = build_model(arch, num_classes=5)  # another head: the digits' classifier starts fresh
+    weights = save_weights(source, tmp_path / "start.pt.safetensors")
+    converted = runner.invoke(
+        app,
+        [
+            "convert",
+            str(weights),
+            "--model",
+            str(_arch_file(tmp_path, arch)),
+            "--out",
+            str(tmp_path / "c.safetensors"),
+            "--json",
+        ],
+    )
+    assert converted.exit_code == 0, converted.output
+    assert json.loads(converted.stdout)["layout"] == "hvtnas"
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "arch": arch,
+                "data": {"name": "digits", "resolution": 8},
+                "train": {"epochs": 1, "batch_size": 64, "augment": {"hflip": False}},
+                "output_dir": "out",
+            }
+        )
+    )
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        result = runner.invoke(
+            app,
+            ["train", str(config), "--json", "--no-progress", "--weights", str(tmp_path / "c.safetensors")],
+        )
+    finally:
+        torch.set_num_threads(threads)
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["init_weights"]["layout"] == "hvtnas"
+
+
+def _arch_file(tmp_path: Path, arch: dict) -> Path:
+    path = tmp_path / "arch.yaml"
+    path.write_text(yaml.safe_dump({**arch, "input": {**arch["input"], "num_classes": 5}}))
+    return path
+
+
+@needs_timm
+def test_timm_weights_give_timm_logits(tmp_path: Path) -> None:
+    """timm's weights file (as timm saves it) -> zoo model -> the logits of timm's model."""
+    torch.manual_seed(0)
+    reference = timm.create_model("pvt_v2_b0").eval()
+    from safetensors.torch import save_file
+
+    save_file(reference.state_dict(), str(tmp_path / "model.safetensors"))  # keys sorted in the file
+    model = build_model("pvt_v2_b0", checkpoint=tmp_path / "model.safetensors").eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.inference_mode():
+        torch.testing.assert_close(model(x), reference(x), rtol=1e-4, atol=1e-4)
+
+
+@needs_timm
+def test_official_swin_checkpoint_gives_timm_logits(tmp_path: Path) -> None:
+    """microsoft/Swin-Transformer's layout (patch merging at the end of the stage, ``head.weight``,
+    attention masks saved) in a ``{"model": ...}`` torch file."""
+    torch.manual_seed(0)
+    reference = timm.create_model("swin_tiny_patch4_window7_224").eval()
+    official = {}
+    for key, value in reference.state_dict().items():
+        key = re.sub(r"layers\.(\d+)\.downsample", lambda m: f"layers.{int(m.group(1)) - 1}.downsample", key)
+        official[key.replace("head.fc.", "head.")] = value
+    official["layers.0.blocks.1.attn_mask"] = torch.zeros(64, 49, 49)
+    torch.save({"model": official}, tmp_path / "swin_tiny_patch4_window7_224.pth")
+    result = runner.invoke(
+        app,
+        [
+            "convert",
+            str(tmp_path / "swin_tiny_patch4_window7_224.pth"),
+            "-m",
+            "swin_t",
+            "--out",
+            str(tmp_path / "s.safetensors"),
+        ],
+    )
+    assert result.exit_code == 0 and "official-swin layout" in result.output, result.output
+    model = build_model("swin_t", checkpoint=tmp_path / "s.safetensors").eval()
+    x = torch.randn(1, 3, 224, 224)
+    with torch.inference_mode():
+        torch.testing.assert_close(model(x), reference(x), rtol=1e-4, atol=1e-4)
