@@ -19,6 +19,7 @@ from hvtnas.errors import HvtnasError
 from hvtnas.search import SearchRun, TrialOutcome, export_trials, load_search_spec, open_study, select_trials
 from hvtnas.search.dashboard import save_study_figures
 from hvtnas.search.resilience import DeviceLock, count_finished
+from hvtnas.search.warm_start import warm_start_points
 from hvtnas.search.workers import device_key, open_storage, run_storage, run_workers
 
 
@@ -72,6 +73,7 @@ def search_command(
         except ValueError as err:
             raise HvtnasError(f"--sampler: {err.errors()[0]['msg']}") from None
         spec.experiment = spec.experiment.model_copy(update={"sampler": new_sampler})
+    warm_start = warm_start_points(spec)  # checked to be points of the space before anything is written
     name = study or space.stem
     run_dir = runs_dir / name
     device_list = None
@@ -87,7 +89,7 @@ def search_command(
         if n_jobs == 1:  # one device: this process is the worker
             os.environ["CUDA_VISIBLE_DEVICES"] = device_list[0]
     storage_url = storage or run_storage(run_dir, n_jobs)
-    study_obj = open_study(spec, name, open_storage(storage_url, heartbeat, max_retry))
+    study_obj = open_study(spec, name, open_storage(storage_url, heartbeat, max_retry), warm_start)
     lock_dir = run_dir / "locks"  # this host's workers: latency is never timed while one trains
     if storage is None:  # the run folder: the space as given and the experiment with its defaults
         (run_dir / "space.yaml").write_text(spec.text)
@@ -113,7 +115,8 @@ def search_command(
 
     def line(outcome: TrialOutcome) -> str:
         values = ", ".join(f"{v:.4g}" for v in outcome.values) if outcome.values else ""
-        text = f"trial {outcome.number}: {outcome.state.name.lower()} {values}"
+        design = f" (warm start {outcome.warm_start})" if outcome.warm_start else ""
+        text = f"trial {outcome.number}{design}: {outcome.state.name.lower()} {values}"
         text += f" ({outcome.reason})" if outcome.reason else ""
         if log_file is not None:  # runs/<study>/search.log keeps every trial's line
             log_file.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n")

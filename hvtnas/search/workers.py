@@ -194,7 +194,8 @@ def worker_main(
     if sampler_cfg.seed is not None:  # the same seed in every worker would propose the same architectures
         sampler_cfg = sampler_cfg.model_copy(update={"seed": sampler_cfg.seed + index})
     spec.experiment = exp.model_copy(update={"train": train, "sampler": sampler_cfg})
-    study_obj = open_study(spec, study, open_storage(storage, heartbeat, max_retry))
+    # the parent process created the study (and queued its warm start): nothing to queue here
+    study_obj = open_study(spec, study, open_storage(storage, heartbeat, max_retry), warm_start=[])
     name = multiprocessing.current_process().name
 
     def report(outcome: Any) -> None:
