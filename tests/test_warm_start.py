@@ -59,6 +59,17 @@ def test_a_published_family_scaled_to_the_space_is_a_point_of_it() -> None:
         assert again.stages[0].ffn == original.stages[0].ffn
 
 
+def test_the_published_designs_themselves_are_points_of_the_imagenet_space() -> None:
+    spec = load_search_spec(ROOT / "search_spaces" / "metaformer.yaml")
+    points = warm_start_points(spec)
+    assert [p.label for p in points] == spec.experiment.warm_start.zoo
+    for point in points:
+        published = zoo.get_config(point.label)  # at 224, every attention head is 32 wide already
+        assert canonical_config(point.arch) == canonical_config(published), point.label
+        again = spec.space.sample(optuna.trial.FixedTrial(point.params))
+        assert canonical_config(again) == canonical_config(published), point.label
+
+
 def test_membership_names_where_an_architecture_leaves_the_space() -> None:
     space = SearchSpace.from_dict(tiny_search_space())
     inside = space.sample(optuna.trial.FixedTrial({"stage1.width": 16, "stage1.mixer": "pooling"}))
@@ -67,7 +78,8 @@ def test_membership_names_where_an_architecture_leaves_the_space() -> None:
 
     wider = ArchConfig.model_validate({**inside.to_dict(), "name": "wide"})
     wider.stages[0].width = 24
-    with pytest.raises(NotInSpaceError, match=r"wide is not a point .*stages\[0\]\.width: 24 is not one of 8, 16"):
+    message = r"wide is not a point .*stages\[0\]\.width: 24 is not one of 8, 16"
+    with pytest.raises(NotInSpaceError, match=message):
         space.params_for(wider)
     assert not space.contains(wider)
 
@@ -162,7 +174,13 @@ def test_warm_start_settings_are_validated(tmp_path: Path) -> None:
     result = runner.invoke(app, ["search", str(path), "--runs-dir", str(tmp_path / "runs")])
     assert result.exit_code == 2
     assert "not in the zoo: no_such_model" in result.output
+    path = _space_file(tmp_path, zoo=["convformer_s18"], flops=[-1.0])
+    result = runner.invoke(app, ["search", str(path), "--runs-dir", str(tmp_path / "runs")])
+    assert result.exit_code == 2
+    assert "budgets must be positive MACs" in result.output
+    # a design the space cannot express: the error names the family and the field
     path = _space_file(tmp_path, zoo=["convformer_s18"])
     result = runner.invoke(app, ["search", str(path), "--runs-dir", str(tmp_path / "runs")])
     assert result.exit_code == 2
-    assert "warm_start.flops" in result.output
+    assert "experiment.warm_start: convformer_s18 is not a point of" in result.output
+    assert not (tmp_path / "runs").exists()

@@ -52,14 +52,15 @@ class SamplerConfig(_Strict):
 
 
 class WarmStartConfig(_Strict):
-    """The first trials of a new study: published designs from the zoo scaled to each ``flops``
+    """The first trials of a new study: published designs from the zoo, scaled to each ``flops``
     budget (``hvtnas.models.scale_to_flops``: width to meet the budget, depth times ``depth_mult``,
-    attention heads ``head_dim`` wide when given) and architecture files of one's own (``configs``,
-    relative to the space file). Each must be a point of the space; the search then samples around
-    designs known to work instead of starting from random points."""
+    attention heads ``head_dim`` wide when given) or, without budgets, at their own width; and
+    architecture files of one's own (``configs``, relative to the space file). Each must be a
+    point of the space; the search then samples around designs known to work instead of
+    starting from random points."""
 
     zoo: list[str] = Field(default_factory=list)
-    flops: list[float] = Field(default_factory=list)  # MACs at the space's input resolution
+    flops: list[float] = Field(default_factory=list)  # MACs at the space's input; none: own width
     depth_mult: float = Field(1.0, gt=0)
     head_dim: int | None = Field(None, ge=1)
     width_multiple: int = Field(8, ge=1)
@@ -81,12 +82,6 @@ class WarmStartConfig(_Strict):
         if any(b <= 0 for b in budgets):
             raise ValueError(f"budgets must be positive MACs, got {budgets}")
         return budgets
-
-    @model_validator(mode="after")
-    def _zoo_needs_budgets(self) -> WarmStartConfig:
-        if self.zoo and not self.flops:
-            raise ValueError("warm_start.zoo needs the budgets to scale the designs to (warm_start.flops)")
-        return self
 
 
 class EarlyStoppingConfig(_Strict):

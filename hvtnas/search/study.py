@@ -345,6 +345,8 @@ class SearchRun:
         """Optuna cannot prune multi-objective studies (optuna/optuna#3450): stop a trial whose
         accuracy at an epoch is beaten, at that epoch, by a completed trial that costs no more."""
         rule = self.spec.experiment.early_stopping
+        if trial.user_attrs.get(WARM_START_ATTR):  # a published design is what the search is
+            rule = None  # measured against: always trained to the end
 
         def on_epoch(report: EpochReport) -> str | None:
             trial.set_user_attr("epochs_done", report.epoch)

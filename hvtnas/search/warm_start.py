@@ -36,7 +36,7 @@ def budget_label(macs: float) -> str:
 def warm_start_points(spec: Any) -> list[WarmStartPoint]:
     """The warm-start designs of a search spec (``hvtnas.search.SearchSpec``), each checked to be a
     point of its space; ``HvtnasError`` names the first that is not, and why."""
-    from hvtnas.models import scale_to_flops, zoo  # torch: only for a study that warm-starts
+    from hvtnas.models import scale_architecture, scale_to_flops, zoo  # torch: only when warm-starting
 
     settings = spec.experiment.warm_start
     if settings is None:
@@ -44,6 +44,16 @@ def warm_start_points(spec: Any) -> list[WarmStartPoint]:
     space: SearchSpace = spec.space
     input_cfg = space.tree.get("input", {})
     candidates: list[tuple[str, ArchConfig]] = []
+    for family in settings.zoo if not settings.flops else []:  # the designs at their own width
+        own = scale_architecture(
+            zoo.get_config(family),
+            depth_mult=settings.depth_mult,
+            input=input_cfg,
+            width_multiple=settings.width_multiple,
+            head_dim=settings.head_dim,
+            name=family,
+        )
+        candidates.append((family, own))
     for budget in settings.flops:
         for family in settings.zoo:
             label = f"{family}@{budget_label(budget)}"

@@ -201,7 +201,9 @@ def worker_main(
     def report(outcome: Any) -> None:
         values = ", ".join(f"{v:.4g}" for v in outcome.values) if outcome.values else ""
         reason = f" ({outcome.reason})" if outcome.reason else ""
-        print(f"[{name}] trial {outcome.number}: {outcome.state.name.lower()} {values}{reason}", flush=True)
+        design = f" (warm start {outcome.warm_start})" if outcome.warm_start else ""
+        state = outcome.state.name.lower()
+        print(f"[{name}] trial {outcome.number}{design}: {state} {values}{reason}", flush=True)
 
     SearchRun(
         spec,
