@@ -44,6 +44,7 @@ import shutil
 import subprocess
 import sys
 import time
+import warnings
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -588,6 +589,7 @@ def main() -> None:
     if scale.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--scale gpu needs a CUDA device (none is visible)")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # TPE's group
 
     source = args.space or ROOT / scale.space
     space_file = work / source.name  # the exact file every study and training reads

@@ -73,9 +73,12 @@ def search_command(
         except ValueError as err:
             raise HvtnasError(f"--sampler: {err.errors()[0]['msg']}") from None
         spec.experiment = spec.experiment.model_copy(update={"sampler": new_sampler})
-    warm_start = warm_start_points(spec)  # checked to be points of the space before anything is written
     name = study or space.stem
     run_dir = runs_dir / name
+    # a new study's warm-start designs, checked to be points of the space before anything is
+    # written (a run folder that holds its study already has them)
+    resumed = storage is None and ((run_dir / "study.db").exists() or (run_dir / "journal.log").exists())
+    warm_start = [] if resumed else warm_start_points(spec)
     device_list = None
     if devices is not None:
         device_list = [d.strip() for d in devices.split(",")]
