@@ -40,10 +40,11 @@ def test_every_sample_of_a_shipped_space_is_found_again_with_its_parameters(path
         assert canonical_config(again) == canonical_config(arch)
 
 
-def test_a_published_family_scaled_to_the_space_is_a_point_of_it() -> None:
+@pytest.mark.parametrize("name", ["animal_mnist", "cifar"])
+def test_a_published_family_scaled_to_the_space_is_a_point_of_it(name: str) -> None:
     """What the warm start evaluates: every family of the comparison at both budgets (the space's
-    own warm_start list) is a point of the shipped animal_mnist space."""
-    spec = load_search_spec(ROOT / "search_spaces" / "animal_mnist.yaml")
+    own warm_start list) is a point of the shipped space."""
+    spec = load_search_spec(ROOT / "search_spaces" / f"{name}.yaml")
     points = warm_start_points(spec)
     families = spec.experiment.warm_start.zoo
     assert len(points) == len(families) * len(spec.experiment.warm_start.flops)
