@@ -44,6 +44,7 @@ import shutil
 import subprocess
 import sys
 import time
+import warnings
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -61,8 +62,9 @@ from hvtnas.costs import CostCache, Costs, CostSettings, LatencySettings, measur
 from hvtnas.costs.latency import cpu_name
 from hvtnas.models import scale_to_flops, zoo
 from hvtnas.search.resilience import count_finished
-from hvtnas.search.study import arch_key, load_search_spec
-from hvtnas.search.workers import run_storage
+from hvtnas.search.study import arch_key, load_search_spec, open_study
+from hvtnas.search.warm_start import warm_start_points
+from hvtnas.search.workers import open_storage, run_storage
 from hvtnas.summary import describe
 from hvtnas.train import ImageData, load_dataset
 from hvtnas.train.trainer import adapt_arch_to_data, train_proxy
@@ -84,6 +86,7 @@ FAMILIES = (
 # the zoo's -T/-S depths are 2-4x what a 28x28 or 32x32 task needs: depth is scaled by a third and
 # width is then chosen to meet the FLOP budget
 DEPTH_MULT = 1 / 3
+CHALLENGER_CANDIDATES = 5  # most accurate found architectures whose latency is compared
 
 
 @dataclass(frozen=True)
@@ -129,6 +132,7 @@ def run_searches(
     pending = [(s, seed) for seed in seeds for s in samplers if not _finished(work, f"{s}-s{seed}", trials)]
     if not pending:
         return 0.0
+    share_warm_start(space_file, work, [f"{s}-s{seed}" for s, seed in pending], jobs)
     running: list[tuple[subprocess.Popen, Path]] = []
     while pending or running:
         while pending and len(running) < jobs:
@@ -152,8 +156,39 @@ def run_searches(
     return time.perf_counter() - started
 
 
+WARM_STUDY = "warm-start"
+
+
+def share_warm_start(space_file: Path, work: Path, names: list[str], jobs: int) -> None:
+    """Every study starts with the same warm-start trials (one training each, seed-fixed and never
+    stopped early): they are evaluated once, in a study of their own, and copied into each new
+    study, which is what ``hvtnas search`` would have computed again in each."""
+    spec = load_search_spec(space_file)
+    points = warm_start_points(spec)
+    if not points or all((work / "runs" / name).exists() for name in names):
+        return
+    distinct = len({repr(sorted(p.params.items())) for p in points})
+    if not _finished(work, WARM_STUDY, distinct):
+        log(f"warm start: evaluating {distinct} published designs once for all studies")
+        cmd = [
+            sys.executable, "-m", "hvtnas", "search", str(space_file), "--trials", str(distinct),
+            "--sampler", "random", "--study", WARM_STUDY, "--runs-dir", str(work / "runs"),
+            "--n-jobs", str(jobs),
+        ]  # fmt: skip
+        with (work / "logs" / f"{WARM_STUDY}.log").open("a") as out:
+            subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, check=True)
+    warm = [t for t in _load(work, WARM_STUDY).get_trials(deepcopy=False) if t.user_attrs.get("warm_start")]
+    for name in names:
+        run = work / "runs" / name
+        if run.exists():
+            continue
+        study = open_study(spec, name, run_storage(run), warm_start=[])
+        study.add_trials(sorted(warm, key=lambda t: t.number))
+        log(f"search {name}: starts from the {len(warm)} warm-start trials")
+
+
 def _load(work: Path, name: str) -> optuna.Study:
-    return optuna.load_study(study_name=name, storage=run_storage(work / "runs" / name))
+    return optuna.load_study(study_name=name, storage=open_storage(run_storage(work / "runs" / name)))
 
 
 def _finished(work: Path, name: str, trials: int) -> bool:
@@ -437,7 +472,14 @@ def write_markdown(result: dict[str, Any], path: Path) -> None:
         "",
         "## Hypervolume after N trials (mean ± sd over seeds)",
         "",
-        f"Reference point: FLOPs = {s['flops_ref'] / 1e6:.1f} MMACs, error = {s['error_ref']:.2f} (chance).",
+        f"Reference point: FLOPs = {s['flops_ref'] / 1e6:.1f} MMACs, error = {s['error_ref']:.2f} (chance)."
+        + (
+            f" Every study starts with the same {result['warm_start_trials']} warm-start trials (the "
+            "baselines below, evaluated by the search itself): the hypervolume at "
+            f"N={result['warm_start_trials']} is the hand designs', what follows is the sampler's."
+            if result.get("warm_start_trials")
+            else ""
+        ),
         "",
         "| sampler | " + " | ".join(f"N={n}" for n in result["hv_checkpoints"]) + " |",
         "|---|" + "---:|" * len(result["hv_checkpoints"]),
@@ -465,7 +507,9 @@ def write_markdown(result: dict[str, Any], path: Path) -> None:
         "",
         "Accuracy: mean ± sd over the training seeds (%). Latency: median ms at batch 1. The "
         "challenger is the found architecture with the best search accuracy at no more FLOPs than "
-        "the baseline; *dominates* means higher mean accuracy (Welch's t-test over the seeds, "
+        "the baseline (never a warm-start design; of the "
+        f"{CHALLENGER_CANDIDATES} most accurate, the first no slower than the baseline, if any); "
+        "*dominates* means higher mean accuracy (Welch's t-test over the seeds, "
         f"p < {SIGNIFICANCE}) at no more FLOPs and no more latency.",
         "",
         "| baseline | MMACs | params | acc | latency | challenger | MMACs | params | acc | latency "
@@ -523,7 +567,12 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="sampler seeds")
     parser.add_argument("--train-seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--samplers", nargs="+", default=list(SAMPLERS), choices=SAMPLERS)
-    parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=zoo.names())
+    parser.add_argument(
+        "--families",
+        nargs="+",
+        choices=zoo.names(),
+        help="baseline families (default: the space's warm start, else the published set)",
+    )
     parser.add_argument("--budgets", type=float, nargs="+", help="baseline MACs (default: the scale's)")
     parser.add_argument("--jobs", type=int, help="concurrent studies / trainings (default: the scale's)")
     parser.add_argument("--work", type=Path, help="work folder (default: runs/search_quality_<scale>)")
@@ -531,6 +580,8 @@ def main() -> None:
     args = parser.parse_args()
 
     scale = SCALES[args.scale]
+    args.families_given = args.families is not None
+    args.families = args.families or list(FAMILIES)
     trials, jobs = args.trials or scale.trials, args.jobs or scale.jobs
     work = (args.work or ROOT / "runs" / f"search_quality_{args.scale}").resolve()
     out_name = args.out or f"search_quality_{args.scale}"
@@ -538,6 +589,7 @@ def main() -> None:
     if scale.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--scale gpu needs a CUDA device (none is visible)")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # TPE's group
 
     source = args.space or ROOT / scale.space
     space_file = work / source.name  # the exact file every study and training reads
@@ -561,34 +613,66 @@ def main() -> None:
     wall["searches"] = run_searches(space_file, work, args.samplers, args.seeds, trials, jobs)
     studies = load_studies(work, args.samplers, args.seeds)
 
-    # 2. baselines at the budgets
+    # 2. baselines: the published families at the budgets. A space with a warm start evaluates
+    # exactly these designs as its first trials (the same scaling); the baselines are then those
+    # points, retrained here on other seeds
     flops_limit = exp.constraints.get("flops")
     all_flops = sorted(t.values[1] for s in studies.values() for t in trained(s))
-    budgets = args.budgets or scale.budgets or [float(np.quantile(all_flops, q)) for q in (0.25, 0.75)]
     baseline_archs: dict[str, tuple[str, float, ArchConfig]] = {}
-    for budget in budgets:
-        for family in args.families:
-            scaled = scale_to_flops(
-                zoo.get_config(family),
-                budget,
-                depth_mult=DEPTH_MULT,
-                input=spec.space.tree["input"],
-                name=f"{family}_{budget / 1e6:.1f}M",
-            )
-            scaled = adapt_arch_to_data(scaled, data)
+    if exp.warm_start is not None and exp.warm_start.zoo and not (args.budgets or args.families_given):
+        budgets = list(exp.warm_start.flops)
+        families = list(exp.warm_start.zoo)
+        zoo_points = [p for p in warm_start_points(spec) if "@" in p.label]  # budget by budget
+        for point, (budget, family) in zip(zoo_points, itertools.product(budgets, families), strict=True):
+            scaled = adapt_arch_to_data(point.arch, data)
             baseline_archs[arch_key(scaled)] = (family, budget, scaled)
+        depth_mult = exp.warm_start.depth_mult
+    else:
+        budgets = args.budgets or scale.budgets or [float(np.quantile(all_flops, q)) for q in (0.25, 0.75)]
+        families = args.families
+        depth_mult = DEPTH_MULT
+        for budget in budgets:
+            for family in families:
+                scaled = scale_to_flops(
+                    zoo.get_config(family),
+                    budget,
+                    depth_mult=DEPTH_MULT,
+                    input=spec.space.tree["input"],
+                    name=f"{family}_{budget / 1e6:.1f}M",
+                )
+                scaled = adapt_arch_to_data(scaled, data)
+                baseline_archs[arch_key(scaled)] = (family, budget, scaled)
 
-    # 3. challengers: best search accuracy at no more FLOPs, among the guided studies' trials
+    # 3. challengers: among the guided studies' trials that are neither a warm-start design nor a
+    # baseline, those at no more FLOPs; the best by search accuracy that is also no slower (of
+    # the CHALLENGER_CANDIDATES most accurate), else the most accurate
+    latency_settings = LatencySettings(
+        device=scale.device, batch_size=1, threads=1 if scale.device == "cpu" else None
+    )
+
+    def latency_of(arch: ArchConfig) -> float:
+        return costs(arch, latency_settings).latency.median_ms
+
     found = [
         (study_key, t)
         for study_key, study in studies.items()
         if study_key[0] in GUIDED
         for t in trained(study)
+        if not t.user_attrs.get("warm_start") and t.user_attrs["arch_key"] not in baseline_archs
     ]
     challenger_of: dict[str, tuple[tuple[str, int], optuna.trial.FrozenTrial] | None] = {}
     for key, (_, _, arch) in baseline_archs.items():
-        fits = [(sk, t) for sk, t in found if t.values[1] <= costs(arch).flops]
-        challenger_of[key] = max(fits, key=lambda st: st[1].values[0]) if fits else None
+        fits = sorted(
+            ((sk, t) for sk, t in found if t.values[1] <= costs(arch).flops),
+            key=lambda st: -st[1].values[0],
+        )
+        baseline_latency = latency_of(arch)
+        no_slower = [
+            (sk, t)
+            for sk, t in fits[:CHALLENGER_CANDIDATES]
+            if latency_of(ArchConfig.model_validate(t.user_attrs["arch"])) <= baseline_latency
+        ]
+        challenger_of[key] = (no_slower or fits or [None])[0]
     challenger_archs = {
         t.user_attrs["arch_key"]: (sk, t, ArchConfig.model_validate(t.user_attrs["arch"]))
         for v in challenger_of.values()
@@ -608,13 +692,7 @@ def main() -> None:
 
     # 4. latency, alone on the machine
     t0 = time.perf_counter()
-    settings = LatencySettings(
-        device=scale.device, batch_size=1, threads=1 if scale.device == "cpu" else None
-    )
-    latency = {
-        key: costs(v[-1], settings).latency.median_ms
-        for key, v in {**baseline_archs, **challenger_archs}.items()
-    }
+    latency = {key: latency_of(v[-1]) for key, v in {**baseline_archs, **challenger_archs}.items()}
     wall["latency"] = time.perf_counter() - t0  # ~0 when every latency was in the cache
     # wall time spent on each phase over all runs of this work folder (a rerun that only
     # re-analyses adds nothing)
@@ -696,7 +774,11 @@ def main() -> None:
         for t in trained(s)
     }
     union_front = pareto(union_points)
-    checkpoints = sorted({n for n in (10, 20, 40, 60, 100, 200, trials) if n <= trials})
+    warm_trials = max(
+        (sum(bool(t.user_attrs.get("warm_start")) for t in study.trials) for study in studies.values()),
+        default=0,
+    )
+    checkpoints = sorted({n for n in (10, 20, 40, 60, 100, 200, trials, warm_trials) if 0 < n <= trials})
     result = {
         "title": f"Search quality, {args.scale} scale: {source.stem} space",
         "settings": {
@@ -718,8 +800,9 @@ def main() -> None:
             "trials": trials,
             "jobs": jobs,
             "budgets": budgets,
-            "families": args.families,
-            "depth_mult": DEPTH_MULT,
+            "families": families,
+            "depth_mult": depth_mult,
+            "warm_start": bool(exp.warm_start and exp.warm_start.zoo),
             "flops_ref": flops_ref,
             "error_ref": error_ref,
             "machine": f"{cpu_name()}, {os.cpu_count()} CPUs"
@@ -730,6 +813,7 @@ def main() -> None:
         },
         "wall_seconds": wall,
         "hv_checkpoints": checkpoints,
+        "warm_start_trials": warm_trials,
         "hypervolume": hv,
         "fronts": fronts,
         "union_front": union_front,

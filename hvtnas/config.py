@@ -474,6 +474,36 @@ def estimated_params(cfg: ArchConfig) -> float:
     return total + cfg.stages[-1].width * cfg.input.num_classes
 
 
+# fields that are no part of what an architecture is: its name, notes and regularisation (drop path,
+# head dropout), which change neither its costs nor its function at inference
+NOT_IDENTITY: tuple[tuple[str, ...], ...] = (
+    ("name",),
+    ("metadata",),
+    ("drop_path_rate",),
+    ("head", "dropout"),
+)
+
+
+def canonical_config(cfg: ArchConfig) -> dict[str, Any]:
+    """The architecture's fields but those in ``NOT_IDENTITY``, with attention heads given both
+    ways (``heads: 3`` and ``head_dim: 8`` at width 24 are one model) and none in a stage whose
+    mixers have no heads. Duplicate detection, the cost cache and space membership compare
+    architectures by this."""
+    data = cfg.to_dict()
+    for stage, stage_cfg in zip(data["stages"], cfg.stages, strict=True):
+        heads = stage_cfg.num_heads
+        if heads is None or not any(MIXERS.get(m.kind).uses_heads for m in stage_cfg.mixers):
+            stage["heads"] = stage["head_dim"] = None
+        else:
+            stage["heads"], stage["head_dim"] = heads, stage_cfg.width // heads
+    for *parents, key in NOT_IDENTITY:
+        node = data
+        for parent in parents:
+            node = node[parent]
+        node.pop(key, None)
+    return data
+
+
 def _fail(loc: tuple, value: Any, message: str) -> None:
     """Raise a validation error at ``loc`` (relative to the model being validated) from a
     model-level check, so the message names the field rather than the whole model."""

@@ -27,11 +27,23 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
 
-from hvtnas.config import ArchConfig, _line_for, format_validation_error, load_yaml_with_lines
-from hvtnas.errors import ConfigError
+from hvtnas.config import (
+    NOT_IDENTITY,
+    ArchConfig,
+    _line_for,
+    canonical_config,
+    format_validation_error,
+    load_yaml_with_lines,
+)
+from hvtnas.errors import ConfigError, HvtnasError
 from hvtnas.io import read_text
 
 LEAF_KEYS = ("choice", "int", "float")
+MAX_MEMBERSHIP_CANDIDATES = 10_000  # loose matches verified exactly, before giving up
+
+
+class NotInSpaceError(HvtnasError):
+    """An architecture is not a point of a search space; the message says where it leaves it."""
 
 
 class _Leaf(BaseModel):
@@ -83,6 +95,18 @@ class FloatLeaf(_Range):
 Leaf = ChoiceLeaf | IntLeaf | FloatLeaf
 
 
+class _Misses:
+    """Why membership failed: of the branches given up, the one that came furthest in the file."""
+
+    def __init__(self) -> None:
+        self.order: tuple = ()
+        self.furthest = "no option matches"
+
+    def add(self, order: tuple, why: str) -> None:
+        if order > self.order:
+            self.order, self.furthest = order, why
+
+
 class Suggester(Protocol):
     """What sampling needs from an Optuna trial (``optuna.Trial`` satisfies it)."""
 
@@ -123,7 +147,9 @@ def _label(value: Any) -> Any:
         if set(value) & set(LEAF_KEYS):
             return "?"
         if isinstance(value.get("kind"), str):
-            fixed = [f"{k}={_label(v)}" for k, v in value.items() if k != "kind" and not isinstance(v, dict)]
+            # nested parts (a stem's norm) are part of the label: options that differ only there
+            # stay told apart ("overlap(kernel_size=7,norm=layernorm(eps=1e-06))")
+            fixed = [f"{k}={_label(v)}" for k, v in value.items() if k != "kind" and not _is_leaf(v)]
             return value["kind"] + (f"({','.join(fixed)})" if fixed else "")
         return ",".join(f"{k}={_label(v)}" for k, v in value.items())
     return str(value)
@@ -137,6 +163,14 @@ def _scoped(name: str, value: Any) -> str:
     return name
 
 
+def _unaliased(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {key: _unaliased(value) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_unaliased(value) for value in node]
+    return node
+
+
 def _is_leaf(node: Any) -> bool:
     return isinstance(node, dict) and any(k in node for k in LEAF_KEYS)
 
@@ -147,7 +181,14 @@ class SearchSpace:
     def __init__(self, tree: Any, source: str = "<space>", lines: dict[tuple, int] | None = None) -> None:
         self.source = source
         self.lines = lines or {}
-        self.tree = tree
+        # a YAML alias is the same object in every place it is used: copied apart, so that each
+        # place is a dimension of its own (leaves are shared by ``name`` only); top-level keys
+        # starting with "x-" hold such anchors and are no part of the architecture
+        self.tree = _unaliased(tree)
+        if isinstance(self.tree, dict):
+            for key in [k for k in self.tree if isinstance(k, str) and k.startswith("x-")]:
+                del self.tree[key]
+        tree = self.tree
         self.nodes: dict[int, Node] = {}  # id(leaf dict in tree) -> parsed leaf
         problems: list[str] = []
         self._parse(tree, (), "", "", problems)
@@ -167,7 +208,8 @@ class SearchSpace:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SearchSpace:
-        return cls(data)
+        """A space from a mapping (an ``experiment`` section, as in a space file, is left out)."""
+        return cls({k: v for k, v in data.items() if k != "experiment"})
 
     def _where(self, yaml_path: tuple) -> str:
         line = _line_for(yaml_path, self.lines)
@@ -345,6 +387,106 @@ class SearchSpace:
             for i, value in enumerate(node):
                 self._sample_lines(value, trial, (*out_path, i), (*yaml_path, i), out)
 
+    # -------------------------------------------------------------------------- membership
+    def params_for(self, arch: ArchConfig) -> dict[str, Any]:
+        """The Optuna parameters under which sampling gives ``arch`` (compared by
+        ``canonical_config``: name, notes and regularisation aside), e.g. for
+        ``study.enqueue_trial``. Raises ``NotInSpaceError`` naming the first field where ``arch``
+        leaves the space.
+
+        Options are first matched loosely (a field an option leaves out may hold anything), then
+        each candidate is sampled and compared exactly, so fields the space leaves at their
+        defaults are checked too."""
+        target = canonical_config(arch)
+        misses = _Misses()
+        for checked, params in enumerate(self._match(self.tree, target, (), (), {}, misses)):
+            if checked >= MAX_MEMBERSHIP_CANDIDATES:
+                break
+            sampled = self._materialize(self.tree, _SweepTrial(params))
+            try:
+                got = canonical_config(ArchConfig.model_validate(sampled))
+            except ValidationError:
+                continue
+            if got == target:
+                return params
+            path, ours, theirs = _first_difference(got, target)
+            # a candidate that matched loosely everywhere says more than any branch given up early
+            misses.add((math.inf,), f"{_display(path)}: the space gives {ours!r}, not {theirs!r}")
+        name = arch.name or "the architecture"
+        raise NotInSpaceError(f"{name} is not a point of {self.source}: {misses.furthest}")
+
+    def contains(self, arch: ArchConfig) -> bool:
+        try:
+            self.params_for(arch)
+        except NotInSpaceError:
+            return False
+        return True
+
+    def _match(
+        self, node: Any, value: Any, path: tuple, order: tuple, params: dict[str, Any], misses: _Misses
+    ) -> Iterator[dict[str, Any]]:
+        """Every assignment of the leaves under ``node`` (extending ``params``) that may give
+        ``value``: exact on what ``node`` states, loose on what it leaves out. ``order`` is the
+        position in the file (to report the miss that came furthest)."""
+        if _is_leaf(node):
+            parsed = self.nodes[id(node)]
+            leaf = parsed.leaf
+            if isinstance(leaf, ChoiceLeaf):
+                matched = False
+                for label, option in zip(parsed.labels, leaf.choice, strict=True):
+                    if params.get(parsed.name, label) == label:
+                        chosen = {**params, parsed.name: label}
+                        for found in self._match(option, value, path, order, chosen, misses):
+                            matched = True
+                            yield found
+                if not matched and not any(isinstance(o, dict | list) for o in leaf.choice):
+                    options = ", ".join(map(repr, leaf.choice))
+                    misses.add((*order, math.inf), f"{_display(path)}: {value!r} is not one of {options}")
+                return
+            if _in_range(leaf, value) and params.get(parsed.name, value) == value:
+                yield {**params, parsed.name: value}
+            else:
+                low, high = leaf.bounds
+                misses.add(order, f"{_display(path)}: {value!r} is not in the range [{low}, {high}]")
+            return
+        if isinstance(node, str) and isinstance(value, dict) and "kind" in value:
+            node = {"kind": node}  # the YAML shorthand `norm: layernorm`
+        if isinstance(node, dict) and isinstance(value, dict):
+            yield from self._match_items(list(node.items()), 0, value, path, order, params, misses)
+        elif isinstance(node, list) and isinstance(value, list) and len(node) == len(value):
+            yield from self._match_items(list(enumerate(node)), 0, value, path, order, params, misses)
+        elif isinstance(node, dict | list) or isinstance(value, dict | list):
+            misses.add(order, f"{_display(path)}: {_short(value)} does not fit the space's {_short(node)}")
+        elif node == value:
+            yield params
+        else:
+            misses.add(order, f"{_display(path)}: {value!r}, the space has {node!r}")
+
+    def _match_items(
+        self,
+        items: list[tuple[Any, Any]],
+        index: int,
+        value: Any,
+        path: tuple,
+        order: tuple,
+        params: dict[str, Any],
+        misses: _Misses,
+    ) -> Iterator[dict[str, Any]]:
+        """``_match`` of ``items[index:]`` (a mapping's or list's entries) in turn."""
+        if index == len(items):
+            yield params
+            return
+        key, child = items[index]
+        no_heads = path[:1] == ("stages",) and key in ("heads", "head_dim") and value.get(key) is None
+        if (*path, key) in NOT_IDENTITY or no_heads:  # no part of the model: left to the space
+            yield from self._match_items(items, index + 1, value, path, order, params, misses)
+            return
+        if isinstance(value, dict) and key not in value:
+            misses.add((*order, index), f"{_display((*path, key))}: not a field of the architecture")
+            return
+        for partial in self._match(child, value[key], (*path, key), (*order, index), params, misses):
+            yield from self._match_items(items, index + 1, value, path, order, partial, misses)
+
     # -------------------------------------------------------------------------- description
     def dimensions(self) -> list[Dimension]:
         out: dict[str, Dimension] = {}
@@ -429,6 +571,38 @@ class _SweepTrial:
 def _field(problem: str) -> str:
     """The field path a ``field.path: message`` problem line is about."""
     return problem.partition(": ")[0]
+
+
+def _in_range(leaf: IntLeaf | FloatLeaf, value: Any) -> bool:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    low, high = leaf.bounds
+    if not low <= value <= high:
+        return False
+    if isinstance(leaf, IntLeaf):
+        return value == int(value) and (int(value) - low) % leaf.step == 0
+    if leaf.step is None:
+        return True
+    steps = (value - low) / leaf.step
+    return abs(steps - round(steps)) < 1e-9
+
+
+def _first_difference(ours: Any, theirs: Any, path: tuple = ()) -> tuple[tuple, Any, Any]:
+    """Where two config trees first differ: (path, our value, their value)."""
+    if isinstance(ours, dict) and isinstance(theirs, dict):
+        for key in [*ours, *(k for k in theirs if k not in ours)]:
+            if ours.get(key) != theirs.get(key):
+                return _first_difference(ours.get(key), theirs.get(key), (*path, key))
+    if isinstance(ours, list) and isinstance(theirs, list) and len(ours) == len(theirs):
+        for i, (a, b) in enumerate(zip(ours, theirs, strict=True)):
+            if a != b:
+                return _first_difference(a, b, (*path, i))
+    return path, ours, theirs
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _display(path: tuple) -> str:

@@ -21,6 +21,7 @@ from hvtnas.search import SearchRun, TrialOutcome, export_trials, load_search_sp
 from hvtnas.search.dashboard import save_study_figures
 from hvtnas.search.resilience import DeviceLock, count_finished
 from hvtnas.search.storage import check_data, failure_summary
+from hvtnas.search.warm_start import warm_start_points
 from hvtnas.search.workers import device_key, open_storage, run_storage, run_workers
 
 
@@ -79,6 +80,10 @@ def search_command(
     )
     run_dir = runs_dir / name
     check_data(spec)  # a missing data file fails every trial: say so before anything is written
+    # a new study's warm-start designs, checked to be points of the space before anything is
+    # written (a run folder that holds its study already has them)
+    resumed = storage is None and ((run_dir / "study.db").exists() or (run_dir / "journal.log").exists())
+    warm_start = [] if resumed else warm_start_points(spec)
     device_list = None
     if devices is not None:
         device_list = [d.strip() for d in devices.split(",")]
@@ -93,7 +98,7 @@ def search_command(
             os.environ["CUDA_VISIBLE_DEVICES"] = device_list[0]
     storage_url = storage or run_storage(run_dir, n_jobs)
     note_storage(storage_url)
-    study_obj = open_study(spec, name, open_storage(storage_url, heartbeat, max_retry))
+    study_obj = open_study(spec, name, open_storage(storage_url, heartbeat, max_retry), warm_start)
     lock_dir = run_dir / "locks"  # this host's workers: latency is never timed while one trains
     if storage is None:  # the run folder: the space as given and the experiment with its defaults
         atomic_write_text(run_dir / "space.yaml", spec.text)
@@ -121,7 +126,8 @@ def search_command(
 
     def line(outcome: TrialOutcome) -> str:
         values = ", ".join(f"{v:.4g}" for v in outcome.values) if outcome.values else ""
-        text = f"trial {outcome.number}: {outcome.state.name.lower()} {values}"
+        design = f" (warm start {outcome.warm_start})" if outcome.warm_start else ""
+        text = f"trial {outcome.number}{design}: {outcome.state.name.lower()} {values}"
         text += f" ({outcome.reason})" if outcome.reason else ""
         if log_file is not None:  # runs/<study>/search.log keeps every trial's line
             log_file.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n")

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hvtnas.config import ArchConfig
+from hvtnas.config import ArchConfig, canonical_config
 
 log = logging.getLogger(__name__)
 SCHEMA_VERSION = 2  # bump when a cost's definition changes, so stale entries are not reused
@@ -28,15 +28,6 @@ SCHEMA_VERSION = 2  # bump when a cost's definition changes, so stale entries ar
 def default_cache_path() -> Path:
     root = os.environ.get("HVTNAS_CACHE_DIR") or Path.home() / ".cache" / "hvtnas"
     return Path(root) / "costs.sqlite"
-
-
-def canonical_config(cfg: ArchConfig) -> dict[str, Any]:
-    data = cfg.to_dict()
-    data.pop("name", None)
-    data.pop("metadata", None)
-    data.pop("drop_path_rate", None)  # regularisation only: no effect on any cost
-    data["head"].pop("dropout", None)
-    return data
 
 
 def cost_key(kind: str, cfg: ArchConfig, settings: dict[str, Any]) -> str:

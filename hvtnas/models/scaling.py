@@ -42,14 +42,19 @@ def scale_architecture(
     depth_mult: float = 1.0,
     input: InputConfig | dict[str, Any] | None = None,
     width_multiple: int = 8,
+    head_dim: int | None = None,
     name: str | None = None,
 ) -> ArchConfig:
     """``cfg`` with every stage ``width_mult`` times as wide (rounded to ``width_multiple``) and
     ``depth_mult`` times as deep (at least one block), for ``input`` (default: ``cfg``'s).
 
     Everything else is kept. Attention heads keep their count while they stay at least 8 channels
-    wide; spatial-reduction ratios follow the resolution (see the module docstring).
+    wide, or, with ``head_dim``, are ``head_dim`` channels wide (a search space's fixed head
+    width: a design scaled to a few MMACs cannot keep its 32-channel heads anyway);
+    spatial-reduction ratios follow the resolution (see the module docstring).
     """
+    if head_dim is not None and width_multiple % head_dim:
+        raise HvtnasError(f"head_dim {head_dim} must divide width_multiple {width_multiple}")
     if width_mult <= 0 or depth_mult <= 0:
         raise HvtnasError(f"width_mult and depth_mult must be positive (got {width_mult}, {depth_mult})")
     data = cfg.model_dump(mode="json")
@@ -62,7 +67,10 @@ def scale_architecture(
         stage["depth"] = max(1, round(original.depth * depth_mult))
         if original.heads is not None or original.head_dim is not None:
             heads = original.heads or original.width // original.head_dim
-            stage["heads"], stage["head_dim"] = _heads_for(stage["width"], heads), None
+            if head_dim is not None:
+                stage["heads"], stage["head_dim"] = None, head_dim
+            else:
+                stage["heads"], stage["head_dim"] = _heads_for(stage["width"], heads), None
         for mixer in stage["mixers"]:
             if isinstance(mixer, dict) and "sr_ratio" in mixer:
                 mixer["sr_ratio"] = max(1, round(mixer["sr_ratio"] * resolution_ratio))
@@ -77,6 +85,7 @@ def scale_to_flops(
     depth_mult: float = 1.0,
     input: InputConfig | dict[str, Any] | None = None,
     width_multiple: int = 8,
+    head_dim: int | None = None,
     name: str | None = None,
 ) -> ArchConfig:
     """``cfg`` scaled by ``depth_mult`` and by the width multiplier whose MAC count (at the input
@@ -89,7 +98,13 @@ def scale_to_flops(
 
     def macs(mult: float) -> tuple[float, ArchConfig]:
         scaled = scale_architecture(
-            cfg, width_mult=mult, depth_mult=depth_mult, input=input, width_multiple=width_multiple, name=name
+            cfg,
+            width_mult=mult,
+            depth_mult=depth_mult,
+            input=input,
+            width_multiple=width_multiple,
+            head_dim=head_dim,
+            name=name,
         )
         res = scaled.input.resolution
         model = build_model(scaled, init_weights=False)  # MACs do not depend on the values

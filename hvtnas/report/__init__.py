@@ -46,6 +46,7 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
         costs = t.user_attrs.get("costs") or {}
         row.update({"params_count": costs.get("params"), "gmacs": (costs.get("flops") or 0) / 1e9 or None})
         row.update({f"param:{k}": v for k, v in t.params.items()})
+        row["warm_start"] = t.user_attrs.get("warm_start")  # the published design it evaluates
         row["duplicate_of"] = t.user_attrs.get("duplicate_of")
         row["over_budget"] = "; ".join(t.user_attrs.get("constraint_violations") or []) or None
         row["reason"] = t.user_attrs.get("reason")
@@ -91,8 +92,9 @@ def pareto_figures(study: optuna.Study, cache: CostCache | None = None) -> list[
     for i, j in itertools.combinations(range(len(names)), 2):
         x_name, y_name = names[j], names[i]  # accuracy (first objective, usually) on the y axis
         fig = go.Figure()
+        searched = [t for t in feasible if not t.user_attrs.get("warm_start")]
         for on_front, label, color in ((False, "trials", "#9aa5b1"), (True, "Pareto front", "#d62728")):
-            chosen = [t for t in feasible if (t.number in front) == on_front]
+            chosen = [t for t in searched if (t.number in front) == on_front]
             fig.add_trace(
                 go.Scatter(
                     x=[t.values[j] for t in chosen],
@@ -101,6 +103,21 @@ def pareto_figures(study: optuna.Study, cache: CostCache | None = None) -> list[
                     name=label,
                     marker={"color": color, "size": 9 if on_front else 6},
                     text=[f"trial {t.number}" for t in chosen],
+                    hovertemplate="%{text}<br>%{x:.4g}, %{y:.4g}",
+                )
+            )
+        warm = [t for t in feasible if t.user_attrs.get("warm_start")]
+        if warm:  # the published designs the study started from, on this task's axes
+            fig.add_trace(
+                go.Scatter(
+                    x=[t.values[j] for t in warm],
+                    y=[t.values[i] for t in warm],
+                    mode="markers+text",
+                    name="warm start (published designs)",
+                    marker={"symbol": "diamond-open", "size": 10, "color": "#1f77b4"},
+                    text=[t.user_attrs["warm_start"] for t in warm],
+                    textposition="bottom center",
+                    textfont={"size": 9},
                     hovertemplate="%{text}<br>%{x:.4g}, %{y:.4g}",
                 )
             )

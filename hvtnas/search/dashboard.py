@@ -28,7 +28,12 @@ def trial_note(arch: ArchConfig, attrs: dict[str, Any]) -> str:
             f"| {i + 1} | {s.depth} | {s.width} | {s.num_heads or '-'} | {mixers} | {s.mlp_ratio:g} | "
             f"{s.ffn.kind} |"
         )
-    text = [
+    text = (
+        [f"**warm start: {attrs['warm_start']}** (a published design, scaled)", ""]
+        if attrs.get("warm_start")
+        else []
+    )
+    text += [
         f"stem **{arch.stem.kind}**, positional encoding **{arch.pos_embed.kind}**, "
         f"downsampling **{arch.downsample.kind}**",
         "",

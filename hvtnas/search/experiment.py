@@ -51,6 +51,39 @@ class SamplerConfig(_Strict):
         return optuna.samplers.RandomSampler(seed=self.seed)
 
 
+class WarmStartConfig(_Strict):
+    """The first trials of a new study: published designs from the zoo, scaled to each ``flops``
+    budget (``hvtnas.models.scale_to_flops``: width to meet the budget, depth times ``depth_mult``,
+    attention heads ``head_dim`` wide when given) or, without budgets, at their own width; and
+    architecture files of one's own (``configs``, relative to the space file). Each must be a
+    point of the space; the search then samples around designs known to work instead of
+    starting from random points."""
+
+    zoo: list[str] = Field(default_factory=list)
+    flops: list[float] = Field(default_factory=list)  # MACs at the space's input; none: own width
+    depth_mult: float = Field(1.0, gt=0)
+    head_dim: int | None = Field(None, ge=1)
+    width_multiple: int = Field(8, ge=1)
+    configs: list[str] = Field(default_factory=list)
+
+    @field_validator("zoo")
+    @classmethod
+    def _known_models(cls, names: list[str]) -> list[str]:
+        from hvtnas.models import zoo
+
+        unknown = [n for n in names if n not in zoo.names()]
+        if unknown:
+            raise ValueError(f"not in the zoo: {', '.join(unknown)}; known: {', '.join(zoo.names())}")
+        return names
+
+    @field_validator("flops")
+    @classmethod
+    def _positive_budgets(cls, budgets: list[float]) -> list[float]:
+        if any(b <= 0 for b in budgets):
+            raise ValueError(f"budgets must be positive MACs, got {budgets}")
+        return budgets
+
+
 class EarlyStoppingConfig(_Strict):
     """Stop a trial after an epoch >= ``min_epoch`` when a completed trial of equal or lower cost
     (on every cost objective) had a higher validation accuracy at that same epoch."""
@@ -67,6 +100,7 @@ class ExperimentConfig(_Strict):
     costs: CostSettings = CostSettings(dense_resolution=None)
     sampler: SamplerConfig = SamplerConfig()
     early_stopping: EarlyStoppingConfig | None = EarlyStoppingConfig()
+    warm_start: WarmStartConfig | None = None
     proxy_batch_size: int = Field(64, ge=2)  # images for zero-cost proxy objectives
     # seconds a trial may take; checked after every epoch, a trial past it fails with reason "timeout"
     trial_timeout: float | None = Field(None, gt=0)

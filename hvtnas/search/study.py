@@ -21,14 +21,14 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import optuna
 from optuna.trial import TrialState
 from pydantic import ValidationError
 
-from hvtnas.config import ArchConfig, format_validation_error, load_yaml_with_lines
+from hvtnas.config import ArchConfig, canonical_config, format_validation_error, load_yaml_with_lines
 from hvtnas.costs import CostCache, Costs, measure_costs
-from hvtnas.costs.cache import canonical_config
 from hvtnas.errors import ConfigError, HvtnasError
 from hvtnas.io import read_text
 from hvtnas.models import build_model
@@ -44,12 +44,14 @@ from hvtnas.search.resilience import (
     fault_point,
     worker_id,
 )
+from hvtnas.search.warm_start import WARM_START_ATTR, WarmStartPoint, enqueue_warm_start, warm_start_points
 from hvtnas.space import SearchSpace
 from hvtnas.train import ImageData, load_dataset, train_proxy
 from hvtnas.train.proxies import score_model
 from hvtnas.train.trainer import EpochReport, adapt_arch_to_data
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 TIMEOUT = "timeout"  # the reason of a trial failed for taking longer than experiment.trial_timeout
 HARD_TIMEOUT_EXIT = 75  # exit status of a worker that abandoned a trial hung past 2 x trial_timeout
@@ -114,6 +116,7 @@ class TrialOutcome:
     state: TrialState
     values: list[float] | None = None
     reason: str | None = None
+    warm_start: str | None = None  # the design a warm-start trial evaluates (convformer_s18@2M)
 
 
 @dataclass
@@ -188,6 +191,7 @@ class SearchRun:
                 outcome = TrialOutcome(
                     trial.number, TrialState.FAIL, reason=f"{type(err).__name__}: {_first_line(err)}"
                 )
+            outcome.warm_start = trial.user_attrs.get(WARM_START_ATTR)
             trial.set_user_attr("wall_seconds", time.perf_counter() - started)
             if outcome.reason:
                 trial.set_user_attr("reason", outcome.reason)
@@ -355,6 +359,8 @@ class SearchRun:
         """Optuna cannot prune multi-objective studies (optuna/optuna#3450): stop a trial whose
         accuracy at an epoch is beaten, at that epoch, by a completed trial that costs no more."""
         rule = self.spec.experiment.early_stopping
+        if trial.user_attrs.get(WARM_START_ATTR):  # a published design is what the search is
+            rule = None  # measured against: always trained to the end
 
         def on_epoch(report: EpochReport) -> str | None:
             trial.set_user_attr("epochs_done", report.epoch)
@@ -380,28 +386,45 @@ class SearchRun:
         return on_epoch
 
 
-def open_study(spec: SearchSpec, study_name: str, storage: str | optuna.storages.BaseStorage) -> optuna.Study:
-    """Create the study, or load it if it exists and was created from the same space file."""
-    exp = spec.experiment
+def _on_storage(storage: str | optuna.storages.BaseStorage, call: Callable[[], T]) -> T:
+    """``call()``, with the storage's failures (driver missing, server unreachable, bad path or
+    URL) turned into one ``SearchError`` line."""
     try:
-        study = optuna.create_study(
-            study_name=study_name,
-            storage=storage,
-            directions=exp.directions,
-            sampler=exp.sampler.build(len(exp.objectives)),
-            load_if_exists=True,
-        )
+        return call()
     except ImportError as err:
         raise SearchError(
             f"cannot open storage {storage!r}: {err} (for PostgreSQL: pip install 'hvtnas[postgres]' "
             "and a postgresql+psycopg:// URL)"
         ) from None
-    except Exception as err:  # sqlalchemy / driver errors: unreachable server, bad path, bad URL
+    except Exception as err:  # sqlalchemy / driver errors
         if isinstance(err, HvtnasError):
             raise
         raise SearchError(
             f"cannot open storage {storage!r}: {type(err).__name__}: {str(err).splitlines()[0]}"
         ) from None
+
+
+def open_study(
+    spec: SearchSpec,
+    study_name: str,
+    storage: str | optuna.storages.BaseStorage,
+    warm_start: list[WarmStartPoint] | None = None,
+) -> optuna.Study:
+    """Create the study, or load it if it exists and was created from the same space file. A new
+    study starts with its warm-start designs (``warm_start_points(spec)`` unless given: worked
+    out, and checked to be points of the space, before the storage is touched)."""
+    exp = spec.experiment
+    warm = warm_start_points(spec) if warm_start is None else warm_start
+    study = _on_storage(
+        storage,
+        lambda: optuna.create_study(
+            study_name=study_name,
+            storage=storage,
+            directions=exp.directions,
+            sampler=exp.sampler.build(len(exp.objectives)),
+            load_if_exists=True,
+        ),
+    )
     stored_text = study.user_attrs.get("space_yaml")
     if stored_text is None:
         study.set_user_attr("space_yaml", spec.text)
@@ -412,6 +435,8 @@ def open_study(spec: SearchSpec, study_name: str, storage: str | optuna.storages
         # workers creating the study at the same time from different files: the last write wins,
         # and every other worker sees another text here and is refused below
         stored_text = study._storage.get_study_user_attrs(study._study_id)["space_yaml"]
+        if stored_text == spec.text:
+            enqueue_warm_start(study, warm)
     if stored_text != spec.text:
         raise SearchError(
             f"study {study_name!r} was created from another version of {spec.path.name}; "
