@@ -100,9 +100,10 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def fail_stale(study: optuna.Study, max_retry: int | None) -> list[int]:
+def fail_stale(study: optuna.Study, max_retry: int | None, running: int | None = None) -> list[int]:
     """Fail the trials of dead workers (stale heartbeat, or a local process that is gone) and
-    enqueue their parameters again (at most ``max_retry`` times). Returns the failed numbers."""
+    enqueue their parameters again (at most ``max_retry`` times). Returns the failed numbers.
+    ``running``: the number of the trial this process is running now (never failed)."""
     failed: list[int] = []
     if heartbeat_enabled(study):
         before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
@@ -117,7 +118,7 @@ def fail_stale(study: optuna.Study, max_retry: int | None) -> list[int]:
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         owner = str(trial.user_attrs.get(WORKER_ATTR, ""))
         owner_host, _, pid = owner.rpartition(":")
-        if owner_host != host or not pid.isdigit():
+        if owner_host != host or not pid.isdigit() or trial.number == running:
             continue
         # called between trials, so a trial "of this process" is a previous one's (a reused pid)
         if int(pid) != os.getpid() and _pid_alive(int(pid)):
