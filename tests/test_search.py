@@ -99,7 +99,9 @@ def test_over_budget_architectures_are_never_trained_nor_shown_as_accuracy_0(tmp
     for t in over:
         assert "training" not in t.user_attrs and t.state == TrialState.COMPLETE
         assert t.user_attrs["outcome"] in ("over_budget", "duplicate")
-        assert t.user_attrs["constraints"]["params"] > 0 and t.constraints["params"] > 0  # the sampler sees it
+        assert (
+            t.user_attrs["constraints"]["params"] > 0 and t.constraints["params"] > 0
+        )  # the sampler sees it
         assert t.user_attrs["costs"]["params"] > 6000
         line = next(x for x in result.output.splitlines() if x.startswith(f"trial {t.number}:"))
         assert "over budget" in line or "duplicate" in line, line
@@ -375,3 +377,57 @@ def test_costs_and_exports_are_at_the_space_resolution_while_training_uses_the_p
     assert result.exit_code == 0, result.output
     exported = [ArchConfig.from_yaml(f) for f in sorted((tmp_path / "exp").glob("*.yaml"))]
     assert exported and all(cfg.input.resolution == 32 for cfg in exported)
+
+
+def test_an_export_retrains_with_its_search_recipe_unless_overridden(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The search trained on an npz file (a path relative to where it ran), 2 epochs on 60% of the
+    data; `hvtnas train EXPORT.yaml` from another directory uses exactly that, and says so."""
+    import json
+
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "data").mkdir()
+    images = rng.integers(0, 255, size=(80, 8, 8), dtype=np.uint8)
+    np.savez(tmp_path / "data" / "d.npz", images=images, labels=np.arange(80) % 10)
+    space = yaml.safe_load(yaml.safe_dump(SPACE))
+    space["experiment"]["data"] = {"name": "npz", "path": "data/d.npz", "fraction": 0.6}
+    space["experiment"]["train"]["epochs"] = 2
+    space["experiment"]["train"]["lr"] = 0.004
+    space["experiment"]["early_stopping"] = None
+    (tmp_path / "spaces").mkdir()
+    path = tmp_path / "spaces" / "space.yaml"
+    path.write_text(yaml.safe_dump(space))
+    monkeypatch.chdir(tmp_path)  # the search reads data/d.npz relative to where it runs
+    assert _search(tmp_path, path, "--trials", "2").exit_code == 0
+    out = tmp_path / "exports"
+    assert runner.invoke(app, ["export", str(tmp_path / "runs" / "space"), "--out", str(out)]).exit_code == 0
+    export = sorted(out.glob("*.yaml"))[0]
+    recipe = ArchConfig.from_yaml(export).metadata["recipe"]
+    assert recipe["study"] == "space" and recipe["data"]["path"] == str(tmp_path / "data" / "d.npz")
+
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    result = runner.invoke(app, ["train", str(export), "--out", "a"])
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())  # rich wraps long lines
+    assert "training with the recipe of study 'space'" in said and "2 epochs" in said
+    run = yaml.safe_load(Path("a/run.yaml").read_text())
+    assert run["data"]["name"] == "npz" and run["data"]["fraction"] == 0.6
+    assert run["data"]["path"] == str(tmp_path / "data" / "d.npz")
+    assert run["train"]["epochs"] == 2 and run["train"]["lr"] == 0.004
+    assert len(json.loads(Path("a/metrics.json").read_text())["epochs"]) == 2
+
+    overridden = runner.invoke(app, ["train", str(export), "--out", "b", "--epochs", "1"])
+    assert overridden.exit_code == 0, overridden.output
+    assert "overridden: train.epochs=1" in " ".join(overridden.output.split())
+    run = yaml.safe_load(Path("b/run.yaml").read_text())
+    assert run["train"]["epochs"] == 1 and run["data"]["name"] == "npz" and run["train"]["lr"] == 0.004
+
+    bare = runner.invoke(app, ["train", str(export), "--out", "c", "--epochs", "1", "--no-recipe"])
+    assert bare.exit_code == 0, bare.output
+    assert "recipe of study" not in bare.output
+    run = yaml.safe_load(Path("c/run.yaml").read_text())
+    assert run["data"]["name"] == "digits" and run["train"]["lr"] != 0.004  # the defaults
