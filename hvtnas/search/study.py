@@ -269,6 +269,8 @@ class SearchRun:
         trial.set_user_attr("arch_key", key)
 
         waited = self._await_running_twin(trial, key)
+        if waited:
+            trial.set_user_attr("waited_seconds", waited)
         earlier = self._same_architecture(key, trial.number)
         if earlier is not None:  # identical architecture: same result, not trained again
             return self._reuse(trial, earlier, waited)
@@ -361,7 +363,6 @@ class SearchRun:
         trial.set_user_attr("constraints", earlier.user_attrs.get("constraints", {}))
         reason = f"duplicate of trial {earlier.number}"
         if waited:
-            trial.set_user_attr("waited_seconds", waited)
             reason += f", waited {waited:.0f} s for it to finish"
         from hvtnas.search.outcome import trial_outcome
 
