@@ -43,7 +43,9 @@ from hvtnas.search.outcome import (
     STOPPED_EARLY,
     TRAINED,
     WARM_START_ATTR,
+    count_outcomes,
     describe_counts,
+    trial_outcome,
 )
 from hvtnas.search.outcome import TIMEOUT as TIMED_OUT
 from hvtnas.search.resilience import WORKER_ATTR, DeviceLock, Heartbeat, count_finished, fail_stale, worker_id
@@ -59,6 +61,7 @@ TIMEOUT = "timeout"  # the reason of a trial failed for taking longer than exper
 HARD_TIMEOUT_EXIT = 75  # exit status of a worker that abandoned a trial hung past 2 x trial_timeout
 EVALUATING_ATTR = "evaluating"  # set once a trial has passed the in-flight duplicate check
 POLL_SECONDS = 1.0  # how often a trial waiting for a running twin looks at the study
+SAMPLING_POLL_SECONDS = 0.2  # ... and while a lower-numbered trial is still sampling (a short wait)
 SAMPLING_WAIT = 120.0  # longest wait for a lower-numbered trial that has not published its architecture
 DUPLICATE_WAIT = 3600.0  # longest wait for a running twin when the experiment sets no trial_hard_timeout
 
@@ -140,8 +143,6 @@ class TrialOutcome:
 
 def outcome_summary(study: optuna.Study) -> str:
     """``20 trials: 12 trained, 3 stopped early, 4 over budget, 1 duplicate``."""
-    from hvtnas.search.outcome import count_outcomes
-
     trials = study.get_trials(deepcopy=False)
     return f"{len(trials)} trials: {describe_counts(count_outcomes(trials))}"
 
@@ -364,8 +365,6 @@ class SearchRun:
         reason = f"duplicate of trial {earlier.number}"
         if waited:
             reason += f", waited {waited:.0f} s for it to finish"
-        from hvtnas.search.outcome import trial_outcome
-
         what = trial_outcome(earlier)
         if what != TRAINED and what != SCORED and what != DUPLICATE:
             reason += f" ({what.replace('_', ' ')})"
@@ -414,8 +413,9 @@ class SearchRun:
                     return waited
             elif not sampling or elapsed > SAMPLING_WAIT:
                 return waited
-            time.sleep(POLL_SECONDS)
-            fail_stale(self.study, self.max_retry, running=trial.number)  # a dead twin must not block
+            time.sleep(POLL_SECONDS if twins else SAMPLING_POLL_SECONDS)
+            if twins:  # a dead twin must not block: fail it (stale heartbeat, dead local process)
+                fail_stale(self.study, self.max_retry, running=trial.number)
 
     @staticmethod
     def _value(
