@@ -9,7 +9,8 @@ worker alone draws exactly what it drew before (and a resumed study what an unin
 would have). What the samplers learn lives in the study, not in the sampler object: TPE and GP fit
 the finished trials, NSGA-II/III keep their generations and parents in the study's system
 attributes, and constraints are read from each trial's ``constraints`` system attribute, so a fresh
-sampler per trial loses nothing.
+sampler per trial loses no information (GP's cached kernel fit, only a starting point for its next
+fit, is recomputed). Without a seed the samplers are not wrapped: each draws from fresh entropy.
 """
 
 from __future__ import annotations
