@@ -75,7 +75,12 @@ def _feasible(study: optuna.Study) -> list[FrozenTrial]:
 def _evaluated_study(study: optuna.Study) -> optuna.Study:
     """An in-memory copy of the study holding only its trained, distinct, feasible trials, for
     Optuna's importance and hypervolume functions (which take a study)."""
-    copy = optuna.create_study(directions=study.directions)
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "a new study created in memory"
+    try:
+        copy = optuna.create_study(directions=study.directions)
+    finally:
+        optuna.logging.set_verbosity(verbosity)
     copy.add_trials(_feasible(study))
     return copy
 
