@@ -44,6 +44,7 @@ def test_trials_carry_notes_and_the_study_carries_figures(run_dir: Path) -> None
         prefix = f"dashboard:{trial._trial_id}:note_str:"
         note = "".join(str(v) for k, v in sorted(attrs.items()) if k.startswith(prefix))
         assert "stem **patch**" in note and "params **" in note and "accuracy by epoch" in note
+        assert f"outcome **{trial.user_attrs['outcome'].replace('_', ' ')}**" in note
 
 
 @pytest.fixture(scope="module")

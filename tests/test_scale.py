@@ -82,10 +82,19 @@ HANG = (  # a worker whose trials train forever: the one to kill mid-trial
 
 
 def _worker(
-    tmp_path: Path, space: Path, storage: str, study: str, trials: int, *args: str, hang: bool = False
+    tmp_path: Path,
+    space: Path,
+    storage: str,
+    study: str,
+    trials: int,
+    *args: str,
+    hang: bool = False,
+    code: str | None = None,
 ) -> subprocess.Popen:
-    """``hvtnas search`` in a process of its own: what a user starts on each machine."""
-    command = [sys.executable, *(["-c", HANG] if hang else ["-m", "hvtnas"]), "search", str(space)]
+    """``hvtnas search`` in a process of its own: what a user starts on each machine (``code``:
+    Python that patches the search, then runs the command line)."""
+    code = HANG if hang else code
+    command = [sys.executable, *(["-c", code] if code else ["-m", "hvtnas"]), "search", str(space)]
     command += ["--storage", storage, "--study", study, "--trials", str(trials), "--no-cache"]
     command += ["--runs-dir", str(tmp_path / "runs"), *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -375,3 +384,121 @@ def test_sqlite_storage_that_is_not_a_database_is_a_clear_error(tmp_path: Path) 
     bad.write_text("not a database\n" * 100)
     with pytest.raises(HvtnasError, match=r"cannot open storage .*study\.db"):
         open_storage(f"sqlite:///{bad}")
+
+
+# ------------------------------------------------------------------------------- workers never repeat
+WAIT_FOR_TWIN = (  # a worker whose training starts only once a second trial has sampled its architecture
+    "import sys, time, optuna; import hvtnas.search.study as s\n"
+    "from hvtnas.search.workers import open_storage\n"
+    "real = s.train_proxy\n"
+    "def after_second_trial(*args, **kwargs):\n"
+    "    arg = lambda name: sys.argv[sys.argv.index(name) + 1]\n"
+    "    study = optuna.load_study(study_name=arg('--study'), storage=open_storage(arg('--storage')))\n"
+    "    end = time.monotonic() + 300\n"
+    "    sampled = lambda: [t for t in study.get_trials(deepcopy=False) if 'arch_key' in t.user_attrs]\n"
+    "    while len(sampled()) < 2 and time.monotonic() < end:\n"
+    "        time.sleep(0.1)\n"
+    "    return real(*args, **kwargs)\n"
+    "s.train_proxy = after_second_trial\n"
+    "from hvtnas.cli import main; sys.argv[0] = 'hvtnas'; main()"
+)
+
+
+def _one_architecture_space(tmp_path: Path) -> Path:
+    space = yaml.safe_load(yaml.safe_dump(SPACE))
+    space["stages"][0] = {"depth": 1, "width": 8, "heads": 2, "mixers": ["pooling"]}
+    space["stages"][1]["depth"] = 1
+    path = tmp_path / "one.yaml"
+    path.write_text(yaml.safe_dump(space, sort_keys=False))
+    return path
+
+
+def _wait_for(condition, what: str, deadline: float = 300) -> None:
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        if condition():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _many_architectures_space(tmp_path: Path, sampler: str) -> Path:
+    space = yaml.safe_load(yaml.safe_dump(SPACE))  # 15 widths x 2 mixers x 3 depths = 90 architectures
+    space["stages"][0]["width"] = {"int": [8, 64], "step": 4}
+    space["experiment"]["sampler"] = {"name": sampler, "seed": 0, "population_size": 4}
+    path = tmp_path / "many.yaml"
+    path.write_text(yaml.safe_dump(space, sort_keys=False))
+    return path
+
+
+@pytest.mark.parametrize("storage", ["journal", "postgresql"])
+def test_independent_workers_with_one_seed_sample_different_architectures(
+    tmp_path: Path, storage: str, request: pytest.FixtureRequest
+) -> None:
+    """Every worker is started with the space's seed (the README's scale-out recipe): samplers
+    seeded per trial number draw differently, so no architecture is sampled twice. Seeded by the
+    space's seed alone, both workers drew the same sequence."""
+    if storage == "postgresql":
+        study_name, url = request.getfixturevalue("pg_study"), PG_URL
+    else:
+        study_name, url = "w", f"journal:{tmp_path / 'journal.log'}"
+    space = _many_architectures_space(tmp_path, "random")
+    _finish([_worker(tmp_path, space, url, study_name, 6) for _ in range(2)], timeout=600)
+    study = optuna.load_study(study_name=study_name, storage=open_storage(url))
+    assert len({t.user_attrs["worker"] for t in study.trials}) == 2  # both workers ran trials
+    params = [tuple(sorted(t.params.items())) for t in study.trials]
+    assert len(set(params)) == len(params), params
+    assert len({t.user_attrs["arch_key"] for t in study.trials}) == len(study.trials)
+
+
+def test_one_worker_alone_is_reproducible_and_nsga2_evolves_with_per_trial_seeds(tmp_path: Path) -> None:
+    space = _many_architectures_space(tmp_path, "nsga2")
+    runs = []
+    for name in ("a", "b"):
+        result = _search(tmp_path, space, "--trials", "6", "--study", name)
+        assert result.exit_code == 0, result.output
+        storage = f"sqlite:///{tmp_path / 'runs' / name / 'study.db'}"
+        runs.append(optuna.load_study(study_name=name, storage=storage).trials)
+    assert [t.params for t in runs[0]] == [t.params for t in runs[1]]  # same seed, same study
+    generations = {v for t in runs[0] for k, v in t.system_attrs.items() if k.endswith(":generation")}
+    assert len(generations) > 1  # generations still form from the study
+
+
+def test_a_running_twin_is_waited_for_and_never_trained_twice(tmp_path: Path) -> None:
+    """The second worker samples the architecture the first is training: it waits for that
+    result and reuses it (`duplicate`), nothing is trained twice."""
+    space = _one_architecture_space(tmp_path)
+    url = f"journal:{tmp_path / 'journal.log'}"
+    first = _worker(tmp_path, space, url, "t", 1, code=WAIT_FOR_TWIN)
+    _wait_for_running("t", open_storage(url), deadline=300)
+    second = _worker(tmp_path, space, url, "t", 1)
+    _finish([first, second], timeout=600)
+    trials = optuna.load_study(study_name="t", storage=open_storage(url)).trials
+    trained = [t for t in trials if "training" in t.user_attrs]
+    assert len(trained) == 1 and trained[0].number == 0
+    twin = trials[1]
+    assert twin.user_attrs["outcome"] == "duplicate" and twin.user_attrs["duplicate_of"] == 0
+    assert twin.user_attrs["waited_seconds"] > 0 and "waited" in twin.user_attrs["reason"]
+    assert twin.values == trained[0].values
+
+
+def test_a_twin_whose_worker_dies_stops_blocking(tmp_path: Path) -> None:
+    space = _one_architecture_space(tmp_path)
+    url = f"journal:{tmp_path / 'journal.log'}"
+    victim = _worker(tmp_path, space, url, "d", 1, hang=True)
+    _wait_for_running("d", open_storage(url), deadline=300)
+    waiting = _worker(tmp_path, space, url, "d", 1)
+
+    def second_trial_waits() -> bool:
+        trials = optuna.load_study(study_name="d", storage=open_storage(url)).trials
+        return (
+            len(trials) > 1 and trials[1].state == TrialState.RUNNING and "arch_key" in trials[1].user_attrs
+        )
+
+    _wait_for(second_trial_waits, "the second trial to wait for the first")
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    _finish([waiting], timeout=600)
+    trials = optuna.load_study(study_name="d", storage=open_storage(url)).trials
+    assert trials[0].state == TrialState.FAIL  # found dead by its process id
+    assert trials[1].user_attrs["outcome"] == "trained" and trials[1].user_attrs["waited_seconds"] > 0

@@ -83,17 +83,55 @@ def test_search_runs_resumes_and_exports(tmp_path: Path) -> None:
     assert len((run / "search.log").read_text().splitlines()) == 5
 
 
-def test_over_budget_architectures_are_never_trained(tmp_path: Path) -> None:
-    path = _write(tmp_path, constraints={"params": 4000})  # only the narrow pooling network fits
-    assert _search(tmp_path, path, "--trials", "4").exit_code == 0
-    trials = _study(tmp_path).trials
+def test_over_budget_architectures_are_never_trained_nor_shown_as_accuracy_0(tmp_path: Path) -> None:
+    """Over budget: never trained, COMPLETE with its constraints for the sampler, but labelled
+    `over_budget` everywhere, with no accuracy in the terminal, CSV, report, importances or export."""
+    space = tiny_search_space(stage2_depth={"int": [1, 3]}, constraints={"params": 6000})  # 4 of 12 fit
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(space))
+    result = _search(tmp_path, path, "--trials", "8")
+    assert result.exit_code == 0, result.output
+    study = _study(tmp_path)
+    trials = study.trials
     over = [t for t in trials if t.user_attrs.get("constraint_violations")]
-    assert over, "the space should produce over-budget samples"
+    trained = [t for t in trials if t.user_attrs.get("outcome") == "trained"]
+    assert over and len(trained) >= 2, "the space should produce over-budget and trained samples"
     for t in over:
-        assert "training" not in t.user_attrs and t.values[0] == 0.0
-        assert t.user_attrs["constraints"]["params"] > 0
-        assert t.user_attrs["costs"]["params"] > 4000
+        assert "training" not in t.user_attrs and t.state == TrialState.COMPLETE
+        assert t.user_attrs["outcome"] in ("over_budget", "duplicate")
+        assert (
+            t.user_attrs["constraints"]["params"] > 0 and t.constraints["params"] > 0
+        )  # the sampler sees it
+        assert t.user_attrs["costs"]["params"] > 6000
+        line = next(x for x in result.output.splitlines() if x.startswith(f"trial {t.number}:"))
+        assert "over budget" in line or "duplicate" in line, line
+        assert " 0," not in line and "complete" not in line, line  # no placeholder accuracy
     assert all(t.user_attrs["constraints"]["params"] <= 0 for t in trials if "training" in t.user_attrs)
+    assert "over budget" in result.output.splitlines()[-1]  # the summary counts them
+
+    run = tmp_path / "runs" / "space"
+    assert runner.invoke(app, ["report", str(run), "--no-cache"]).exit_code == 0
+    import pandas as pd
+
+    frame = pd.read_csv(run / "report.csv")
+    rows = frame.set_index("trial")
+    for t in over:
+        assert rows.loc[t.number, "outcome"] in ("over_budget", "duplicate")
+        assert pd.isna(rows.loc[t.number, "accuracy"])  # empty, not 0
+    assert (frame["accuracy"].dropna() > 0.05).all()
+    page = (run / "report.html").read_text()
+    n = sum(1 for t in trials if t.user_attrs.get("outcome") == "trained")
+    assert f"from {n} trained, distinct, feasible trials (of 8)" in page
+    assert f"{sum(t.user_attrs['outcome'] == 'over_budget' for t in trials)} over budget" in page
+    from hvtnas.report import _evaluated_study
+
+    assert sorted(t.values[0] for t in _evaluated_study(study).trials) == sorted(t.values[0] for t in trained)
+
+    assert (
+        runner.invoke(app, ["export", str(run), "--top", "20", "--out", str(tmp_path / "x")]).exit_code == 0
+    )
+    exported = [ArchConfig.from_yaml(f).metadata for f in (tmp_path / "x").glob("*.yaml")]
+    assert exported and {m["outcome"] for m in exported} == {"trained"}
 
 
 def test_duplicates_are_not_trained_again(tmp_path: Path) -> None:
@@ -129,17 +167,72 @@ def test_a_failing_trial_does_not_stop_the_study(tmp_path: Path, monkeypatch: py
     assert len(trials) == 3 and any(t.state == TrialState.COMPLETE for t in trials[1:])
 
 
-def test_dominated_trials_stop_early(tmp_path: Path) -> None:
+def _digits_val_images() -> int:
+    from hvtnas.train import DataConfig, load_dataset
+
+    return load_dataset(DataConfig(name="digits", resolution=16)).num_val
+
+
+def test_dominated_trials_stop_early_only_beyond_the_noise(tmp_path: Path) -> None:
+    """Stopped only when a trial of no more cost was better at that epoch by more than the
+    validation accuracy's sampling noise, 1.96 * sqrt(p (1 - p) / n_val)."""
     space = yaml.safe_load(yaml.safe_dump(SPACE))
     space["experiment"]["train"]["epochs"] = 2
     path = tmp_path / "space.yaml"
     path.write_text(yaml.safe_dump(space))
     assert _search(tmp_path, path, "--trials", "8").exit_code == 0
-    pruned = [t for t in _study(tmp_path).trials if t.state == TrialState.PRUNED]
+    trials = {t.number: t for t in _study(tmp_path).trials}
+    pruned = [
+        t for t in trials.values() if t.state == TrialState.PRUNED and "duplicate_of" not in t.user_attrs
+    ]
     assert pruned, "no trial was stopped: the test space no longer exercises early stopping"
+    n_val = _digits_val_images()
     for t in pruned:
-        assert t.user_attrs["reason"].startswith("stopped at epoch 1: trial")
-        assert t.user_attrs["epochs_done"] == 1
+        assert t.user_attrs["reason"].startswith("stopped at epoch 1 of 2: trial"), t.user_attrs["reason"]
+        assert t.user_attrs["epochs_done"] == 1 and t.user_attrs["outcome"] == "stopped_early"
+        other = trials[int(t.user_attrs["reason"].split("trial ")[1].split()[0])]
+        p = other.user_attrs["accuracy_curve"][0]
+        assert p - t.user_attrs["accuracy_curve"][0] > 1.96 * (p * (1 - p) / n_val) ** 0.5
+        assert f"(noise on {n_val} images)" in t.user_attrs["reason"]
+    for t in trials.values():  # a duplicate of a stopped trial is stopped too, nothing trained
+        if t.state == TrialState.PRUNED and t not in pruned:
+            assert trials[t.user_attrs["duplicate_of"]].state == TrialState.PRUNED
+            assert "training" not in t.user_attrs and t.user_attrs["outcome"] == "duplicate"
+
+
+def _beaten_at_no_more_cost(trials: list) -> bool:
+    """Some trained trial had a lower first-epoch accuracy than a trial of no more cost: the
+    situation in which the old rule stopped trials."""
+    trained = [t for t in trials if t.user_attrs.get("outcome") == "trained"]
+    return any(
+        a.user_attrs["cost_objectives"]["params"] <= b.user_attrs["cost_objectives"]["params"]
+        and a.user_attrs["accuracy_curve"][0] > b.user_attrs["accuracy_curve"][0]
+        for a in trained
+        for b in trained
+        if a.number < b.number
+    )
+
+
+@pytest.mark.parametrize(
+    ("epochs", "rule"),
+    [(1, {"min_epoch": 1, "margin": 0.0}), (2, {"min_epoch": 1, "margin": 0.95})],
+    ids=["never-at-the-last-epoch", "configured-margin"],
+)
+def test_no_trial_is_stopped_at_its_last_epoch_or_within_the_margin(
+    tmp_path: Path, epochs: int, rule: dict
+) -> None:
+    space = yaml.safe_load(yaml.safe_dump(SPACE))
+    space["experiment"]["train"]["epochs"] = epochs
+    space["experiment"]["early_stopping"] = rule
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(space))
+    assert _search(tmp_path, path, "--trials", "8").exit_code == 0
+    trials = _study(tmp_path).trials
+    assert _beaten_at_no_more_cost(trials), "no trial was beaten: the test cannot tell the rules apart"
+    assert not [t for t in trials if t.state == TrialState.PRUNED or t.user_attrs.get("stopped_early")]
+    for t in trials:
+        if t.user_attrs["outcome"] == "trained":
+            assert len(t.user_attrs["accuracy_curve"]) == epochs
 
 
 def test_nsga2_records_stopped_trials_as_complete_and_dominated(tmp_path: Path) -> None:
@@ -158,7 +251,7 @@ def test_nsga2_records_stopped_trials_as_complete_and_dominated(tmp_path: Path) 
     front = {t.number for t in study.best_trials}
     for t in stopped:
         assert t.state == TrialState.COMPLETE and t.number not in front
-        assert t.user_attrs["reason"].startswith("stopped at epoch 1: trial")
+        assert t.user_attrs["reason"].startswith(("stopped at epoch 1 of 2: trial", "duplicate of"))
         assert t.values[0] == pytest.approx(t.user_attrs["accuracy_curve"][-1])
     generations = {v for t in study.trials for k, v in t.system_attrs.items() if k.endswith(":generation")}
     assert len(generations) > 1  # stopped trials count: evolution gets past generation 0
@@ -217,7 +310,7 @@ def test_report_writes_html_and_csv(tmp_path: Path) -> None:
     assert "swin_t" in page  # zoo reference points on the params-vs-flops projection
     assert len(page) > 1_000_000 and "<script src=" not in page  # plotly.js inlined: opens offline
     rows = (run / "report.csv").read_text().splitlines()
-    assert len(rows) == 1 + 4 and rows[0].startswith("trial,state,accuracy,params,flops")
+    assert len(rows) == 1 + 4 and rows[0].startswith("trial,state,outcome,accuracy,params,flops")
     missing = runner.invoke(app, ["report", str(tmp_path / "nowhere")])
     assert missing.exit_code == 2 and "not a run folder" in missing.output
 
@@ -284,3 +377,57 @@ def test_costs_and_exports_are_at_the_space_resolution_while_training_uses_the_p
     assert result.exit_code == 0, result.output
     exported = [ArchConfig.from_yaml(f) for f in sorted((tmp_path / "exp").glob("*.yaml"))]
     assert exported and all(cfg.input.resolution == 32 for cfg in exported)
+
+
+def test_an_export_retrains_with_its_search_recipe_unless_overridden(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The search trained on an npz file (a path relative to where it ran), 2 epochs on 60% of the
+    data; `hvtnas train EXPORT.yaml` from another directory uses exactly that, and says so."""
+    import json
+
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "data").mkdir()
+    images = rng.integers(0, 255, size=(80, 8, 8), dtype=np.uint8)
+    np.savez(tmp_path / "data" / "d.npz", images=images, labels=np.arange(80) % 10)
+    space = yaml.safe_load(yaml.safe_dump(SPACE))
+    space["experiment"]["data"] = {"name": "npz", "path": "data/d.npz", "fraction": 0.6}
+    space["experiment"]["train"]["epochs"] = 2
+    space["experiment"]["train"]["lr"] = 0.004
+    space["experiment"]["early_stopping"] = None
+    (tmp_path / "spaces").mkdir()
+    path = tmp_path / "spaces" / "space.yaml"
+    path.write_text(yaml.safe_dump(space))
+    monkeypatch.chdir(tmp_path)  # the search reads data/d.npz relative to where it runs
+    assert _search(tmp_path, path, "--trials", "2").exit_code == 0
+    out = tmp_path / "exports"
+    assert runner.invoke(app, ["export", str(tmp_path / "runs" / "space"), "--out", str(out)]).exit_code == 0
+    export = sorted(out.glob("*.yaml"))[0]
+    recipe = ArchConfig.from_yaml(export).metadata["recipe"]
+    assert recipe["study"] == "space" and recipe["data"]["path"] == str(tmp_path / "data" / "d.npz")
+
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    result = runner.invoke(app, ["train", str(export), "--out", "a"])
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())  # rich wraps long lines
+    assert "training with the recipe of study 'space'" in said and "2 epochs" in said
+    run = yaml.safe_load(Path("a/run.yaml").read_text())
+    assert run["data"]["name"] == "npz" and run["data"]["fraction"] == 0.6
+    assert run["data"]["path"] == str(tmp_path / "data" / "d.npz")
+    assert run["train"]["epochs"] == 2 and run["train"]["lr"] == 0.004
+    assert len(json.loads(Path("a/metrics.json").read_text())["epochs"]) == 2
+
+    overridden = runner.invoke(app, ["train", str(export), "--out", "b", "--epochs", "1"])
+    assert overridden.exit_code == 0, overridden.output
+    assert "overridden: train.epochs=1" in " ".join(overridden.output.split())
+    run = yaml.safe_load(Path("b/run.yaml").read_text())
+    assert run["train"]["epochs"] == 1 and run["data"]["name"] == "npz" and run["train"]["lr"] == 0.004
+
+    bare = runner.invoke(app, ["train", str(export), "--out", "c", "--epochs", "1", "--no-recipe"])
+    assert bare.exit_code == 0, bare.output
+    assert "recipe of study" not in bare.output
+    run = yaml.safe_load(Path("c/run.yaml").read_text())
+    assert run["data"]["name"] == "digits" and run["train"]["lr"] != 0.004  # the defaults

@@ -21,6 +21,7 @@ from hvtnas.search import SearchRun, TrialOutcome, export_trials, load_search_sp
 from hvtnas.search.dashboard import save_study_figures
 from hvtnas.search.resilience import DeviceLock, count_finished
 from hvtnas.search.storage import check_data, failure_summary
+from hvtnas.search.study import outcome_summary
 from hvtnas.search.warm_start import warm_start_points
 from hvtnas.search.workers import device_key, open_storage, run_storage, run_workers
 
@@ -125,10 +126,7 @@ def search_command(
         return text
 
     def line(outcome: TrialOutcome) -> str:
-        values = ", ".join(f"{v:.4g}" for v in outcome.values) if outcome.values else ""
-        design = f" (warm start {outcome.warm_start})" if outcome.warm_start else ""
-        text = f"trial {outcome.number}{design}: {outcome.state.name.lower()} {values}"
-        text += f" ({outcome.reason})" if outcome.reason else ""
+        text = outcome.describe()
         if log_file is not None:  # runs/<study>/search.log keeps every trial's line
             log_file.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n")
             log_file.flush()
@@ -151,7 +149,6 @@ def search_command(
             },
             devices=device_list,
         )
-        run = SearchRun(spec, study_obj)  # for the final count
     else:
         cache = CostCache() if use_cache else None
         resilience = {"max_retry": max_retry, "device_lock": DeviceLock(lock_dir, device_key())}
@@ -188,7 +185,9 @@ def search_command(
         log_file.close()
     save_study_figures(study_obj)  # what `hvtnas dashboard` shows beside Optuna's own plots
     console.print(
-        f"done: {run.finished()} trials in study {name!r} ({'storage ' + storage if storage else run_dir})"
+        f"done: study {name!r} ({'storage ' + storage if storage else run_dir}) holds "
+        f"{outcome_summary(study_obj)}",
+        highlight=False,
     )
     this_run = [t for t in study_obj.get_trials(deepcopy=False) if t.number not in earlier]
     summary = failure_summary(study_obj, this_run)

@@ -14,7 +14,13 @@ from pydantic import ValidationError
 
 from hvtnas.cli._common import console, err_console, user_errors
 from hvtnas.train.data import DatasetName
-from hvtnas.train.run import default_output_dir, prefixed_validation_errors, read_run_config, run_training
+from hvtnas.train.run import (
+    apply_recipe,
+    default_output_dir,
+    prefixed_validation_errors,
+    read_run_config,
+    run_training,
+)
 
 
 class _StderrHandler(logging.StreamHandler):
@@ -80,6 +86,14 @@ def train_command(
     card: Annotated[
         bool, typer.Option("--card", help="Also OUT/model_card.md: costs, latency, accuracy and recipe.")
     ] = False,
+    recipe: Annotated[
+        bool,
+        typer.Option(
+            "--recipe/--no-recipe",
+            help="An exported architecture trains with its search's data and training settings "
+            "(metadata.recipe) unless --no-recipe; options override single settings either way.",
+        ),
+    ] = True,
 ) -> None:
     """Train an architecture, checkpointing after every epoch; write metrics.json and the checkpoint."""
     from hvtnas.train.data import DataConfig
@@ -87,6 +101,9 @@ def train_command(
     from hvtnas.train.trainer import TrainConfig
 
     run, arch = read_run_config(config)
+    recipe_note = None
+    if recipe:
+        run, recipe_note = apply_recipe(run, arch, str(config))
     data_updates = {
         k: v
         for k, v in {"name": dataset, "path": data_path, "resolution": resolution}.items()
@@ -108,6 +125,18 @@ def train_command(
     if problems:
         raise RunConfigError(problems, f"{config} (with the command-line options)")
     run = run.model_copy(update={"data": data_cfg, "train": train_cfg})
+    if recipe_note is not None:
+        given = {
+            **{f"data.{k}": v for k, v in data_updates.items()},
+            **{f"train.{k}": v for k, v in train_updates.items()},
+        }
+        if given:
+            recipe_note += "; overridden: " + ", ".join(f"{k}={v}" for k, v in given.items())
+        err_console.print(recipe_note + " (--no-recipe: train without it)", highlight=False)
+    elif (arch.metadata or {}).get("recipe") and not recipe:
+        err_console.print(
+            "--no-recipe: the search's data and training settings are not used", highlight=False
+        )
     output_dir = out or run.output_dir or default_output_dir(arch)
     show_bar = sys.stderr.isatty() if progress is None else progress
     show_bar = show_bar and int(os.environ.get("RANK", "0")) == 0

@@ -1,9 +1,13 @@
 """``write_report``: a self-contained HTML report of a study, and a CSV of all its trials.
 
-Sections: 2-D projections of the Pareto front (every pair of objectives; where both axes are
-costs, the zoo's models at the study's input size are drawn for reference: their accuracies are
-ImageNet figures and do not belong on this task's accuracy axis), the hypervolume history,
-parameter importances per objective (Optuna's fANOVA), and the table of Pareto-optimal trials.
+Sections: what became of the trials (counts per outcome: trained, stopped early, over budget,
+duplicate, failed, timeout), 2-D projections of the Pareto front (every pair of objectives; where
+both axes are costs, the zoo's models at the study's input size are drawn for reference: their
+accuracies are ImageNet figures and do not belong on this task's accuracy axis), the hypervolume
+history, parameter importances per objective (Optuna's fANOVA), and the table of Pareto-optimal
+trials. Figures, hypervolume and importances use trained, distinct, feasible trials only
+(``hvtnas.search.outcome.evaluated_trials``) and say how many; the CSV has every trial, with its
+outcome, and no accuracy where none was measured.
 """
 
 from __future__ import annotations
@@ -24,6 +28,14 @@ from hvtnas.costs import CostCache, CostSettings, measure_costs
 from hvtnas.io import atomic_write_text
 from hvtnas.models import zoo
 from hvtnas.search.experiment import metric_direction
+from hvtnas.search.outcome import (
+    WARM_START_ATTR,
+    count_outcomes,
+    describe_counts,
+    evaluated_trials,
+    has_accuracy,
+    trial_outcome,
+)
 from hvtnas.search.study import metric_value
 
 
@@ -36,18 +48,20 @@ def _objectives(study: optuna.Study) -> list[str]:
 
 
 def trials_frame(study: optuna.Study) -> pd.DataFrame:
-    """One row per trial: state, objectives, parameters, costs, reason."""
+    """One row per trial: state, outcome, objectives, parameters, costs, reason. Accuracy is
+    empty where none was measured (over budget, failed, a duplicate of an untrained trial)."""
     names = _objectives(study)
     rows = []
     for t in study.get_trials(deepcopy=False):
-        row: dict[str, Any] = {"trial": t.number, "state": t.state.name.lower()}
+        row: dict[str, Any] = {"trial": t.number, "state": t.state.name.lower(), "outcome": trial_outcome(t)}
         for name, value in zip(names, t.values or [None] * len(names), strict=True):
-            row[name] = value
+            row[name] = None if name == "accuracy" and not has_accuracy(t) else value
         costs = t.user_attrs.get("costs") or {}
         row.update({"params_count": costs.get("params"), "gmacs": (costs.get("flops") or 0) / 1e9 or None})
         row.update({f"param:{k}": v for k, v in t.params.items()})
         row["warm_start"] = t.user_attrs.get("warm_start")  # the published design it evaluates
         row["duplicate_of"] = t.user_attrs.get("duplicate_of")
+        row["warm_start"] = t.user_attrs.get(WARM_START_ATTR)
         row["over_budget"] = "; ".join(t.user_attrs.get("constraint_violations") or []) or None
         row["reason"] = t.user_attrs.get("reason")
         row["seconds"] = t.user_attrs.get("wall_seconds")
@@ -56,11 +70,26 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
 
 
 def _feasible(study: optuna.Study) -> list[FrozenTrial]:
-    return [
-        t
-        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if not t.user_attrs.get("constraint_violations")
-    ]
+    """Trained (or scored), distinct, feasible trials: what every figure is drawn from."""
+    return evaluated_trials(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+
+
+def _evaluated_study(study: optuna.Study) -> optuna.Study:
+    """An in-memory copy of the study holding only its trained, distinct, feasible trials, for
+    Optuna's importance and hypervolume functions (which take a study)."""
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "a new study created in memory"
+    try:
+        copy = optuna.create_study(directions=study.directions)
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+    copy.add_trials(_feasible(study))
+    return copy
+
+
+def basis_note(study: optuna.Study) -> str:
+    """``from 14 trained, distinct, feasible trials (of 20)``."""
+    return f"from {len(_feasible(study))} trained, distinct, feasible trials (of {len(study.trials)})"
 
 
 ZOO_AXES = {"flops", "params"}
@@ -160,27 +189,30 @@ def hypervolume_figure(study: optuna.Study) -> go.Figure | None:
             reference.append(max(values) * 1.1 + 1e-9)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        fig = optuna.visualization.plot_hypervolume_history(study, reference_point=reference)
-    fig.update_layout(template="plotly_white", height=420)
+        fig = optuna.visualization.plot_hypervolume_history(
+            _evaluated_study(study), reference_point=reference
+        )
+    fig.update_layout(title=f"hypervolume history, {basis_note(study)}", template="plotly_white", height=420)
     return fig
 
 
 def importance_figures(study: optuna.Study) -> tuple[list[go.Figure], list[str]]:
     names = _objectives(study)
     figures, notes = [], []
+    evaluated = _evaluated_study(study)
     for k, name in enumerate(names):
         try:
             importances = optuna.importance.get_param_importances(
-                study,
+                evaluated,
                 evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0),
                 target=lambda t, k=k: t.values[k],
             )
         except (RuntimeError, ValueError, ZeroDivisionError) as err:
-            notes.append(f"no parameter importances for {name}: {err}")
+            notes.append(f"no parameter importances for {name} ({basis_note(study)}): {err}")
             continue
         fig = go.Figure(go.Bar(x=list(importances.values()), y=list(importances.keys()), orientation="h"))
         fig.update_layout(
-            title=f"parameter importance for {name} (fANOVA)",
+            title=f"parameter importance for {name} (fANOVA, {basis_note(study)})",
             template="plotly_white",
             height=120 + 24 * len(importances),
             yaxis={"autorange": "reversed"},
@@ -211,14 +243,15 @@ def write_report(study: optuna.Study, out: Path, cache: CostCache | None = None)
             parts.append(fig.to_html(full_html=False, include_plotlyjs="inline" if first else False))
             first = False
         sections.append(f"<h2>{title}</h2>" + "".join(parts))
-    counts = frame["state"].value_counts().to_dict()
-    summary = ", ".join(f"{v} {k}" for k, v in counts.items())
+    summary = describe_counts(count_outcomes(study.get_trials(deepcopy=False)))
     objectives = ", ".join(
         f"{n} ({d.name.lower()})" for n, d in zip(_objectives(study), study.directions, strict=True)
     )
     body = (
         f"<h1>hvtnas study {html.escape(study.study_name)}</h1>"
-        f"<p>{len(frame)} trials: {html.escape(summary)}. Objectives: {html.escape(objectives)}.</p>"
+        f"<p>{len(frame)} trials: {html.escape(summary)}. Objectives: {html.escape(objectives)}. "
+        f"Figures, hypervolume and importances are computed {html.escape(basis_note(study))}; "
+        "over-budget trials were never trained and have no accuracy.</p>"
         + "".join(sections)
         + "".join(f"<p class=note>{html.escape(n)}</p>" for n in notes)
         + "<h2>Pareto-optimal trials</h2>"

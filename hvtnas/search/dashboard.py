@@ -10,9 +10,19 @@ import optuna
 
 from hvtnas.config import ArchConfig
 
+OUTCOME_NOTES = {  # what the dashboard's note says first, so that no value is read for more than it is
+    "over_budget": "over budget: never trained; the accuracy Optuna shows for it (0) is a placeholder "
+    "that tells the sampler the architecture is infeasible",
+    "duplicate": "duplicate: the result of an identical architecture, reused (nothing trained)",
+    "stopped_early": "stopped early: its accuracy is that of the epoch it was stopped at",
+    "failed": "failed: no result",
+    "timeout": "timed out: no result",
+}
+
 
 def trial_note(arch: ArchConfig, attrs: dict[str, Any]) -> str:
-    """Markdown: the architecture stage by stage, its costs, accuracy curve and any reason."""
+    """Markdown: the trial's outcome, the architecture stage by stage, its costs, accuracy curve
+    and any reason."""
     lines = ["| stage | depth | width | heads | mixers | mlp | ffn |", "|---|---|---|---|---|---|---|"]
     for i, s in enumerate(arch.stages):
         mixers = " + ".join(
@@ -28,12 +38,16 @@ def trial_note(arch: ArchConfig, attrs: dict[str, Any]) -> str:
             f"| {i + 1} | {s.depth} | {s.width} | {s.num_heads or '-'} | {mixers} | {s.mlp_ratio:g} | "
             f"{s.ffn.kind} |"
         )
-    text = (
-        [f"**warm start: {attrs['warm_start']}** (a published design, scaled)", ""]
-        if attrs.get("warm_start")
-        else []
-    )
-    text += [
+    head = []
+    outcome = attrs.get("outcome")
+    if outcome:
+        head.append(f"outcome **{outcome.replace('_', ' ')}**")
+        if outcome in OUTCOME_NOTES:
+            head[-1] += f" ({OUTCOME_NOTES[outcome]})"
+    if attrs.get("warm_start"):
+        head.append(f"warm start from **{attrs['warm_start']}**")
+    text = [
+        *(["; ".join(head), ""] if head else []),
         f"stem **{arch.stem.kind}**, positional encoding **{arch.pos_embed.kind}**, "
         f"downsampling **{arch.downsample.kind}**",
         "",

@@ -1,4 +1,10 @@
-"""Export trials of a study as architecture configs that ``hvtnas build`` and ``hvtnas train`` take."""
+"""Export trials of a study as architecture configs that ``hvtnas build`` and ``hvtnas train`` take.
+
+Every exported config carries, in its metadata, the study's results for it and the study's
+``recipe``: the data and training settings of the search (``hvtnas train`` retrains with them by
+default). Only trained, distinct, feasible trials are selected (never an over-budget, stopped or
+duplicate one), unless one is asked for by number.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import yaml
 from optuna.trial import FrozenTrial, TrialState
 
 from hvtnas.config import ArchConfig
 from hvtnas.errors import HvtnasError
 from hvtnas.io import safe_file_name
+from hvtnas.search.outcome import evaluated_trials, trial_outcome
 
 
 def select_trials(
@@ -36,11 +44,10 @@ def select_trials(
             )
         index = objectives.index(by)
         maximize = study.directions[index] == optuna.study.StudyDirection.MAXIMIZE
-        feasible = [t for t in complete if not t.user_attrs.get("constraint_violations")]
-        ranked = sorted(feasible, key=lambda t: t.values[index], reverse=maximize)
+        ranked = sorted(evaluated_trials(complete), key=lambda t: t.values[index], reverse=maximize)
         return _one_per_architecture(ranked)[:top]
-    # default and --pareto: the Pareto front of feasible trials
-    front = [t for t in study.best_trials if not t.user_attrs.get("constraint_violations")]
+    # default and --pareto: the Pareto front of trained, distinct, feasible trials
+    front = evaluated_trials(study.best_trials)
     return _one_per_architecture(sorted(front, key=lambda t: t.number))
 
 
@@ -69,9 +76,38 @@ def trial_config(study: optuna.Study, t: FrozenTrial) -> ArchConfig:
         "flops_dense": costs.get("flops_dense"),
         "latency_ms": (costs.get("latency") or {}).get("median_ms"),
         "accuracy_curve": t.user_attrs.get("accuracy_curve"),
+        "outcome": trial_outcome(t),
     }
+    if t.user_attrs.get("warm_start"):
+        metadata["warm_start"] = t.user_attrs["warm_start"]
+    recipe = study_recipe(study)
+    if recipe is not None:
+        metadata["recipe"] = recipe
     arch = ArchConfig.from_dict(t.user_attrs["arch"])
     return arch.model_copy(update={"name": f"{study.study_name}_trial{t.number}", "metadata": metadata})
+
+
+def study_recipe(study: optuna.Study) -> dict[str, Any] | None:
+    """The data and training settings the study's trials were trained with (``None`` when the
+    study has neither a stored recipe nor a space file to read it from)."""
+    from hvtnas.search.study import RECIPE_ATTR
+
+    recipe = study.user_attrs.get(RECIPE_ATTR)
+    if recipe is not None:
+        return {"study": study.study_name, **recipe}
+    text = study.user_attrs.get("space_yaml")
+    if text is None:
+        return None
+    # a study from before recipes were stored: the space file's experiment section (a relative
+    # data path was read relative to the directory the search ran in, which is not known)
+    from hvtnas.search.experiment import ExperimentConfig
+
+    experiment = ExperimentConfig.model_validate((yaml.safe_load(text) or {}).get("experiment") or {})
+    return {
+        "study": study.study_name,
+        "data": experiment.data.model_dump(mode="json"),
+        "train": experiment.train.model_dump(mode="json"),
+    }
 
 
 def export_trials(study: optuna.Study, trials: list[FrozenTrial], out: Path) -> list[Path]:

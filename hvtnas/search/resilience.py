@@ -118,9 +118,10 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def fail_stale(study: optuna.Study, max_retry: int | None) -> list[int]:
+def fail_stale(study: optuna.Study, max_retry: int | None, running: int | None = None) -> list[int]:
     """Fail the trials of dead workers (stale heartbeat, or a local process that is gone) and
-    enqueue their parameters again (at most ``max_retry`` times). Returns the failed numbers."""
+    enqueue their parameters again (at most ``max_retry`` times). Returns the failed numbers.
+    ``running``: the number of the trial this process is running now (never failed)."""
     failed: list[int] = []
     if heartbeat_enabled(study):
         storage = study._storage
@@ -145,6 +146,8 @@ def fail_stale(study: optuna.Study, max_retry: int | None) -> list[int]:
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         owner = str(trial.user_attrs.get(WORKER_ATTR, ""))
         owner_host, _, pid = owner.rpartition(":")
+        if trial.number == running:  # this process's own trial (waiting on a twin)
+            continue
         if not owner:  # its worker died before recording itself (or is recording itself right now)
             started = trial.datetime_start
             if started is None or (now - started).total_seconds() < ORPHAN_GRACE_S:

@@ -21,7 +21,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import optuna
 from optuna.trial import TrialState
@@ -34,6 +34,20 @@ from hvtnas.io import read_text
 from hvtnas.models import build_model
 from hvtnas.search.dashboard import save_trial_note
 from hvtnas.search.experiment import PROXY_PREFIX, ExperimentConfig
+from hvtnas.search.outcome import (
+    DUPLICATE,
+    FAILED,
+    OUTCOME_ATTR,
+    OVER_BUDGET,
+    SCORED,
+    STOPPED_EARLY,
+    TRAINED,
+    WARM_START_ATTR,
+    count_outcomes,
+    describe_counts,
+    trial_outcome,
+)
+from hvtnas.search.outcome import TIMEOUT as TIMED_OUT
 from hvtnas.search.resilience import (
     WORKER_ATTR,
     DeviceLock,
@@ -44,7 +58,8 @@ from hvtnas.search.resilience import (
     fault_point,
     worker_id,
 )
-from hvtnas.search.warm_start import WARM_START_ATTR, WarmStartPoint, enqueue_warm_start, warm_start_points
+from hvtnas.search.sampling import is_generational
+from hvtnas.search.warm_start import WarmStartPoint, enqueue_warm_start, warm_start_points
 from hvtnas.space import SearchSpace
 from hvtnas.train import ImageData, load_dataset, train_proxy
 from hvtnas.train.proxies import score_model
@@ -55,6 +70,11 @@ T = TypeVar("T")
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 TIMEOUT = "timeout"  # the reason of a trial failed for taking longer than experiment.trial_timeout
 HARD_TIMEOUT_EXIT = 75  # exit status of a worker that abandoned a trial hung past 2 x trial_timeout
+EVALUATING_ATTR = "evaluating"  # set once a trial has passed the in-flight duplicate check
+POLL_SECONDS = 1.0  # how often a trial waiting for a running twin looks at the study
+SAMPLING_POLL_SECONDS = 0.2  # ... and while a lower-numbered trial is still sampling (a short wait)
+SAMPLING_WAIT = 120.0  # longest wait for a lower-numbered trial that has not published its architecture
+DUPLICATE_WAIT = 3600.0  # longest wait for a running twin when the experiment sets no trial_hard_timeout
 
 
 def _first_line(err: BaseException) -> str:
@@ -116,7 +136,24 @@ class TrialOutcome:
     state: TrialState
     values: list[float] | None = None
     reason: str | None = None
-    warm_start: str | None = None  # the design a warm-start trial evaluates (convformer_s18@2M)
+    outcome: str = TRAINED  # hvtnas.search.outcome: trained, over_budget, duplicate, ...
+    measured: bool = True  # False: the values hold a placeholder accuracy (over budget)
+    warm_start: str | None = None  # the zoo family an enqueued warm-start trial came from
+
+    def describe(self) -> str:
+        """One line for the terminal and search.log: what became of the trial, values only
+        where they were measured (never the placeholder accuracy of an untrained trial)."""
+        label = f" (warm start {self.warm_start})" if self.warm_start else ""
+        text = f"trial {self.number}{label}: {self.outcome.replace('_', ' ')}"
+        if self.values and self.measured and self.state == TrialState.COMPLETE:
+            text += " " + ", ".join(f"{v:.4g}" for v in self.values)
+        return text + (f" ({self.reason})" if self.reason else "")
+
+
+def outcome_summary(study: optuna.Study) -> str:
+    """``20 trials: 12 trained, 3 stopped early, 4 over budget, 1 duplicate``."""
+    trials = study.get_trials(deepcopy=False)
+    return f"{len(trials)} trials: {describe_counts(count_outcomes(trials))}"
 
 
 @dataclass
@@ -185,14 +222,18 @@ class SearchRun:
             try:
                 outcome = self._evaluate(trial, exp, started)
             except HvtnasError as err:  # a bad sample: recorded, the study goes on
-                outcome = TrialOutcome(trial.number, TrialState.FAIL, reason=str(err))
+                outcome = TrialOutcome(trial.number, TrialState.FAIL, reason=str(err), outcome=FAILED)
             except Exception as err:  # a bug or a broken library inside one trial: fail it, go on
                 log.exception("trial %d raised", trial.number)
                 outcome = TrialOutcome(
-                    trial.number, TrialState.FAIL, reason=f"{type(err).__name__}: {_first_line(err)}"
+                    trial.number,
+                    TrialState.FAIL,
+                    reason=f"{type(err).__name__}: {_first_line(err)}",
+                    outcome=FAILED,
                 )
-            outcome.warm_start = trial.user_attrs.get(WARM_START_ATTR)
             trial.set_user_attr("wall_seconds", time.perf_counter() - started)
+            trial.set_user_attr(OUTCOME_ATTR, outcome.outcome)
+            outcome.warm_start = trial.user_attrs.get(WARM_START_ATTR)
             if outcome.reason:
                 trial.set_user_attr("reason", outcome.reason)
             if "arch" in trial.user_attrs:  # the dashboard's note: architecture, costs, curve, reason
@@ -224,6 +265,7 @@ class SearchRun:
         storage = self.study._storage
         try:
             storage.set_trial_user_attr(trial._trial_id, "reason", reason)
+            storage.set_trial_user_attr(trial._trial_id, OUTCOME_ATTR, TIMED_OUT)
             storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
         except Exception:  # it finished meanwhile (or the storage is gone): nothing to abandon
             return
@@ -242,22 +284,13 @@ class SearchRun:
         trial.set_user_attr("arch", arch.to_dict())
         trial.set_user_attr("arch_key", key)
 
+        waited = self._await_running_twin(trial, key)
+        if waited:
+            trial.set_user_attr("waited_seconds", waited)
         earlier = self._same_architecture(key, trial.number)
         if earlier is not None:  # identical architecture: same result, not trained again
-            trial.set_user_attr("duplicate_of", earlier.number)
-            copied = ("costs", "cost_objectives", "accuracy_curve", "constraint_violations", "stopped_early")
-            for name in copied:
-                if name in earlier.user_attrs:
-                    trial.set_user_attr(name, earlier.user_attrs[name])
-            for name, value in earlier.user_attrs.get("constraints", {}).items():
-                trial.set_constraint(name, value)
-            trial.set_user_attr("constraints", earlier.user_attrs.get("constraints", {}))
-            return TrialOutcome(
-                trial.number,
-                TrialState.COMPLETE,
-                list(earlier.values),
-                reason=f"duplicate of trial {earlier.number}: result reused",
-            )
+            return self._reuse(trial, earlier, waited)
+        trial.set_user_attr(EVALUATING_ATTR, True)  # twins sampled from now on wait for this trial
 
         if exp.costs.latency is not None:  # never timed while this host's other workers train
             with self.device_lock.exclusive():
@@ -286,13 +319,18 @@ class SearchRun:
             trial.set_user_attr("proxies", proxy_scores)
 
         if violations:  # over budget: never trained; worst accuracy, true costs
+            # Recorded COMPLETE so that the sampler sees its constraints and learns where the
+            # budget ends; the accuracy 0 is a placeholder for the sampler only: the outcome
+            # `over_budget` keeps it out of every display, the importances and the hypervolume.
             trial.set_user_attr("constraint_violations", violations)
             values = [self._value(m, 0.0, cost_values, proxy_scores) for m in exp.objectives]
             return TrialOutcome(
                 trial.number,
                 TrialState.COMPLETE,
                 values,
-                reason="over budget, not trained: " + "; ".join(violations),
+                reason="not trained: " + "; ".join(violations),
+                outcome=OVER_BUDGET,
+                measured=False,
             )
 
         accuracy, stopped = None, None
@@ -303,10 +341,13 @@ class SearchRun:
             trial.set_user_attr("training", result.to_dict())
             trial.set_user_attr("accuracy_curve", result.accuracy_curve)
             if result.status == "failed" or (result.reason or "").startswith(TIMEOUT):
-                return TrialOutcome(trial.number, TrialState.FAIL, reason=result.reason)
+                what = TIMED_OUT if (result.reason or "").startswith(TIMEOUT) else FAILED
+                return TrialOutcome(trial.number, TrialState.FAIL, reason=result.reason, outcome=what)
             if result.status == "stopped":
                 if not self._generational:
-                    return TrialOutcome(trial.number, TrialState.PRUNED, reason=result.reason)
+                    return TrialOutcome(
+                        trial.number, TrialState.PRUNED, reason=result.reason, outcome=STOPPED_EARLY
+                    )
                 # NSGA-II/III build generations from complete trials only: with many trials
                 # stopped, generation 0 (random) would never fill. Recorded complete with the
                 # accuracy it had when stopped, it is dominated by the trial that stopped it
@@ -316,12 +357,80 @@ class SearchRun:
             accuracy = result.val_accuracy
         values = [self._value(m, accuracy, cost_values, proxy_scores) for m in exp.objectives]
         if any(not math.isfinite(v) for v in values):
-            return TrialOutcome(trial.number, TrialState.FAIL, reason=f"non-finite objective values {values}")
-        return TrialOutcome(trial.number, TrialState.COMPLETE, values, reason=stopped)
+            return TrialOutcome(
+                trial.number, TrialState.FAIL, reason=f"non-finite objective values {values}", outcome=FAILED
+            )
+        done = STOPPED_EARLY if stopped else TRAINED if "accuracy" in exp.objectives else SCORED
+        return TrialOutcome(trial.number, TrialState.COMPLETE, values, reason=stopped, outcome=done)
 
     @property
     def _generational(self) -> bool:
-        return isinstance(self.study.sampler, optuna.samplers.NSGAIISampler | optuna.samplers.NSGAIIISampler)
+        return is_generational(self.study.sampler)
+
+    def _reuse(self, trial: optuna.Trial, earlier: optuna.trial.FrozenTrial, waited: float) -> TrialOutcome:
+        """The result of ``earlier``, an identical architecture evaluated before (or meanwhile)."""
+        trial.set_user_attr("duplicate_of", earlier.number)
+        copied = ("costs", "cost_objectives", "accuracy_curve", "constraint_violations", "stopped_early")
+        for name in copied:
+            if name in earlier.user_attrs:
+                trial.set_user_attr(name, earlier.user_attrs[name])
+        for name, value in earlier.user_attrs.get("constraints", {}).items():
+            trial.set_constraint(name, value)
+        trial.set_user_attr("constraints", earlier.user_attrs.get("constraints", {}))
+        reason = f"duplicate of trial {earlier.number}"
+        if waited:
+            reason += f", waited {waited:.0f} s for it to finish"
+        what = trial_outcome(earlier)
+        if what != TRAINED and what != SCORED and what != DUPLICATE:
+            reason += f" ({what.replace('_', ' ')})"
+        reason += ": result reused"
+        if earlier.state == TrialState.PRUNED:  # stopped early: stopped again, nothing to tell
+            return TrialOutcome(trial.number, TrialState.PRUNED, reason=reason, outcome=DUPLICATE)
+        measured = not earlier.user_attrs.get("constraint_violations")
+        return TrialOutcome(
+            trial.number, TrialState.COMPLETE, list(earlier.values), reason, DUPLICATE, measured=measured
+        )
+
+    def _await_running_twin(self, trial: optuna.Trial, key: str) -> float:
+        """Wait while another worker evaluates the same architecture; returns the seconds waited.
+
+        The rule (Lamport's bakery, with trial numbers as tickets): among running trials of one
+        architecture the lowest-numbered is evaluated and the others wait for its result. A trial
+        therefore first waits for lower-numbered running trials that have not yet published their
+        architecture (``arch_key``; they are sampling, at most ``SAMPLING_WAIT`` s), then for every
+        running twin that has a lower number or already started evaluating (a retried trial keeps
+        its old, lower number). A twin whose worker dies is failed by ``fail_stale`` (heartbeat or
+        dead local process) and stops blocking; the wait ends at ``trial_hard_timeout`` (else
+        ``DUPLICATE_WAIT``) in any case. When the twin ends complete or stopped its result is
+        reused; when it failed, this trial evaluates the architecture itself."""
+        started = time.monotonic()
+        exp = self.spec.experiment
+        limit = exp.hard_timeout or DUPLICATE_WAIT
+        waited = 0.0
+        while True:
+            running = [
+                t
+                for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                if t.number != trial.number
+            ]
+            sampling = [t for t in running if t.number < trial.number and "arch_key" not in t.user_attrs]
+            twins = [
+                t
+                for t in running
+                if t.user_attrs.get("arch_key") == key
+                and (t.number < trial.number or t.user_attrs.get(EVALUATING_ATTR))
+            ]
+            elapsed = time.monotonic() - started
+            if twins:
+                waited = elapsed
+                if elapsed > limit:
+                    log.warning("trial %d: stopped waiting for trial %d", trial.number, twins[0].number)
+                    return waited
+            elif not sampling or elapsed > SAMPLING_WAIT:
+                return waited
+            time.sleep(POLL_SECONDS if twins else SAMPLING_POLL_SECONDS)
+            if twins:  # a dead twin must not block: fail it (stale heartbeat, dead local process)
+                fail_stale(self.study, self.max_retry, running=trial.number)
 
     @staticmethod
     def _value(
@@ -334,10 +443,15 @@ class SearchRun:
         return costs[metric]
 
     def _same_architecture(self, key: str, number: int) -> optuna.trial.FrozenTrial | None:
-        for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            if t.number != number and t.user_attrs.get("arch_key") == key:
-                return t
-        return None
+        """A finished trial of the same architecture: complete, else stopped early (pruned)."""
+        states = (TrialState.COMPLETE, TrialState.PRUNED)
+        twins = [
+            t
+            for t in self.study.get_trials(deepcopy=False, states=states)
+            if t.number != number and t.user_attrs.get("arch_key") == key
+        ]
+        twins.sort(key=lambda t: (t.state != TrialState.COMPLETE, t.number))
+        return twins[0] if twins else None
 
     def _with_timeout(
         self, on_epoch: Callable[[EpochReport], str | None], started: float
@@ -357,14 +471,18 @@ class SearchRun:
         self, trial: optuna.Trial, costs: dict[str, float]
     ) -> Callable[[EpochReport], str | None]:
         """Optuna cannot prune multi-objective studies (optuna/optuna#3450): stop a trial whose
-        accuracy at an epoch is beaten, at that epoch, by a completed trial that costs no more."""
+        accuracy at an epoch is beaten, at that epoch, by a completed trial that costs no more, by
+        more than the margin (default: the validation accuracy's sampling noise); never after the
+        trial's last epoch, when stopping would save nothing."""
         rule = self.spec.experiment.early_stopping
         if trial.user_attrs.get(WARM_START_ATTR):  # a published design is what the search is
             rule = None  # measured against: always trained to the end
+        last_epoch = self.spec.experiment.train.epochs
+        n_val = self._dataset().num_val
 
         def on_epoch(report: EpochReport) -> str | None:
             trial.set_user_attr("epochs_done", report.epoch)
-            if rule is None or report.epoch < rule.min_epoch:
+            if rule is None or report.epoch < rule.min_epoch or report.epoch >= last_epoch:
                 return None
             for other in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
                 curve = other.user_attrs.get("accuracy_curve") or []
@@ -376,14 +494,35 @@ class SearchRun:
                 ):
                     continue
                 cheaper = all(other_costs[m] <= value for m, value in costs.items())
-                if cheaper and curve[report.epoch - 1] > report.val_accuracy:
+                better = curve[report.epoch - 1]
+                margin = rule.margin_for(better, n_val)
+                if cheaper and better - report.val_accuracy > margin:
+                    kind = "set" if rule.margin is not None else f"noise on {n_val} images"
                     return (
-                        f"stopped at epoch {report.epoch}: trial {other.number} had accuracy "
-                        f"{curve[report.epoch - 1]:.4f} > {report.val_accuracy:.4f} at no more cost"
+                        f"stopped at epoch {report.epoch} of {last_epoch}: trial {other.number} had accuracy "
+                        f"{better:.4f} > {report.val_accuracy:.4f} + margin {margin:.4f} ({kind}) "
+                        "at no more cost"
                     )
             return None
 
         return on_epoch
+
+
+RECIPE_ATTR = "recipe"  # study user attribute: the data and training recipe, what exports retrain with
+
+
+def search_recipe(spec: SearchSpec) -> dict[str, Any]:
+    """The data and training settings of the search, as ``hvtnas train`` takes them. A relative
+    data path is made absolute: the search read it relative to its working directory."""
+    exp = spec.experiment
+    data = exp.data
+    if data.path is not None and not data.path.is_absolute():
+        data = data.model_copy(update={"path": data.path.resolve()})
+    return {
+        "space": str(spec.path.resolve()),
+        "data": data.model_dump(mode="json"),
+        "train": exp.train.model_dump(mode="json"),
+    }
 
 
 def _on_storage(storage: str | optuna.storages.BaseStorage, call: Callable[[], T]) -> T:
@@ -429,6 +568,7 @@ def open_study(
     if stored_text is None:
         study.set_user_attr("space_yaml", spec.text)
         study.set_user_attr("objectives", exp.objectives)
+        study.set_user_attr(RECIPE_ATTR, search_recipe(spec))
         with warnings.catch_warnings():  # experimental in Optuna, but what the dashboard labels axes with
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names(exp.objectives)

@@ -17,9 +17,8 @@ import optuna
 
 from hvtnas.config import ArchConfig
 from hvtnas.errors import HvtnasError
+from hvtnas.search.outcome import WARM_START_ATTR
 from hvtnas.space import NotInSpaceError, SearchSpace
-
-WARM_START_ATTR = "warm_start"  # user attribute: what a warm-start trial is
 
 
 @dataclass(frozen=True)

@@ -252,20 +252,16 @@ def worker_main(
     spec = load_search_spec(space)
     exp = spec.experiment
     train = exp.train if exp.train.threads is not None else exp.train.model_copy(update={"threads": threads})
+    # one seed for all workers: the sampler is seeded per trial number (hvtnas.search.sampling),
+    # which the storage hands out, so the workers draw differently and the study stays reproducible
     sampler_cfg = exp.sampler.model_copy(update=sampler)
-    if sampler_cfg.seed is not None:  # the same seed in every worker would propose the same architectures
-        sampler_cfg = sampler_cfg.model_copy(update={"seed": sampler_cfg.seed + index})
     spec.experiment = exp.model_copy(update={"train": train, "sampler": sampler_cfg})
     # the parent process created the study (and queued its warm start): nothing to queue here
     study_obj = open_study(spec, study, open_storage(storage, heartbeat, max_retry), warm_start=[])
     name = multiprocessing.current_process().name
 
     def report(outcome: Any) -> None:
-        values = ", ".join(f"{v:.4g}" for v in outcome.values) if outcome.values else ""
-        reason = f" ({outcome.reason})" if outcome.reason else ""
-        design = f" (warm start {outcome.warm_start})" if outcome.warm_start else ""
-        state = outcome.state.name.lower()
-        print(f"[{name}] trial {outcome.number}{design}: {state} {values}{reason}", flush=True)
+        print(f"[{name}] {outcome.describe()}", flush=True)
 
     SearchRun(
         spec,

@@ -8,8 +8,10 @@ A run config is YAML::
     train: {epochs: 100, batch_size: 256}
     output_dir: runs/train/my_arch   # default: runs/train/<arch name>
 
-A bare architecture config (what ``hvtnas export`` writes) is accepted too; dataset and epochs then
-come from the command line. Relative paths in a config are relative to the config's folder.
+A bare architecture config is accepted too. One that ``hvtnas export`` wrote carries the search's
+recipe (``metadata.recipe``: its data and training settings), which ``apply_recipe`` fills in for
+the sections the config does not give; otherwise, and with ``--no-recipe``, the defaults and the
+command line decide. Relative paths in a config are relative to the config's folder.
 """
 
 from __future__ import annotations
@@ -96,6 +98,40 @@ def read_run_config(path: str | Path) -> tuple[TrainRunConfig, ArchConfig]:
     if run.output_dir is not None and not run.output_dir.is_absolute():
         updates["output_dir"] = base / run.output_dir
     return run.model_copy(update=updates), arch
+
+
+def apply_recipe(run: TrainRunConfig, arch: ArchConfig, source: str) -> tuple[TrainRunConfig, str | None]:
+    """Fill the ``data`` and ``train`` sections the run config leaves out (all of them, for a bare
+    exported architecture) from the search recipe in ``arch.metadata``; returns the run and a
+    sentence saying what was taken (``None``: no recipe, or nothing left to fill)."""
+    recipe = (arch.metadata or {}).get("recipe")
+    if not isinstance(recipe, dict):
+        return run, None
+    missing = [k for k in ("data", "train") if k not in run.model_fields_set and k in recipe]
+    if not missing:
+        return run, None
+    updates: dict[str, Any] = {}
+    problems: list[str] = []
+    for section, model in (("data", DataConfig), ("train", TrainConfig)):
+        if section in missing:
+            try:
+                updates[section] = model.model_validate(recipe[section])
+            except ValidationError as err:
+                problems += prefixed_validation_errors(err, prefix=f"metadata.recipe.{section}")
+    if problems:
+        raise RunConfigError([*problems, "(train it without the recipe: --no-recipe)"], source)
+    run = run.model_copy(update=updates)
+    parts = []
+    if "data" in updates:
+        d = run.data
+        where = f" {d.path}" if d.path is not None else ""
+        size = f" at {d.resolution}x{d.resolution}" if d.resolution else ""
+        parts.append(f"data {d.name}{where}{size}, fraction {d.fraction:g}, split seed {d.split_seed}")
+    if "train" in updates:
+        t = run.train
+        parts.append(f"{t.epochs} epochs, batch {t.batch_size}, lr {t.lr:g}, seed {t.seed}")
+    study = recipe.get("study", "?")
+    return run, f"training with the recipe of study {study!r}: " + "; ".join(parts)
 
 
 def prefixed_validation_errors(err: ValidationError, prefix: str) -> list[str]:
