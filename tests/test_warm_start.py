@@ -130,7 +130,7 @@ def test_warm_start_trials_come_first_labelled_with_their_design(tmp_path: Path)
         app, ["search", str(path), "--trials", "2", "--runs-dir", str(tmp_path / "runs"), "--no-cache"]
     )
     assert result.exit_code == 0, result.output
-    assert "trial 0 (warm start mine): complete" in result.output
+    assert "trial 0 (warm start mine): trained" in result.output
     study = optuna.load_study(study_name="space", storage=f"sqlite:///{tmp_path / 'runs/space/study.db'}")
     first, second = sorted(study.trials, key=lambda t: t.number)
     assert first.user_attrs["warm_start"] == "mine"

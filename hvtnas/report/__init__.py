@@ -59,7 +59,6 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
         costs = t.user_attrs.get("costs") or {}
         row.update({"params_count": costs.get("params"), "gmacs": (costs.get("flops") or 0) / 1e9 or None})
         row.update({f"param:{k}": v for k, v in t.params.items()})
-        row["warm_start"] = t.user_attrs.get("warm_start")  # the published design it evaluates
         row["duplicate_of"] = t.user_attrs.get("duplicate_of")
         row["warm_start"] = t.user_attrs.get(WARM_START_ATTR)
         row["over_budget"] = "; ".join(t.user_attrs.get("constraint_violations") or []) or None
