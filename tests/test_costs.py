@@ -220,7 +220,9 @@ def test_every_mixer_is_counted(kind: str) -> None:
     assert not leaked, f"{kind}: ops with multiply-accumulates counted as 0: {leaked}"
     fast = count_calls(model.stages[1].blocks[0].mixer, (torch.empty(1, 8, 8, 32, device="meta"),))
     leaked = [op for op in fast.skipped if MAC_OPS.search(op)]
-    assert not leaked, f"{kind}: functions with multiply-accumulates the fast counter does not count: {leaked}"
+    assert not leaked, (
+        f"{kind}: functions with multiply-accumulates the fast counter does not count: {leaked}"
+    )
     if not MIXERS.get(kind).flop_free:
         assert analysis.total() > 0
 

@@ -199,8 +199,6 @@ _FACTORIES = frozenset(
 )
 
 
-
-
 def _like_input(args: tuple, kwargs: dict) -> Tensor:
     return torch.empty_like(_arg(args, kwargs, 0, "input"))
 
@@ -257,7 +255,9 @@ class MacCounter(TorchFunctionMode):
     def total(self) -> int:
         return sum(self.by_operator.values())
 
-    def __torch_function__(self, func: Callable, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+    def __torch_function__(
+        self, func: Callable, types: Any, args: tuple = (), kwargs: dict | None = None
+    ) -> Any:
         kwargs = kwargs or {}
         if self.meta_factories and func in _FACTORIES and kwargs.get("device") is None:
             kwargs["device"] = "meta"

@@ -166,7 +166,9 @@ def count_flops(
         model.train(was_training)
 
 
-def _count_on_meta(model: nn.Module, input_size: tuple[int, int], in_channels: int, backbone_only: bool) -> FlopCount:
+def _count_on_meta(
+    model: nn.Module, input_size: tuple[int, int], in_channels: int, backbone_only: bool
+) -> FlopCount:
     parts = {part: model.get_submodule(name) for part, name in _parts(model).items()}
     was_training = model.training
     model.eval()
