@@ -3,7 +3,9 @@
 Keys are SHA-256 hashes of canonical JSON: the architecture config (fields that cannot change a
 cost, such as its name or drop-path rate, left out), what was measured, and the measurement
 settings (for latency also the device name, torch version and thread count). Values are JSON.
-SQLite in WAL mode lets several worker processes on one machine share the file.
+SQLite in WAL mode lets several worker processes on one machine share the file. Each thread keeps
+one connection, and commits do not wait for the disk (``synchronous=NORMAL``: a crash can lose the
+last entries, never corrupt the file; a lost entry is measured again).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import hashlib
 import json
 import os
 import sqlite3
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -45,6 +48,7 @@ class CostCache:
     def __init__(self, path: str | Path | None = None) -> None:
         self.path = Path(path) if path is not None else default_cache_path()
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
         with self._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(
@@ -52,7 +56,12 @@ class CostCache:
             )
 
     def _connect(self) -> sqlite3.Connection:
-        return sqlite3.connect(self.path, timeout=60)
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.path, timeout=60)
+            db.execute("PRAGMA synchronous=NORMAL")
+            self._local.db = db
+        return db  # ``with db:`` commits (or rolls back) without closing it
 
     def get(self, key: str) -> Any | None:
         with self._connect() as db:
