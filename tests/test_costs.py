@@ -13,6 +13,7 @@ import re
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 from typer.testing import CliRunner
 
@@ -460,3 +461,52 @@ def test_cli_build_json_has_costs(tmp_path, monkeypatch) -> None:
 
 def test_python_api_is_importable_from_the_top() -> None:
     assert hvtnas.measure_costs is measure_costs
+
+
+_R = torch.randn
+# what the counter makes without running torch's meta kernels has torch's shape and dtype
+SHAPE_ONLY_CASES = {
+    "add_broadcast": lambda: _R(2, 1, 5) + _R(3, 1),
+    "mul_scalar": lambda: _R(2, 3) * 2,
+    "rsub": lambda: 1 - _R(4),
+    "div_int": lambda: torch.arange(6) / 4,
+    "compare": lambda: _R(2, 3) >= _R(3),
+    "bool_or": lambda: (_R(3, 1) > 0) | (_R(1, 4) > 0),
+    "invert": lambda: ~(_R(3) > 0),
+    "square": lambda: _R(2, 3).square(),
+    "mean_keepdim": lambda: _R(2, 3, 4).mean(-1, keepdim=True),
+    "mean_dims": lambda: _R(2, 3, 4, 5).mean(dim=(1, 2)),
+    "sum_all": lambda: _R(2, 3).sum(),
+    "cat": lambda: torch.cat([_R(2, 3), _R(2, 5)], dim=-1),
+    "stack": lambda: torch.stack([_R(2, 3), _R(2, 3)], dim=1),
+    "arange_float": lambda: torch.arange(-2.5, 3, 0.5),
+    "arange_int": lambda: torch.arange(2, 11, 3),
+    "matmul_batched": lambda: _R(2, 1, 3, 4) @ _R(5, 4, 6),
+    "matmul_vector": lambda: _R(2, 3, 4) @ _R(4),
+    "vector_matmul": lambda: torch.matmul(_R(3), _R(2, 3, 4)),
+    "bmm": lambda: torch.bmm(_R(2, 3, 4), _R(2, 4, 5)),
+    "conv2d": lambda: F.conv2d(
+        _R(1, 4, 9, 11), _R(8, 2, 3, 5), stride=(2, 1), padding=(1, 2), dilation=(1, 2), groups=2
+    ),
+    "conv1d": lambda: F.conv1d(_R(2, 3, 10), _R(4, 3, 3), stride=3),
+    "linear": lambda: F.linear(_R(2, 5, 3), _R(7, 3)),
+    "sdpa": lambda: F.scaled_dot_product_attention(_R(2, 3, 5, 4), _R(2, 3, 6, 4), _R(2, 3, 6, 8)),
+    "interpolate_size": lambda: F.interpolate(_R(1, 2, 5, 7), size=(9, 4), mode="bilinear"),
+    "interpolate_scale": lambda: F.interpolate(_R(1, 2, 5), scale_factor=1.5, mode="linear"),
+    "layer_norm": lambda: F.layer_norm(_R(2, 3, 4).transpose(0, 2), (2,)),
+    "gelu": lambda: F.gelu(_R(3, 4)),
+    "rsqrt": lambda: _R(3).abs().rsqrt(),
+    "roll": lambda: torch.roll(_R(2, 5, 6), (1, 2), (1, 2)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SHAPE_ONLY_CASES))
+def test_counter_makes_meta_results_with_torch_shapes(case: str) -> None:
+    from hvtnas.costs.counter import MacCounter
+
+    make = SHAPE_ONLY_CASES[case]
+    real = make()
+    with torch.device("meta"), MacCounter(meta_factories=True):
+        fake = make()
+    assert fake.device.type == "meta"
+    assert (tuple(fake.shape), fake.dtype) == (tuple(real.shape), real.dtype)

@@ -23,6 +23,7 @@ its unsupported operators.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections import Counter
 from collections.abc import Callable, Iterator
 from math import prod
@@ -199,24 +200,217 @@ _FACTORIES = frozenset(
 )
 
 
+def _broadcast(*shapes: Any) -> list[int]:
+    """Broadcast shapes (``torch.broadcast_shapes`` imports torch's symbolic-shape machinery)."""
+    rank = max((len(s) for s in shapes), default=0)
+    out = [1] * rank
+    for shape in shapes:
+        for i, n in enumerate(shape, start=rank - len(shape)):
+            if n != 1:
+                if out[i] not in (1, n):
+                    raise _NotShapeOnlyError  # let torch raise its own error
+                out[i] = n
+    return out
+
+
+def _empty(shape: Any, like: Tensor) -> Tensor:
+    """A contiguous meta tensor (``empty_like`` of a strided meta tensor runs a Python meta kernel)."""
+    return torch.empty(shape, dtype=like.dtype, device="meta")
+
+
 def _like_input(args: tuple, kwargs: dict) -> Tensor:
-    return torch.empty_like(_arg(args, kwargs, 0, "input"))
+    return _empty(_arg(args, kwargs, 0, "input").shape, _arg(args, kwargs, 0, "input"))
+
+
+def _like_float_input(args: tuple, kwargs: dict) -> Tensor:  # unary element-wise functions
+    x = _arg(args, kwargs, 0, "input")
+    if not isinstance(x, Tensor) or not x.dtype.is_floating_point or kwargs.get("dtype") is not None:
+        raise _NotShapeOnlyError
+    return _empty(x.shape, x)
+
+
+_UNARY = ("rsqrt", "sqrt", "exp", "log", "tanh", "sigmoid", "relu", "erf", "reciprocal", "clamp", "clamp_min",
+          "clamp_max", "sin", "cos", "sign", "log1p", "log2", "expm1", "floor", "ceil", "round")  # fmt: skip
+_UNARY_F = (F.normalize, F.softplus, F.hardswish, F.hardsigmoid, F.leaky_relu, F.elu, F.mish, F.softmax)
+
+
+def _conv_out(args: tuple, kwargs: dict) -> Tensor:  # F.conv1d/2d/3d: batched input, numeric padding
+    x, w = _arg(args, kwargs, 0, "input"), _arg(args, kwargs, 1, "weight")
+    n = w.dim() - 2
+    if x.dim() != w.dim():
+        raise _NotShapeOnlyError
+    stride, padding, dilation = (
+        _arg(args, kwargs, i, name, default)
+        for i, name, default in ((3, "stride", 1), (4, "padding", 0), (5, "dilation", 1))
+    )
+    if isinstance(padding, str):
+        raise _NotShapeOnlyError
+    stride, padding, dilation = (
+        [v] * n if isinstance(v, int) else list(v) for v in (stride, padding, dilation)
+    )
+    spatial = [
+        (size + 2 * p - d * (k - 1) - 1) // s + 1
+        for size, k, s, p, d in zip(x.shape[2:], w.shape[2:], stride, padding, dilation, strict=True)
+    ]
+    return torch.empty((x.shape[0], w.shape[0], *spatial), dtype=x.dtype, device="meta")
 
 
 def _linear_out(args: tuple, kwargs: dict) -> Tensor:
     x, w = _arg(args, kwargs, 0, "input"), _arg(args, kwargs, 1, "weight")
-    return x.new_empty((*x.shape[:-1], w.shape[0]))
+    return _empty((*x.shape[:-1], w.shape[0]), x)
 
 
 def _sdpa_out(args: tuple, kwargs: dict) -> Tensor:
     q, v = _arg(args, kwargs, 0, "query"), _arg(args, kwargs, 2, "value")
-    return q.new_empty((*q.shape[:-1], v.shape[-1]))
+    return _empty((*q.shape[:-1], v.shape[-1]), q)
+
+
+def _elementwise(result_dtype: Callable[[list[Any]], torch.dtype]) -> Callable[[tuple, dict], Tensor]:
+    def out(args: tuple, kwargs: dict) -> Tensor:
+        operands = list(args[:2])
+        if not all(isinstance(a, Tensor | int | float | bool) for a in operands):
+            raise _NotShapeOnlyError
+        tensors = [a for a in operands if isinstance(a, Tensor)]
+        if not tensors:
+            raise _NotShapeOnlyError
+        shape = _broadcast(*(t.shape for t in tensors))
+        return torch.empty(shape, dtype=result_dtype(operands), device="meta")
+
+    return out
+
+
+def _promoted(operands: list[Any]) -> torch.dtype:
+    return operands[0].dtype if len(operands) == 1 else torch.result_type(*operands)
+
+
+def _divided(operands: list[Any]) -> torch.dtype:
+    dtype = _promoted(operands)
+    return dtype if dtype.is_floating_point or dtype.is_complex else torch.get_default_dtype()
+
+
+def _compared(operands: list[Any]) -> torch.dtype:
+    return torch.bool
+
+
+def _joined(args: tuple, kwargs: dict, new_dim: bool) -> Tensor:
+    tensors = list(_arg(args, kwargs, 0, "tensors"))
+    dim = _arg(args, kwargs, 1, "dim", 0)
+    first = tensors[0]
+    if any(t.dtype != first.dtype or t.dim() != first.dim() for t in tensors):
+        raise _NotShapeOnlyError
+    rank = first.dim() + new_dim
+    dim = dim % rank
+    shape = list(first.shape)
+    if new_dim:
+        shape.insert(dim, len(tensors))
+    else:
+        shape[dim] = sum(t.shape[dim] for t in tensors)
+    return torch.empty(shape, dtype=first.dtype, device="meta")
+
+
+class _NotShapeOnlyError(Exception):
+    """The arguments are outside what a shape-only handler covers: run the real function."""
+
+
+def _interpolated(args: tuple, kwargs: dict) -> Tensor:
+    x = _arg(args, kwargs, 0, "input")
+    size, scale = _arg(args, kwargs, 1, "size"), _arg(args, kwargs, 2, "scale_factor")
+    spatial = x.dim() - 2
+    if size is not None:
+        out = [size] * spatial if isinstance(size, int) else list(size)
+    elif scale is not None and not _arg(args, kwargs, 5, "recompute_scale_factor"):
+        scales = [scale] * spatial if isinstance(scale, int | float) else list(scale)
+        out = [int(n * float(f)) for n, f in zip(x.shape[2:], scales, strict=True)]  # floor, as torch
+    else:
+        raise _NotShapeOnlyError
+    return torch.empty((*x.shape[:2], *out), dtype=x.dtype, device="meta")
+
+
+def _arange(args: tuple, kwargs: dict) -> Tensor:
+    if kwargs.get("device") not in ("meta", torch.device("meta")) or not all(
+        isinstance(a, int | float) for a in args
+    ):
+        raise _NotShapeOnlyError
+    start, end, step = (0, args[0], 1) if len(args) == 1 else (*args, 1)[:3]
+    integral = all(isinstance(a, int) for a in (start, end, step))
+    dtype = kwargs.get("dtype") or (torch.int64 if integral else torch.get_default_dtype())
+    return torch.empty(max(0, math.ceil((end - start) / step)), dtype=dtype, device="meta")
+
+
+def _matmul_out(args: tuple, kwargs: dict) -> Tensor:  # matmul's shape rules (bmm: both 3-D)
+    a, b = args[0], args[1] if len(args) > 1 else next(iter(kwargs.values()))
+    if a.dtype != b.dtype or a.dim() < 1 or b.dim() < 1 or a.dim() + b.dim() < 3:
+        raise _NotShapeOnlyError
+    if b.dim() == 1:  # matrix-vector
+        if a.shape[-1] != b.shape[0]:
+            raise _NotShapeOnlyError
+        return torch.empty(a.shape[:-1], dtype=a.dtype, device="meta")
+    if a.dim() == 1:  # vector-matrix
+        if a.shape[0] != b.shape[-2]:
+            raise _NotShapeOnlyError
+        return torch.empty((*b.shape[:-2], b.shape[-1]), dtype=a.dtype, device="meta")
+    if a.shape[-1] != b.shape[-2]:
+        raise _NotShapeOnlyError
+    batch = _broadcast(a.shape[:-2], b.shape[:-2])
+    return torch.empty((*batch, a.shape[-2], b.shape[-1]), dtype=a.dtype, device="meta")
+
+
+def _reduced(args: tuple, kwargs: dict) -> Tensor:  # mean / sum / amax over dims, float inputs
+    x = args[0]
+    dim = _arg(args, kwargs, 1, "dim")
+    keepdim = _arg(args, kwargs, 2, "keepdim", False)
+    if not x.dtype.is_floating_point or kwargs.get("dtype") is not None or not isinstance(keepdim, bool):
+        raise _NotShapeOnlyError
+    if isinstance(dim, list | tuple) and not dim:  # sum(dim=[]) reduces every dimension
+        raise _NotShapeOnlyError
+    if dim is None:
+        dims = set(range(x.dim()))
+    else:
+        dims = {d % x.dim() for d in ((dim,) if isinstance(dim, int) else dim)}
+    shape = [1 if i in dims else n for i, n in enumerate(x.shape) if keepdim or i not in dims]
+    return torch.empty(shape, dtype=x.dtype, device="meta")
+
+
+_BINARY = {
+    _promoted: ("add", "sub", "mul", "remainder", "__add__", "__radd__", "__sub__", "__rsub__",
+                "__mul__", "__rmul__", "__mod__", "__and__", "__or__", "__xor__", "__invert__",
+                "neg", "__neg__", "square", "abs"),
+    _divided: ("div", "__truediv__", "__rtruediv__"),
+    _compared: ("ge", "gt", "le", "lt", "eq", "ne",
+                "__ge__", "__gt__", "__le__", "__lt__", "__eq__", "__ne__"),
+}  # fmt: skip
+_ELEMENTWISE = {
+    fn: _elementwise(dtype)
+    for dtype, names in _BINARY.items()
+    for name in names
+    for fn in (getattr(torch.Tensor, name, None), getattr(torch, name, None))
+    if fn is not None
+}
 
 
 # on meta tensors, the result of these is known from the arguments' shapes: made directly, without
-# torch's meta kernels (several of them are Python decompositions, 0.5-4 ms a call)
+# torch's meta kernels (many are Python decompositions: 0.5-4 ms a call, and the first one imports
+# torch._dynamo, 1-3 s)
 _SHAPE_ONLY: dict[Callable, Callable[[tuple, dict], Tensor]] = {
+    **_ELEMENTWISE,
+    **{fn: _reduced for fn in (torch.mean, torch.Tensor.mean, torch.sum, torch.Tensor.sum, torch.amax)},
+    torch.cat: lambda args, kwargs: _joined(args, kwargs, new_dim=False),
+    torch.stack: lambda args, kwargs: _joined(args, kwargs, new_dim=True),
     F.linear: _linear_out,
+    F.interpolate: _interpolated,
+    **{fn: _conv_out for fn in (F.conv1d, F.conv2d, F.conv3d)},
+    **{fn: _like_float_input for fn in _UNARY_F},
+    **{
+        fn: _like_float_input
+        for name in _UNARY
+        for fn in (getattr(torch.Tensor, name, None), getattr(torch, name, None))
+        if fn is not None
+    },
+    **{
+        fn: _matmul_out
+        for fn in (torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__, torch.bmm, torch.Tensor.bmm)
+    },
+    torch.arange: _arange,
     F.scaled_dot_product_attention: _sdpa_out,
     **{
         fn: _like_input
@@ -263,11 +457,13 @@ class MacCounter(TorchFunctionMode):
             kwargs["device"] = "meta"
         entry = HANDLES.get(func)
         shape_only = _SHAPE_ONLY.get(func)
+        out = None
         if shape_only is not None and all(
             t.device.type == "meta" for t in (*args, *kwargs.values()) if isinstance(t, Tensor)
         ):
-            out = shape_only(args, kwargs)
-        else:
+            with contextlib.suppress(_NotShapeOnlyError):
+                out = shape_only(args, kwargs)
+        if out is None:
             out = func(*args, **kwargs)
         if entry is None:
             self.skipped[getattr(func, "__name__", str(func))] += 1
