@@ -143,8 +143,8 @@ def main() -> None:
     lines += [
         "",
         f"Fast counter: {min(fast):.3f}-{max(fast):.3f} s a count (median {statistics.median(fast):.3f} s), "
-        "after a one-time warm-up per process (torch's meta kernels import part of torch, ~1-3 s, included "
-        "in the fresh-process figure above).",
+        "after one warm-up count in the process (a process's first counts also import parts of torch "
+        "that meta kernels use, a few tenths of a second: included in the fresh-process figure above).",
     ]
     args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
