@@ -7,7 +7,7 @@ latency, no zero-cost proxies. Trials go through ``SearchRun.run`` exactly as ``
 runs them, on a fresh study and a fresh (cold) cost cache, so a trial's time is the search's
 overhead: fail stale trials and count finished ones, Optuna ask (sampler), suggest every parameter
 (``SearchSpace.sample``), look for an identical earlier architecture, build the model and count its
-parameters and FLOPs with fvcore (``measure_costs``, through the cost cache), the constraints, the
+parameters and FLOPs on the meta device (``measure_costs``, through the cost cache), the constraints, the
 user attributes, the dashboard note and tell. The CLI's progress line is not included.
 
 The steps are timed in place by wrapping, for the duration of a run, ``Study.ask``,
@@ -31,7 +31,8 @@ proxy-trains at 112, and its ``flops_dense`` at 1280x800.
 
 A PostgreSQL server that cannot be reached is skipped (noted in the results); its study is deleted
 afterwards. ``metaformer`` runs 10 trials by default (``metaformer:10``): its models are ImageNet-sized
-and each trial counts FLOPs at 1280x800 too, ~3 s on 2 cores. Run time with the defaults: about 3
+and each trial counts FLOPs at 1280x800 too (~2.7 s a trial with fvcore; ~0.1-0.3 s since FLOPs are
+counted on meta tensors). Run time with the defaults: about 3
 minutes on 2 CPU cores. Results:
 ``benchmarks/results/search_overhead.{json,md}``.
 """
@@ -74,7 +75,7 @@ ROOT = Path(__file__).parent.parent
 RESULTS = Path(__file__).parent / "results"
 SPACES = ROOT / "search_spaces"
 TARGET_S = 1.5  # issue 8: the search's own overhead per trial, on a 2-core CPU
-# metaformer (ImageNet-sized models, FLOPs at 1280x800 too) takes ~3 s a trial on 2 cores: 10 trials
+# metaformer (ImageNet-sized models, FLOPs at 1280x800 too): 10 trials
 DEFAULT_SPACES = ["quickstart", "animal_mnist", "cifar", "metaformer:10"]
 HEARTBEAT_S = 60  # hvtnas search's default: PostgreSQL trials run with a heartbeat thread
 # steps of a trial, in the order of the table (ms, mean over the trials)
@@ -321,7 +322,7 @@ def main() -> None:
         "",
         "Steps are means over all trials (duplicates measure nothing), so they add up to the mean. "
         "ask: Optuna's sampler and the new trial row; suggest: every parameter (SearchSpace.sample); "
-        "build, flops, flops_dense: inside measure_costs (fvcore traces a real forward pass); "
+        "build, flops, flops_dense: inside measure_costs (meta-device build, FLOPs on meta tensors); "
         "params_cache: parameter counts and the cost cache; note: the dashboard note; rest: user "
         "attributes, duplicate scan, tell and the loop's stale/finished checks.",
         "",

@@ -1,5 +1,10 @@
-"""Costs: FLOPs against closed forms and torch's own counter, zoo figures against the papers,
-dense-prediction cost, memory, latency records, the cache, and the CLI fields."""
+"""Costs: FLOPs against closed forms, fvcore and torch's own counter, zoo figures against the papers,
+dense-prediction cost, memory, latency records, the cache, and the CLI fields.
+
+The fast counter (meta device, ``count_flops``' default) is held to fvcore (``method="fvcore"``, a
+real traced forward pass) for every registered mixer, and for every zoo model at its resolution and
+at 1280x800 through fvcore's pinned counts (``ZOO_MACS``); live fvcore runs of three zoo models in
+the default run, of all of them under ``pytest -m slow`` (CI)."""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ import re
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 from typer.testing import CliRunner
 
@@ -24,6 +30,7 @@ from hvtnas.costs import (
     measure_latency,
     measure_memory,
 )
+from hvtnas.costs.counter import count_calls
 from hvtnas.costs.flops import analyse
 from hvtnas.models import zoo
 from tests.conftest import tiny_config
@@ -198,8 +205,10 @@ def _mixer(kind: str, map_size: int) -> torch.nn.Module:
 @pytest.mark.parametrize("size", [(14, 14), (9, 12)])
 @pytest.mark.parametrize("kind", CLOSED_FORM_KINDS)
 def test_mixer_flops_match_closed_form(kind: str, size: tuple[int, int]) -> None:
-    analysis = analyse(_mixer(kind, size[0]), (torch.randn(1, *size, C),))
+    mixer = _mixer(kind, size[0])
+    analysis = analyse(mixer, (torch.randn(1, *size, C),))
     assert analysis.total() == _closed_form(kind, *size)
+    assert count_calls(mixer, (torch.empty(1, *size, C, device="meta"),)).total == _closed_form(kind, *size)
 
 
 @pytest.mark.parametrize("kind", MIXERS.names())
@@ -210,8 +219,33 @@ def test_every_mixer_is_counted(kind: str) -> None:
     analysis = analyse(model.stages[1].blocks[0].mixer, (torch.randn(1, 8, 8, 32),))
     leaked = [op for op in analysis.unsupported_ops() if MAC_OPS.search(op)]
     assert not leaked, f"{kind}: ops with multiply-accumulates counted as 0: {leaked}"
+    fast = count_calls(model.stages[1].blocks[0].mixer, (torch.empty(1, 8, 8, 32, device="meta"),))
+    leaked = [op for op in fast.skipped if MAC_OPS.search(op)]
+    assert not leaked, (
+        f"{kind}: functions with multiply-accumulates the fast counter does not count: {leaked}"
+    )
     if not MIXERS.get(kind).flop_free:
         assert analysis.total() > 0
+
+
+def _same_count(model: torch.nn.Module, size: tuple[int, int], backbone_only: bool = False) -> int:
+    """The fast count equals fvcore's, in total, per part and per operator; returns the total."""
+    fast = count_flops(model, size, backbone_only=backbone_only)
+    ref = count_flops(model, size, backbone_only=backbone_only, method="fvcore")
+    assert fast.total == ref.total
+    assert fast.by_module == ref.by_module
+    assert fast.by_operator == {op: n for op, n in ref.by_operator.items() if n}
+    return fast.total
+
+
+@pytest.mark.parametrize("kind", MIXERS.names())
+def test_fast_count_equals_fvcore_for_every_mixer(kind: str) -> None:
+    """In a whole model, at a square size and at a non-square one that pads every window, stripe,
+    block and reduction (each stage's map is odd on at least one side)."""
+    stage = {"ffn": "none", "norm": "batchnorm"} if kind == "mbconv" else {}
+    model = build_model(tiny_config([{"kind": kind}], stage=stage, input={"resolution": 64}))
+    _same_count(model, (64, 64))
+    _same_count(model, (72, 104), backbone_only=True)
 
 
 def _torch_count(model: torch.nn.Module, x: torch.Tensor) -> int:
@@ -243,6 +277,76 @@ def test_fvcore_agrees_with_torch_flop_counter(kind: str) -> None:
     )
 
 
+# fvcore's counts (method="fvcore") of every zoo model: at its configured resolution (classifier
+# included) and of its backbone at 1280x800. The default run checks the fast counter against all of
+# them, and against live fvcore runs of DENSE_CHECKED at both sizes; ``pytest -m slow`` (CI) runs
+# fvcore on every zoo model at both sizes (which re-derives these numbers).
+ZOO_MACS = {
+    "caformer_s18": (4_125_205_760, 174_690_048_000),
+    "coatnet_0": (4_505_780_992, 153_289_387_120),
+    "convformer_s18": (3_959_248_640, 80_737_536_000),
+    "crossformer_t": (2_869_684_212, 61_345_215_988),
+    "cswin_t": (4_341_011_968, 109_317_962_240),
+    "cvt_13": (4_565_321_216, 293_762_048_000),
+    "focal_t": (4_963_456_512, 104_990_012_928),
+    "identityformer_s12": (1_825_378_048, 37_242_112_000),
+    "mit_b0": (458_169_600, 24_444_672_000),
+    "mvitv2_t": (4_704_241_152, 363_003_649_920),
+    "poolformer_s12": (1_822_678_528, 37_184_512_000),
+    "poolformer_s24": (3_412_906_496, 69_638_144_000),
+    "pvt_tiny": (1_936_515_328, 69_696_256_000),
+    "pvt_v2_b0": (572_024_064, 26_763_008_000),
+    "pvt_v2_b1": (2_120_272_384, 73_448_960_000),
+    "pvt_v2_b2": (4_045_817_152, 139_039_040_000),
+    "rest_lite": (1_542_953_600, 61_055_744_000),
+    "shiftvit_t": (4_608_919_296, 94_040_064_000),
+    "shunted_t": (2_159_978_848, 103_474_016_000),
+    "swin_s": (8_768_534_784, 188_165_630_976),
+    "swin_t": (4_509_194_496, 95_939_570_688),
+    "swinv2_t": (5_962_300_416, 96_308_874_240),
+    "twins_pcpvt_s": (3_826_723_648, 134_565_184_000),
+    "twins_svt_s": (2_941_763_264, 84_894_179_840),
+}
+DENSE = (800, 1280)  # 1280x800
+# cheap at 1280x800 under fvcore, and between them: window padding and shift masks (swin_t at
+# 1280x800: 200x320 / 7 is not whole), spatial reduction, pooling
+DENSE_CHECKED = ["swin_t", "pvt_v2_b0", "poolformer_s12"]
+
+
+def _meta_model(name: str) -> torch.nn.Module:
+    with torch.device("meta"):
+        return build_model(name, init_weights=False)
+
+
+def test_zoo_macs_cover_the_zoo() -> None:
+    assert set(ZOO_MACS) == set(zoo.names())
+
+
+@pytest.mark.parametrize("name", zoo.names())
+def test_fast_count_of_every_zoo_model_equals_pinned_fvcore(name: str) -> None:
+    meta = _meta_model(name)  # as measure_costs counts: a model built on the meta device
+    resolution = meta.arch_config.input.resolution
+    assert count_flops(meta, (resolution, resolution)).total == ZOO_MACS[name][0]
+    assert count_flops(meta, DENSE, backbone_only=True).total == ZOO_MACS[name][1]
+
+
+def _live(names: list[str]) -> list:
+    """``names`` in the default run, the other zoo models under ``-m slow``."""
+    return [n if n in names else pytest.param(n, marks=pytest.mark.slow) for n in zoo.names()]
+
+
+@pytest.mark.parametrize("name", _live(DENSE_CHECKED))
+def test_fast_count_equals_fvcore_at_the_models_resolution(name: str) -> None:
+    model = build_model(name, init_weights=False)
+    resolution = model.arch_config.input.resolution
+    assert _same_count(model, (resolution, resolution)) == ZOO_MACS[name][0]
+
+
+@pytest.mark.parametrize("name", _live(DENSE_CHECKED))
+def test_fast_dense_count_equals_fvcore_at_1280x800(name: str) -> None:
+    assert _same_count(build_model(name, init_weights=False), DENSE, backbone_only=True) == ZOO_MACS[name][1]
+
+
 # fvcore counts of the official implementations, ../shared/reference/published.md
 FVCORE_REFERENCE = {"swin_t": 4.509, "pvt_v2_b0": 0.572, "poolformer_s12": 1.823}
 
@@ -250,7 +354,7 @@ FVCORE_REFERENCE = {"swin_t": 4.509, "pvt_v2_b0": 0.572, "poolformer_s12": 1.823
 @pytest.mark.parametrize("name", zoo.names())
 def test_zoo_flops_within_three_percent_of_the_papers(name: str) -> None:
     published = zoo.PUBLISHED[name]
-    model = build_model(name)
+    model = _meta_model(name)
     resolution = model.arch_config.input.resolution  # 256 for swinv2_t
     count = count_flops(model, (resolution, resolution))
     assert not [op for op in count.skipped_ops if MAC_OPS.search(op)]
@@ -365,3 +469,52 @@ def test_cli_build_json_has_costs(tmp_path, monkeypatch) -> None:
 
 def test_python_api_is_importable_from_the_top() -> None:
     assert hvtnas.measure_costs is measure_costs
+
+
+_R = torch.randn
+# what the counter makes without running torch's meta kernels has torch's shape and dtype
+SHAPE_ONLY_CASES = {
+    "add_broadcast": lambda: _R(2, 1, 5) + _R(3, 1),
+    "mul_scalar": lambda: _R(2, 3) * 2,
+    "rsub": lambda: 1 - _R(4),
+    "div_int": lambda: torch.arange(6) / 4,
+    "compare": lambda: _R(2, 3) >= _R(3),
+    "bool_or": lambda: (_R(3, 1) > 0) | (_R(1, 4) > 0),
+    "invert": lambda: ~(_R(3) > 0),
+    "square": lambda: _R(2, 3).square(),
+    "mean_keepdim": lambda: _R(2, 3, 4).mean(-1, keepdim=True),
+    "mean_dims": lambda: _R(2, 3, 4, 5).mean(dim=(1, 2)),
+    "sum_all": lambda: _R(2, 3).sum(),
+    "cat": lambda: torch.cat([_R(2, 3), _R(2, 5)], dim=-1),
+    "stack": lambda: torch.stack([_R(2, 3), _R(2, 3)], dim=1),
+    "arange_float": lambda: torch.arange(-2.5, 3, 0.5),
+    "arange_int": lambda: torch.arange(2, 11, 3),
+    "matmul_batched": lambda: _R(2, 1, 3, 4) @ _R(5, 4, 6),
+    "matmul_vector": lambda: _R(2, 3, 4) @ _R(4),
+    "vector_matmul": lambda: torch.matmul(_R(3), _R(2, 3, 4)),
+    "bmm": lambda: torch.bmm(_R(2, 3, 4), _R(2, 4, 5)),
+    "conv2d": lambda: F.conv2d(
+        _R(1, 4, 9, 11), _R(8, 2, 3, 5), stride=(2, 1), padding=(1, 2), dilation=(1, 2), groups=2
+    ),
+    "conv1d": lambda: F.conv1d(_R(2, 3, 10), _R(4, 3, 3), stride=3),
+    "linear": lambda: F.linear(_R(2, 5, 3), _R(7, 3)),
+    "sdpa": lambda: F.scaled_dot_product_attention(_R(2, 3, 5, 4), _R(2, 3, 6, 4), _R(2, 3, 6, 8)),
+    "interpolate_size": lambda: F.interpolate(_R(1, 2, 5, 7), size=(9, 4), mode="bilinear"),
+    "interpolate_scale": lambda: F.interpolate(_R(1, 2, 5), scale_factor=1.5, mode="linear"),
+    "layer_norm": lambda: F.layer_norm(_R(2, 3, 4).transpose(0, 2), (2,)),
+    "gelu": lambda: F.gelu(_R(3, 4)),
+    "rsqrt": lambda: _R(3).abs().rsqrt(),
+    "roll": lambda: torch.roll(_R(2, 5, 6), (1, 2), (1, 2)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SHAPE_ONLY_CASES))
+def test_counter_makes_meta_results_with_torch_shapes(case: str) -> None:
+    from hvtnas.costs.counter import MacCounter
+
+    make = SHAPE_ONLY_CASES[case]
+    real = make()
+    with torch.device("meta"), MacCounter(meta_factories=True):
+        fake = make()
+    assert fake.device.type == "meta"
+    assert (tuple(fake.shape), fake.dtype) == (tuple(real.shape), real.dtype)

@@ -89,7 +89,7 @@ def build_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print exactly one JSON object on stdout.")] = False,
 ) -> None:
     """Build a model and print its pyramid's shapes, parameters and FLOPs (and memory, latency on request)."""
-    built = build_model(model)
+    built = build_model(model, init_weights=False)  # weights do not change what is reported
     summary = summarize(built, resolution=resolution)
     latency_settings = None
     if latency:

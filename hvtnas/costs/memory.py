@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from hvtnas.costs.counter import pyramid
+
 
 @dataclass
 class MemoryCost:
@@ -26,8 +28,7 @@ class MemoryCost:
 
 def _pyramid_loss(model: nn.Module, x: torch.Tensor, backbone_only: bool) -> torch.Tensor:
     if backbone_only:
-        pyramid = model.forward_intermediates(x, intermediates_only=True, output_fmt="NHWC")
-        return sum(level.float().mean() for level in pyramid)
+        return sum(level.float().mean() for level in pyramid(model, x))
     return model(x).float().mean()
 
 

@@ -110,7 +110,9 @@ class FocalAttention(TokenMixer):
             M, e = self.window_size, self.expand_size
             rows = rearrange(torch.arange(Hp), "(nh m) -> nh m", m=M)  # (nh, M)
             cols = rearrange(torch.arange(Wp), "(nw m) -> nw m", m=M)
-            u, v = torch.meshgrid(torch.arange(M), torch.arange(M), indexing="ij")
+            # a boolean mask selects the ring, so its shape depends on the mask's values: made on
+            # the CPU explicitly, also while FLOPs are counted on meta tensors (hvtnas/costs/counter.py)
+            u, v = torch.meshgrid(torch.arange(M, device="cpu"), torch.arange(M, device="cpu"), indexing="ij")
             parts = []
             for dy, dx in [(e, e), (e, -e), (-e, e), (-e, -e)]:  # source offset of each shifted copy
                 src_r = (rows[:, None, :, None] + dy) % Hp  # (nh, 1, M, 1)
