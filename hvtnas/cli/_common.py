@@ -16,6 +16,7 @@ from rich.table import Table
 
 from hvtnas.errors import HvtnasError
 
+
 class _LogConsole(Console):
     """A console that never wraps a line when its output is not a terminal (a log file, a pipe,
     a CI log): rich would otherwise break every line at 80 columns there. On a terminal it wraps

@@ -242,8 +242,8 @@ def search_command(
     held = count_finished(study_obj)
     if deadline is not None and held < target and time.time() >= deadline:
         console.print(
-            f"stopped at the timeout ({timeout:g} s): {held} of {target} trials; "
-            "the same command (without --more) resumes the study",
+            f"stopped at --timeout {timeout:g} s with {held} of {target} trials (no trial is cut short); "
+            "rerun to go on: the study resumes where it stopped",
             highlight=False,
         )
     console.print(f"done: study {name!r} ({where}) holds {outcome_summary(study_obj)}", highlight=False)

@@ -50,9 +50,7 @@ def train_command(
     resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/checkpoint.pt.")] = False,
     epochs: Annotated[int | None, typer.Option(min=1, help="Override train.epochs.")] = None,
     batch_size: Annotated[int | None, typer.Option(min=1, help="Override train.batch_size.")] = None,
-    dataset: Annotated[
-        str | None, typer.Option(help=f"Override data.name ({', '.join(DATASETS)}).")
-    ] = None,
+    dataset: Annotated[str | None, typer.Option(help=f"Override data.name ({', '.join(DATASETS)}).")] = None,
     data_path: Annotated[Path | None, typer.Option(help="Override data.path.")] = None,
     resolution: Annotated[int | None, typer.Option(min=1, help="Override data.resolution.")] = None,
     device: Annotated[
