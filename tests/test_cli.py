@@ -204,6 +204,9 @@ def test_studies_lists_each_study_with_counts_and_show_prints_the_front(tmp_path
     assert set(rows) == {"alpha", "beta"}
     assert rows["beta"]["outcomes"] == {"trained": 3, "over_budget": 1, "failed": 1}
     assert rows["beta"]["trials"] == 5 and rows["beta"]["best_accuracy"] == pytest.approx(0.7)
+    url = f"sqlite:///{runs / 'alpha' / 'study.db'}"
+    by_url = json.loads(runner.invoke(app, ["studies", "--storage", url, "--json"]).stdout)
+    assert [(r["study"], r["where"], r["trials"]) for r in by_url] == [("alpha", url, 4)]
     table = runner.invoke(app, ["studies", str(runs)])
     assert table.exit_code == 0 and "2 trained, 1 over budget, 1 failed" in table.stdout
 

@@ -7,6 +7,7 @@ second, also while a search is writing to the same storage.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -104,7 +105,8 @@ def studies_command(
     from hvtnas.search.workers import open_storage, run_storage
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    sources = [(storage, storage)] if storage else [(run_storage(d), str(d)) for d in _run_folders(runs_dir)]
+    shown = re.sub(r"://([^:/@]+):[^@/]*@", r"://\1:***@", storage) if storage else None  # no password
+    sources = [(storage, shown)] if storage else [(run_storage(d), str(d)) for d in _run_folders(runs_dir)]
     rows: list[dict[str, Any]] = []
     for url, where in sources:
         try:
@@ -113,17 +115,17 @@ def studies_command(
             rows += [_study_row(optuna.load_study(study_name=n, storage=opened), where) for n in names]
         except Exception as err:  # one unreadable run folder must not hide the others
             if storage:
-                raise HvtnasError(f"cannot open storage {storage!r}: {type(err).__name__}: {err}") from None
+                raise HvtnasError(f"cannot open storage {shown!r}: {type(err).__name__}: {err}") from None
             rows.append({"study": None, "where": where, "error": f"{type(err).__name__}: {err}"})
     if as_json:
         print(json.dumps(rows))
         return
     if not rows:
-        console.print(f"no studies in {storage or runs_dir}", highlight=False)
+        console.print(f"no studies in {shown or runs_dir}", highlight=False)
         return
     from rich.table import Table
 
-    table = Table(title=f"studies in {storage or runs_dir}")
+    table = Table(title=f"studies in {shown or runs_dir}")
     for col in ("study", "where", "trials", "outcomes", "best accuracy", "last update"):
         table.add_column(col, justify="right" if col in ("trials", "best accuracy") else "left")
     for r in rows:
