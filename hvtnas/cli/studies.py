@@ -175,8 +175,9 @@ def show_command(
     show_all: Annotated[bool, typer.Option("--all", help="Every trial, not only the Pareto front.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON list instead of a table.")] = False,
 ) -> None:
-    """Print the study's Pareto front (trained, distinct, feasible trials, as `hvtnas export` selects
-    them) with objectives in readable units and each architecture in one line."""
+    """Print the study's Pareto front: objectives in readable units, outcome, architecture.
+
+    The front holds trained, distinct, feasible trials, as `hvtnas export` selects them."""
     import optuna
 
     from hvtnas.cli.search import _load_study
