@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 from typer.testing import CliRunner
 
@@ -110,3 +111,127 @@ def test_the_installed_command_runs(tmp_path: Path) -> None:
     )
     assert bad.returncode == 2
     assert "stages[0].depth" in bad.stderr and "Traceback" not in bad.stderr and bad.stdout == ""
+
+
+def _without_torch(*commands: list[str]) -> subprocess.CompletedProcess:
+    """Run ``hvtnas`` commands in one fresh interpreter; it prints whether torch was imported."""
+    code = (
+        "import sys\n"
+        "from hvtnas.cli import main\n"
+        f"for argv in {[list(c) for c in commands]!r}:\n"
+        "    sys.argv = ['hvtnas', *argv]\n"
+        "    try:\n"
+        "        main()\n"
+        "    except SystemExit as exit:\n"
+        "        assert not exit.code, (argv, exit.code)\n"
+        "print('torch imported:', 'torch' in sys.modules)\n"
+    )
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+
+
+def test_help_does_not_import_torch() -> None:
+    commands = [["--help"]] + [[c, "--help"] for c in ("search", "studies", "show", "build", "train", "zoo")]
+    result = _without_torch(*commands, ["space", "show", "--help"])
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith("torch imported: False"), result.stdout[-500:]
+    assert "studies" in result.stdout and "--more" in result.stdout and "--timeout" in result.stdout
+    # the real entry point too: `python -m hvtnas --help` with torch made unimportable
+    blocked = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; sys.modules['torch'] = None; "
+            "sys.argv = ['hvtnas', '--help']; import runpy; runpy.run_module('hvtnas', run_name='__main__')",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert blocked.returncode == 0 and "search" in blocked.stdout, blocked.stderr
+
+
+def test_help_texts_written_out_match_the_library() -> None:
+    from typing import get_args
+
+    from hvtnas.cli.train import DATASETS
+    from hvtnas.train.data import DatasetName
+
+    assert get_args(DatasetName) == DATASETS
+
+
+def _fake_study(storage: str, name: str, n_trained: int) -> None:
+    """A study as the search leaves it (objectives, outcomes, architectures), without training."""
+    import optuna
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import TrialState, create_trial
+
+    from hvtnas.config import ArchConfig
+
+    study = optuna.create_study(study_name=name, storage=storage, directions=["maximize", "minimize"])
+    study.set_user_attr("objectives", ["accuracy", "flops"])
+    dist = {"x": FloatDistribution(0, 1)}
+    for i in range(n_trained):
+        arch = ArchConfig.model_validate(tiny_config(["pooling"] * (i + 1))).to_dict()
+        attrs = {"arch": arch, "arch_key": f"k{i}", "outcome": "trained"}
+        if i == 0:
+            attrs["warm_start"] = "poolformer_s12@2M"
+        study.add_trial(
+            create_trial(
+                params={"x": 0.1}, distributions=dist, values=[0.5 + 0.1 * i, 2e6 * (i + 1)], user_attrs=attrs
+            )
+        )
+    over = {"arch": arch, "arch_key": "big", "outcome": "over_budget", "constraint_violations": ["flops"]}
+    study.add_trial(create_trial(params={"x": 0.2}, distributions=dist, values=[0.0, 3e9], user_attrs=over))
+    failed = {"outcome": "failed"}
+    study.add_trial(
+        create_trial(params={"x": 0.3}, distributions=dist, state=TrialState.FAIL, user_attrs=failed)
+    )
+
+
+def test_studies_lists_each_study_with_counts_and_show_prints_the_front(tmp_path: Path) -> None:
+    from hvtnas.cli.studies import describe_arch
+    from hvtnas.config import ArchConfig
+    from hvtnas.summary import describe
+
+    runs = tmp_path / "runs"
+    for name, n in (("alpha", 2), ("beta", 3)):
+        (runs / name).mkdir(parents=True)
+        _fake_study(f"sqlite:///{runs / name / 'study.db'}", name, n)
+    (runs / "empty").mkdir()  # not a run folder: skipped
+    listed = runner.invoke(app, ["studies", str(runs), "--json"])
+    assert listed.exit_code == 0, listed.output
+    rows = {r["study"]: r for r in json.loads(listed.stdout)}
+    assert set(rows) == {"alpha", "beta"}
+    assert rows["beta"]["outcomes"] == {"trained": 3, "over_budget": 1, "failed": 1}
+    assert rows["beta"]["trials"] == 5 and rows["beta"]["best_accuracy"] == pytest.approx(0.7)
+    url = f"sqlite:///{runs / 'alpha' / 'study.db'}"
+    by_url = json.loads(runner.invoke(app, ["studies", "--storage", url, "--json"]).stdout)
+    assert [(r["study"], r["where"], r["trials"]) for r in by_url] == [("alpha", url, 4)]
+    table = runner.invoke(app, ["studies", str(runs)])
+    assert table.exit_code == 0 and "2 trained, 1 over budget, 1 failed" in table.stdout
+
+    shown = runner.invoke(app, ["show", str(runs / "beta")])
+    assert shown.exit_code == 0, shown.output
+    arch = ArchConfig.model_validate(tiny_config(["pooling"]))
+    assert describe_arch(arch.to_dict()) == describe(arch)
+    front = [line for line in shown.stdout.splitlines() if describe(arch).split(":")[0] in line]
+    assert len(front) == 3  # every trained trial is on this front; over budget and failed are not
+    assert "2.00 MMACs" in shown.stdout and "0.5000" in shown.stdout
+    assert "warm start poolformer_s12@2M" in shown.stdout and describe(arch) in shown.stdout
+    every = json.loads(runner.invoke(app, ["show", str(runs / "beta"), "--all", "--json"]).stdout)
+    assert [r["outcome"] for r in every] == ["trained"] * 3 + ["over_budget", "failed"]
+    assert every[3]["values"] == {"flops": 3e9}  # never the placeholder accuracy of an untrained trial
+
+    # neither command loads torch
+    result = _without_torch(["studies", str(runs)], ["show", str(runs / "alpha")])
+    assert result.returncode == 0, result.stderr
+    assert "alpha" in result.stdout and result.stdout.strip().endswith("torch imported: False")
+
+
+def test_output_is_never_wrapped_at_80_columns_outside_a_terminal() -> None:
+    from hvtnas.cli._common import console
+
+    long = "trial 12: over budget (not trained: " + "params 1.3e+05 > 1e+05; " * 8 + ")"
+    with console.capture() as captured:
+        console.print(long, highlight=False)
+    assert captured.get().rstrip("\n") == long

@@ -431,3 +431,57 @@ def test_an_export_retrains_with_its_search_recipe_unless_overridden(
     assert "recipe of study" not in bare.output
     run = yaml.safe_load(Path("c/run.yaml").read_text())
     assert run["data"]["name"] == "digits" and run["train"]["lr"] != 0.004  # the defaults
+
+
+def test_more_adds_exactly_n_trials_and_trials_below_the_count_is_a_clear_no_op(tmp_path: Path) -> None:
+    path = _write(tmp_path)
+    assert _search(tmp_path, path, "--trials", "2").exit_code == 0
+    more = _search(tmp_path, path, "--more", "2")
+    assert more.exit_code == 0, more.output
+    assert "2 trials done, running to 4" in more.output
+    assert len(_study(tmp_path).trials) == 4
+    # never wrapped at 80 columns outside a terminal: the long last line stays one line
+    done = [line for line in more.output.splitlines() if line.startswith("done: ")]
+    assert len(done) == 1 and len(done[0]) > 80, more.output
+    assert str(tmp_path / "runs" / "space") in done[0] and "holds 4 trials:" in done[0]
+    nothing = _search(tmp_path, path, "--trials", "3")
+    assert nothing.exit_code == 0 and "already holds 4 trials" in nothing.output
+    assert "nothing to do (--more N adds N trials)" in nothing.output
+    assert len(_study(tmp_path).trials) == 4
+    both = _search(tmp_path, path, "--trials", "6", "--more", "1")
+    assert both.exit_code == 2 and "give one" in both.output
+
+
+def test_timeout_stops_starting_trials_and_the_study_resumes(tmp_path: Path) -> None:
+    path = _write(tmp_path)
+    result = _search(tmp_path, path, "--trials", "5", "--timeout", "0.001")
+    assert result.exit_code == 0, result.output
+    assert "stopped at --timeout 0.001 s with 0 of 5 trials" in result.output
+    assert len(_study(tmp_path).trials) == 0
+    resumed = _search(tmp_path, path, "--more", "1", "--timeout", "600")
+    assert resumed.exit_code == 0 and "stopped" not in resumed.output
+    assert len(_study(tmp_path).trials) == 1
+
+
+def test_a_deadline_lets_the_running_trial_finish_and_starts_no_other(tmp_path: Path) -> None:
+    import time
+
+    from hvtnas.search import SearchRun, load_search_spec, open_study
+
+    spec = load_search_spec(_write(tmp_path))
+    study = open_study(spec, "space", f"sqlite:///{tmp_path / 'study.db'}", warm_start=[])
+    deadline = time.time() + 2.0
+
+    def past_the_deadline(number: int) -> None:  # the first trial starts in time and runs past it
+        time.sleep(max(0.0, deadline - time.time()) + 0.1)
+
+    outcomes = SearchRun(spec, study, on_trial_start=past_the_deadline).run(5, deadline=deadline)
+    assert [o.number for o in outcomes] == [0]
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE]  # recorded, not cut short
+
+
+def test_workers_stop_at_the_timeout_too(tmp_path: Path) -> None:
+    path = _write(tmp_path)
+    result = _search(tmp_path, path, "--trials", "4", "--n-jobs", "2", "--timeout", "0.001")
+    assert result.exit_code == 0, result.output
+    assert "stopped at --timeout" in result.output

@@ -16,7 +16,7 @@ def _quiet_interrupt(
         sys.__excepthook__(kind, value, traceback)
 
 
-if sys.excepthook is sys.__excepthook__:  # set before the heavy imports below
+if sys.excepthook is sys.__excepthook__:  # set before anything loads (commands import torch when they run)
     sys.excepthook = _quiet_interrupt
 
 import typer  # noqa: E402
@@ -25,6 +25,7 @@ from hvtnas.cli.build import build_command  # noqa: E402
 from hvtnas.cli.mixers import mixers_command  # noqa: E402
 from hvtnas.cli.search import dashboard_command, export_command, report_command, search_command  # noqa: E402
 from hvtnas.cli.space import space_app  # noqa: E402
+from hvtnas.cli.studies import show_command, studies_command  # noqa: E402
 from hvtnas.cli.train import train_command  # noqa: E402
 from hvtnas.cli.weights import convert_command  # noqa: E402
 from hvtnas.cli.zoo import zoo_command  # noqa: E402
@@ -45,6 +46,8 @@ app.command("search")(search_command)
 app.command("export")(export_command)
 app.command("report")(report_command)
 app.command("dashboard")(dashboard_command)
+app.command("studies")(studies_command)
+app.command("show")(show_command)
 app.add_typer(space_app, name="space")
 
 

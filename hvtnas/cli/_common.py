@@ -12,11 +12,27 @@ from typing import Any, TypeVar
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.table import Table
 
 from hvtnas.errors import HvtnasError
 
-console = Console()
-err_console = Console(stderr=True)
+
+class _LogConsole(Console):
+    """A console that never wraps a line when its output is not a terminal (a log file, a pipe,
+    a CI log): rich would otherwise break every line at 80 columns there. On a terminal it wraps
+    as usual. Decided at each print, so a test runner that swaps ``sys.stdout`` gets the same."""
+
+    @property  # type: ignore[override]
+    def soft_wrap(self) -> bool:
+        return not self.is_terminal
+
+    @soft_wrap.setter
+    def soft_wrap(self, value: bool) -> None:  # Console.__init__ sets it: decided above instead
+        pass
+
+
+console = _LogConsole()
+err_console = _LogConsole(stderr=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -48,6 +64,16 @@ def _storage_fault(err: Exception) -> str | None:
 
 def _terminated(signum: int, frame: object) -> None:
     raise KeyboardInterrupt  # the running trial is failed with its reason, the command ends quietly
+
+
+def print_table(table: Table) -> None:
+    """A table on stdout: fitted to a terminal's width, at its natural width elsewhere (a log
+    file or a pipe gets every row on one line, never folded at 80 columns)."""
+    if console.is_terminal:
+        console.print(table)
+        return
+    natural = Console(file=console.file, width=100_000).measure(table).maximum
+    Console(file=console.file, width=natural).print(table)
 
 
 def print_error(message: str) -> None:

@@ -3,21 +3,22 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from pydantic import ValidationError
-from rich.table import Table
 
 from hvtnas.cli._common import console, user_errors
-from hvtnas.config import MAX_RESOLUTION
-from hvtnas.costs import CostCache, Costs, CostSettings, LatencySettings, Resolution, measure_costs
 from hvtnas.errors import HvtnasError
-from hvtnas.models import build_model
-from hvtnas.summary import summarize
+
+if TYPE_CHECKING:  # torch: imported by the command, not by `hvtnas --help`
+    from hvtnas.costs import Costs, Resolution
 
 
 def _resolution(text: str) -> Resolution | None:
+    from pydantic import ValidationError
+
+    from hvtnas.costs import Resolution
+
     if text.lower() == "none":
         return None
     try:
@@ -53,7 +54,6 @@ def build_command(
         int | None,
         typer.Option(
             min=1,
-            max=MAX_RESOLUTION,
             help="Input size for shapes, FLOPs and latency (default: the config's).",
         ),
     ] = None,
@@ -89,6 +89,16 @@ def build_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print exactly one JSON object on stdout.")] = False,
 ) -> None:
     """Build a model and print its pyramid's shapes, parameters and FLOPs (and memory, latency on request)."""
+    from pydantic import ValidationError
+    from rich.table import Table
+
+    from hvtnas.config import MAX_RESOLUTION
+    from hvtnas.costs import CostCache, CostSettings, LatencySettings, Resolution, measure_costs
+    from hvtnas.models import build_model
+    from hvtnas.summary import summarize
+
+    if resolution is not None and resolution > MAX_RESOLUTION:
+        raise HvtnasError(f"--resolution {resolution} is larger than the largest input, {MAX_RESOLUTION}")
     built = build_model(model, init_weights=False)  # weights do not change what is reported
     summary = summarize(built, resolution=resolution)
     latency_settings = None

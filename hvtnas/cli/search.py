@@ -6,32 +6,45 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import optuna
 import typer
-import yaml
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from hvtnas.cli._common import console, note_storage, print_error, user_errors
-from hvtnas.costs import CostCache
 from hvtnas.errors import HvtnasError
 from hvtnas.io import atomic_write_text, check_name, safe_file_name
-from hvtnas.search import SearchRun, TrialOutcome, export_trials, load_search_spec, open_study, select_trials
-from hvtnas.search.dashboard import save_study_figures
-from hvtnas.search.resilience import DeviceLock, count_finished
-from hvtnas.search.storage import check_data, failure_summary
-from hvtnas.search.study import outcome_summary
-from hvtnas.search.warm_start import warm_start_points
-from hvtnas.search.workers import device_key, open_storage, run_storage, run_workers
+
+if TYPE_CHECKING:  # optuna and torch load when a command runs, not for `hvtnas --help`
+    import optuna
+
+    from hvtnas.search import TrialOutcome
+
+DEFAULT_TRIALS = 20
 
 
 @user_errors
 def search_command(
     space: Annotated[Path, typer.Argument(help="A search-space YAML file (see search_spaces/).")],
     trials: Annotated[
-        int, typer.Option(min=1, help="Total trials the study should hold (resumes toward it).")
-    ] = 20,
+        int | None,
+        typer.Option(
+            min=1, help=f"Total trials the study should hold (resumes toward it; default {DEFAULT_TRIALS})."
+        ),
+    ] = None,
+    more: Annotated[
+        int | None,
+        typer.Option(
+            "--more", min=1, help="Add this many trials to what the study holds now (instead of --trials)."
+        ),
+    ] = None,
+    timeout: Annotated[
+        float | None,
+        typer.Option(
+            min=0,
+            help="Seconds of wall time after which no new trial starts; the running trial finishes, "
+            "the command ends (exit 0) and the same command resumes the study.",
+        ),
+    ] = None,
     study: Annotated[str | None, typer.Option(help="Study name (default: the space file's name).")] = None,
     storage: Annotated[
         str | None, typer.Option(help="Optuna storage URL (default: SQLite in runs/<study>/).")
@@ -65,6 +78,25 @@ def search_command(
     ] = 3,
 ) -> None:
     """Run (or resume) a multi-objective architecture search; every trial is stored in the study."""
+    started = time.time()
+    deadline = None if timeout is None else started + timeout
+    import optuna
+    import yaml
+
+    from hvtnas.costs import CostCache
+    from hvtnas.search import SearchRun, load_search_spec, open_study
+    from hvtnas.search.dashboard import save_study_figures
+    from hvtnas.search.resilience import DeviceLock, count_finished
+    from hvtnas.search.storage import check_data, failure_summary
+    from hvtnas.search.study import outcome_summary
+    from hvtnas.search.warm_start import warm_start_points
+    from hvtnas.search.workers import device_key, open_storage, run_storage, run_workers
+
+    if trials is not None and more is not None:
+        raise HvtnasError(
+            f"--trials {trials} and --more {more}: give one (--trials: the total the study should hold; "
+            "--more: trials to add to what it holds)"
+        )
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     spec = load_search_spec(space)
     if sampler is not None or seed is not None:
@@ -107,14 +139,25 @@ def search_command(
             run_dir / "experiment.yaml",
             yaml.safe_dump(spec.experiment.model_dump(mode="json"), sort_keys=False, default_flow_style=None),
         )
-    log_file = (run_dir / "search.log").open("a") if storage is None else None
     exp = spec.experiment
     objectives = ", ".join(f"{o} ({d})" for o, d in zip(exp.objectives, exp.directions, strict=True))
     before = count_finished(study_obj)  # a crashed trial that was retried counts once
+    target = before + more if more is not None else trials if trials is not None else DEFAULT_TRIALS
+    where = f"storage {storage}" if storage else str(run_dir)
     earlier = {t.number for t in study_obj.get_trials(deepcopy=False)}
-    console.print(
-        f"study {name!r}: {before} trials done, running to {trials}; objectives {objectives}", highlight=False
-    )
+    if target <= before:  # the run still fails the trials of dead workers, as any resume does
+        console.print(
+            f"study {name!r} already holds {before} trials, --trials {target}: nothing to do "
+            "(--more N adds N trials)",
+            highlight=False,
+        )
+    else:
+        console.print(
+            f"study {name!r}: {before} trials done, running to {target}; objectives {objectives}"
+            + (f"; no trial starts after {timeout:g} s" if timeout is not None else ""),
+            highlight=False,
+        )
+    log_file = (run_dir / "search.log").open("a") if storage is None else None
 
     acc_index = exp.objectives.index("accuracy") if "accuracy" in exp.objectives else None
 
@@ -140,12 +183,13 @@ def search_command(
                 "space": str(space),
                 "study": name,
                 "storage": storage_url,
-                "trials": trials,
+                "trials": target,
                 "use_cache": use_cache,
                 "sampler": sampler_override,
                 "heartbeat": heartbeat,
                 "max_retry": max_retry,
                 "lock_dir": str(lock_dir),
+                "deadline": deadline,
             },
             devices=device_list,
         )
@@ -153,14 +197,25 @@ def search_command(
         cache = CostCache() if use_cache else None
         resilience = {"max_retry": max_retry, "device_lock": DeviceLock(lock_dir, device_key())}
         if console.is_terminal:  # a live bar on a terminal, one plain line per trial in logs
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
             columns = [
                 TextColumn("{task.description}"),
                 BarColumn(),
                 MofNCompleteColumn(),
                 TimeElapsedColumn(),
+                TextColumn("eta"),
+                TimeRemainingColumn(),  # from this run's pace (trials resumed from before do not count)
             ]
             with Progress(*columns, console=console) as progress:
-                task = progress.add_task(status(), total=trials, completed=before)
+                task = progress.add_task(status(), total=target, completed=before)
 
                 def on_trial(outcome: TrialOutcome) -> None:
                     progress.console.print(line(outcome), highlight=False)
@@ -172,7 +227,7 @@ def search_command(
                 run = SearchRun(
                     spec, study_obj, cache=cache, on_trial=on_trial, on_trial_start=on_start, **resilience
                 )
-                run.run(trials)
+                run.run(target, deadline=deadline)
         else:
 
             def on_trial(outcome: TrialOutcome) -> None:
@@ -180,15 +235,18 @@ def search_command(
                 sys.stdout.flush()
 
             run = SearchRun(spec, study_obj, cache=cache, on_trial=on_trial, **resilience)
-            run.run(trials)
+            run.run(target, deadline=deadline)
     if log_file is not None:
         log_file.close()
     save_study_figures(study_obj)  # what `hvtnas dashboard` shows beside Optuna's own plots
-    console.print(
-        f"done: study {name!r} ({'storage ' + storage if storage else run_dir}) holds "
-        f"{outcome_summary(study_obj)}",
-        highlight=False,
-    )
+    held = count_finished(study_obj)
+    if deadline is not None and held < target and time.time() >= deadline:
+        console.print(
+            f"stopped at --timeout {timeout:g} s with {held} of {target} trials (no trial is cut short); "
+            "rerun to go on: the study resumes where it stopped",
+            highlight=False,
+        )
+    console.print(f"done: study {name!r} ({where}) holds {outcome_summary(study_obj)}", highlight=False)
     this_run = [t for t in study_obj.get_trials(deepcopy=False) if t.number not in earlier]
     summary = failure_summary(study_obj, this_run)
     if summary is not None:  # nothing to show for it: not a success
@@ -204,6 +262,10 @@ def _load_study_and_storage(
     run: Path | None, storage: str | None, study: str | None
 ) -> tuple[optuna.Study, str | optuna.storages.BaseStorage]:
     """The study of a run folder (its study.db) or of a storage URL; the only one unless named."""
+    import optuna
+
+    from hvtnas.search.workers import open_storage, run_storage
+
     if storage is None:
         if run is None or not ((run / "study.db").is_file() or (run / "journal.log").is_file()):
             raise HvtnasError(
@@ -237,6 +299,7 @@ def report_command(
     ] = True,
 ) -> None:
     """Write a self-contained HTML report (Pareto fronts, hypervolume, importances, best trials) and a CSV."""
+    from hvtnas.costs import CostCache
     from hvtnas.report import write_report  # plotly and pandas only when a report is asked for
 
     study_obj = _load_study(run, storage, study)
@@ -272,6 +335,9 @@ def export_command(
     seed: Annotated[int, typer.Option(help="Seed of the initial weights (--onnx, --safetensors).")] = 0,
 ) -> None:
     """Write trials as architecture configs (with their costs and metrics as metadata)."""
+    from hvtnas.costs import CostCache
+    from hvtnas.search import export_trials, select_trials
+
     study_obj = _load_study(run, storage, study)
     chosen = select_trials(study_obj, pareto=pareto, trial=trial, top=top, by=by)
     if not chosen:
@@ -303,6 +369,8 @@ def dashboard_command(
 ) -> None:
     """Serve optuna-dashboard for the study: Pareto fronts, per-trial architecture notes, hvtnas figures."""
     from optuna_dashboard import run_server
+
+    from hvtnas.search.dashboard import save_study_figures
 
     study_obj, opened = _load_study_and_storage(run, storage, study)
     save_study_figures(study_obj)

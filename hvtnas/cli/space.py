@@ -6,12 +6,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from hvtnas.cli._common import console, user_errors
 from hvtnas.io import safe_file_name
-from hvtnas.search import load_search_spec
-from hvtnas.space import SearchSpace, iter_samples
 
 space_app = typer.Typer(help="Inspect a search space file.", no_args_is_help=True)
 
@@ -29,6 +26,11 @@ def show_command(
     seed: Annotated[int, typer.Option(help="Seed of the samples.")] = 0,
 ) -> None:
     """Print the space's dimensions, its number of distinct architectures and a few samples."""
+    from rich.table import Table
+
+    from hvtnas.search import load_search_spec
+    from hvtnas.space import iter_samples
+
     spec = load_search_spec(path)  # validates the experiment section too
     space = spec.space
     table = Table(title=f"search space {path}")
@@ -60,6 +62,8 @@ def sample_command(
     seed: Annotated[int, typer.Option(help="Sampler seed.")] = 0,
 ) -> None:
     """Write ``n`` random architectures of the space as config files that `hvtnas build` takes."""
+    from hvtnas.space import SearchSpace, iter_samples
+
     space = SearchSpace.from_yaml(path)
     out.mkdir(parents=True, exist_ok=True)
     stem = safe_file_name(path.stem)  # "...yaml" has the stem ".."

@@ -10,17 +10,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from pydantic import ValidationError
 
 from hvtnas.cli._common import console, err_console, user_errors
-from hvtnas.train.data import DatasetName
-from hvtnas.train.run import (
-    apply_recipe,
-    default_output_dir,
-    prefixed_validation_errors,
-    read_run_config,
-    run_training,
-)
+
+# hvtnas.train.data.DatasetName, written out so that `hvtnas --help` needs no torch (a test keeps them equal)
+DATASETS = ("digits", "synthetic", "npz", "imagefolder", "cifar10", "cifar100")
 
 
 class _StderrHandler(logging.StreamHandler):
@@ -56,9 +50,7 @@ def train_command(
     resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/checkpoint.pt.")] = False,
     epochs: Annotated[int | None, typer.Option(min=1, help="Override train.epochs.")] = None,
     batch_size: Annotated[int | None, typer.Option(min=1, help="Override train.batch_size.")] = None,
-    dataset: Annotated[
-        str | None, typer.Option(help=f"Override data.name ({', '.join(DatasetName.__args__)}).")
-    ] = None,
+    dataset: Annotated[str | None, typer.Option(help=f"Override data.name ({', '.join(DATASETS)}).")] = None,
     data_path: Annotated[Path | None, typer.Option(help="Override data.path.")] = None,
     resolution: Annotated[int | None, typer.Option(min=1, help="Override data.resolution.")] = None,
     device: Annotated[
@@ -96,8 +88,17 @@ def train_command(
     ] = True,
 ) -> None:
     """Train an architecture, checkpointing after every epoch; write metrics.json and the checkpoint."""
+    from pydantic import ValidationError
+
     from hvtnas.train.data import DataConfig
-    from hvtnas.train.run import RunConfigError
+    from hvtnas.train.run import (
+        RunConfigError,
+        apply_recipe,
+        default_output_dir,
+        prefixed_validation_errors,
+        read_run_config,
+        run_training,
+    )
     from hvtnas.train.trainer import TrainConfig
 
     run, arch = read_run_config(config)

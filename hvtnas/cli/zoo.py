@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.table import Table
 
 from hvtnas.cli._common import console, user_errors
-from hvtnas.config import ArchConfig
-from hvtnas.costs import CostCache, CostSettings, measure_costs
-from hvtnas.models import zoo
+
+if TYPE_CHECKING:
+    from hvtnas.config import ArchConfig
 
 
 def _mixers(cfg: ArchConfig) -> str:
@@ -27,6 +26,11 @@ def zoo_command(
     ] = True,
 ) -> None:
     """List the zoo: each published backbone with its parameters and FLOPs beside the paper's figures."""
+    from rich.table import Table
+
+    from hvtnas.costs import CostCache, CostSettings, measure_costs
+    from hvtnas.models import zoo
+
     cache = CostCache() if use_cache else None
     rows = []
     for name in zoo.names():

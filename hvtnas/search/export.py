@@ -9,16 +9,18 @@ duplicate one), unless one is asked for by number.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 import yaml
 from optuna.trial import FrozenTrial, TrialState
 
-from hvtnas.config import ArchConfig
 from hvtnas.errors import HvtnasError
 from hvtnas.io import safe_file_name
 from hvtnas.search.outcome import evaluated_trials, trial_outcome
+
+if TYPE_CHECKING:  # the config imports the models (torch): not needed to select trials
+    from hvtnas.config import ArchConfig
 
 
 def select_trials(
@@ -83,6 +85,8 @@ def trial_config(study: optuna.Study, t: FrozenTrial) -> ArchConfig:
     recipe = study_recipe(study)
     if recipe is not None:
         metadata["recipe"] = recipe
+    from hvtnas.config import ArchConfig
+
     arch = ArchConfig.from_dict(t.user_attrs["arch"])
     return arch.model_copy(update={"name": f"{study.study_name}_trial{t.number}", "metadata": metadata})
 

@@ -174,13 +174,16 @@ class SearchRun:
         """Trials that count towards the total (a crashed trial that was retried counts once)."""
         return count_finished(self.study)
 
-    def run(self, trials: int) -> list[TrialOutcome]:
+    def run(self, trials: int, deadline: float | None = None) -> list[TrialOutcome]:
+        """Evaluate trials until the study holds ``trials`` finished ones or, with ``deadline``
+        (a ``time.time()``), until it has passed: no trial starts after it; the running one
+        finishes and is recorded, so the study resumes where it stopped."""
         outcomes = []
         while True:
             stale = fail_stale(self.study, self.max_retry)  # at start and between trials
             if stale:
                 log.warning("failed trials of dead workers (retried): %s", stale)
-            if self.finished() >= trials:
+            if self.finished() >= trials or (deadline is not None and time.time() >= deadline):
                 break
             try:
                 outcomes.append(self.run_one())

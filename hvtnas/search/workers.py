@@ -237,8 +237,10 @@ def worker_main(
     heartbeat: int | None = None,
     max_retry: int | None = 3,
     lock_dir: str | None = None,
+    deadline: float | None = None,
 ) -> None:
-    """One worker: the search loop against the shared study until it holds ``trials`` trials."""
+    """One worker: the search loop against the shared study until it holds ``trials`` trials
+    (or, with ``deadline``, a ``time.time()``, until no trial may start any more)."""
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu
     import torch
@@ -270,7 +272,7 @@ def worker_main(
         on_trial=report,
         max_retry=max_retry,
         device_lock=DeviceLock(Path(lock_dir) if lock_dir else None, device_key()),
-    ).run(trials)
+    ).run(trials, deadline=deadline)
 
 
 def device_key() -> str:
