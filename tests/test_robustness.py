@@ -315,13 +315,26 @@ def _study(tmp_path: Path, name: str = "space") -> optuna.Study:
     return optuna.load_study(study_name=name, storage=url)
 
 
+def _as_in_a_terminal() -> None:
+    """A child gets Ctrl-C as a terminal gives it: a shell starts background jobs (CI runners, `cmd
+    &`) with SIGINT ignored, which Python and so the child would keep."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _spawn_search(tmp_path: Path, space: Path, trials: int, fault: str | None = None) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     if fault is not None:
         env["HVTNAS_FAULT"] = fault
     command = [sys.executable, "-m", "hvtnas", "search", str(space), "--trials", str(trials)]
     command += ["--runs-dir", str(tmp_path / "runs"), "--no-cache"]
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    return subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        preexec_fn=_as_in_a_terminal,
+    )
 
 
 def _completed(study: optuna.Study) -> dict[int, tuple]:
@@ -505,7 +518,9 @@ def test_ctrl_c_during_a_trial_fails_it_with_its_reason_and_resume_retries_it(
     space = _space(tmp_path)
     command = [sys.executable, "-c", HANG, "search", str(space), "--trials", "2"]
     command += ["--runs-dir", str(tmp_path / "runs"), "--no-cache"]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_as_in_a_terminal
+    )
 
     def training() -> bool:
         try:
@@ -567,7 +582,13 @@ def test_ctrl_c_stops_n_jobs_workers_without_tracebacks_and_the_study_resumes(tm
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     # a session of its own: Ctrl-C in a terminal reaches the whole process group, workers included
     process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+        preexec_fn=_as_in_a_terminal,
     )
     journal = tmp_path / "runs" / "space" / "journal.log"
     _wait_until(lambda: journal.exists() and b'"arch"' in journal.read_bytes(), what="a trial to train")
