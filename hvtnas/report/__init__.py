@@ -200,16 +200,13 @@ def pareto_figures(study: optuna.Study, cache: CostCache | None = None) -> list[
                 go.Scatter(
                     x=[p[1] for p in zoo_points],
                     y=[p[2] for p in zoo_points],
-                    mode="markers+text",
+                    mode="markers",  # names on hover: two dozen labels in one corner overlap
                     name="zoo (at this input size)",
-                    text=[p[0] for p in zoo_points],
                     hovertext=[
                         f"{p[0]}<br>{format_value(x_name, p[1])}, {format_value(y_name, p[2])}"
                         for p in zoo_points
                     ],
                     hovertemplate="%{hovertext}<extra></extra>",
-                    textposition="top center",
-                    textfont={"size": 9},
                     marker={"symbol": "diamond", "color": "#2ca02c"},
                 )
             )
@@ -336,8 +333,8 @@ def hypervolume_history(study: optuna.Study) -> tuple[list[int], list[float]] | 
 
 
 def describe_box(box: list[Bound]) -> str:
-    """``reference point (worst) to ideal per objective: accuracy from 10.0% (chance level, ...) to ...``"""
-    return "reference point (worst) to ideal per objective: " + "; ".join(b.describe() for b in box)
+    """``accuracy from 10.0% (chance level, 1/10 classes) to 100.0%; flops from ... to 0``."""
+    return "; ".join(b.describe() for b in box)
 
 
 def hypervolume_figure(study: optuna.Study) -> go.Figure | None:
@@ -358,7 +355,7 @@ def hypervolume_figure(study: optuna.Study) -> go.Figure | None:
     fig.update_layout(
         title={
             "text": f"normalised hypervolume (fraction of the box), {basis_note(study)}",
-            "subtitle": {"text": describe_box(box), "font": {"size": 11}},
+            "subtitle": {"text": "reference point to ideal: " + describe_box(box), "font": {"size": 11}},
         },
         xaxis={"title": "trial"},
         yaxis={"title": "hypervolume", "rangemode": "tozero"},
@@ -399,9 +396,11 @@ def front_table(study: optuna.Study, csv_name: str) -> str:
     parameters, MACs) in readable units, warm-start label, the architecture in one line."""
     names = _objectives(study)
     costs = [m for m in ("params", "flops") if m not in names]  # always worth a column
-    head = ["trial", *names, *costs, "warm start", "architecture"]
+    front = _front(study)
+    warm = any(t.user_attrs.get(WARM_START_ATTR) for t in front)  # the column only when it says something
+    head = ["trial", *names, *costs, *(["warm start"] if warm else []), "architecture"]
     rows = []
-    for t in _front(study):
+    for t in front:
         measured = t.user_attrs.get("costs") or {}
         cells = [f"<td class=num>{t.number}</td>"]
         cells += [
@@ -412,7 +411,8 @@ def front_table(study: optuna.Study, csv_name: str) -> str:
             f"<td class=num>{format_value(m, measured[m]) if measured.get(m) is not None else ''}</td>"
             for m in costs
         ]
-        cells.append(f"<td>{html.escape(str(t.user_attrs.get(WARM_START_ATTR) or ''))}</td>")
+        if warm:
+            cells.append(f"<td>{html.escape(str(t.user_attrs.get(WARM_START_ATTR) or ''))}</td>")
         arch = t.user_attrs.get("arch")
         cells.append(f"<td class=arch>{html.escape(describe_arch(arch)) if arch else ''}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
@@ -455,7 +455,8 @@ def write_report(study: optuna.Study, out: Path, cache: CostCache | None = None)
         hv_text = (
             f"<p>Normalised hypervolume: {history[1][-1]:.3f} of the box (0: nothing better than "
             f"the reference point; 1: every objective at its ideal). Each objective is scaled to "
-            f"[0, 1] between its {html.escape(describe_box(box))}.</p>"
+            f"[0, 1] from its reference point (the worst end of the box) to its ideal: "
+            f"{html.escape(describe_box(box))}.</p>"
         )
     importances, notes = importance_figures(study)
     curves = accuracy_curves_figure(study)

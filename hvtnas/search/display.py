@@ -21,9 +21,11 @@ def describe_arch(arch: Mapping[str, Any]) -> str:
 
 def format_value(metric: str, value: float, *, percent: bool = False) -> str:
     """An objective in the unit people read it in: accuracy 0.8123 (``percent``: 81.2%),
-    12.3 MMACs, 1.23M params, 4.5 ms, 3.2 MiB."""
+    12.30 MMACs (0.023 under one), 1.23M params, 4.5 ms, 3.2 MiB."""
     if metric in ("flops", "flops_dense"):
-        return f"{value / 1e9:.2f} GMACs" if value >= 1e9 else f"{value / 1e6:.2f} MMACs"
+        if value >= 1e9:
+            return f"{value / 1e9:.2f} GMACs"
+        return f"{value / 1e6:.2f} MMACs" if value >= 1e6 else f"{value / 1e6:.3f} MMACs"  # 0.023
     if metric == "params":
         return f"{value / 1e6:.2f}M" if value >= 1e6 else f"{value / 1e3:.1f}K"
     if metric == "latency":
