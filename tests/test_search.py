@@ -352,6 +352,30 @@ def test_report_writes_html_and_csv(tmp_path: Path) -> None:
     assert missing.exit_code == 2 and "not a run folder" in missing.output
 
 
+def test_hypervolume_is_a_fraction_of_the_stated_box() -> None:
+    """Accuracy from chance (1/2 classes) to 1, FLOPs from the constraint limit (1 MMAC) to 0."""
+    from hvtnas.report import describe_box, hypervolume_box, hypervolume_history
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    study.set_user_attr("objectives", ["accuracy", "flops"])
+    study.set_user_attr("space_yaml", "experiment: {constraints: {flops: 1000000}}")
+    arch = {"input": {"num_classes": 2}}
+    for values, outcome in (
+        ((0.75, 5e5), "trained"),  # (0.5, 0.5) of the box from the ideal: 0.25
+        ((0.9, 1e5), "over_budget"),  # never counted
+        ((1.0, 1e6), "trained"),  # on the reference's flops: adds nothing
+        ((0.875, 2.5e5), "trained"),  # (0.25, 0.25): 0.75 x 0.75
+    ):
+        attrs = {"outcome": outcome, "arch": arch}
+        study.add_trial(optuna.trial.create_trial(values=list(values), user_attrs=attrs))
+    numbers, volumes = hypervolume_history(study)
+    assert numbers == [0, 2, 3] and volumes == pytest.approx([0.25, 0.25, 0.5625])
+    assert describe_box(hypervolume_box(study)) == (
+        "accuracy from 50.0% (chance level, 1/2 classes) to 100.0%; "
+        "flops from 1.00 MMACs (the constraint limit) to 0"
+    )
+
+
 def test_parallel_workers_share_one_study(tmp_path: Path) -> None:
     path = _write(tmp_path)
     result = _search(tmp_path, path, "--trials", "4", "--n-jobs", "2")
