@@ -163,9 +163,13 @@ def pareto_figures(study: optuna.Study, cache: CostCache | None = None) -> list[
     for i, j in itertools.combinations(range(len(names)), 2):
         x_name, y_name = names[j], names[i]  # accuracy (first objective, usually) on the y axis
         fig = go.Figure()
-        searched = [t for t in feasible if not t.user_attrs.get("warm_start")]
         for on_front, label, color in ((False, "trials", "#9aa5b1"), (True, "Pareto front", "#d62728")):
-            chosen = [t for t in searched if (t.number in front) == on_front]
+            # a warm-start design on the front is a red point inside its diamond (drawn below)
+            chosen = [
+                t
+                for t in feasible
+                if (t.number in front) == on_front and (on_front or not t.user_attrs.get("warm_start"))
+            ]
             fig.add_trace(
                 go.Scatter(
                     x=[t.values[j] for t in chosen],
@@ -185,7 +189,7 @@ def pareto_figures(study: optuna.Study, cache: CostCache | None = None) -> list[
                     y=[t.values[i] for t in warm],
                     mode="markers+text",
                     name="warm start (published designs)",
-                    marker={"symbol": "diamond-open", "size": 10, "color": "#1f77b4"},
+                    marker={"symbol": "diamond-open", "size": 14, "color": "#1f77b4", "line": {"width": 2}},
                     text=[t.user_attrs["warm_start"] for t in warm],
                     hovertext=[_hover(t, names) for t in warm],
                     textposition="bottom center",
