@@ -152,7 +152,8 @@ def _hover(t: FrozenTrial, names: list[str]) -> str:
     )
     label = f" (warm start {t.user_attrs['warm_start']})" if t.user_attrs.get("warm_start") else ""
     arch = t.user_attrs.get("arch")
-    return f"trial {t.number}{label}<br>{values}" + (f"<br>{describe_arch(arch)}" if arch else "")
+    text = f"trial {t.number}{label}\n{values}" + (f"\n{describe_arch(arch)}" if arch else "")
+    return html.escape(text).replace("\n", "<br>")  # plotly reads hover text as HTML
 
 
 def pareto_figures(study: optuna.Study, cache: CostCache | None = None) -> list[go.Figure]:
@@ -327,12 +328,17 @@ def hypervolume_history(study: optuna.Study) -> tuple[list[int], list[float]] | 
     # plot_hypervolume_history renumbers the trials of the copy it would need)
     from optuna._hypervolume import compute_hypervolume
 
-    numbers, volumes, points = [], [], []
-    reference = np.ones(len(box))
+    numbers: list[int] = []
+    volumes: list[float] = []
+    front = np.empty((0, len(box)))  # the non-dominated points so far: all the volume depends on
+    volume = 0.0
     for t in sorted(_feasible(study), key=lambda t: t.number):
-        points.append([b.loss(v) for b, v in zip(box, t.values, strict=True)])
+        point = np.asarray([b.loss(v) for b, v in zip(box, t.values, strict=True)])
+        if not (front <= point).all(axis=1).any():  # not dominated: the volume grows
+            front = np.vstack([front[~(point <= front).all(axis=1)], point])
+            volume = float(compute_hypervolume(front, np.ones(len(box)), assume_pareto=True))
         numbers.append(t.number)
-        volumes.append(float(compute_hypervolume(np.asarray(points), reference)))
+        volumes.append(volume)
     return numbers, volumes
 
 
