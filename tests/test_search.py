@@ -3,6 +3,7 @@ early stopping, export, and the errors for bad spaces and command lines."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import optuna
@@ -123,6 +124,7 @@ def test_over_budget_architectures_are_never_trained_nor_shown_as_accuracy_0(tmp
     n = sum(1 for t in trials if t.user_attrs.get("outcome") == "trained")
     assert f"from {n} trained, distinct, feasible trials (of 8)" in page
     assert f"{sum(t.user_attrs['outcome'] == 'over_budget' for t in trials)} over budget" in page
+    assert "params from 6.0K (the constraint limit) to 0" in page  # the hypervolume's reference
     from hvtnas.report import _evaluated_study
 
     assert sorted(t.values[0] for t in _evaluated_study(study).trials) == sorted(t.values[0] for t in trained)
@@ -302,6 +304,16 @@ def test_resuming_with_another_space_is_refused_and_changes_nothing(tmp_path: Pa
 def test_report_writes_html_and_csv(tmp_path: Path) -> None:
     path = _write(tmp_path, objectives=["accuracy", "params", "flops"])
     assert _search(tmp_path, path, "--trials", "4").exit_code == 0
+    # a duplicate of a trained trial, recorded COMPLETE with its twin's values and attributes:
+    # the front table shows the architecture once
+    study = _study(tmp_path)
+    twin = next(t for t in study.trials if t.user_attrs.get("outcome") == "trained")
+    attrs = {**twin.user_attrs, "outcome": "duplicate", "duplicate_of": twin.number}
+    study.add_trial(
+        optuna.trial.create_trial(
+            params=twin.params, distributions=twin.distributions, values=twin.values, user_attrs=attrs
+        )
+    )
     run = tmp_path / "runs" / "space"
     result = runner.invoke(app, ["report", str(run), "--no-cache"])
     assert result.exit_code == 0, result.output
@@ -309,10 +321,59 @@ def test_report_writes_html_and_csv(tmp_path: Path) -> None:
     assert "Pareto front" in page and "Hypervolume" in page and "Pareto-optimal trials" in page
     assert "swin_t" in page  # zoo reference points on the params-vs-flops projection
     assert len(page) > 1_000_000 and "<script src=" not in page  # plotly.js inlined: opens offline
-    rows = (run / "report.csv").read_text().splitlines()
-    assert len(rows) == 1 + 4 and rows[0].startswith("trial,state,outcome,accuracy,params,flops")
+    counts = re.search(r"<p class=counts>(.*?)</p>", page)  # counts by outcome, on top
+    assert counts and counts.group(1).startswith("5 trials: ") and "duplicate" in counts.group(1)
+    assert page.index("class=counts") < page.index("<h2>")
+    assert '"type":"log"' in page  # MACs and parameters on log axes
+
+    # the front table: one row per architecture, readable units, the architecture, a link to the CSV
+    table = re.search(r"<table class=front>.*?</table>", page, re.S)
+    assert table, "no front table"
+    rows = [re.findall(r"<td[^>]*>(.*?)</td>", r) for r in re.findall(r"<tr>(.*?)</tr>", table.group(0))]
+    rows = [r for r in rows if r]  # the header row has <th> cells
+    assert rows and len({r[0] for r in rows}) == len(rows) and len({r[-1] for r in rows}) == len(rows)
+    assert "4" not in {r[0] for r in rows}  # never the duplicate (trial 4)
+    for r in rows:
+        assert r[1].endswith("%") and r[2].endswith("K") and r[3].endswith(("MMACs", "GMACs")), r
+        assert not any(re.search(r"\de[-+]\d", cell) for cell in r[:4]), r  # no 9.459e-05
+        assert "stem," in r[-1] and "PE:" in r[-1]  # patch stem, none PE: 1x8 pooling | 1x16 pooling
+    assert '<a href="report.csv">report.csv</a>' in page
+
+    # the hypervolume is a fraction of a box whose reference point the page states
+    assert "Normalised hypervolume: " in page and "reference point" in page
+    assert "accuracy from 10.0% (chance level, 1/10 classes) to 100.0%" in page
+    assert "1.1 x the largest among the trained trials" in page
+    # the accuracy curves of the front
+    assert "validation accuracy per epoch of the Pareto-optimal trials" in page
+
+    lines = (run / "report.csv").read_text().splitlines()
+    assert len(lines) == 1 + 5 and lines[0].startswith("trial,state,outcome,accuracy,params,flops")
     missing = runner.invoke(app, ["report", str(tmp_path / "nowhere")])
     assert missing.exit_code == 2 and "not a run folder" in missing.output
+
+
+def test_hypervolume_is_a_fraction_of_the_stated_box() -> None:
+    """Accuracy from chance (1/2 classes) to 1, FLOPs from the constraint limit (1 MMAC) to 0."""
+    from hvtnas.report import describe_box, hypervolume_box, hypervolume_history
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    study.set_user_attr("objectives", ["accuracy", "flops"])
+    study.set_user_attr("space_yaml", "experiment: {constraints: {flops: 1000000}}")
+    arch = {"input": {"num_classes": 2}}
+    for values, outcome in (
+        ((0.75, 5e5), "trained"),  # (0.5, 0.5) of the box from the ideal: 0.25
+        ((0.9, 1e5), "over_budget"),  # never counted
+        ((1.0, 1e6), "trained"),  # on the reference's flops: adds nothing
+        ((0.875, 2.5e5), "trained"),  # (0.25, 0.25): 0.75 x 0.75
+    ):
+        attrs = {"outcome": outcome, "arch": arch}
+        study.add_trial(optuna.trial.create_trial(values=list(values), user_attrs=attrs))
+    numbers, volumes = hypervolume_history(study)
+    assert numbers == [0, 2, 3] and volumes == pytest.approx([0.25, 0.25, 0.5625])
+    assert describe_box(hypervolume_box(study)) == (
+        "accuracy from 50.0% (chance level, 1/2 classes) to 100.0%; "
+        "flops from 1.00 MMACs (the constraint limit) to 0"
+    )
 
 
 def test_parallel_workers_share_one_study(tmp_path: Path) -> None:

@@ -151,6 +151,7 @@ def test_warm_start_trials_come_first_labelled_with_their_design(tmp_path: Path)
     assert report.exit_code == 0, report.output
     html = (tmp_path / "runs" / "space" / "report.html").read_text()
     assert "warm start (published designs)" in html
+    assert "trial 0 (warm start mine)" in html  # its hover on the accuracy-vs-cost plot
     csv = (tmp_path / "runs" / "space" / "report.csv").read_text().splitlines()
     assert csv[0].split(",").count("warm_start") == 1
     assert any(",mine," in row for row in csv[1:])

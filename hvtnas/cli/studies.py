@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -16,40 +15,15 @@ import typer
 
 from hvtnas.cli._common import console, print_table, user_errors
 from hvtnas.errors import HvtnasError
+from hvtnas.search.display import describe_arch, format_value
 
 if TYPE_CHECKING:
     import optuna
     from optuna.trial import FrozenTrial
 
 
-def describe_arch(arch: Mapping[str, Any]) -> str:
-    """``hvtnas.summary.describe`` from a trial's stored architecture (``ArchConfig.to_dict()``,
-    every field present), without building the config (that would load torch); a test keeps the
-    two equal."""
-    stages = " | ".join(
-        f"{s['depth']}x{s['width']} " + "+".join(dict.fromkeys(m["kind"] for m in s["mixers"]))
-        for s in arch["stages"]
-    )
-    return f"{arch['stem']['kind']} stem, {arch['pos_embed']['kind']} PE: {stages}"
-
-
 def _objectives(study: optuna.Study) -> list[str]:
     return list(study.user_attrs.get("objectives") or study.metric_names or [])
-
-
-def format_value(metric: str, value: float) -> str:
-    """An objective in the unit people read it in: accuracy 0.8123, 12.3 MMACs, 1.23M params, 4.5 ms."""
-    if metric in ("flops", "flops_dense"):
-        return f"{value / 1e9:.2f} GMACs" if value >= 1e9 else f"{value / 1e6:.2f} MMACs"
-    if metric == "params":
-        return f"{value / 1e6:.2f}M" if value >= 1e6 else f"{value / 1e3:.1f}K"
-    if metric == "latency":
-        return f"{value:.2f} ms"
-    if metric == "memory":
-        return f"{value / 2**20:.1f} MiB"
-    if metric == "accuracy":
-        return f"{value:.4f}"
-    return f"{value:.4g}"  # zero-cost proxies
 
 
 def _run_folders(runs_dir: Path) -> list[Path]:
