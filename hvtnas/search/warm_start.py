@@ -41,31 +41,22 @@ def warm_start_points(spec: Any) -> list[WarmStartPoint]:
     if settings is None:
         return []
     space: SearchSpace = spec.space
-    input_cfg = space.tree.get("input", {})
+    shape = {  # how every design is fitted to the space, at its own width or to a budget
+        "depth_mult": settings.depth_mult,
+        "input": space.tree.get("input", {}),
+        "width_multiple": settings.width_multiple,
+        "head_dim": settings.head_dim,
+    }
     candidates: list[tuple[str, ArchConfig]] = []
-    for family in settings.zoo if not settings.flops else []:  # the designs at their own width
-        own = scale_architecture(
-            zoo.get_config(family),
-            depth_mult=settings.depth_mult,
-            input=input_cfg,
-            width_multiple=settings.width_multiple,
-            head_dim=settings.head_dim,
-            name=family,
-        )
-        candidates.append((family, own))
-    for budget in settings.flops:
+    for budget in settings.flops or [None]:
         for family in settings.zoo:
-            label = f"{family}@{budget_label(budget)}"
-            scaled = scale_to_flops(
-                zoo.get_config(family),
-                budget,
-                depth_mult=settings.depth_mult,
-                input=input_cfg,
-                width_multiple=settings.width_multiple,
-                head_dim=settings.head_dim,
-                name=label,
-            )
-            candidates.append((label, scaled))
+            if budget is None:
+                own = scale_architecture(zoo.get_config(family), name=family, **shape)
+                candidates.append((family, own))
+            else:
+                label = f"{family}@{budget_label(budget)}"
+                scaled = scale_to_flops(zoo.get_config(family), budget, name=label, **shape)
+                candidates.append((label, scaled))
     for file in settings.configs:
         path = Path(file) if Path(file).is_absolute() else spec.path.parent / file
         arch = ArchConfig.from_yaml(path)
