@@ -6,8 +6,7 @@ reads ``hvtnas.config``, so an eager import here would be circular.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from hvtnas._lazy import lazy_getattr
 
 _EXPORTS = {
     "build_model": "hvtnas.models.build",
@@ -26,7 +25,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'hvtnas.models' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

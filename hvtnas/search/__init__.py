@@ -6,8 +6,9 @@ in a fraction of a second."""
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from hvtnas._lazy import lazy_getattr
 
 if TYPE_CHECKING:
     from hvtnas.search.experiment import METRICS, ExperimentConfig, SamplerConfig
@@ -47,12 +48,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'hvtnas.search' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)
 
 
 __all__ = [
