@@ -334,7 +334,18 @@ class Supernet(nn.Module):
     def path_parameters(self, arch: ArchConfig) -> dict[str, Tensor]:
         """The sub-network's parameters: contiguous copies of its slots' corners (differentiable)."""
         _, layout = self._path(self.point(arch))
-        return {name: self.weights[key][_corner(shape)].contiguous() for name, (key, shape) in layout.items()}
+        params = {}
+        for name, (key, shape) in layout.items():
+            slot = self.weights[key]
+            value = slot[_corner(shape)].contiguous()
+            if not value.requires_grad and slot.requires_grad:
+                # under no_grad a copied slice does not require grad, while a standalone model's
+                # parameter does, and ATen's matmul folds batch dimensions by requires_grad (its
+                # should_fold): the same product summed in another order. Matched, so that a path
+                # and its extracted model agree bit for bit.
+                value.requires_grad_(True)
+            params[name] = value
+        return params
 
     def forward_path(self, arch: ArchConfig, x: Tensor) -> Tensor:
         """The logits of the sub-network ``arch`` on ``x``, with the supernet's weights."""
