@@ -37,6 +37,7 @@ from hvtnas.search.experiment import PROXY_PREFIX, ExperimentConfig
 from hvtnas.search.outcome import (
     DUPLICATE,
     FAILED,
+    INHERITED,
     OUTCOME_ATTR,
     OVER_BUDGET,
     SCORED,
@@ -169,6 +170,9 @@ class SearchRun:
     max_retry: int | None = 3  # retries of a trial whose worker died (stale heartbeat, dead process)
     device_lock: DeviceLock = field(default_factory=lambda: DeviceLock(None))
     data: ImageData | None = field(default=None, init=False)
+    # strategy one_shot: the trained supernet (default: the checkpoint the study records)
+    supernet_checkpoint: Path | None = None
+    _inherited: Any = field(default=None, init=False)  # InheritedEvaluator, loaded on first use
 
     def finished(self) -> int:
         """Trials that count towards the total (a crashed trial that was retried counts once)."""
@@ -337,6 +341,12 @@ class SearchRun:
             )
 
         accuracy, stopped = None, None
+        if exp.strategy == "one_shot":  # inherited weights: no training, no early stopping
+            evaluation = self._inherited_evaluator().evaluate(arch)
+            trial.set_user_attr("inherited", evaluation)
+            accuracy = evaluation["val_accuracy"]
+            values = [self._value(m, accuracy, cost_values, proxy_scores) for m in exp.objectives]
+            return TrialOutcome(trial.number, TrialState.COMPLETE, values, outcome=INHERITED)
         if "accuracy" in exp.objectives:
             on_epoch = self._with_timeout(self._early_stopping(trial, cost_values), started)
             with self.device_lock.training():
@@ -366,6 +376,19 @@ class SearchRun:
         done = STOPPED_EARLY if stopped else TRAINED if "accuracy" in exp.objectives else SCORED
         return TrialOutcome(trial.number, TrialState.COMPLETE, values, reason=stopped, outcome=done)
 
+    def _inherited_evaluator(self) -> Any:
+        if self._inherited is None:
+            from hvtnas.search.one_shot.strategy import SUPERNET_ATTR, InheritedEvaluator
+
+            checkpoint = self.supernet_checkpoint or self.study.user_attrs.get(SUPERNET_ATTR)
+            if checkpoint is None:
+                raise SearchError(
+                    f"study {self.study.study_name!r} is one-shot but records no trained supernet; "
+                    "`hvtnas search` trains it before the first trial"
+                )
+            self._inherited = InheritedEvaluator(self.spec, self._dataset(), Path(checkpoint))
+        return self._inherited
+
     @property
     def _generational(self) -> bool:
         return is_generational(self.study.sampler)
@@ -384,7 +407,7 @@ class SearchRun:
         if waited:
             reason += f", waited {waited:.0f} s for it to finish"
         what = trial_outcome(earlier)
-        if what != TRAINED and what != SCORED and what != DUPLICATE:
+        if what not in (TRAINED, INHERITED, SCORED, DUPLICATE):
             reason += f" ({what.replace('_', ' ')})"
         reason += ": result reused"
         if earlier.state == TrialState.PRUNED:  # stopped early: stopped again, nothing to tell
