@@ -204,3 +204,61 @@ def test_inherited_accuracy_of_a_trained_supernet_beats_chance(tmp_path, one_thr
     _, accuracy = inherited_accuracy(supernet, supernet.eval_arch, data, cfg)
     assert accuracy > 0.2  # 10 classes: chance is 0.1
     assert supernet.point(supernet.eval_arch).input == InputConfig(channels=1, resolution=16, num_classes=10)
+
+
+# ------------------------------------------------------------------------------ the study
+def test_one_shot_study_evaluates_inherited_weights_and_exports_them(tmp_path, one_thread: None) -> None:  # noqa: F811
+    import optuna
+    import yaml
+    from typer.testing import CliRunner
+
+    from hvtnas.cli import app
+    from hvtnas.models.weights import load_weights
+    from tests.conftest import tiny_search_space
+
+    space = tiny_search_space(
+        stage2_depth={"int": [1, 3]},
+        constraints={"params": 6000},
+        strategy="one_shot",
+        one_shot={"cover_samples": 0, "train": {"epochs": 2, "batch_size": 64, "threads": 1, "lr": 0.005}},
+    )
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(space))
+    runner = CliRunner()
+    search = ["search", str(path), "--runs-dir", str(tmp_path / "runs"), "--no-cache", "--trials", "10"]
+    result = runner.invoke(app, search)
+    assert result.exit_code == 0, result.output
+    assert "one-shot: supernet of" in result.output
+    run = tmp_path / "runs" / "space"
+    study = optuna.load_study(study_name="space", storage=f"sqlite:///{run / 'study.db'}")
+    outcomes = {t.user_attrs["outcome"] for t in study.trials}
+    assert "inherited" in outcomes and "trained" not in outcomes
+    assert outcomes <= {"inherited", "over_budget", "duplicate"}
+    inherited = [t for t in study.trials if t.user_attrs["outcome"] == "inherited"]
+    for t in inherited:
+        assert "training" not in t.user_attrs and t.values[0] == t.user_attrs["inherited"]["val_accuracy"]
+        assert t.user_attrs["costs"]["params"] <= 6000  # constraints are checked before, as ever
+    assert max(t.values[0] for t in inherited) > 0.2  # chance: 0.1
+    assert "inherited" in result.output.splitlines()[-1]
+    # a rerun resumes: the supernet is loaded, not trained again
+    again = runner.invoke(app, [*search[:-1], "12"])
+    assert again.exit_code == 0, again.output
+    assert "0 epochs" not in again.output and "(0 s of training" not in again.output
+
+    assert runner.invoke(app, ["report", str(run), "--no-cache"]).exit_code == 0
+    out = tmp_path / "exports"
+    exported = runner.invoke(app, ["export", str(run), "--out", str(out), "--safetensors"])
+    assert exported.exit_code == 0, exported.output
+    config = next(out.glob("*.yaml"))
+    arch = ArchConfig.from_yaml(config)
+    assert arch.metadata["outcome"] == "inherited"
+    number = int(config.stem.rpartition("trial")[2])
+    # the exported weights are the inherited ones: they reproduce the trial's accuracy
+    from hvtnas.models import build_model
+    from hvtnas.train.trainer import evaluate_model
+
+    model = build_model(arch)
+    load_weights(model, config.with_suffix(".safetensors"))
+    data = load_dataset(DataConfig(name="digits", resolution=16))
+    _, accuracy = evaluate_model(model, data, TrainConfig(device="cpu"))
+    assert accuracy == study.trials[number].values[0]

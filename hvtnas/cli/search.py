@@ -357,7 +357,12 @@ def export_command(
         bool, typer.Option("--onnx", help="Also <name>.onnx, checked with onnxruntime (extra 'export').")
     ] = False,
     safetensors: Annotated[
-        bool, typer.Option("--safetensors", help="Also the initial (untrained, seeded) weights.")
+        bool,
+        typer.Option(
+            "--safetensors",
+            help="Also the initial (untrained, seeded) weights; a one-shot study's: inherited "
+            "from its supernet.",
+        ),
     ] = False,
     seed: Annotated[int, typer.Option(help="Seed of the initial weights (--onnx, --safetensors).")] = 0,
 ) -> None:

@@ -98,7 +98,11 @@ class SearchSpec:
 
 def load_search_spec(path: str | Path) -> SearchSpec:
     path = Path(path)
-    text = read_text(path, "search space")
+    return parse_search_spec(read_text(path, "search space"), path)
+
+
+def parse_search_spec(text: str, path: Path) -> SearchSpec:
+    """A search-space file's text (``path`` names it in messages), e.g. the one a study stores."""
     data, lines = load_yaml_with_lines(text, str(path))
     if not isinstance(data, dict):
         raise ConfigError([f"{path}: expected a mapping at the top level"])

@@ -17,11 +17,11 @@ from hvtnas.search.one_shot.training import (
     SUPERNET_FILE,
     build_supernet,
     inherited_accuracy,
-    load_supernet_state,
+    load_supernet,
     train_supernet,
 )
 from hvtnas.train import ImageData, TrainConfig
-from hvtnas.train.trainer import TrialResult
+from hvtnas.train.trainer import TrialResult, resolve_device
 
 if TYPE_CHECKING:
     from hvtnas.search.study import SearchSpec
@@ -67,16 +67,12 @@ class InheritedEvaluator:
                     f"{self.checkpoint}: no trained supernet; `hvtnas search` trains it before the "
                     "first trial (or `hvtnas supernet train SPACE`)"
                 )
-            supernet = build_supernet(self.spec.space, self.data, cfg, seed=train.seed)
-            state = load_supernet_state(self.checkpoint, supernet)
-            if int(state["epoch"]) < train.epochs:
+            supernet, epochs = load_supernet(self.checkpoint, self.spec.space, cfg, seed=train.seed)
+            if epochs < train.epochs:
                 raise HvtnasError(
-                    f"{self.checkpoint}: the supernet is trained to epoch {state['epoch']} of "
-                    f"{train.epochs}; finish it first (rerun `hvtnas search` or `hvtnas supernet train`)"
+                    f"{self.checkpoint}: the supernet is trained to epoch {epochs} of {train.epochs}; "
+                    "finish it first (rerun `hvtnas search` or `hvtnas supernet train`)"
                 )
-            supernet.load_state_dict(state["model"])
-            from hvtnas.train.trainer import resolve_device
-
             self._supernet = supernet.to(resolve_device(train.device)).eval()
         return self._supernet
 
@@ -95,3 +91,20 @@ class InheritedEvaluator:
 
 def supernet_checkpoint(out_dir: Path) -> Path:
     return Path(out_dir).resolve() / SUPERNET_FILE
+
+
+def study_supernet(study_attrs: dict[str, Any], space_text: str) -> Supernet | None:
+    """The trained supernet of a one-shot study (from its user attributes and space file), or
+    None for a study of another strategy. What an export takes inherited weights from."""
+    checkpoint = study_attrs.get(SUPERNET_ATTR)
+    if checkpoint is None:
+        return None
+    from hvtnas.search.study import parse_search_spec
+
+    spec = parse_search_spec(space_text, Path(study_attrs.get("recipe", {}).get("space", "space.yaml")))
+    cfg, train = one_shot_settings(spec)
+    if not Path(checkpoint).is_file():
+        raise HvtnasError(
+            f"the study's supernet {checkpoint} is gone: its inherited weights cannot be exported"
+        )
+    return load_supernet(Path(checkpoint), spec.space, cfg, seed=train.seed)[0].eval()

@@ -49,6 +49,7 @@ def save_supernet(path: Path, supernet: Supernet, state: dict[str, Any]) -> None
         "format": SUPERNET_FORMAT,
         "fingerprint": _fingerprint(supernet),
         "slots_json": json.dumps(supernet.slot_index()),
+        "input_json": json.dumps(supernet.input.model_dump() if supernet.input is not None else None),
     }
     partial = path.with_name(path.name + ".part")
     torch.save(payload, partial)
@@ -71,6 +72,29 @@ def load_supernet_state(path: Path, supernet: Supernet) -> dict[str, Any]:
             "delete it or use another output folder"
         )
     return payload
+
+
+def load_supernet(path: Path, space: SearchSpace, cfg: OneShotConfig, seed: int = 0) -> tuple[Supernet, int]:
+    """The supernet a checkpoint holds (built for the input it was trained on) and the epochs
+    it was trained for."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        stored_input = json.loads(payload["input_json"])
+    except Exception as err:
+        raise HvtnasError(
+            f"{path}: not a readable supernet checkpoint ({str(err).splitlines()[0][:200]})"
+        ) from None
+    supernet = Supernet(
+        space,
+        InputConfig(**stored_input) if stored_input is not None else None,
+        rule=cfg.rule,
+        sandwich_random=cfg.sandwich_random,
+        cover_samples=cfg.cover_samples,
+        seed=seed,
+    )
+    state = load_supernet_state(path, supernet)
+    supernet.load_state_dict(state["model"])
+    return supernet, int(state["epoch"])
 
 
 def train_supernet(
