@@ -3,10 +3,11 @@
 The supernet holds one tensor per *slot*; a sub-network's parameter takes the leading corner of
 its slot (``weight[:out, :in]``), so widths, MLP ratios and head counts share weights by slicing
 (AutoFormer's weight entanglement), and a stage of depth k uses the first k blocks' slots. A slot
-belongs to one choice of one place of the network: block j of stage i with a given token mixer
-(kind and its own parameters), a given FFN, a given norm; a given stem, downsampling, positional
-encoding, head. Each candidate mixer of a stage therefore has weights of its own (single-path
-one-shot, SPOS), and so does every other categorical choice.
+belongs to one place of the network (block j of stage i's mixer, FFN, norms; a stage's
+downsampling, positional encoding; the stem, the head) and, for the parts whose options compute
+different functions, to one option: each candidate token mixer of a block has weights of its own
+(single-path one-shot, SPOS), and so do stems, downsamplings and positional encodings (see
+``slot_of``).
 
 A path is not a second implementation of the model: it is the module ``build_model`` makes for
 that point, run by ``torch.func.functional_call`` with its parameters replaced by slices of the
@@ -185,17 +186,22 @@ def slot_of(arch: ArchConfig, name: str) -> tuple[str, str]:
     it belongs to, and the parameter's name inside that part. Points whose parameters have the
     same (place, parameter) share one slot.
 
-    Token mixers, FFNs, stems, downsamplings, positional encodings and heads are keyed by their
-    whole config (each option has weights of its own); norms and layer/residual scales by their
-    place only: per-channel affine parameters of every norm kind share one slot, so that a slot
-    never depends on two independent choices (an output norm and the norm's kind), which the
-    points that build the supernet could not all reach."""
+    Token mixers, stems, downsamplings and positional encodings are keyed by their whole config:
+    each option has weights of its own (single-path one-shot). FFNs share their linear layers
+    across kinds and activations (a Mix-FFN is an MLP with a depthwise conv inside), and the
+    classifier across head norms (an MLP head has its own): the largest share of the parameters
+    gets the most updates. Norms and layer/residual scales are keyed by their place only:
+    per-channel affine parameters of every norm kind share one slot, so that no slot depends on
+    two independent choices (an output norm and the norm's kind), which the points that build
+    the supernet could not all reach."""
     parts = name.split(".")
-    if parts[0] in ("stem", "head"):
-        part = _fragment(getattr(arch, parts[0]))
-        if parts[0] == "head":
-            part = {k: v for k, v in part.items() if k != "dropout"}
-        return f"{parts[0]} {json.dumps(part, sort_keys=True)}", ".".join(parts[1:])
+    if parts[0] == "stem":
+        return f"stem {json.dumps(_fragment(arch.stem), sort_keys=True)}", ".".join(parts[1:])
+    if parts[0] == "head":
+        if parts[1] == "norm":
+            return "head.norm", ".".join(parts[2:])
+        head = {"mlp_ratio": arch.head.mlp_ratio, "act": arch.head.act if arch.head.mlp_ratio else None}
+        return f"head {json.dumps(head, sort_keys=True)}", ".".join(parts[1:])
     if parts[0] != "stages":
         raise SupernetError(f"parameter {name!r} is outside the stem, stages and head: no slot for it")
     i, stage = int(parts[1]), arch.stages[int(parts[1])]
@@ -205,12 +211,12 @@ def slot_of(arch: ArchConfig, name: str) -> tuple[str, str]:
         first_block = 1 if i > 0 and arch.downsample.kind == "pooling_attention" else 0
         j, sub, rest = int(rest[0]) + first_block, rest[1], rest[2:]
         place = f"stages[{i}].blocks[{j}].{sub}"
-        choice = {"mixer": stage.mixer_for_block(j), "ffn": stage.ffn}.get(sub)
+        choice = stage.mixer_for_block(j) if sub == "mixer" else None
     elif where == "downsample" and arch.downsample.kind == "pooling_attention":
         # MViTv2's transition block: its attention is the stage's first mixer
         sub, rest = rest[0], rest[1:]
         place = f"stages[{i}].downsample.{sub}"
-        choice = {"attention": stage.mixers[0], "ffn": stage.ffn}.get(sub)
+        choice = stage.mixers[0] if sub == "attention" else None
     elif where == "downsample":
         place, choice = f"stages[{i}].downsample", arch.downsample
     elif where in ("pos_embed", "peg"):
