@@ -262,3 +262,18 @@ def test_one_shot_study_evaluates_inherited_weights_and_exports_them(tmp_path, o
     data = load_dataset(DataConfig(name="digits", resolution=16))
     _, accuracy = evaluate_model(model, data, TrainConfig(device="cpu"))
     assert accuracy == study.trials[number].values[0]
+
+
+def test_experiment_refuses_one_shot_settings_that_cannot_apply() -> None:
+    from pydantic import ValidationError
+
+    from hvtnas.search.experiment import ExperimentConfig
+
+    with pytest.raises(ValidationError, match="apply to 'strategy: one_shot' only"):
+        ExperimentConfig.model_validate({"one_shot": {"rule": "uniform"}})
+    with pytest.raises(ValidationError, match="add 'accuracy' to objectives"):
+        ExperimentConfig.model_validate({"objectives": ["flops", "params"], "strategy": "one_shot"})
+    with pytest.raises(ValidationError, match="rule"):
+        ExperimentConfig.model_validate({"strategy": "one_shot", "one_shot": {"rule": "greedy"}})
+    exp = ExperimentConfig.model_validate({"strategy": "one_shot", "one_shot": {"rule": "uniform"}})
+    assert ExperimentConfig.model_validate(exp.model_dump(mode="json")) == exp  # round-trips

@@ -65,13 +65,13 @@ class InheritedEvaluator:
             if not self.checkpoint.is_file():
                 raise HvtnasError(
                     f"{self.checkpoint}: no trained supernet; `hvtnas search` trains it before the "
-                    "first trial (or `hvtnas supernet train SPACE`)"
+                    "first trial"
                 )
             supernet, epochs = load_supernet(self.checkpoint, self.spec.space, cfg, seed=train.seed)
             if epochs < train.epochs:
                 raise HvtnasError(
                     f"{self.checkpoint}: the supernet is trained to epoch {epochs} of {train.epochs}; "
-                    "finish it first (rerun `hvtnas search` or `hvtnas supernet train`)"
+                    "rerun `hvtnas search`, which resumes its training"
                 )
             self._supernet = supernet.to(resolve_device(train.device)).eval()
         return self._supernet
