@@ -346,7 +346,8 @@ class SearchRun:
 
         accuracy, stopped = None, None
         if exp.strategy == "one_shot":  # inherited weights: no training, no early stopping
-            evaluation = self._inherited_evaluator().evaluate(arch)
+            with self.device_lock.training():  # never timed against: it computes as training does
+                evaluation = self._inherited_evaluator().evaluate(arch)
             trial.set_user_attr("inherited", evaluation)
             accuracy = evaluation["val_accuracy"]
             values = [self._value(m, accuracy, cost_values, proxy_scores) for m in exp.objectives]

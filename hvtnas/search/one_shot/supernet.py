@@ -56,7 +56,7 @@ class SupernetError(HvtnasError):
 class Slot:
     """Where a shared tensor sits in the network, for messages and the checkpoint's index."""
 
-    place: str  # "stages[1].blocks[2].mixer window(window_size=7)"
+    place: str  # stages[1].blocks[2].mixer {"kind": "window", ..., "window_size": 7}
     parameter: str  # the parameter's name inside that part ("qkv.weight")
     shape: tuple[int, ...]
 
