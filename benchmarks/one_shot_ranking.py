@@ -49,6 +49,7 @@ from hvtnas.search.one_shot import OneShotConfig, build_supernet, inherited_accu
 from hvtnas.search.one_shot.strategy import SUPERNET_ATTR
 from hvtnas.search.outcome import evaluated_trials
 from hvtnas.search.study import SearchRun, SearchSpec, arch_key, load_search_spec, open_study, search_recipe
+from hvtnas.search.warm_start import warm_start_points
 from hvtnas.space import iter_samples
 from hvtnas.summary import describe
 from hvtnas.train import ImageData, TrainConfig, load_dataset, train_proxy
@@ -294,15 +295,35 @@ def one_shot_study(
 
 def per_trial_study(spec: SearchSpec, data: ImageData, work: Path, seconds: float) -> dict[str, Any]:
     """The space's own per-trial study (sampler, warm start, early stopping) for ``seconds``."""
-    per_trial = spec.model_copy() if hasattr(spec, "model_copy") else spec
     exp = spec.experiment.model_copy(update={"strategy": "per_trial", "one_shot": None})
-    per_trial = SearchSpec(spec.space, exp, spec.text + "\n# per-trial\n", spec.path)
+    per_trial = SearchSpec(spec.space, exp, spec.text, spec.path)
     study, took = run_study(per_trial, data, work, "per_trial", 10_000, time.time() + seconds)
     points = [
         {"trial": t.number, "flops": t.user_attrs["costs"]["flops"], "accuracy": t.values[0]}
         for t in evaluated_trials(study.trials)
     ]
     return {"trials": len(study.trials), "seconds": took, "front": pareto(points, "accuracy")}
+
+
+def baselines(
+    spec: SearchSpec, data: ImageData, cache: Cache, costs: CostCache, fronts: dict[str, list[dict[str, Any]]]
+) -> list[dict[str, Any]]:
+    """The space's warm-start designs (the published families scaled to the task) trained
+    stand-alone with the proxy recipe, each beside the best member of each front at no more FLOPs
+    (the search-quality study's baseline table, on this run's recipe)."""
+    rows = []
+    for point in warm_start_points(spec):
+        arch = adapt_arch_to_data(point.arch, data, keep_resolution=True)
+        alone = standalone(arch, data, spec.experiment.train, cache)
+        flops = flops_of(arch, spec, costs)
+        row: dict[str, Any] = {"baseline": point.label, "flops": flops, "accuracy": alone["accuracy"]}
+        for name, front in fronts.items():
+            cheaper = [p for p in front if p["flops"] <= flops]
+            best = max(cheaper, key=lambda p: p["accuracy"], default=None)
+            row[name] = None if best is None else {"flops": best["flops"], "accuracy": best["accuracy"]}
+        rows.append(row)
+        log(f"baseline {point.label}: {alone['accuracy']:.4f} at {flops / 1e6:.2f} MMACs")
+    return rows
 
 
 # ------------------------------------------------------------------------------------------- report
@@ -390,6 +411,29 @@ def write_results(result: dict[str, Any], out: str) -> None:
                 f"| {row['search']} | {row['minutes']:.1f} | {row['trained']} | {row['hypervolume']:.4f} |"
             )
         lines += ["", eq["verdict"]]
+    if r.get("baselines"):
+        names = [k for k in r["baselines"][0] if k not in ("baseline", "flops", "accuracy")]
+        lines += [
+            "",
+            "## The published families against the fronts",
+            "",
+            "Each warm-start design (a published family scaled to the task) trained stand-alone with "
+            "the proxy recipe, beside the most accurate member of each front at no more FLOPs "
+            "(accuracy %, MMACs in brackets; - where the front has none that cheap):",
+            "",
+            "| baseline | MMACs | accuracy | " + " | ".join(names) + " |",
+            "|---|---:|---:|" + "---:|" * len(names),
+        ]
+        for b in r["baselines"]:
+            cells = [
+                "-" if b[n] is None else f"{100 * b[n]['accuracy']:.1f} ({b[n]['flops'] / 1e6:.2f})"
+                for n in names
+            ]
+            lines.append(
+                f"| {b['baseline']} | {b['flops'] / 1e6:.2f} | {100 * b['accuracy']:.1f} | "
+                + " | ".join(cells)
+                + " |"
+            )
     lines += ["", "## What this says", "", *r["notes"]]
     (RESULTS / f"one_shot_{out}.md").write_text("\n".join(lines) + "\n")
 
@@ -409,6 +453,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=100, help="of the one-shot study")
     parser.add_argument("--retrain", type=int, default=6, help="most of the one-shot front retrained")
     parser.add_argument("--per-trial-study", action="store_true")
+    parser.add_argument("--baselines", action="store_true", help="train the warm-start designs too")
     parser.add_argument("--seed", type=int, default=123, help="of the random sub-networks")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--work", type=Path, default=Path("runs/one_shot_ranking"))
@@ -496,6 +541,14 @@ def main() -> None:
                     ),
                 }
             )
+        fronts = {
+            "one-shot": [{"flops": p["flops"], "accuracy": p["retrained"]} for p in os_["front"]],
+            "per-trial random": [{"flops": f, "accuracy": a} for a, f in seen],
+        }
+        if args.per_trial_study:
+            fronts["per-trial study"] = pt["front"]
+        if args.baselines:
+            result["baselines"] = baselines(spec, data, cache, costs, fronts)
         better = hv_one_shot > hv_random
         result["equal_wall_time"] = {
             "flops_ref": flops_ref,
