@@ -17,7 +17,7 @@ from hvtnas.io import atomic_write_text, check_name, safe_file_name
 if TYPE_CHECKING:  # optuna and torch load when a command runs, not for `hvtnas --help`
     import optuna
 
-    from hvtnas.search import TrialOutcome
+    from hvtnas.search import SearchSpec, TrialOutcome
 
 DEFAULT_TRIALS = 20
 
@@ -140,6 +140,8 @@ def search_command(
             yaml.safe_dump(spec.experiment.model_dump(mode="json"), sort_keys=False, default_flow_style=None),
         )
     exp = spec.experiment
+    if exp.strategy == "one_shot":  # the supernet is trained once, before any trial (and any worker)
+        _prepare_supernet(spec, study_obj, run_dir / "supernet")
     objectives = ", ".join(f"{o} ({d})" for o, d in zip(exp.objectives, exp.directions, strict=True))
     before = count_finished(study_obj)  # a crashed trial that was retried counts once
     target = before + more if more is not None else trials if trials is not None else DEFAULT_TRIALS
@@ -254,6 +256,31 @@ def search_command(
         raise typer.Exit(code=1)
 
 
+def _prepare_supernet(spec: SearchSpec, study_obj: optuna.Study, out_dir: Path) -> None:
+    """Train the one-shot study's supernet (resumed; a finished one is only loaded) and record
+    where it is in the study, where every worker's trials find it."""
+    from hvtnas.search.one_shot.strategy import SUPERNET_ATTR, prepare_supernet, supernet_checkpoint
+    from hvtnas.train import load_dataset
+
+    checkpoint = supernet_checkpoint(out_dir)
+    console.print(f"one-shot: supernet {checkpoint}", highlight=False)
+    inp = spec.space.tree.get("input", {})
+    data = load_dataset(spec.experiment.data.for_arch(inp.get("channels", 3), inp.get("resolution", 224)))
+    started = time.perf_counter()
+    supernet, result = prepare_supernet(spec, data, out_dir, progress=console.is_terminal)
+    last = result.epochs[-1] if result.epochs else None
+    console.print(
+        f"one-shot: supernet of {len(supernet.slots)} shared tensors, "
+        f"{sum(p.numel() for p in supernet.parameters()) / 1e6:.2f}M parameters, "
+        f"{len(result.epochs)} epochs ({result.train_seconds:.0f} s of training, "
+        f"{time.perf_counter() - started:.0f} s here)"
+        + (f", largest path's val accuracy {last.val_accuracy:.4f}" if last else ""),
+        highlight=False,
+    )
+    if study_obj.user_attrs.get(SUPERNET_ATTR) != str(checkpoint):
+        study_obj.set_user_attr(SUPERNET_ATTR, str(checkpoint))
+
+
 def _load_study(run: Path | None, storage: str | None, study: str | None) -> optuna.Study:
     return _load_study_and_storage(run, storage, study)[0]
 
@@ -330,7 +357,12 @@ def export_command(
         bool, typer.Option("--onnx", help="Also <name>.onnx, checked with onnxruntime (extra 'export').")
     ] = False,
     safetensors: Annotated[
-        bool, typer.Option("--safetensors", help="Also the initial (untrained, seeded) weights.")
+        bool,
+        typer.Option(
+            "--safetensors",
+            help="Also the initial (untrained, seeded) weights; a one-shot study's: inherited "
+            "from its supernet.",
+        ),
     ] = False,
     seed: Annotated[int, typer.Option(help="Seed of the initial weights (--onnx, --safetensors).")] = 0,
 ) -> None:

@@ -13,6 +13,7 @@ from hvtnas.config import ArchConfig
 OUTCOME_NOTES = {  # what the dashboard's note says first, so that no value is read for more than it is
     "over_budget": "over budget: never trained; the accuracy Optuna shows for it (0) is a placeholder "
     "that tells the sampler the architecture is infeasible",
+    "inherited": "inherited: evaluated with the weights it inherits from the study's supernet, not trained",
     "duplicate": "duplicate: the result of an identical architecture, reused (nothing trained)",
     "stopped_early": "stopped early: its accuracy is that of the epoch it was stopped at",
     "failed": "failed: no result",

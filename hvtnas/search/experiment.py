@@ -9,6 +9,7 @@ import optuna
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from hvtnas.costs import CostSettings, LatencySettings
+from hvtnas.search.one_shot.config import OneShotConfig
 from hvtnas.train import DataConfig, TrainConfig
 from hvtnas.train.proxies import ZERO_COST_PROXIES
 
@@ -136,6 +137,10 @@ class ExperimentConfig(_Strict):
     early_stopping: EarlyStoppingConfig | None = EarlyStoppingConfig()
     warm_start: WarmStartConfig | None = None
     proxy_batch_size: int = Field(64, ge=2)  # images for zero-cost proxy objectives
+    # per_trial: every trial is proxy-trained; one_shot: a supernet over the space is trained once
+    # and trials are evaluated with the weights they inherit from it (settings in `one_shot`)
+    strategy: Literal["per_trial", "one_shot"] = "per_trial"
+    one_shot: OneShotConfig | None = None
     # seconds a trial may take; checked after every epoch, a trial past it fails with reason "timeout"
     trial_timeout: float | None = Field(None, gt=0)
     # seconds after which a trial stuck inside an epoch is abandoned and its worker process ends
@@ -175,6 +180,16 @@ class ExperimentConfig(_Strict):
             if limit <= 0:
                 raise ValueError(f"constraint {name} must be positive, got {limit}")
         return constraints
+
+    @model_validator(mode="after")
+    def _one_shot_fits(self) -> ExperimentConfig:
+        if self.one_shot is not None and self.strategy != "one_shot":
+            raise ValueError("one_shot settings apply to 'strategy: one_shot' only")
+        if self.strategy == "one_shot" and "accuracy" not in self.objectives:
+            raise ValueError(
+                "strategy one_shot evaluates accuracy with inherited weights: add 'accuracy' to objectives"
+            )
+        return self
 
     @model_validator(mode="after")
     def _costs_that_are_needed(self) -> ExperimentConfig:

@@ -52,8 +52,13 @@ def trial_card(study: optuna.Study, t: FrozenTrial, cfg: ArchConfig, config_file
         dense_resolution=f"{dense['width']}x{dense['height']}" if dense else None,
         latency=costs.get("latency"),
         accuracy=objectives.get("accuracy"),
-        accuracy_note="validation accuracy of the search's short proxy training (recipe below), "
-        "a ranking signal, not a full training; train it with `hvtnas train`",
+        accuracy_note=(
+            "validation accuracy with the weights inherited from the one-shot study's supernet "
+            "(untrained on their own), a ranking signal; train it with `hvtnas train`"
+            if t.user_attrs.get("inherited")
+            else "validation accuracy of the search's short proxy training (recipe below), "
+            "a ranking signal, not a full training; train it with `hvtnas train`"
+        ),
         recipe=search_recipe(study, t),
         study={
             "study": study.study_name,
@@ -82,17 +87,28 @@ def export_trial_files(
     weights; ``hvtnas train`` writes trained ones."""
     from hvtnas.artifacts import fill_costs, write_artifacts
     from hvtnas.models import build_model
+    from hvtnas.search.one_shot.strategy import study_supernet
 
     cfg = ArchConfig.from_yaml(config_path)
-    torch.manual_seed(seed)
-    model = build_model(cfg).eval()
+    supernet = study_supernet(study.user_attrs, study.user_attrs.get("space_yaml", ""))
+    if supernet is not None:  # a one-shot study: the weights it evaluated, inherited from its supernet
+        model = supernet.extract(cfg).eval()
+    else:
+        torch.manual_seed(seed)
+        model = build_model(cfg).eval()
     card = None
     if "card" in which:
         card = trial_card(study, t, cfg, config_path.name)
         # what the study did not measure: dense FLOPs, latency (on this machine's CPU)
         settings = CostSettings(latency=LatencySettings(warmup=3, repeats=10))
         card = fill_costs(card, model, settings, cache)
-        if which & {"safetensors", "onnx"}:
+        if which & {"safetensors", "onnx"} and supernet is not None:
+            card.notes.append(
+                "The weights and ONNX graph beside this card are inherited from the one-shot study's "
+                "supernet (the weights its accuracy was measured with, untrained on their own): "
+                "`hvtnas train` this config with `--weights` to fine-tune from them."
+            )
+        elif which & {"safetensors", "onnx"}:
             card.notes.append(
                 f"The weights and ONNX graph beside this card are the untrained initialisation (seed {seed}):"
                 " a search keeps no trained weights."

@@ -16,6 +16,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 OUTCOME_ATTR = "outcome"
 TRAINED = "trained"  # proxy-trained to its last epoch
+INHERITED = "inherited"  # a one-shot study: evaluated with weights inherited from its supernet, untrained
 SCORED = "scored"  # a study without an accuracy objective: costs (and zero-cost proxies) only
 STOPPED_EARLY = "stopped_early"  # beaten at an epoch by a trial of no more cost (early stopping)
 OVER_BUDGET = "over_budget"  # a constraint violated: never trained, no accuracy
@@ -24,8 +25,19 @@ FAILED = "failed"  # NaN loss, out of memory, an exception, a dead worker
 TIMEOUT = "timeout"  # past experiment.trial_timeout / trial_hard_timeout
 RUNNING = "running"
 WAITING = "waiting"  # enqueued (a retry, a warm start), not started
-OUTCOMES = (TRAINED, SCORED, STOPPED_EARLY, OVER_BUDGET, DUPLICATE, FAILED, TIMEOUT, RUNNING, WAITING)
-EVALUATED = (TRAINED, SCORED)  # trials whose values are their own, final and feasible
+OUTCOMES = (
+    TRAINED,
+    INHERITED,
+    SCORED,
+    STOPPED_EARLY,
+    OVER_BUDGET,
+    DUPLICATE,
+    FAILED,
+    TIMEOUT,
+    RUNNING,
+    WAITING,
+)
+EVALUATED = (TRAINED, INHERITED, SCORED)  # trials whose values are their own, final and feasible
 WARM_START_ATTR = "warm_start"  # on warm-start trials: the design they evaluate (convformer_s18@2M)
 
 
@@ -46,6 +58,8 @@ def trial_outcome(t: FrozenTrial) -> str:
         return STOPPED_EARLY
     if attrs.get("constraint_violations"):
         return OVER_BUDGET
+    if "inherited" in attrs:
+        return INHERITED
     return TRAINED if "training" in attrs else SCORED
 
 
@@ -54,7 +68,7 @@ def has_accuracy(t: FrozenTrial) -> bool:
     outcome = trial_outcome(t)
     if outcome == DUPLICATE:
         return not t.user_attrs.get("constraint_violations") and t.state == TrialState.COMPLETE
-    return outcome in (TRAINED, STOPPED_EARLY) and t.state == TrialState.COMPLETE
+    return outcome in (TRAINED, INHERITED, STOPPED_EARLY) and t.state == TrialState.COMPLETE
 
 
 def evaluated_trials(trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:

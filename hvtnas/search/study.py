@@ -38,6 +38,7 @@ from hvtnas.search.experiment import PROXY_PREFIX, ExperimentConfig
 from hvtnas.search.outcome import (
     DUPLICATE,
     FAILED,
+    INHERITED,
     OUTCOME_ATTR,
     OVER_BUDGET,
     SCORED,
@@ -98,7 +99,11 @@ class SearchSpec:
 
 def load_search_spec(path: str | Path) -> SearchSpec:
     path = Path(path)
-    text = read_text(path, "search space")
+    return parse_search_spec(read_text(path, "search space"), path)
+
+
+def parse_search_spec(text: str, path: Path) -> SearchSpec:
+    """A search-space file's text (``path`` names it in messages), e.g. the one a study stores."""
     data, lines = load_yaml_with_lines(text, str(path))
     if not isinstance(data, dict):
         raise ConfigError([f"{path}: expected a mapping at the top level"])
@@ -176,6 +181,9 @@ class SearchRun:
     max_retry: int | None = 3  # retries of a trial whose worker died (stale heartbeat, dead process)
     device_lock: DeviceLock = field(default_factory=lambda: DeviceLock(None))
     data: ImageData | None = field(default=None, init=False)
+    # strategy one_shot: the trained supernet (default: the checkpoint the study records)
+    supernet_checkpoint: Path | None = None
+    _inherited: Any = field(default=None, init=False)  # InheritedEvaluator, loaded on first use
 
     def finished(self) -> int:
         """Trials that count towards the total (a crashed trial that was retried counts once)."""
@@ -344,6 +352,13 @@ class SearchRun:
             )
 
         accuracy, stopped = None, None
+        if exp.strategy == "one_shot":  # inherited weights: no training, no early stopping
+            with self.device_lock.training():  # never timed against: it computes as training does
+                evaluation = self._inherited_evaluator().evaluate(arch)
+            trial.set_user_attr("inherited", evaluation)
+            accuracy = evaluation["val_accuracy"]
+            values = [self._value(m, accuracy, cost_values, proxy_scores) for m in exp.objectives]
+            return TrialOutcome(trial.number, TrialState.COMPLETE, values, outcome=INHERITED)
         if "accuracy" in exp.objectives:
             on_epoch = self._with_timeout(self._early_stopping(trial, cost_values), started)
             with self.device_lock.training():
@@ -373,6 +388,19 @@ class SearchRun:
         done = STOPPED_EARLY if stopped else TRAINED if "accuracy" in exp.objectives else SCORED
         return TrialOutcome(trial.number, TrialState.COMPLETE, values, reason=stopped, outcome=done)
 
+    def _inherited_evaluator(self) -> Any:
+        if self._inherited is None:
+            from hvtnas.search.one_shot.strategy import SUPERNET_ATTR, InheritedEvaluator
+
+            checkpoint = self.supernet_checkpoint or self.study.user_attrs.get(SUPERNET_ATTR)
+            if checkpoint is None:
+                raise SearchError(
+                    f"study {self.study.study_name!r} is one-shot but records no trained supernet; "
+                    "`hvtnas search` trains it before the first trial"
+                )
+            self._inherited = InheritedEvaluator(self.spec, self._dataset(), Path(checkpoint))
+        return self._inherited
+
     @property
     def _generational(self) -> bool:
         return is_generational(self.study.sampler)
@@ -391,7 +419,7 @@ class SearchRun:
         if waited:
             reason += f", waited {waited:.0f} s for it to finish"
         what = trial_outcome(earlier)
-        if what != TRAINED and what != SCORED and what != DUPLICATE:
+        if what not in (TRAINED, INHERITED, SCORED, DUPLICATE):
             reason += f" ({what.replace('_', ' ')})"
         reason += ": result reused"
         if earlier.state == TrialState.PRUNED:  # stopped early: stopped again, nothing to tell

@@ -271,6 +271,11 @@ def _train(
         if cuda and "rng_cuda" in resume_state:
             torch.cuda.set_rng_state(resume_state["rng_cuda"], device)
     train_module: nn.Module = model
+    # A model may define its training step's loss (``training_loss(x, y, label_smoothing)``): a
+    # supernet samples sub-networks per step (hvtnas.search.one_shot). It runs on the model itself.
+    own_loss = getattr(model, "training_loss", None)
+    if own_loss is not None and (distributed or cfg.compile):
+        raise HvtnasError("a model with its own training_loss (a supernet) trains without DDP and compile")
     if distributed:
         train_module = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
     if cfg.compile:
@@ -296,7 +301,10 @@ def _train(
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 with autocast:
-                    loss = F.cross_entropy(train_module(x), y, label_smoothing=cfg.label_smoothing)
+                    if own_loss is not None:  # a supernet: the loss over the sub-networks it samples
+                        loss = own_loss(x, y, cfg.label_smoothing)
+                    else:
+                        loss = F.cross_entropy(train_module(x), y, label_smoothing=cfg.label_smoothing)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.grad_clip is not None:
@@ -351,6 +359,26 @@ def _train(
                         verdict if isinstance(verdict, str) else f"stopped after epoch {epoch + 1}"
                     )
                     return
+
+
+def evaluate_model(model: nn.Module, data: ImageData, cfg: TrainConfig) -> tuple[float, float]:
+    """Validation loss and accuracy of ``model`` on ``data``, measured as the trainer measures them
+    after every epoch (eval mode, the same batches and precision, on ``cfg.device``)."""
+    device = resolve_device(cfg.device)
+    use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
+    batches = _BatchSource(data, device, cfg.batch_size, cfg, 0, 1, channels_last=False)
+    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16)
+    return _evaluate(model.to(device), batches, autocast, distributed=False)
+
+
+def training_batches(data: ImageData, cfg: TrainConfig, count: int, epoch: int = 0) -> Iterator[Tensor]:
+    """The first ``count`` training batches of ``epoch`` as the trainer makes them (normalised,
+    augmented, on ``cfg.device``), without labels: what BatchNorm statistics are estimated from."""
+    batches = _BatchSource(data, resolve_device(cfg.device), cfg.batch_size, cfg, 0, 1, channels_last=False)
+    for i, (x, _) in enumerate(batches.train_epoch(epoch)):
+        if i >= count:
+            return
+        yield x
 
 
 def lr_factor(step: int, total_steps: int, warmup_steps: int, min_ratio: float) -> float:

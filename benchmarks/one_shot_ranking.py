@@ -1,0 +1,580 @@
+"""Does one-shot search work on the CPU-scale task? Ranking fidelity and an equal-wall-time comparison.
+
+On a shipped space (default ``search_spaces/animal_mnist.yaml``, its data and proxy recipe; a
+fraction of the training images and fewer proxy epochs to fit a 2-core machine, both stated in the
+results) this script
+
+1. **trains the supernet** of the space (``hvtnas.search.one_shot``, the project's trainer) and
+   times it;
+2. **ranking**: draws random sub-networks within the space's constraints (FLOPs measured as the
+   search measures them), evaluates each with the weights it inherits (no training) and trains each
+   stand-alone with the proxy recipe, and reports Kendall tau and Spearman rho between the two
+   accuracies, beside the tau that FLOPs and parameters alone reach (a ranking that costs nothing);
+3. **one-shot study**: a ``strategy: one_shot`` study (``SearchRun``, the space's sampler and warm
+   start) of ``--trials`` trials on the trained supernet, its Pareto front (inherited accuracy
+   against FLOPs) retrained stand-alone with the same proxy recipe;
+4. **equal wall time**: the hypervolume of that retrained front (supernet training + study +
+   retraining) against the front of the stand-alone trainings of step 2 (a per-trial random search)
+   cut at the same wall time; ``--per-trial-study`` also runs a per-trial study of the space's own
+   sampler (warm start, early stopping) for that wall time.
+
+Hypervolume as in ``benchmarks/search_quality.py``: of (FLOPs / limit, error), reference point
+(1, 1 - 1/classes), trained (or retrained) accuracies only.
+
+    nice -n 10 python benchmarks/one_shot_ranking.py              # ~25 min on 2 busy CPU cores
+    python benchmarks/one_shot_ranking.py --subnets 4 --trials 12 --supernet-epochs 1 \
+        --proxy-epochs 1 --fraction 0.1 --work runs/osr-smoke --out smoke   # a smoke run, minutes
+
+Results: ``benchmarks/results/one_shot_<out>.{json,md}``. The work folder holds the supernet
+checkpoint, the studies and every finished measurement, so an interrupted run resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import torch
+from scipy import stats
+
+from hvtnas.config import ArchConfig
+from hvtnas.costs import CostCache, measure_costs
+from hvtnas.search.one_shot import OneShotConfig, build_supernet, inherited_accuracy, train_supernet
+from hvtnas.search.one_shot.strategy import SUPERNET_ATTR
+from hvtnas.search.outcome import evaluated_trials
+from hvtnas.search.study import SearchRun, SearchSpec, arch_key, load_search_spec, open_study, search_recipe
+from hvtnas.search.warm_start import warm_start_points
+from hvtnas.space import iter_samples
+from hvtnas.summary import describe
+from hvtnas.train import ImageData, TrainConfig, load_dataset, train_proxy
+from hvtnas.train.trainer import adapt_arch_to_data
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+DATA = ROOT.parent / "shared" / "data" / "animal_mnist.npz"
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+class Cache:
+    """A JSON file of finished measurements: a rerun skips them."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.data: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+
+    def get(self, key: str) -> Any:
+        return self.data.get(key)
+
+    def put(self, key: str, value: Any) -> Any:
+        self.data[key] = value
+        self.path.write_text(json.dumps(self.data, indent=1))
+        return value
+
+
+def prepared_spec(args: argparse.Namespace) -> SearchSpec:
+    """The space file with this run's data fraction and proxy recipe (and the data file found)."""
+    spec = load_search_spec(args.space)
+    exp = spec.experiment
+    data = exp.data.model_copy(update={"fraction": args.fraction})
+    if data.path is not None and not data.path.is_absolute():
+        data = data.model_copy(update={"path": (Path(args.space).parent / data.path).resolve()})
+    if data.name == "npz" and not data.path.exists() and DATA.exists():
+        data = data.model_copy(update={"path": DATA})
+    train = exp.train.model_copy(update={"epochs": args.proxy_epochs, "device": "cpu"})
+    supernet_train = train.model_copy(update={"epochs": args.supernet_epochs, "lr": args.supernet_lr})
+    one_shot = OneShotConfig(
+        train=supernet_train, rule=args.rule, sandwich_random=args.sandwich_random, cover_samples=8
+    )
+    spec.experiment = exp.model_copy(
+        update={"data": data, "train": train, "strategy": "one_shot", "one_shot": one_shot}
+    )
+    return spec
+
+
+def flops_of(arch: ArchConfig, spec: SearchSpec, costs: CostCache) -> float:
+    return float(measure_costs(arch, spec.experiment.costs, cache=costs).flops)
+
+
+def standalone(arch: ArchConfig, data: ImageData, train: TrainConfig, cache: Cache) -> dict[str, Any]:
+    """Proxy accuracy of ``arch`` trained on its own with the recipe (cached by architecture)."""
+    key = "standalone:" + arch_key(arch)
+    if cache.get(key) is None:
+        started = time.perf_counter()
+        result = train_proxy(arch, data, train)
+        cache.put(key, {"accuracy": result.val_accuracy, "seconds": time.perf_counter() - started})
+    return cache.get(key)
+
+
+# ------------------------------------------------------------------------------------------- steps
+def train_the_supernet(spec: SearchSpec, data: ImageData, work: Path, cache: Cache) -> tuple[Any, float]:
+    cfg = spec.experiment.one_shot
+    supernet = build_supernet(spec.space, data, cfg, seed=cfg.train.seed)
+    started = time.perf_counter()
+    result = train_supernet(supernet, data, cfg.train, work / "supernet")
+    if cache.get("supernet") is None or result.train_seconds > cache.get("supernet")["train_seconds"]:
+        cache.put(
+            "supernet",
+            {
+                "seconds": time.perf_counter() - started,
+                "train_seconds": result.train_seconds,
+                "epochs": [e.val_accuracy for e in result.epochs],
+                "slots": len(supernet.slots),
+                "parameters": sum(p.numel() for p in supernet.parameters()),
+            },
+        )
+    return supernet.eval(), cache.get("supernet")["train_seconds"]
+
+
+def ranking(
+    spec: SearchSpec, data: ImageData, supernet: Any, n: int, costs: CostCache, cache: Cache, seed: int
+) -> list[dict[str, Any]]:
+    """``n`` random feasible sub-networks: inherited and stand-alone accuracy, FLOPs, params."""
+    exp = spec.experiment
+    limits = exp.constraints
+    rows: list[dict[str, Any]] = []
+    for arch in iter_samples(spec.space, 40 * n, seed=seed):
+        if len(rows) == n:
+            break
+        arch = adapt_arch_to_data(arch, data, keep_resolution=True)
+        c = measure_costs(arch, exp.costs, cache=costs)
+        if ("flops" in limits and c.flops > limits["flops"]) or (
+            "params" in limits and c.params > limits["params"]
+        ):
+            continue
+        key = arch_key(arch)
+        inherited = cache.get("inherited:" + key)
+        if inherited is None:
+            started = time.perf_counter()
+            _, accuracy = inherited_accuracy(supernet, arch, data, exp.train, exp.one_shot.bn_batches)
+            inherited = cache.put(
+                "inherited:" + key, {"accuracy": accuracy, "seconds": time.perf_counter() - started}
+            )
+        alone = standalone(arch, data, exp.train, cache)
+        rows.append(
+            {
+                "arch": describe(arch),
+                "key": key,
+                "flops": c.flops,
+                "params": c.params,
+                "inherited": inherited["accuracy"],
+                "inherited_seconds": inherited["seconds"],
+                "standalone": alone["accuracy"],
+                "standalone_seconds": alone["seconds"],
+            }
+        )
+        log(
+            f"subnet {len(rows)}/{n}: inherited {inherited['accuracy']:.4f}, stand-alone "
+            f"{alone['accuracy']:.4f}, {c.flops / 1e6:.2f} MMACs ({describe(arch)})"
+        )
+    return rows
+
+
+def rank_stats(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    alone = [r["standalone"] for r in rows]
+
+    def against(values: list[float]) -> dict[str, float]:
+        tau = stats.kendalltau(values, alone)
+        rho = stats.spearmanr(values, alone)
+        return {
+            "kendall_tau": float(tau.statistic),
+            "tau_p": float(tau.pvalue),
+            "spearman": float(rho.statistic),
+        }
+
+    top = max(1, len(rows) // 4)
+    best_alone = {r["key"] for r in sorted(rows, key=lambda r: -r["standalone"])[:top]}
+    best_inherited = {r["key"] for r in sorted(rows, key=lambda r: -r["inherited"])[:top]}
+    return {
+        "inherited": against([r["inherited"] for r in rows]),
+        "flops": against([r["flops"] for r in rows]),
+        "params": against([r["params"] for r in rows]),
+        "top_quarter_overlap": f"{len(best_alone & best_inherited)} of {top}",
+    }
+
+
+def hypervolume(points: list[tuple[float, float]], flops_ref: float, error_ref: float) -> float:
+    """Of (FLOPs / flops_ref, error) over the points (accuracy, FLOPs), reference (1, error_ref)."""
+    from optuna._hypervolume import compute_hypervolume
+
+    kept = [(f / flops_ref, 1.0 - a) for a, f in points if f < flops_ref and 1.0 - a < error_ref]
+    if not kept:
+        return 0.0
+    return float(compute_hypervolume(np.array(kept), np.array([1.0, error_ref])))
+
+
+def pareto(points: list[dict[str, Any]], acc: str) -> list[dict[str, Any]]:
+    """Non-dominated points (max ``acc``, min flops), by FLOPs."""
+    front: list[dict[str, Any]] = []
+    for p in sorted(points, key=lambda p: (p["flops"], -p[acc])):
+        if not front or p[acc] > front[-1][acc]:
+            front.append(p)
+    return front
+
+
+def run_study(
+    spec: SearchSpec,
+    data: ImageData,
+    work: Path,
+    name: str,
+    trials: int,
+    deadline: float | None,
+    **extra: Any,
+) -> tuple[optuna.Study, float]:
+    storage = f"sqlite:///{work / (name + '.db')}"
+    study = open_study(spec, name, storage)
+    for key, value in extra.items():
+        study.set_user_attr(key, value)
+    run = SearchRun(spec, study, cache=CostCache(work / "costs.sqlite"))
+    run.data = data
+    started = time.perf_counter()
+    run.run(trials, deadline=deadline)
+    return study, time.perf_counter() - started
+
+
+def one_shot_study(
+    spec: SearchSpec,
+    data: ImageData,
+    work: Path,
+    trials: int,
+    retrain_cap: int,
+    cache: Cache,
+    costs: CostCache,
+) -> dict[str, Any]:
+    checkpoint = str((work / "supernet" / "supernet.pt").resolve())
+    study, seconds = run_study(spec, data, work, "one_shot", trials, None, **{SUPERNET_ATTR: checkpoint})
+    if cache.get("one_shot_study_seconds") is None or seconds > 5:
+        cache.put("one_shot_study_seconds", seconds)
+    evaluated = [t for t in evaluated_trials(study.trials)]
+    points = [
+        {
+            "trial": t.number,
+            "key": t.user_attrs["arch_key"],
+            "arch": describe(ArchConfig.model_validate(t.user_attrs["arch"])),
+            "flops": t.user_attrs["costs"]["flops"],
+            "inherited": t.values[0],
+            "warm_start": t.user_attrs.get("warm_start"),
+            "config": t.user_attrs["arch"],
+        }
+        for t in evaluated
+    ]
+    front = pareto(points, "inherited")
+    if len(front) > retrain_cap:  # the most accurate ones
+        front = sorted(sorted(front, key=lambda p: -p["inherited"])[:retrain_cap], key=lambda p: p["flops"])
+    for p in front:
+        alone = standalone(ArchConfig.model_validate(p.pop("config")), data, spec.experiment.train, cache)
+        p["retrained"], p["retrain_seconds"] = alone["accuracy"], alone["seconds"]
+        log(
+            f"one-shot front: trial {p['trial']} inherited {p['inherited']:.4f} "
+            f"-> retrained {p['retrained']:.4f}"
+        )
+    return {
+        "trials": len(study.trials),
+        "evaluated": len(points),
+        "outcomes": dict(
+            sorted(
+                {
+                    o: sum(t.user_attrs.get("outcome") == o for t in study.trials)
+                    for o in {t.user_attrs.get("outcome") for t in study.trials}
+                }.items()
+            )
+        ),
+        "seconds": cache.get("one_shot_study_seconds"),
+        "seconds_per_trial": cache.get("one_shot_study_seconds") / max(1, len(study.trials)),
+        "front": front,
+    }
+
+
+def per_trial_study(spec: SearchSpec, data: ImageData, work: Path, seconds: float) -> dict[str, Any]:
+    """The space's own per-trial study (sampler, warm start, early stopping) for ``seconds``."""
+    exp = spec.experiment.model_copy(update={"strategy": "per_trial", "one_shot": None})
+    per_trial = SearchSpec(spec.space, exp, spec.text, spec.path)
+    study, took = run_study(per_trial, data, work, "per_trial", 10_000, time.time() + seconds)
+    points = [
+        {"trial": t.number, "flops": t.user_attrs["costs"]["flops"], "accuracy": t.values[0]}
+        for t in evaluated_trials(study.trials)
+    ]
+    return {"trials": len(study.trials), "seconds": took, "front": pareto(points, "accuracy")}
+
+
+def baselines(
+    spec: SearchSpec, data: ImageData, cache: Cache, costs: CostCache, fronts: dict[str, list[dict[str, Any]]]
+) -> list[dict[str, Any]]:
+    """The space's warm-start designs (the published families scaled to the task) trained
+    stand-alone with the proxy recipe, each beside the best member of each front at no more FLOPs
+    (the search-quality study's baseline table, on this run's recipe)."""
+    rows = []
+    for point in warm_start_points(spec):
+        arch = adapt_arch_to_data(point.arch, data, keep_resolution=True)
+        alone = standalone(arch, data, spec.experiment.train, cache)
+        flops = flops_of(arch, spec, costs)
+        row: dict[str, Any] = {"baseline": point.label, "flops": flops, "accuracy": alone["accuracy"]}
+        for name, front in fronts.items():
+            cheaper = [p for p in front if p["flops"] <= flops]
+            best = max(cheaper, key=lambda p: p["accuracy"], default=None)
+            row[name] = None if best is None else {"flops": best["flops"], "accuracy": best["accuracy"]}
+        rows.append(row)
+        log(f"baseline {point.label}: {alone['accuracy']:.4f} at {flops / 1e6:.2f} MMACs")
+    return rows
+
+
+# ------------------------------------------------------------------------------------------- report
+def write_results(result: dict[str, Any], out: str) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"one_shot_{out}.json").write_text(json.dumps(result, indent=1))
+    r = result
+    s = r["settings"]
+    rs = r["ranking_stats"]
+    sn = r["supernet"]
+    lines = [
+        f"# One-shot search on the CPU scale: {s['space']}",
+        "",
+        f"Data: {s['data']}. Proxy recipe (stand-alone trainings, retraining): {s['proxy']}. "
+        f"Supernet: {s['supernet']}. Machine: {s['machine']}; {s['date']}.",
+        "",
+        "## Supernet",
+        "",
+        f"{sn['slots']} shared tensors, {sn['parameters'] / 1e6:.1f}M parameters; trained in "
+        f"{sn['train_seconds'] / 60:.1f} min (wall). Validation accuracy of its largest path per epoch: "
+        + ", ".join(f"{a:.3f}" for a in sn["epochs"])
+        + ".",
+        "",
+        f"## Ranking: inherited-weight accuracy against stand-alone proxy accuracy ({len(r['ranking'])} "
+        "random sub-networks within the constraints)",
+        "",
+        "| ranking by | Kendall tau | p | Spearman rho |",
+        "|---|---:|---:|---:|",
+    ]
+    for what, label in (
+        ("inherited", "inherited-weight accuracy (no training)"),
+        ("flops", "FLOPs alone"),
+        ("params", "parameters alone"),
+    ):
+        st = rs[what]
+        lines.append(f"| {label} | {st['kendall_tau']:.3f} | {st['tau_p']:.3g} | {st['spearman']:.3f} |")
+    mean_inh = np.mean([x["inherited_seconds"] for x in r["ranking"]])
+    mean_alone = np.mean([x["standalone_seconds"] for x in r["ranking"]])
+    lines += [
+        "",
+        f"Top quarter by stand-alone accuracy found in the top quarter by inherited accuracy: "
+        f"{rs['top_quarter_overlap']}. Time per sub-network: {mean_inh:.1f} s inherited (extraction, "
+        f"evaluation) against {mean_alone:.1f} s stand-alone training "
+        f"({mean_alone / max(mean_inh, 1e-9):.0f}x).",
+        "",
+        "| # | MMACs | params | inherited | stand-alone | architecture |",
+        "|---:|---:|---:|---:|---:|---|",
+    ]
+    for i, x in enumerate(sorted(r["ranking"], key=lambda x: -x["standalone"])):
+        lines.append(
+            f"| {i + 1} | {x['flops'] / 1e6:.2f} | {x['params']:,} | {100 * x['inherited']:.1f} | "
+            f"{100 * x['standalone']:.1f} | {x['arch']} |"
+        )
+    os_ = r.get("one_shot_study")
+    if os_ is not None:
+        eq = r["equal_wall_time"]
+        lines += [
+            "",
+            "## One-shot study and equal wall time",
+            "",
+            f"`strategy: one_shot` study: {os_['trials']} trials ({os_['outcomes']}), "
+            f"{os_['seconds'] / 60:.1f} min ({os_['seconds_per_trial']:.1f} s per trial: costs and inherited "
+            "evaluation). Its Pareto front by inherited accuracy, retrained stand-alone with the "
+            "proxy recipe:",
+            "",
+            "| trial | MMACs | inherited | retrained | architecture |",
+            "|---:|---:|---:|---:|---|",
+        ]
+        for p in os_["front"]:
+            ws = f" (warm start {p['warm_start']})" if p.get("warm_start") else ""
+            lines.append(
+                f"| {p['trial']} | {p['flops'] / 1e6:.2f} | {100 * p['inherited']:.1f} | "
+                f"{100 * p['retrained']:.1f} | {p['arch']}{ws} |"
+            )
+        lines += [
+            "",
+            f"Hypervolume of (FLOPs / {eq['flops_ref'] / 1e6:g} M, error), "
+            f"reference error {eq['error_ref']:.2f}:",
+            "",
+            "| search | wall time (min) | architectures trained | hypervolume |",
+            "|---|---:|---:|---:|",
+        ]
+        for row in eq["rows"]:
+            lines.append(
+                f"| {row['search']} | {row['minutes']:.1f} | {row['trained']} | {row['hypervolume']:.4f} |"
+            )
+        lines += ["", eq["verdict"]]
+    if r.get("baselines"):
+        names = [k for k in r["baselines"][0] if k not in ("baseline", "flops", "accuracy")]
+        lines += [
+            "",
+            "## The published families against the fronts",
+            "",
+            "Each warm-start design (a published family scaled to the task) trained stand-alone with "
+            "the proxy recipe, beside the most accurate member of each front at no more FLOPs "
+            "(accuracy %, MMACs in brackets; - where the front has none that cheap):",
+            "",
+            "| baseline | MMACs | accuracy | " + " | ".join(names) + " |",
+            "|---|---:|---:|" + "---:|" * len(names),
+        ]
+        for b in r["baselines"]:
+            cells = [
+                "-" if b[n] is None else f"{100 * b[n]['accuracy']:.1f} ({b[n]['flops'] / 1e6:.2f})"
+                for n in names
+            ]
+            lines.append(
+                f"| {b['baseline']} | {b['flops'] / 1e6:.2f} | {100 * b['accuracy']:.1f} | "
+                + " | ".join(cells)
+                + " |"
+            )
+    lines += ["", "## What this says", "", *r["notes"]]
+    (RESULTS / f"one_shot_{out}.md").write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--space", default="search_spaces/animal_mnist.yaml")
+    parser.add_argument("--fraction", type=float, default=0.5, help="of the training images")
+    parser.add_argument("--proxy-epochs", type=int, default=2)
+    parser.add_argument("--supernet-epochs", type=int, default=12)
+    parser.add_argument("--supernet-lr", type=float, default=0.002)
+    parser.add_argument("--rule", choices=["uniform", "sandwich"], default="uniform")
+    parser.add_argument("--sandwich-random", type=int, default=2)
+    parser.add_argument("--subnets", type=int, default=20)
+    parser.add_argument("--trials", type=int, default=100, help="of the one-shot study")
+    parser.add_argument("--retrain", type=int, default=6, help="most of the one-shot front retrained")
+    parser.add_argument("--per-trial-study", action="store_true")
+    parser.add_argument("--baselines", action="store_true", help="train the warm-start designs too")
+    parser.add_argument("--seed", type=int, default=123, help="of the random sub-networks")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--work", type=Path, default=Path("runs/one_shot_ranking"))
+    parser.add_argument("--out", default="cpu")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    args.work.mkdir(parents=True, exist_ok=True)
+    cache = Cache(args.work / "measurements.json")
+    costs = CostCache(args.work / "costs.sqlite")
+    spec = prepared_spec(args)
+    exp = spec.experiment
+    inp = spec.space.tree.get("input", {})
+    data = load_dataset(exp.data.for_arch(inp.get("channels", 3), inp.get("resolution", 224)))
+    started = time.perf_counter()
+
+    log(f"supernet: {args.supernet_epochs} epochs, rule {args.rule}, {data.num_train} training images")
+    supernet, supernet_seconds = train_the_supernet(spec, data, args.work, cache)
+    log(f"supernet trained in {supernet_seconds / 60:.1f} min")
+    rows = ranking(spec, data, supernet, args.subnets, costs, cache, args.seed)
+    rs = rank_stats(rows)
+    log(
+        f"Kendall tau (inherited vs stand-alone) {rs['inherited']['kendall_tau']:.3f}; "
+        f"FLOPs {rs['flops']['kendall_tau']:.3f}"
+    )
+
+    classes = data.num_classes
+    flops_ref = exp.constraints.get("flops", max(r["flops"] for r in rows) * 1.1)
+    error_ref = 1.0 - 1.0 / classes
+    result: dict[str, Any] = {
+        "settings": {
+            "space": args.space,
+            "data": f"{data.name}, {data.num_train} training images (fraction {args.fraction} of the "
+            f"training split), {data.num_val} validation images, {data.resolution}x{data.resolution}",
+            "proxy": f"{args.proxy_epochs} epochs, batch {exp.train.batch_size}, AdamW lr {exp.train.lr}",
+            "supernet": f"{args.supernet_epochs} epochs, rule {args.rule}"
+            + (f" (+{args.sandwich_random} random)" if args.rule == "sandwich" else "")
+            + f", lr {args.supernet_lr}",
+            "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} thread(s), "
+            f"torch {torch.__version__}, optuna {optuna.__version__}",
+            "date": time.strftime("%Y-%m-%d"),
+            "recipe": search_recipe(spec),
+        },
+        "supernet": cache.get("supernet"),
+        "ranking": rows,
+        "ranking_stats": rs,
+    }
+    notes: list[str] = []
+    if args.trials > 0:
+        os_ = one_shot_study(spec, data, args.work, args.trials, args.retrain, cache, costs)
+        result["one_shot_study"] = os_
+        one_shot_seconds = supernet_seconds + os_["seconds"] + sum(p["retrain_seconds"] for p in os_["front"])
+        hv_one_shot = hypervolume([(p["retrained"], p["flops"]) for p in os_["front"]], flops_ref, error_ref)
+        # the stand-alone trainings of the ranking, in the order drawn: a per-trial random search
+        spent, seen = 0.0, []
+        for row in rows:
+            if spent + row["standalone_seconds"] > one_shot_seconds:
+                break
+            spent += row["standalone_seconds"]
+            seen.append((row["standalone"], row["flops"]))
+        hv_random = hypervolume(seen, flops_ref, error_ref)
+        eq_rows = [
+            {
+                "search": "one-shot (supernet + study + retraining its front)",
+                "minutes": one_shot_seconds / 60,
+                "trained": len(os_["front"]),
+                "hypervolume": hv_one_shot,
+            },
+            {
+                "search": "per-trial random search (stand-alone trainings above, cut at equal wall time)",
+                "minutes": spent / 60,
+                "trained": len(seen),
+                "hypervolume": hv_random,
+            },
+        ]
+        if args.per_trial_study:
+            pt = per_trial_study(spec, data, args.work, one_shot_seconds)
+            eq_rows.append(
+                {
+                    "search": f"per-trial study ({exp.sampler.name}, warm start, early stopping)",
+                    "minutes": pt["seconds"] / 60,
+                    "trained": pt["trials"],
+                    "hypervolume": hypervolume(
+                        [(p["accuracy"], p["flops"]) for p in pt["front"]], flops_ref, error_ref
+                    ),
+                }
+            )
+        fronts = {
+            "one-shot": [{"flops": p["flops"], "accuracy": p["retrained"]} for p in os_["front"]],
+            "per-trial random": [{"flops": f, "accuracy": a} for a, f in seen],
+        }
+        if args.per_trial_study:
+            fronts["per-trial study"] = pt["front"]
+        if args.baselines:
+            result["baselines"] = baselines(spec, data, cache, costs, fronts)
+        better = hv_one_shot > hv_random
+        result["equal_wall_time"] = {
+            "flops_ref": flops_ref,
+            "error_ref": error_ref,
+            "rows": eq_rows,
+            "verdict": (
+                "At equal wall time the one-shot search's retrained front has "
+                f"{'the larger' if better else 'the smaller'} "
+                f"hypervolume ({hv_one_shot:.4f} against {hv_random:.4f} for per-trial random search)."
+            ),
+        }
+    tau = rs["inherited"]["kendall_tau"]
+    notes.append(
+        f"- Kendall tau between inherited-weight and stand-alone accuracy: {tau:.3f} over {len(rows)} "
+        f"sub-networks (target 0.5: {'met' if tau >= 0.5 else 'not met'}); FLOPs alone reach "
+        f"{rs['flops']['kendall_tau']:.3f}, parameters {rs['params']['kendall_tau']:.3f}."
+    )
+    notes.append(
+        f"- Total wall time of this run: {(time.perf_counter() - started) / 60:.1f} min (measurements "
+        "cached in the work folder are not counted again). The machine was shared with other jobs: "
+        "wall times compare within this run only."
+    )
+    result["notes"] = notes
+    write_results(result, args.out)
+    log(f"wrote benchmarks/results/one_shot_{args.out}.md")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,29 @@
+"""The ``one_shot`` section of an experiment: how the supernet is trained and its paths evaluated."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt
+
+from hvtnas.train import TrainConfig
+
+
+class OneShotConfig(BaseModel):
+    """``strategy: one_shot``: train one supernet over the space (``train``; the experiment's
+    own ``train`` when left out), then evaluate every trial's architecture with the weights it
+    inherits from it, without training.
+
+    ``rule``: sub-networks per training step: ``uniform`` (one random path, SPOS) or ``sandwich``
+    (the largest and the smallest by widths, depths and ratios, plus ``sandwich_random`` random
+    ones; BigNAS). ``bn_batches``: training batches that re-estimate a sub-network's BatchNorm
+    statistics before it is evaluated (architectures without BatchNorm skip it). ``cover_samples``:
+    random points, beside the covering ones, that size the supernet's shared weights."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    train: TrainConfig | None = None
+    rule: Literal["uniform", "sandwich"] = "sandwich"
+    sandwich_random: NonNegativeInt = Field(2, le=16)
+    bn_batches: PositiveInt = 4
+    cover_samples: NonNegativeInt = 32

@@ -1,0 +1,110 @@
+"""``strategy: one_shot`` in a study: the supernet is trained once (``prepare_supernet``) and every
+trial's architecture is evaluated with the weights it inherits from it (``InheritedEvaluator``).
+The rest of a trial (sampling, dedup, costs, constraints, records) is the study's, unchanged."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hvtnas.config import ArchConfig
+from hvtnas.errors import HvtnasError
+from hvtnas.search.one_shot.config import OneShotConfig
+from hvtnas.search.one_shot.supernet import Supernet
+from hvtnas.search.one_shot.training import (
+    SUPERNET_FILE,
+    build_supernet,
+    inherited_accuracy,
+    load_supernet,
+    train_supernet,
+)
+from hvtnas.train import ImageData, TrainConfig
+from hvtnas.train.trainer import TrialResult, resolve_device
+
+if TYPE_CHECKING:
+    from hvtnas.search.study import SearchSpec
+
+SUPERNET_ATTR = "supernet"  # study user attribute: the trained supernet's checkpoint (absolute path)
+
+
+def one_shot_settings(spec: SearchSpec) -> tuple[OneShotConfig, TrainConfig]:
+    """The experiment's one-shot settings and the supernet's training recipe."""
+    exp = spec.experiment
+    cfg = exp.one_shot or OneShotConfig()
+    return cfg, cfg.train or exp.train
+
+
+def prepare_supernet(
+    spec: SearchSpec, data: ImageData, out_dir: Path, *, progress: bool = False
+) -> tuple[Supernet, TrialResult]:
+    """Train the space's supernet into ``out_dir`` (resumed from a checkpoint there; a finished
+    one is loaded, not trained again)."""
+    cfg, train = one_shot_settings(spec)
+    supernet = build_supernet(spec.space, data, cfg, seed=train.seed)
+    result = train_supernet(supernet, data, train, out_dir, progress=progress)
+    if result.status != "completed":
+        raise HvtnasError(f"supernet training failed: {result.reason}")
+    return supernet, result
+
+
+@dataclass
+class InheritedEvaluator:
+    """Loads the trained supernet once (per worker) and evaluates architectures with the
+    weights they inherit: no training, BatchNorm statistics re-estimated where there is any."""
+
+    spec: SearchSpec
+    data: ImageData
+    checkpoint: Path
+    _supernet: Supernet | None = field(default=None, init=False)
+
+    def supernet(self) -> Supernet:
+        if self._supernet is None:
+            cfg, train = one_shot_settings(self.spec)
+            if not self.checkpoint.is_file():
+                raise HvtnasError(
+                    f"{self.checkpoint}: no trained supernet; `hvtnas search` trains it before the "
+                    "first trial"
+                )
+            supernet, epochs = load_supernet(self.checkpoint, self.spec.space, cfg, seed=train.seed)
+            if epochs < train.epochs:
+                raise HvtnasError(
+                    f"{self.checkpoint}: the supernet is trained to epoch {epochs} of {train.epochs}; "
+                    "rerun `hvtnas search`, which resumes its training"
+                )
+            self._supernet = supernet.to(resolve_device(train.device)).eval()
+        return self._supernet
+
+    def evaluate(self, arch: ArchConfig) -> dict[str, Any]:
+        """``val_accuracy``, ``val_loss`` and the seconds it took, for the trial's records."""
+        cfg, train = one_shot_settings(self.spec)
+        started = time.perf_counter()
+        loss, accuracy = inherited_accuracy(self.supernet(), arch, self.data, train, cfg.bn_batches)
+        return {
+            "val_accuracy": accuracy,
+            "val_loss": loss,
+            "seconds": time.perf_counter() - started,
+            "supernet": str(self.checkpoint),
+        }
+
+
+def supernet_checkpoint(out_dir: Path) -> Path:
+    return Path(out_dir).resolve() / SUPERNET_FILE
+
+
+def study_supernet(study_attrs: dict[str, Any], space_text: str) -> Supernet | None:
+    """The trained supernet of a one-shot study (from its user attributes and space file), or
+    None for a study of another strategy. What an export takes inherited weights from."""
+    checkpoint = study_attrs.get(SUPERNET_ATTR)
+    if checkpoint is None:
+        return None
+    from hvtnas.search.study import parse_search_spec
+
+    spec = parse_search_spec(space_text, Path(study_attrs.get("recipe", {}).get("space", "space.yaml")))
+    cfg, train = one_shot_settings(spec)
+    if not Path(checkpoint).is_file():
+        raise HvtnasError(
+            f"the study's supernet {checkpoint} is gone: its inherited weights cannot be exported"
+        )
+    return load_supernet(Path(checkpoint), spec.space, cfg, seed=train.seed)[0].eval()

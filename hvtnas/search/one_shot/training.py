@@ -1,0 +1,139 @@
+"""Training a supernet with the project's trainer, checkpointed after every epoch and resumable,
+and evaluating its sub-networks with the weights they inherit."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hvtnas.config import ArchConfig, InputConfig
+from hvtnas.errors import HvtnasError
+from hvtnas.search.one_shot.config import OneShotConfig
+from hvtnas.search.one_shot.supernet import Supernet, recalibrate_batchnorm
+from hvtnas.space import SearchSpace
+from hvtnas.train import ImageData, TrainConfig
+from hvtnas.train.trainer import EpochReport, TrialResult, evaluate_model, train_model, training_batches
+
+SUPERNET_FORMAT = 1
+SUPERNET_FILE = "supernet.pt"
+
+
+def build_supernet(space: SearchSpace, data: ImageData, cfg: OneShotConfig, seed: int = 0) -> Supernet:
+    """The supernet of ``space`` for ``data`` (its channels, resolution and classes)."""
+    data_input = InputConfig(channels=data.channels, resolution=data.resolution, num_classes=data.num_classes)
+    return Supernet(
+        space,
+        data_input,
+        rule=cfg.rule,
+        sandwich_random=cfg.sandwich_random,
+        cover_samples=cfg.cover_samples,
+        seed=seed,
+    )
+
+
+def _fingerprint(supernet: Supernet) -> str:
+    """The supernet's slots and shapes: a checkpoint only resumes into the same supernet."""
+    return hashlib.sha256(json.dumps(supernet.slot_index(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def save_supernet(path: Path, supernet: Supernet, state: dict[str, Any]) -> None:
+    """Write the trainer's state (weights, optimizer, RNG, history) atomically, with the slots."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        **state,
+        "format": SUPERNET_FORMAT,
+        "fingerprint": _fingerprint(supernet),
+        "slots_json": json.dumps(supernet.slot_index()),
+        "input_json": json.dumps(supernet.input.model_dump() if supernet.input is not None else None),
+    }
+    partial = path.with_name(path.name + ".part")
+    torch.save(payload, partial)
+    os.replace(partial, path)
+
+
+def load_supernet_state(path: Path, supernet: Supernet) -> dict[str, Any]:
+    """A checkpoint of this supernet (``weights_only`` load); refuses another space's."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise HvtnasError(
+            f"{path}: not a readable supernet checkpoint ({str(err).splitlines()[0][:200]})"
+        ) from None
+    if not isinstance(payload, dict) or payload.get("format") != SUPERNET_FORMAT:
+        raise HvtnasError(f"{path}: not a supernet checkpoint of format {SUPERNET_FORMAT}")
+    if payload.get("fingerprint") != _fingerprint(supernet):
+        raise HvtnasError(
+            f"{path}: a supernet of other slots (another space, data or one_shot settings); "
+            "delete it or use another output folder"
+        )
+    return payload
+
+
+def load_supernet(path: Path, space: SearchSpace, cfg: OneShotConfig, seed: int = 0) -> tuple[Supernet, int]:
+    """The supernet a checkpoint holds (built for the input it was trained on) and the epochs
+    it was trained for."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        stored_input = json.loads(payload["input_json"])
+    except Exception as err:
+        raise HvtnasError(
+            f"{path}: not a readable supernet checkpoint ({str(err).splitlines()[0][:200]})"
+        ) from None
+    supernet = Supernet(
+        space,
+        InputConfig(**stored_input) if stored_input is not None else None,
+        rule=cfg.rule,
+        sandwich_random=cfg.sandwich_random,
+        cover_samples=cfg.cover_samples,
+        seed=seed,
+    )
+    state = load_supernet_state(path, supernet)
+    supernet.load_state_dict(state["model"])
+    return supernet, int(state["epoch"])
+
+
+def train_supernet(
+    supernet: Supernet,
+    data: ImageData,
+    cfg: TrainConfig,
+    out_dir: Path,
+    *,
+    progress: bool = False,
+) -> TrialResult:
+    """Train ``supernet`` with the trainer (its ``training_loss`` samples the paths of each step),
+    checkpointing ``out_dir/supernet.pt`` after every epoch. A checkpoint there is resumed from
+    (weights, optimizer, step, RNG: the same result as an uninterrupted run); a finished one is
+    loaded and not trained again."""
+    path = Path(out_dir) / SUPERNET_FILE
+    resume_state = load_supernet_state(path, supernet) if path.is_file() else None
+    if resume_state is not None and int(resume_state["epoch"]) >= cfg.epochs:
+        supernet.load_state_dict(resume_state["model"])
+        result = TrialResult(status="completed", params=sum(p.numel() for p in supernet.parameters()))
+        result.train_seconds = float(resume_state.get("train_seconds", 0.0))
+        result.images_seen = int(resume_state.get("images_seen", 0))
+        result.epochs = [EpochReport(**e) for e in resume_state.get("history", [])]
+        return result
+    torch.manual_seed(cfg.seed)
+    return train_model(
+        supernet,
+        data,
+        cfg,
+        progress=progress,
+        resume_state=resume_state,
+        on_checkpoint=lambda state: save_supernet(path, supernet, state),
+    )
+
+
+def inherited_accuracy(
+    supernet: Supernet, arch: ArchConfig, data: ImageData, cfg: TrainConfig, bn_batches: int = 4
+) -> tuple[float, float]:
+    """Validation (loss, accuracy) of ``arch`` with the weights it inherits from ``supernet``,
+    no training; BatchNorm statistics re-estimated on ``bn_batches`` training batches first."""
+    model = supernet.extract(arch).to(supernet._device())
+    recalibrate_batchnorm(model, training_batches(data, cfg, bn_batches))
+    return evaluate_model(model.eval(), data, cfg)

@@ -1,0 +1,279 @@
+"""One-shot search: weight inheritance (extracted model == supernet path, bitwise in eval) over
+random points of the shipped spaces and for every registered mixer, supernet training with the
+trainer and its resume, and the ``strategy: one_shot`` study."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+import torch
+
+from hvtnas import MIXERS
+from hvtnas.config import ArchConfig, InputConfig
+from hvtnas.search.one_shot import (
+    OneShotConfig,
+    Supernet,
+    SupernetError,
+    build_supernet,
+    inherited_accuracy,
+    recalibrate_batchnorm,
+    save_supernet,
+    train_supernet,
+)
+from hvtnas.space import SearchSpace
+from hvtnas.train import DataConfig, TrainConfig, load_dataset
+from tests.train_helpers import one_thread  # noqa: F401 - a fixture
+
+
+def _same_outputs(supernet: Supernet, archs: list[ArchConfig], x: torch.Tensor) -> None:
+    supernet.eval()
+    for arch in archs:
+        supernet.set_path(arch)
+        with torch.no_grad():
+            path_out = supernet(x)
+            standalone = supernet.extract(arch).eval()(x)
+        assert torch.equal(path_out, standalone), f"{arch}: extracted model differs from the supernet path"
+        assert standalone.shape == (len(x), supernet.point(arch).input.num_classes)
+
+
+@pytest.mark.parametrize("space_file", ["quickstart", "animal_mnist"])
+def test_extracted_models_equal_supernet_paths(space_file: str, one_thread: None) -> None:  # noqa: F811
+    space = SearchSpace.from_yaml(f"search_spaces/{space_file}.yaml")
+    supernet = Supernet(space, cover_samples=4)
+    torch.manual_seed(0)
+    archs = [supernet.sample() for _ in range(6)] + [supernet.sample("max"), supernet.sample("min")]
+    # weights moved off their initial values, so that slices of trained tensors are compared
+    with torch.no_grad():
+        for p in supernet.parameters():
+            p.add_(torch.randn_like(p) * 0.01)
+    res = supernet.eval_arch.input
+    _same_outputs(supernet, archs, torch.randn(3, res.channels, res.resolution, res.resolution))
+
+
+def test_sub_networks_share_slices_of_one_tensor() -> None:
+    space = SearchSpace.from_yaml("search_spaces/quickstart.yaml")
+    supernet = Supernet(space, cover_samples=0)
+    small = space.sample(_Fixed({"stage1.width": 16}))
+    large = space.sample(_Fixed({"stage1.width": 32}))
+    a = supernet.extract(small).state_dict()["stem.proj.weight"]
+    b = supernet.extract(large).state_dict()["stem.proj.weight"]
+    assert a.shape[0] == 16 and b.shape[0] == 32
+    assert torch.equal(a, b[:16])  # the narrow stem is the corner of the wide one
+
+
+class _Fixed:
+    """First options and low ends, but the given values (a stand-in trial)."""
+
+    def __init__(self, fixed: dict[str, Any]) -> None:
+        self.fixed = fixed
+
+    def suggest_categorical(self, name: str, choices: list[Any]) -> Any:
+        return self.fixed.get(name, choices[0])
+
+    def suggest_int(self, name: str, low: int, high: int, step: int = 1, log: bool = False) -> int:
+        return self.fixed.get(name, low)
+
+    def suggest_float(self, name: str, low: float, high: float, **kwargs: Any) -> float:
+        return self.fixed.get(name, low)
+
+
+def _mixer_space(kind: str) -> dict[str, Any]:
+    """Two stages with the mixer, widths, depths and MLP ratios to slice, at 32x32."""
+    stage: dict[str, Any] = {"ffn": "none", "norm": "batchnorm"} if kind == "mbconv" else {}
+    return {
+        "input": {"channels": 3, "resolution": 32, "num_classes": 10},
+        "stem": {"kind": "patch", "norm": "layernorm"},
+        "downsample": {"kind": "conv", "kernel_size": 2, "norm": "layernorm"},
+        "stages": [
+            {
+                "depth": {"int": [1, 2]},
+                "width": {"choice": [16, 24, 32]},
+                "heads": {"choice": [2, 4]},
+                "mlp_ratio": {"choice": [2, 4]},
+                "mixers": [{"kind": kind}],
+                **stage,
+            },
+            {"depth": 1, "width": {"choice": [32, 48]}, "heads": 4, "mixers": [{"kind": kind}], **stage},
+        ],
+    }
+
+
+@pytest.mark.parametrize("kind", MIXERS.names())
+def test_every_mixer_shares_weights_in_a_supernet(kind: str, one_thread: None) -> None:  # noqa: F811
+    space = SearchSpace.from_dict(_mixer_space(kind))
+    supernet = Supernet(space, cover_samples=2)
+    torch.manual_seed(1)
+    archs = [supernet.sample("max"), supernet.sample("min"), supernet.sample()]
+    _same_outputs(supernet, archs, torch.randn(2, 3, 32, 32))
+    # and it trains: one sandwich step gives every path's weights a gradient
+    supernet.train()
+    loss = supernet.training_loss(torch.randn(4, 3, 32, 32), torch.randint(10, (4,)))
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in supernet.parameters())
+
+
+def test_a_point_outside_the_space_is_refused_with_its_place() -> None:
+    space = SearchSpace.from_yaml("search_spaces/quickstart.yaml")
+    supernet = Supernet(space, cover_samples=0)
+    arch = space.sample(_Fixed({}))
+    wider = arch.model_copy(
+        update={"stages": [arch.stages[0].model_copy(update={"width": 40}), *arch.stages[1:]]}
+    )
+    with pytest.raises(
+        SupernetError, match=r"stem .* shape \(40, .*is this architecture a point of the space"
+    ):
+        supernet.extract(wider)
+
+
+def test_batchnorm_statistics_are_recalibrated_per_sub_network() -> None:
+    space = SearchSpace.from_dict(_mixer_space("mbconv"))
+    supernet = Supernet(space, cover_samples=0)
+    model = supernet.extract(supernet.sample("min"))
+    batches = [torch.randn(8, 3, 32, 32) * 3 + 1 for _ in range(2)]
+    digits = [torch.randn(2, 1, 16, 16)]
+    assert recalibrate_batchnorm(model, batches) > 0
+    means = [m.running_mean for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert any(m.abs().sum() > 0 for m in means)  # measured, not the initial zeros
+    without = Supernet(SearchSpace.from_yaml("search_spaces/quickstart.yaml"), cover_samples=0)
+    assert recalibrate_batchnorm(without.extract(without.eval_arch), digits) == 0  # no BatchNorm
+
+
+# ------------------------------------------------------------------------------ training
+def _tiny_training() -> tuple[SearchSpace, Any, TrainConfig]:
+    space = SearchSpace.from_yaml("search_spaces/quickstart.yaml")
+    data = load_dataset(DataConfig(name="digits", resolution=16, fraction=0.2))
+    cfg = TrainConfig(epochs=2, batch_size=64, threads=1, device="cpu", warmup_epochs=0)
+    return space, data, cfg
+
+
+class _KilledError(Exception):
+    pass
+
+
+def test_supernet_training_resumes_to_the_same_weights(
+    tmp_path,
+    monkeypatch,
+    one_thread: None,  # noqa: F811
+) -> None:
+    space, data, cfg = _tiny_training()
+    one_shot = OneShotConfig(cover_samples=0, sandwich_random=1)
+    straight = build_supernet(space, data, one_shot)
+    result = train_supernet(straight, data, cfg, tmp_path / "straight")
+    assert result.status == "completed" and len(result.epochs) == 2
+
+    def save_then_die(path, supernet, state) -> None:
+        save_supernet(path, supernet, state)
+        raise _KilledError
+
+    monkeypatch.setattr("hvtnas.search.one_shot.training.save_supernet", save_then_die)
+
+    interrupted = build_supernet(space, data, one_shot)
+    with pytest.raises(_KilledError):  # the process dies after its first checkpoint
+        train_supernet(interrupted, data, cfg, tmp_path / "resumed")
+    assert torch.load(tmp_path / "resumed" / "supernet.pt", weights_only=True)["epoch"] == 1
+    monkeypatch.undo()
+    resumed = build_supernet(space, data, one_shot)
+    result = train_supernet(resumed, data, cfg, tmp_path / "resumed")
+    assert len(result.epochs) == 2
+    for name, p in straight.state_dict().items():
+        assert torch.equal(p, resumed.state_dict()[name]), name
+    # a finished supernet is loaded, not trained again
+    again = build_supernet(space, data, one_shot)
+    train_supernet(again, data, cfg, tmp_path / "straight")
+    assert all(torch.equal(p, again.state_dict()[n]) for n, p in straight.state_dict().items())
+
+
+def test_a_checkpoint_of_another_supernet_is_refused(tmp_path, one_thread: None) -> None:  # noqa: F811
+    space, data, cfg = _tiny_training()
+    supernet = build_supernet(space, data, OneShotConfig(cover_samples=0))
+    train_supernet(supernet, data, cfg.model_copy(update={"epochs": 1}), tmp_path)
+    other_tree = copy.deepcopy(space.tree)
+    other_tree["stages"][2]["width"] = {"choice": [48, 64, 96]}
+    other = build_supernet(SearchSpace.from_dict(other_tree), data, OneShotConfig(cover_samples=0))
+    with pytest.raises(Exception, match="a supernet of other slots"):
+        train_supernet(other, data, cfg, tmp_path)
+
+
+def test_inherited_accuracy_of_a_trained_supernet_beats_chance(tmp_path, one_thread: None) -> None:  # noqa: F811
+    space, data, cfg = _tiny_training()
+    supernet = build_supernet(space, data, OneShotConfig(cover_samples=0))
+    train_supernet(supernet, data, cfg.model_copy(update={"epochs": 3, "lr": 0.005}), tmp_path)
+    _, accuracy = inherited_accuracy(supernet, supernet.eval_arch, data, cfg)
+    assert accuracy > 0.2  # 10 classes: chance is 0.1
+    assert supernet.point(supernet.eval_arch).input == InputConfig(channels=1, resolution=16, num_classes=10)
+
+
+# ------------------------------------------------------------------------------ the study
+def test_one_shot_study_evaluates_inherited_weights_and_exports_them(tmp_path, one_thread: None) -> None:  # noqa: F811
+    import optuna
+    import yaml
+    from typer.testing import CliRunner
+
+    from hvtnas.cli import app
+    from hvtnas.models.weights import load_weights
+    from tests.conftest import tiny_search_space
+
+    space = tiny_search_space(
+        stage2_depth={"int": [1, 3]},
+        constraints={"params": 6000},
+        strategy="one_shot",
+        one_shot={"cover_samples": 0, "train": {"epochs": 2, "batch_size": 64, "threads": 1, "lr": 0.005}},
+    )
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(space))
+    runner = CliRunner()
+    search = ["search", str(path), "--runs-dir", str(tmp_path / "runs"), "--no-cache", "--trials", "10"]
+    result = runner.invoke(app, search)
+    assert result.exit_code == 0, result.output
+    assert "one-shot: supernet of" in result.output
+    run = tmp_path / "runs" / "space"
+    study = optuna.load_study(study_name="space", storage=f"sqlite:///{run / 'study.db'}")
+    outcomes = {t.user_attrs["outcome"] for t in study.trials}
+    assert "inherited" in outcomes and "trained" not in outcomes
+    assert outcomes <= {"inherited", "over_budget", "duplicate"}
+    inherited = [t for t in study.trials if t.user_attrs["outcome"] == "inherited"]
+    for t in inherited:
+        assert "training" not in t.user_attrs and t.values[0] == t.user_attrs["inherited"]["val_accuracy"]
+        assert t.user_attrs["costs"]["params"] <= 6000  # constraints are checked before, as ever
+    assert max(t.values[0] for t in inherited) > 0.2  # chance: 0.1
+    assert "inherited" in result.output.splitlines()[-1]
+    # a rerun resumes: the supernet is loaded, not trained again
+    again = runner.invoke(app, [*search[:-1], "12"])
+    assert again.exit_code == 0, again.output
+    assert "0 epochs" not in again.output and "(0 s of training" not in again.output
+
+    assert runner.invoke(app, ["report", str(run), "--no-cache"]).exit_code == 0
+    out = tmp_path / "exports"
+    exported = runner.invoke(app, ["export", str(run), "--out", str(out), "--safetensors"])
+    assert exported.exit_code == 0, exported.output
+    config = next(out.glob("*.yaml"))
+    arch = ArchConfig.from_yaml(config)
+    assert arch.metadata["outcome"] == "inherited"
+    number = int(config.stem.rpartition("trial")[2])
+    # the exported weights are the inherited ones: they reproduce the trial's accuracy
+    from hvtnas.models import build_model
+    from hvtnas.train.trainer import evaluate_model
+
+    model = build_model(arch)
+    load_weights(model, config.with_suffix(".safetensors"))
+    data = load_dataset(DataConfig(name="digits", resolution=16))
+    _, accuracy = evaluate_model(model, data, TrainConfig(device="cpu"))
+    assert accuracy == study.trials[number].values[0]
+
+
+def test_experiment_refuses_one_shot_settings_that_cannot_apply() -> None:
+    from pydantic import ValidationError
+
+    from hvtnas.search.experiment import ExperimentConfig
+
+    with pytest.raises(ValidationError, match="apply to 'strategy: one_shot' only"):
+        ExperimentConfig.model_validate({"one_shot": {"rule": "uniform"}})
+    with pytest.raises(ValidationError, match="add 'accuracy' to objectives"):
+        ExperimentConfig.model_validate({"objectives": ["flops", "params"], "strategy": "one_shot"})
+    with pytest.raises(ValidationError, match="rule"):
+        ExperimentConfig.model_validate({"strategy": "one_shot", "one_shot": {"rule": "greedy"}})
+    exp = ExperimentConfig.model_validate({"strategy": "one_shot", "one_shot": {"rule": "uniform"}})
+    assert ExperimentConfig.model_validate(exp.model_dump(mode="json")) == exp  # round-trips
