@@ -12,6 +12,7 @@ model is taken, so the caller does not say where a file came from.
 | ``timm-swin`` / ``timm-swinv2`` | timm 1.x's Swin / Swin V2 | swin_t, swin_s / swinv2_t |
 | ``timm-twins`` | timm's Twins | twins_svt_s, twins_pcpvt_s |
 | ``timm-mvit`` | timm's MViTv2 | mvitv2_t |
+| ``timm-vit`` | timm's VisionTransformer (DeiT) and MlpMixer | deit_s, mixer_b16 |
 | ``official-swin(v2)`` | microsoft/Swin-Transformer (V1, V2) | swin_t, swin_s (swinv2_t) |
 | ``official-pvt_v2`` | whai362/PVT | pvt_v2_* |
 | ``official-poolformer`` | sail-sg/poolformer | poolformer_s12 |
@@ -24,12 +25,14 @@ weight becomes a linear's (hvtnas's channels-last layers) by a reshape.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+from einops import rearrange
 from torch import Tensor, nn
 
 from hvtnas.errors import HvtnasError
@@ -47,6 +50,8 @@ TIMM_NAMES = {
     "twins_pcpvt_s": "twins_pcpvt_small",
     "swinv2_t": "swinv2_tiny_window8_256",
     "mvitv2_t": "mvitv2_tiny",
+    "deit_s": "deit_small_patch16_224",
+    "mixer_b16": "mixer_b16_224",
 }
 
 # computed from the geometry, not learned: never loaded
@@ -115,6 +120,36 @@ def _twins_key(key: str) -> str:
     return key.replace("head.", "head.fc.")
 
 
+def _vit_key(key: str) -> str:
+    """timm's VisionTransformer (DeiT) and MlpMixer: one stage of blocks behind the patch stem; the
+    class token and its position entry are the stage's token stream (see ``_split_vit_pos_embed``)."""
+    key = key.replace("patch_embed.", "stem.").replace("cls_token", "stages.0.tokens.tokens")
+    key = key.replace("pos_embed.prefix", "stages.0.tokens.pos_embed")
+    key = key.replace("pos_embed.grid", "stages.0.pos_embed.pos_embed")
+    key = re.sub(r"^blocks\.", "stages.0.blocks.", key)
+    key = key.replace(".attn.", ".mixer.").replace(".mlp_tokens.", ".mixer.")
+    key = key.replace(".mlp_channels.", ".ffn.").replace(".mlp.", ".ffn.")
+    key = re.sub(r"^norm\.", "head.norm.", key)
+    return re.sub(r"^head\.(weight|bias)$", r"head.fc.\1", key)
+
+
+def _split_vit_pos_embed(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """ViT's one position embedding ``(1, T + H*W, C)`` is, in hvtnas, the class token's own entries
+    ``(1, T, C)`` (``pos_embed.prefix``) and the map's ``(1, H, W, C)`` (``pos_embed.grid``; square,
+    as timm's models at their own size)."""
+    if "pos_embed" not in state or "cls_token" not in state:
+        return state
+    prefix = state["cls_token"].shape[1]
+    out = {k: v for k, v in state.items() if k != "pos_embed"}
+    out["pos_embed.prefix"] = state["pos_embed"][:, :prefix]
+    grid = state["pos_embed"][:, prefix:]
+    side = math.isqrt(grid.shape[1])
+    out["pos_embed.grid"] = (
+        rearrange(grid, "one (h w) c -> one h w c", h=side) if side * side == grid.shape[1] else grid
+    )
+    return out
+
+
 def _official_swin_to_timm(key: str) -> str:
     """microsoft/Swin-Transformer: the patch merging closes stage i there, opens stage i+1 in timm."""
     key = re.sub(r"layers\.(\d+)\.downsample", lambda m: f"layers.{int(m.group(1)) + 1}.downsample", key)
@@ -160,12 +195,17 @@ LAYOUTS: dict[str, Callable[[str], str]] = {
     "timm-swinv2": _swinv2_key,
     "timm-twins": _twins_key,
     "timm-mvit": _mvit_key,
+    "timm-vit": _vit_key,
     "official-swin": lambda k: _swin_key(_official_swin_to_timm(k)),
     "official-swinv2": lambda k: _swinv2_key(_official_swin_to_timm(k)),
     "official-pvt_v2": lambda k: _timm_key(_official_pvt_v2_to_timm(k)),
     "official-metaformer": lambda k: _timm_key(_official_metaformer_to_timm(k, poolformer_v1=False)),
     "official-poolformer": lambda k: _timm_key(_official_metaformer_to_timm(k, poolformer_v1=True)),
 }
+
+
+# state-dict changes a layout needs before its keys are renamed (one tensor that is two in hvtnas)
+PREPARE: dict[str, Callable[[dict[str, Tensor]], dict[str, Tensor]]] = {"timm-vit": _split_vit_pos_embed}
 
 
 # ----------------------------------------------------------------------------- reading files
@@ -225,6 +265,7 @@ class _Fit:
         self.mapped: dict[str, Tensor] = {}
         self.renamed: dict[str, str] = {}  # new key -> key in the file
         rename = LAYOUTS[layout]
+        source = PREPARE.get(layout, lambda state: state)(source)
         for key, value in source.items():
             if any(c in key for c in _COMPUTED):
                 continue
