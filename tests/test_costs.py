@@ -77,6 +77,8 @@ def _closed_form(kind: str, H: int, W: int) -> int:
         return Np * C * 49
     if kind == "axial_shift":  # four 1x1 convs, two GroupNorms (5 per element)
         return 4 * N * C * C + 2 * 5 * N * C
+    if kind == "spatial_shift":  # S2-MLP: two linears around a shift (no multiply-accumulates)
+        return 2 * N * C * C
     d = C // HEADS  # head width
     if kind == "conv_projection":  # CvT: depthwise 3x3 + BN for q (stride 1), k and v (stride 2)
         Nk = ((H - 1) // 2 + 1) * ((W - 1) // 2 + 1)  # k/v map: padding 1, stride 2
@@ -174,6 +176,7 @@ CLOSED_FORM_KINDS = [
     "token_mlp",
     "random_mixing",
     "axial_shift",
+    "spatial_shift",
     "dilated_window",
     "conv_projection",
     "cross_window",
@@ -301,6 +304,7 @@ ZOO_MACS = {
     "pvt_v2_b1": (2_120_272_384, 73_448_960_000),
     "pvt_v2_b2": (4_045_817_152, 139_039_040_000),
     "rest_lite": (1_542_953_600, 61_055_744_000),
+    "s2mlp_wide": (14_007_849_984, 285_858_816_000),
     "shiftvit_t": (4_608_919_296, 94_040_064_000),
     "shunted_t": (2_159_978_848, 103_474_016_000),
     "swin_s": (8_768_534_784, 188_165_630_976),

@@ -66,6 +66,8 @@ OFFICIAL_PARAMS = {
 APPROXIMATE = {
     # paper: 25M; timm's coatnet_0_224 (its own reading of the paper): 25,036,820
     "coatnet_0": 25_688_948,
+    # paper: 71M; the paper's description read with 16x16 patches (the paper's 14.0 GFLOPs)
+    "s2mlp_wide": 72_241_384,
 }
 
 
