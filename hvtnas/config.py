@@ -297,6 +297,11 @@ class StageConfig(_Strict):
                     "mixer '{kind}' splits the heads into {multiple} groups: {heads} heads is not a multiple",
                     {"kind": m.kind, "multiple": multiple, "heads": num_heads},
                 )
+            problem = m.heads_problem(num_heads) if num_heads is not None else None
+            if problem is not None:
+                raise PydanticCustomError(
+                    "mixer_heads", "mixer '{kind}': {problem}", {"kind": m.kind, "problem": problem}
+                )
         # "head_dim" is absent from info.data when it failed its own check: report that error only
         if needs_heads and heads is None and "head_dim" in info.data and head_dim is None:
             raise PydanticCustomError(

@@ -144,6 +144,13 @@ def _closed_form(kind: str, H: int, W: int) -> int:
         # entry) to 2W - 1 columns
         resized = 4 * HEADS * (2 * H - 1) * (2 * W - 1) if W != H else 0
         return 4 * N * C * C + 2 * N * N * C + resized  # qkv + proj, Q K^T + A V, the table
+    if kind == "factorized":  # CoaT, 2 heads: the kernels 3, 5, 7 split them 0, 1, 1 (5 and 7 used)
+        return (
+            3 * N * C * C  # qkv
+            + 2 * N * C * d  # softmax(K)^T V (a d x d context per head) and Q times the context
+            + N * d * (5 * 5 + 7 * 7)  # the depthwise convs of V, one head each
+            + N * C * C  # output projection (q * conv(v) and the scaling are element-wise)
+        )
     if kind == "shunted":  # sr_ratio 4: one head on the map reduced 4x, the other on it reduced 2x
         total = N * C * C + N * C * C  # q, output projection
         for r in (4, 2):
@@ -178,6 +185,7 @@ CLOSED_FORM_KINDS = [
     "conv_projection",
     "cross_window",
     "emsa",
+    "factorized",
     "focal",
     "halo",
     "pooling_attention",

@@ -196,13 +196,20 @@ def build_model(
             )
             first_block = 1
         blocks = []
+        shared: dict[str, nn.Module | None] = {}  # per mixer parameters: what the stage's mixers share
         for j in range(first_block, scfg.depth):
             params = scfg.mixer_for_block(j)
             mixer_cls = MIXERS.get(params.kind)
+            kwargs = _mixer_kwargs(params, scfg, map_size)
+            key = params.model_dump_json()
+            if key not in shared:
+                shared[key] = mixer_cls.stage_shared(dim, **kwargs)
+            if shared[key] is not None:
+                kwargs["shared"] = shared[key]
             blocks.append(
                 MetaFormerBlock(
                     dim,
-                    mixer_cls(dim, **_mixer_kwargs(params, scfg, map_size)),
+                    mixer_cls(dim, **kwargs),
                     _ffn(scfg),
                     norm=functools.partial(norm_factory, dim),
                     drop_path=drop_rates[sum(depths[:i]) + j],
