@@ -196,7 +196,9 @@ class PosEmbedConfig(_Kinded):
     ``absolute`` (learnable, interpolated at other input sizes) and ``sinusoidal`` (fixed 2-D)
     are added at the entrance of stage 1, or of every stage with ``per_stage`` (PVT v1);
     ``peg`` is CPVT's conditional encoding, a depthwise conv + residual after the first block
-    of each stage (Twins); ``pixel_attention`` is ResT's gate ``x * sigmoid(dwconv(x))`` after the
+    of each stage (Twins), or, with ``peg_at: before_each_block``, before every block of the
+    stage, one conv per stage shared by its blocks (CoaT's convolutional position encoding);
+    ``pixel_attention`` is ResT's gate ``x * sigmoid(dwconv(x))`` after the
     stem (and after every downsampling with ``per_stage``). Relative position bias is a
     parameter of the window mixers, LePE of the cross-shaped window mixer, and the Mix-FFN
     depthwise conv an FFN kind.
@@ -205,6 +207,13 @@ class PosEmbedConfig(_Kinded):
     kind: Literal["none", "absolute", "sinusoidal", "peg", "pixel_attention"] = "none"
     per_stage: bool = False
     kernel_size: PositiveInt = 3  # peg and pixel_attention
+    peg_at: Literal["after_first_block", "before_each_block"] = "after_first_block"  # peg only
+
+    @model_validator(mode="after")
+    def _peg_at_needs_peg(self) -> PosEmbedConfig:
+        if self.peg_at != "after_first_block" and self.kind != "peg":
+            _fail(("peg_at",), self.peg_at, f"applies to the 'peg' encoding only (this one is '{self.kind}')")
+        return self
 
 
 class FFNConfig(_Kinded):

@@ -159,6 +159,10 @@ def test_unknown_mixer_lists_known_ones() -> None:
             "stages[0].mixers[0]: dynamic_position_bias needs relative_position_bias: true",
         ),
         (
+            lambda c: c.update(pos_embed={"kind": "absolute", "peg_at": "before_each_block"}),
+            "pos_embed.peg_at: applies to the 'peg' encoding only (this one is 'absolute')",
+        ),
+        (
             lambda c: c["stages"][0]["mixers"].__setitem__(
                 0, {"kind": "factorized", "crpe_kernel_sizes": [3, 4]}
             ),

@@ -82,7 +82,11 @@ class MetaFormerBlock(nn.Module):
 
 
 class Stage(nn.Module):
-    """[downsample] -> [absolute PE] -> blocks (PEG after the first) -> [output norm]."""
+    """[downsample] -> [absolute PE] -> blocks (PEG after the first) -> [output norm].
+
+    With ``peg_before_each_block`` the PEG acts before every block instead, the same weights each
+    time (CoaT's convolutional position encoding).
+    """
 
     def __init__(
         self,
@@ -91,12 +95,14 @@ class Stage(nn.Module):
         pos_embed: nn.Module | None = None,
         peg: nn.Module | None = None,
         out_norm: nn.Module | None = None,
+        peg_before_each_block: bool = False,
     ) -> None:
         super().__init__()
         self.downsample = downsample if downsample is not None else nn.Identity()
         self.pos_embed = pos_embed if pos_embed is not None else nn.Identity()
         self.blocks = nn.ModuleList(blocks)
         self.peg = peg
+        self.peg_before_each_block = peg_before_each_block
         self.out_norm = out_norm if out_norm is not None else nn.Identity()
         self.grad_checkpointing = False  # MetaFormer.set_grad_checkpointing
 
@@ -104,9 +110,11 @@ class Stage(nn.Module):
         x = self.pos_embed(self.downsample(x))
         checkpoint = self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting()
         for i, block in enumerate(self.blocks):
+            if self.peg_before_each_block and self.peg is not None:
+                x = self.peg(x)
             # with checkpointing only the block's input is kept; its inside is recomputed in backward
             x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False) if checkpoint else block(x)
-            if i == 0 and self.peg is not None:
+            if i == 0 and self.peg is not None and not self.peg_before_each_block:
                 x = self.peg(x)
         return self.out_norm(x)
 

@@ -234,6 +234,7 @@ def build_model(
                 downsample=downsample,
                 pos_embed=pos_embed,
                 peg=PEG(dim, cfg.pos_embed.kernel_size) if cfg.pos_embed.kind == "peg" else None,
+                peg_before_each_block=cfg.pos_embed.peg_at == "before_each_block",
                 out_norm=make_norm(scfg.norm.kind, dim, scfg.norm.eps, scfg.norm.bias)
                 if scfg.out_norm
                 else None,
