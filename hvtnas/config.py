@@ -338,8 +338,22 @@ class HeadConfig(_Strict):
     dropout: float = Field(0.0, ge=0, lt=1)
 
 
+class CoScaleConfig(_Strict):
+    """CoaT's parallel group, after the stages: ``depth`` co-scale blocks run the maps of the last
+    ``scales`` stages (of one width) side by side, each scale through its stage's norm, mixer (the
+    stage's mixer pattern, continued) and FFN; the mixers' outputs are fused across the scales
+    (each gets the others', bilinearly resized to its map). The pyramid's last ``scales`` levels
+    are taken after the group, and the classifier aggregates them: each scale pooled (or its class
+    token read) and normalised by a norm of its own, then a learned weighting of the scales (CoaT's
+    1x1 convolution over them) before the classifier."""
+
+    depth: PositiveInt = Field(le=MAX_BLOCKS)
+    scales: int = Field(3, ge=2, le=MAX_STAGES)
+    share_ffn: bool = True  # one FFN for all scales (CoaT), or one each
+
+
 class ArchConfig(_Strict):
-    """One concrete architecture: stem -> up to 4 stages (strides 4..32) -> head."""
+    """One concrete architecture: stem -> up to 4 stages (strides 4..32) -> [co-scale group] -> head."""
 
     name: str | None = None
     # free-form notes that do not change the model (an export records its costs and metrics here)
@@ -350,6 +364,8 @@ class ArchConfig(_Strict):
     stages: list[StageConfig] = Field(min_length=1, max_length=MAX_STAGES)
     downsample: DownsampleConfig = DownsampleConfig()
     head: HeadConfig = HeadConfig()
+    # CoaT's parallel blocks over the last stages' maps (None: none)
+    co_scale: CoScaleConfig | None = None
     drop_path_rate: float = Field(0.0, ge=0, lt=1)
 
     @field_validator("name")
@@ -382,6 +398,8 @@ class ArchConfig(_Strict):
     @model_validator(mode="after")
     def _within_limits(self) -> ArchConfig:
         blocks = sum(s.depth for s in self.stages)
+        if self.co_scale is not None:
+            blocks += self.co_scale.depth * self.co_scale.scales
         if blocks > MAX_BLOCKS:
             _fail(
                 ("stages",),
@@ -426,6 +444,32 @@ class ArchConfig(_Strict):
                     width,
                     f"{width} does not split over the {len(kernels)} cross-scale kernels of the {field} "
                     f"(needs a multiple of {2 ** (len(kernels) - 1)})",
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _co_scale_fits(self) -> ArchConfig:
+        group = self.co_scale
+        if group is None:
+            return self
+        if group.scales > len(self.stages):
+            _fail(("co_scale", "scales"), group.scales, f"the model has only {len(self.stages)} stages")
+        first = len(self.stages) - group.scales
+        fused = self.stages[first:]
+        for i, stage in enumerate(fused[1:], start=first + 1):
+            if stage.width != fused[0].width:
+                _fail(
+                    ("stages", i, "width"),
+                    stage.width,
+                    f"the co-scale group adds the maps of stages {first}-{len(self.stages) - 1} together: "
+                    f"they need one width (stage {first} has {fused[0].width})",
+                )
+            if group.share_ffn and (stage.ffn != fused[0].ffn or stage.mlp_ratio != fused[0].mlp_ratio):
+                _fail(
+                    ("stages", i, "ffn"),
+                    stage.ffn.kind,
+                    f"the co-scale group shares one FFN over stages {first}-{len(self.stages) - 1} "
+                    "(share_ffn): they need the same ffn and mlp_ratio",
                 )
         return self
 
@@ -485,6 +529,9 @@ def estimated_params(cfg: ArchConfig) -> float:
     total = 0.0
     for stage in cfg.stages:
         total += stage.depth * (4 + 2 * stage.mlp_ratio) * stage.width**2
+    if cfg.co_scale is not None:
+        last = cfg.stages[-1]
+        total += cfg.co_scale.depth * cfg.co_scale.scales * (4 + 2 * last.mlp_ratio) * last.width**2
     return total + cfg.stages[-1].width * cfg.input.num_classes
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import Tensor, nn
 
@@ -151,3 +152,86 @@ class AttentionDownsample(nn.Module):
         shortcut = nchw_to_nhwc(self.shortcut_pool(nhwc_to_nchw(self.shortcut_proj(normed))))
         x = shortcut + self.drop_path(self.attention(normed))
         return x + self.drop_path(self.ffn(self.norm2(x)))
+
+
+class CoScaleBlock(nn.Module):
+    """CoaT's parallel block: the maps of several scales (the last stages, of one width) side by
+    side, each through its own norm and mixer; every scale's mixer output then gets the others'
+    added, bilinearly resized to its map (the co-scale fusion: up from coarser, down from finer
+    scales), before the residual; then norm -> FFN -> residual per scale (one FFN for all scales
+    where given one module, as CoaT's).
+
+    Tokens beside the maps (CoaT's class tokens, one set per scale) go with their scale through the
+    mixer; in the fusion each scale's tokens get the others' tokens added (they have no map to
+    resize). ``forward(maps, tokens)`` takes and returns lists, one entry per scale, finest first:
+    maps ``(B, H_s, W_s, C)``, tokens ``(B, T, C)`` or None.
+    """
+
+    def __init__(
+        self,
+        mixers: list[nn.Module],
+        ffns: list[nn.Module],
+        norm: Callable[[], nn.Module],
+        drop_path: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.norms1 = nn.ModuleList(norm() for _ in mixers)
+        self.mixers = nn.ModuleList(mixers)
+        self.norms2 = nn.ModuleList(norm() for _ in mixers)
+        self.ffns = nn.ModuleList(ffns)  # the same module at every index where the scales share it
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(
+        self, maps: list[Tensor], tokens: list[Tensor | None]
+    ) -> tuple[list[Tensor], list[Tensor | None]]:
+        mixed, mixed_tokens = [], []
+        for x, t, norm, mixer in zip(maps, tokens, self.norms1, self.mixers, strict=True):
+            if t is None:
+                mixed.append(mixer(norm(x)))
+            else:
+                out, out_tokens = mixer.forward_with_tokens(norm(x), norm(t))
+                mixed.append(out)
+                mixed_tokens.append(out_tokens)
+        fused = [
+            sum((_resize(other, target.shape[1:3]) for other in mixed if other is not target), target)
+            for target in mixed
+        ]
+        maps = [x + self.drop_path(f) for x, f in zip(maps, fused, strict=True)]
+        maps = [
+            x + self.drop_path(ffn(norm(x)))
+            for x, norm, ffn in zip(maps, self.norms2, self.ffns, strict=True)
+        ]
+        if mixed_tokens:
+            token_sum = sum(mixed_tokens[1:], mixed_tokens[0])  # every scale's tokens get the others'
+            tokens = [t + self.drop_path(token_sum) for t in tokens]
+            tokens = [
+                t + self.drop_path(ffn(norm(t)))
+                for t, norm, ffn in zip(tokens, self.norms2, self.ffns, strict=True)
+            ]
+        return maps, tokens
+
+
+def _resize(x: Tensor, size: torch.Size) -> Tensor:
+    """A channels-last map bilinearly resized to ``size`` (CoaT's fusion: align_corners False)."""
+    if x.shape[1:3] == size:
+        return x
+    resized = F.interpolate(nhwc_to_nchw(x), size=tuple(size), mode="bilinear", align_corners=False)
+    return nchw_to_nhwc(resized)
+
+
+class CoScaleGroup(nn.Module):
+    """CoaT's parallel group: ``CoScaleBlock``s over the maps of the last stages. Before each block
+    every scale's map goes through its stage's PEG (``pegs``, the stages' own modules: CoaT's
+    convolutional position encoding is one per scale, shared by the serial and parallel blocks)."""
+
+    def __init__(self, blocks: list[CoScaleBlock]) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(blocks)
+
+    def forward(
+        self, maps: list[Tensor], tokens: list[Tensor | None], pegs: list[nn.Module | None]
+    ) -> tuple[list[Tensor], list[Tensor | None]]:
+        for block in self.blocks:
+            maps = [x if peg is None else peg(x) for x, peg in zip(maps, pegs, strict=True)]
+            maps, tokens = block(maps, tokens)
+        return maps, tokens
