@@ -171,13 +171,13 @@ class CoScaleBlock(nn.Module):
         self,
         mixers: list[nn.Module],
         ffns: list[nn.Module],
-        norm: Callable[[], nn.Module],
+        norms: list[Callable[[], nn.Module]],
         drop_path: float = 0.0,
     ) -> None:
         super().__init__()
-        self.norms1 = nn.ModuleList(norm() for _ in mixers)
+        self.norms1 = nn.ModuleList(norm() for norm in norms)
         self.mixers = nn.ModuleList(mixers)
-        self.norms2 = nn.ModuleList(norm() for _ in mixers)
+        self.norms2 = nn.ModuleList(norm() for norm in norms)
         self.ffns = nn.ModuleList(ffns)  # the same module at every index where the scales share it
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
