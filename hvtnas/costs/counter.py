@@ -522,6 +522,20 @@ class _Call(nn.Module):
         return self.fn(self.module, *inputs)
 
 
+@contextlib.contextmanager
+def _kept_tensors(module: nn.Module) -> Iterator[None]:
+    """Put every parameter and buffer of ``module`` back as it was on leaving. ``functional_call``
+    restores a module reachable under several names (CoaT's position encodings, shared by a stage's
+    blocks) once per name, the later ones with the meta tensor the earlier swap left there."""
+    kept = [(m, "_parameters", dict(m._parameters)) for m in module.modules()]
+    kept += [(m, "_buffers", dict(m._buffers)) for m in module.modules()]
+    try:
+        yield
+    finally:
+        for m, where, tensors in kept:
+            getattr(m, where).update(tensors)
+
+
 def _meta_like(t: Tensor) -> Tensor:
     return t if t.device.type == "meta" else torch.empty_like(t, device="meta")
 
@@ -544,8 +558,9 @@ def count_calls(
 
     def run(meta_factories: bool) -> MacCounter:
         counter = MacCounter(meta_factories)
-        with torch.no_grad(), counter.scopes(scopes or {}), counter:
-            torch.func.functional_call(wrapper, tensors, meta_inputs, strict=False)
+        with torch.no_grad(), counter.scopes(scopes or {}), counter, _kept_tensors(wrapper):
+            # every name of a shared tensor gets its own meta tensor: no untying needed
+            torch.func.functional_call(wrapper, tensors, meta_inputs, strict=False, tie_weights=False)
         return counter
 
     try:

@@ -41,6 +41,7 @@ from hvtnas.models.layers import make_act, make_norm
 from hvtnas.models.metaformer import ClassifierHead, FeaturePyramid, MetaFormer
 from hvtnas.models.mixers import MIXERS, MixerParams
 from hvtnas.models.mixers.pooling_attention import PoolingAttention
+from hvtnas.models.tokens import build_token_streams
 
 ModelSpec = str | Path | ArchConfig | dict[str, Any]
 
@@ -78,7 +79,7 @@ def build_stem(cfg: StemConfig, in_channels: int, dim: int) -> nn.Module:
             ks = cfg.kernel_sizes
             widths = cross_scale_widths(dim, len(ks))
             cross_scale = CrossScaleConv(in_channels, widths, ks, 4, [(k - 4) // 2 for k in ks])
-        return PatchStem(in_channels, dim, _optional_norm(cfg.norm, dim), cross_scale)
+        return PatchStem(in_channels, dim, _optional_norm(cfg.norm, dim), cross_scale, cfg.patch_size)
     if cfg.kind == "overlap":
         k = cfg.kernel_size or 7
         padding = cfg.padding if cfg.padding is not None else k // 2
@@ -168,8 +169,9 @@ def build_model(
     widths = [s.width for s in cfg.stages]
     depths = [s.depth for s in cfg.stages]
     drop_rates = torch.linspace(0, cfg.drop_path_rate, sum(depths), device="cpu").tolist()
-    stem_size = -(-cfg.input.resolution // 4)  # ceil: the patch stem pads
+    stem_size = -(-cfg.input.resolution // cfg.stem.stride)  # ceil: the patch stem pads
 
+    token_streams = build_token_streams(cfg.tokens, widths)
     stages = []
     for i, scfg in enumerate(cfg.stages):
         dim = scfg.width
@@ -238,6 +240,7 @@ def build_model(
                 out_norm=make_norm(scfg.norm.kind, dim, scfg.norm.eps, scfg.norm.bias)
                 if scfg.out_norm
                 else None,
+                tokens=token_streams[i],
             )
         )
     head_cfg = cfg.head
@@ -249,8 +252,10 @@ def build_model(
         mlp_ratio=head_cfg.mlp_ratio,
         act=head_cfg.act,
         dropout=head_cfg.dropout,
+        pool=head_cfg.pool,
     )
-    model = MetaFormer(build_stem(cfg.stem, cfg.input.channels, widths[0]), stages, head, widths)
+    stem = build_stem(cfg.stem, cfg.input.channels, widths[0])
+    model = MetaFormer(stem, stages, head, widths, cfg.stage_strides())
     if init_weights:
         for module in model.modules():
             _init_weights(module)
