@@ -29,10 +29,11 @@ else:
 
 pytestmark = pytest.mark.skipif(timm is None, reason=SKIP_REASON)
 
-# Windowed models need their native 224 (windows of 7 at every stage); the others are checked at a
-# smaller size, which exercises the same code at a fraction of the CPU time.
+# Windowed models need their native 224 (windows of 7 at every stage), and timm builds CoaT for one
+# input size; the others are checked at a smaller size, which exercises the same code at a fraction
+# of the CPU time.
 SMALL_RESOLUTION = 64
-NEEDS_NATIVE = {"swin_t", "swin_s", "twins_svt_s", "mvitv2_t"}
+NEEDS_NATIVE = {"swin_t", "swin_s", "twins_svt_s", "mvitv2_t", "coat_lite_s"}
 # timm's PoolFormer applies the head's GroupNorm after pooling, the official code (which hvtnas
 # follows) before it: the trunk is compared, the logits differ by design.
 LOGITS_DIFFER_BY_DESIGN = {"poolformer_s12"}

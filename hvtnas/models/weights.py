@@ -48,6 +48,7 @@ TIMM_NAMES = {
     "twins_pcpvt_s": "twins_pcpvt_small",
     "swinv2_t": "swinv2_tiny_window8_256",
     "mvitv2_t": "mvitv2_tiny",
+    "coat_lite_s": "coat_lite_small",
 }
 
 # computed from the geometry, not learned: never loaded
