@@ -507,6 +507,16 @@ class ArchConfig(_Strict):
             _fail(("co_scale", "scales"), group.scales, f"the model has only {len(self.stages)} stages")
         first = len(self.stages) - group.scales
         fused = self.stages[first:]
+        if self.tokens is not None and first < self.tokens.from_stage:
+            _fail(
+                ("tokens", "from_stage"),
+                self.tokens.from_stage,
+                f"the co-scale group fuses the tokens of stages {first}-{len(self.stages) - 1}: "
+                f"they must all carry them (from_stage <= {first})",
+            )
+        for i, stage in enumerate(fused, start=first):
+            if stage.ffn.kind == "none":
+                _fail(("stages", i, "ffn", "kind"), "none", "the co-scale group's blocks need an FFN")
         for i, stage in enumerate(fused[1:], start=first + 1):
             if stage.width != fused[0].width:
                 _fail(

@@ -292,6 +292,7 @@ def test_fvcore_agrees_with_torch_flop_counter(kind: str) -> None:
 ZOO_MACS = {
     "caformer_s18": (4_125_205_760, 174_690_048_000),
     "coat_lite_s": (3_960_102_784, 80_443_481_728),
+    "coat_s": (12_603_818_688, 256_617_311_488),
     "coatnet_0": (4_505_780_992, 153_289_387_120),
     "convformer_s18": (3_959_248_640, 80_737_536_000),
     "crossformer_t": (2_869_684_212, 61_345_215_988),

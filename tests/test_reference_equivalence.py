@@ -33,7 +33,7 @@ pytestmark = pytest.mark.skipif(timm is None, reason=SKIP_REASON)
 # input size; the others are checked at a smaller size, which exercises the same code at a fraction
 # of the CPU time.
 SMALL_RESOLUTION = 64
-NEEDS_NATIVE = {"swin_t", "swin_s", "twins_svt_s", "mvitv2_t", "coat_lite_s"}
+NEEDS_NATIVE = {"swin_t", "swin_s", "twins_svt_s", "mvitv2_t", "coat_lite_s", "coat_s"}
 # timm's PoolFormer applies the head's GroupNorm after pooling, the official code (which hvtnas
 # follows) before it: the trunk is compared, the logits differ by design.
 LOGITS_DIFFER_BY_DESIGN = {"poolformer_s12"}
@@ -50,7 +50,10 @@ def test_generated_model_matches_timm(name: str) -> None:
         ref_pyramid = reference.forward_intermediates(x, intermediates_only=True)
         assert len(pyramid) == len(ref_pyramid) == 4
         for level, (ours, theirs) in enumerate(zip(pyramid, ref_pyramid, strict=True), start=1):
-            torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4, msg=f"pyramid level {level}")
+            # float32 round-off scales with the map: CoaT's unnormalised levels reach values of
+            # thousands (a few units in the last place there are 1e-3)
+            atol = max(1e-4, 1e-6 * theirs.abs().max().item())
+            torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=atol, msg=f"pyramid level {level}")
         if name not in LOGITS_DIFFER_BY_DESIGN:
             torch.testing.assert_close(model(x), reference(x), rtol=1e-4, atol=1e-4)
 

@@ -64,6 +64,8 @@ OFFICIAL_WITH_UNUSED = {
     # mlpc-ucsd/CoaT src/models/coat.py coat_lite_small: LayerNorms norm1-norm3 (64 + 128 + 320
     # channels, weight and bias); CoaT-Lite normalises only the last scale. timm: 19,838,504
     "coat_lite_s": (19_839_528, 1_024),
+    # coat_small: norm1 (152 channels), unused as in CoaT-Lite; timm: 21,693,908
+    "coat_s": (21_694_212, 304),
 }
 
 

@@ -251,7 +251,7 @@ class CoScaleBlock(nn.Module):
     ) -> tuple[list[Tensor], list[Tensor | None]]:
         mixed, mixed_tokens = [], []
         for x, t, norm, mixer in zip(maps, tokens, self.norms1, self.mixers, strict=True):
-            if t is None:
+            if t is None or not mixer.attends_tokens:  # the tokens skip a mixer that cannot take them
                 mixed.append(mixer(norm(x)))
             else:
                 out, out_tokens = mixer.forward_with_tokens(norm(x), norm(t))
@@ -266,9 +266,10 @@ class CoScaleBlock(nn.Module):
             x + self.drop_path(ffn(norm(x)))
             for x, norm, ffn in zip(maps, self.norms2, self.ffns, strict=True)
         ]
-        if mixed_tokens:
-            token_sum = sum(mixed_tokens[1:], mixed_tokens[0])  # every scale's tokens get the others'
+        if mixed_tokens:  # every scale's tokens get the others' (the config gives all or none tokens)
+            token_sum = sum(mixed_tokens[1:], mixed_tokens[0])
             tokens = [t + self.drop_path(token_sum) for t in tokens]
+        if tokens[0] is not None:
             tokens = [
                 t + self.drop_path(ffn(norm(t)))
                 for t, norm, ffn in zip(tokens, self.norms2, self.ffns, strict=True)

@@ -49,6 +49,7 @@ TIMM_NAMES = {
     "swinv2_t": "swinv2_tiny_window8_256",
     "mvitv2_t": "mvitv2_tiny",
     "coat_lite_s": "coat_lite_small",
+    "coat_s": "coat_small",
 }
 
 # computed from the geometry, not learned: never loaded
@@ -145,7 +146,8 @@ def _coat_key(key: str) -> str:
     if m := re.match(r"norm(\d)\.(.*)", key):  # the classifier's norm of each scale it reads
         i, rest = int(m.group(1)), m.group(2)
         return f"head.norm.{rest}" if i == 4 else f"head.scale_norms.{i - 2}.{rest}"
-    return re.sub(r"^head\.", "head.fc.", key)
+    key = re.sub(r"^aggregate\.", "head.aggregate.", key)  # CoaT's weighting of the scales
+    return re.sub(r"^head\.(weight|bias)$", r"head.fc.\1", key)
 
 
 def _official_swin_to_timm(key: str) -> str:

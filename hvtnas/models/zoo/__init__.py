@@ -71,6 +71,7 @@ PUBLISHED: dict[str, Published] = {
     "pvt_tiny": Published(13.2, 1.9, 75.1, "whai362/PVT"),
     # params and top-1: mlpc-ucsd/CoaT README.md; GFLOPs: the paper (arXiv 2104.06399), Table 2
     "coat_lite_s": Published(20, 4.0, 81.9, "mlpc-ucsd/CoaT; GFLOPs: paper, arXiv 2104.06399"),
+    "coat_s": Published(22, 12.6, 82.1, "mlpc-ucsd/CoaT; GFLOPs: paper, arXiv 2104.06399"),
     # the SegFormer paper and README give no ImageNet figures for the encoder alone
     "mit_b0": Published(3.3, None, None, "NVlabs/SegFormer (encoder, counted on mix_transformer.py)"),
 }
