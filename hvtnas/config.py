@@ -217,7 +217,9 @@ class PosEmbedConfig(_Kinded):
     ``absolute`` (learnable, interpolated at other input sizes) and ``sinusoidal`` (fixed 2-D)
     are added at the entrance of stage 1, or of every stage with ``per_stage`` (PVT v1);
     ``peg`` is CPVT's conditional encoding, a depthwise conv + residual after the first block
-    of each stage (Twins); ``pixel_attention`` is ResT's gate ``x * sigmoid(dwconv(x))`` after the
+    of each stage (Twins), or, with ``peg_at: before_each_block``, before every block of the
+    stage, one conv per stage shared by its blocks (CoaT's convolutional position encoding);
+    ``pixel_attention`` is ResT's gate ``x * sigmoid(dwconv(x))`` after the
     stem (and after every downsampling with ``per_stage``). Relative position bias is a
     parameter of the window mixers, LePE of the cross-shaped window mixer, and the Mix-FFN
     depthwise conv an FFN kind.
@@ -226,6 +228,13 @@ class PosEmbedConfig(_Kinded):
     kind: Literal["none", "absolute", "sinusoidal", "peg", "pixel_attention"] = "none"
     per_stage: bool = False
     kernel_size: PositiveInt = 3  # peg and pixel_attention
+    peg_at: Literal["after_first_block", "before_each_block"] = "after_first_block"  # peg only
+
+    @model_validator(mode="after")
+    def _peg_at_needs_peg(self) -> PosEmbedConfig:
+        if self.peg_at != "after_first_block" and self.kind != "peg":
+            _fail(("peg_at",), self.peg_at, f"applies to the 'peg' encoding only (this one is '{self.kind}')")
+        return self
 
 
 class FFNConfig(_Kinded):
@@ -341,6 +350,11 @@ class StageConfig(_Strict):
                     "mixer '{kind}' splits the heads into {multiple} groups: {heads} heads is not a multiple",
                     {"kind": m.kind, "multiple": multiple, "heads": num_heads},
                 )
+            problem = m.heads_problem(num_heads) if num_heads is not None else None
+            if problem is not None:
+                raise PydanticCustomError(
+                    "mixer_heads", "mixer '{kind}': {problem}", {"kind": m.kind, "problem": problem}
+                )
         # "head_dim" is absent from info.data when it failed its own check: report that error only
         if needs_heads and heads is None and "head_dim" in info.data and head_dim is None:
             raise PydanticCustomError(
@@ -373,8 +387,22 @@ class HeadConfig(_Strict):
     dropout: float = Field(0.0, ge=0, lt=1)
 
 
+class CoScaleConfig(_Strict):
+    """CoaT's parallel group, after the stages: ``depth`` co-scale blocks run the maps of the last
+    ``scales`` stages (of one width) side by side, each scale through its stage's norm, mixer (the
+    stage's mixer pattern, continued) and FFN; the mixers' outputs are fused across the scales
+    (each gets the others', bilinearly resized to its map). The pyramid's last ``scales`` levels
+    are taken after the group, and the classifier aggregates them: each scale pooled (or its class
+    token read) and normalised by a norm of its own, then a learned weighting of the scales (CoaT's
+    1x1 convolution over them) before the classifier."""
+
+    depth: PositiveInt = Field(le=MAX_BLOCKS)
+    scales: int = Field(3, ge=2, le=MAX_STAGES)
+    share_ffn: bool = True  # one FFN for all scales (CoaT), or one each
+
+
 class ArchConfig(_Strict):
-    """One concrete architecture: stem -> up to 4 stages (strides 4..32) -> head."""
+    """One concrete architecture: stem -> up to 4 stages (strides 4..32) -> [co-scale group] -> head."""
 
     name: str | None = None
     # free-form notes that do not change the model (an export records its costs and metrics here)
@@ -387,6 +415,8 @@ class ArchConfig(_Strict):
     tokens: TokensSpec = None
     downsample: DownsampleConfig = DownsampleConfig()
     head: HeadConfig = HeadConfig()
+    # CoaT's parallel blocks over the last stages' maps (None: none)
+    co_scale: CoScaleConfig | None = None
     drop_path_rate: float = Field(0.0, ge=0, lt=1)
 
     @field_validator("name")
@@ -419,6 +449,8 @@ class ArchConfig(_Strict):
     @model_validator(mode="after")
     def _within_limits(self) -> ArchConfig:
         blocks = sum(s.depth for s in self.stages)
+        if self.co_scale is not None:
+            blocks += self.co_scale.depth * self.co_scale.scales
         if blocks > MAX_BLOCKS:
             _fail(
                 ("stages",),
@@ -463,6 +495,42 @@ class ArchConfig(_Strict):
                     width,
                     f"{width} does not split over the {len(kernels)} cross-scale kernels of the {field} "
                     f"(needs a multiple of {2 ** (len(kernels) - 1)})",
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _co_scale_fits(self) -> ArchConfig:
+        group = self.co_scale
+        if group is None:
+            return self
+        if group.scales > len(self.stages):
+            _fail(("co_scale", "scales"), group.scales, f"the model has only {len(self.stages)} stages")
+        first = len(self.stages) - group.scales
+        fused = self.stages[first:]
+        if self.tokens is not None and first < self.tokens.from_stage:
+            _fail(
+                ("tokens", "from_stage"),
+                self.tokens.from_stage,
+                f"the co-scale group fuses the tokens of stages {first}-{len(self.stages) - 1}: "
+                f"they must all carry them (from_stage <= {first})",
+            )
+        for i, stage in enumerate(fused, start=first):
+            if stage.ffn.kind == "none":
+                _fail(("stages", i, "ffn", "kind"), "none", "the co-scale group's blocks need an FFN")
+        for i, stage in enumerate(fused[1:], start=first + 1):
+            if stage.width != fused[0].width:
+                _fail(
+                    ("stages", i, "width"),
+                    stage.width,
+                    f"the co-scale group adds the maps of stages {first}-{len(self.stages) - 1} together: "
+                    f"they need one width (stage {first} has {fused[0].width})",
+                )
+            if group.share_ffn and (stage.ffn != fused[0].ffn or stage.mlp_ratio != fused[0].mlp_ratio):
+                _fail(
+                    ("stages", i, "ffn"),
+                    stage.ffn.kind,
+                    f"the co-scale group shares one FFN over stages {first}-{len(self.stages) - 1} "
+                    "(share_ffn): they need the same ffn and mlp_ratio",
                 )
         return self
 
@@ -589,6 +657,9 @@ def estimated_params(cfg: ArchConfig) -> float:
     total = 0.0
     for stage in cfg.stages:
         total += stage.depth * (4 + 2 * stage.mlp_ratio) * stage.width**2
+    if cfg.co_scale is not None:
+        last = cfg.stages[-1]
+        total += cfg.co_scale.depth * cfg.co_scale.scales * (4 + 2 * last.mlp_ratio) * last.width**2
     return total + cfg.stages[-1].width * cfg.input.num_classes
 
 

@@ -158,6 +158,26 @@ def test_unknown_mixer_lists_known_ones() -> None:
             ),
             "stages[0].mixers[0]: dynamic_position_bias needs relative_position_bias: true",
         ),
+        (
+            lambda c: c.update(pos_embed={"kind": "absolute", "peg_at": "before_each_block"}),
+            "pos_embed.peg_at: applies to the 'peg' encoding only (this one is 'absolute')",
+        ),
+        (
+            lambda c: c["stages"][0]["mixers"].__setitem__(
+                0, {"kind": "factorized", "crpe_kernel_sizes": [3, 4]}
+            ),
+            "stages[0].mixers[0].crpe_kernel_sizes: the kernels must be odd",
+        ),
+        (
+            lambda c: c["stages"][0]["mixers"].__setitem__(0, {"kind": "factorized", "crpe_heads": [1, 1]}),
+            "stages[0].mixers[0]: crpe_heads needs one head count per kernel of crpe_kernel_sizes [3, 5, 7]",
+        ),
+        (
+            lambda c: c["stages"][1]["mixers"].__setitem__(
+                0, {"kind": "factorized", "crpe_heads": [1, 1, 1]}
+            ),
+            "stages[1].heads: mixer 'factorized': crpe_heads [1, 1, 1] must add up to the stage's 2 heads",
+        ),
     ],
 )
 def test_bad_configs_name_the_field(edit, expected: str) -> None:

@@ -146,6 +146,13 @@ def _closed_form(kind: str, H: int, W: int) -> int:
         # entry) to 2W - 1 columns
         resized = 4 * HEADS * (2 * H - 1) * (2 * W - 1) if W != H else 0
         return 4 * N * C * C + 2 * N * N * C + resized  # qkv + proj, Q K^T + A V, the table
+    if kind == "factorized":  # CoaT, 2 heads: the kernels 3, 5, 7 split them 0, 1, 1 (5 and 7 used)
+        return (
+            3 * N * C * C  # qkv
+            + 2 * N * C * d  # softmax(K)^T V (a d x d context per head) and Q times the context
+            + N * d * (5 * 5 + 7 * 7)  # the depthwise convs of V, one head each
+            + N * C * C  # output projection (q * conv(v) and the scaling are element-wise)
+        )
     if kind == "shunted":  # sr_ratio 4: one head on the map reduced 4x, the other on it reduced 2x
         total = N * C * C + N * C * C  # q, output projection
         for r in (4, 2):
@@ -181,6 +188,7 @@ CLOSED_FORM_KINDS = [
     "conv_projection",
     "cross_window",
     "emsa",
+    "factorized",
     "focal",
     "halo",
     "pooling_attention",
@@ -286,6 +294,8 @@ def test_fvcore_agrees_with_torch_flop_counter(kind: str) -> None:
 # fvcore on every zoo model at both sizes (which re-derives these numbers).
 ZOO_MACS = {
     "caformer_s18": (4_125_205_760, 174_690_048_000),
+    "coat_lite_s": (3_960_102_784, 80_443_481_728),
+    "coat_s": (12_603_818_688, 256_617_311_488),
     "coatnet_0": (4_505_780_992, 153_289_387_120),
     "convformer_s18": (3_959_248_640, 80_737_536_000),
     "crossformer_t": (2_869_684_212, 61_345_215_988),

@@ -17,7 +17,12 @@ from hvtnas.models.mixers.attention import (
     SpatialReductionAttention,
     WindowAttention,
 )
-from hvtnas.models.mixers.conv_attention import ConvProjectionAttention, EfficientMultiHeadAttention
+from hvtnas.models.mixers.conv_attention import (
+    ConvProjectionAttention,
+    EfficientMultiHeadAttention,
+    FactorizedAttention,
+    split_heads,
+)
 from hvtnas.models.mixers.cross_window import CrossShapedWindowAttention
 from hvtnas.models.mixers.focal import FocalAttention
 from hvtnas.models.mixers.halo import HaloAttention
@@ -26,6 +31,7 @@ from hvtnas.models.mixers.pooling import Pooling
 from hvtnas.models.mixers.pooling_attention import PoolingAttention
 from hvtnas.models.mixers.shift import Shift
 from hvtnas.models.mixers.shunted import ShuntedAttention
+from hvtnas.summary import count_params
 from tests.conftest import tiny_config
 
 
@@ -410,3 +416,47 @@ def test_focal_attention_on_a_map_within_one_window_drops_the_ring() -> None:
     mixer = FocalAttention(8, num_heads=2, map_size=5, window_size=7, expand_size=3, focal_window=1)
     assert mixer.window_size == 5 and mixer.neighbour_bias is None
     assert mixer(torch.randn(1, 5, 5, 8)).shape == (1, 5, 5, 8)
+
+
+def test_factorized_attention_matches_coat_formulation() -> None:
+    """CoaT's conv-attention written out head by head: softmax over the tokens of K, a d x d context,
+    Q times it over sqrt(d), plus Q times a depthwise conv of V whose kernel depends on the head."""
+    mixer = FactorizedAttention(32, num_heads=8)  # kernels 3, 5, 7 over heads 2, 3, 3 (d = 4)
+    x = torch.randn(2, 5, 6, 32)
+    q, k, v = mixer.qkv(x.flatten(1, 2)).view(2, 30, 3, 8, 4).permute(2, 0, 3, 1, 4)  # (B, heads, N, d)
+    kernel_of_head = [3, 3, 5, 5, 5, 7, 7, 7]
+    heads = []
+    for head, kernel in enumerate(kernel_of_head):
+        conv = next(c for c in mixer.crpe.convs if c.kernel_size[0] == kernel)
+        first = kernel_of_head.index(kernel)  # the conv's channels start at its first head
+        channels = slice((head - first) * 4, (head - first + 1) * 4)
+        v_map = v[:, head].transpose(1, 2).reshape(2, 4, 5, 6)
+        conv_v = F.conv2d(v_map, conv.weight[channels], conv.bias[channels], padding=kernel // 2, groups=4)
+        context = k[:, head].softmax(dim=1).transpose(1, 2) @ v[:, head]  # (B, d, d)
+        heads.append(q[:, head] @ context / 2 + q[:, head] * conv_v.flatten(2).transpose(1, 2))
+    expected = mixer.proj(torch.cat(heads, dim=-1)).view(2, 5, 6, 32)
+    torch.testing.assert_close(mixer(x), expected)
+    assert split_heads(8, 3) == [2, 3, 3] and split_heads(2, 3) == [0, 1, 1]
+
+
+def test_factorized_attention_class_token_is_a_key_without_position_term() -> None:
+    mixer = FactorizedAttention(16, num_heads=2)
+    x, token = torch.randn(1, 4, 4, 16), torch.randn(1, 1, 16)
+    out, out_token = mixer.forward_with_tokens(x, token)
+    sequence = torch.cat([token, x.flatten(1, 2)], dim=1)
+    q, k, v = mixer.qkv(sequence).view(1, 17, 3, 2, 8).permute(2, 0, 3, 1, 4)
+    attended = q @ (k.softmax(dim=2).transpose(-2, -1) @ v) * 8**-0.5  # (1, 2, 17, 8)
+    token_expected = mixer.proj(attended[:, :, :1].transpose(1, 2).reshape(1, 1, 16))
+    torch.testing.assert_close(out_token, token_expected)
+    assert not torch.allclose(out, mixer(x))  # the token is one of the keys the pixels attend
+
+
+def test_stage_mixers_share_one_conv_position_encoding() -> None:
+    """CoaT: one relative position encoding per stage; ``share_crpe: false`` gives each block its own."""
+    shared = build_model(tiny_config(["factorized", "factorized"]))
+    blocks = shared.stages[0].blocks
+    assert blocks[0].mixer.crpe is blocks[1].mixer.crpe
+    separate = build_model(tiny_config([{"kind": "factorized", "share_crpe": False}] * 2))
+    assert separate.stages[0].blocks[0].mixer.crpe is not separate.stages[0].blocks[1].mixer.crpe
+    crpe_params = sum(sum(p.numel() for p in s.blocks[0].mixer.crpe.parameters()) for s in shared.stages)
+    assert count_params(separate) - count_params(shared) == crpe_params

@@ -88,6 +88,19 @@ def test_peg_follows_the_first_block_of_every_stage() -> None:
         assert stage.peg.proj.groups == stage.peg.proj.in_channels  # depthwise
 
 
+@pytest.mark.parametrize(("peg_at", "calls"), [("after_first_block", [1]), ("before_each_block", [0, 1, 2])])
+def test_peg_placement(peg_at: str, calls: list[int]) -> None:
+    """Twins: after the first block; CoaT: before every block, one conv for the stage. Recorded as
+    the number of blocks that ran before each call of the stage's PEG."""
+    model = build_model(tiny_config(["pooling"] * 3, pos_embed={"kind": "peg", "peg_at": peg_at}))
+    stage, seen, ran = model.stages[1], [], [0]
+    stage.peg.register_forward_hook(lambda *_: seen.append(ran[0]))
+    for block in stage.blocks:
+        block.register_forward_hook(lambda *_: ran.__setitem__(0, ran[0] + 1))
+    model(torch.randn(1, 3, 32, 32))
+    assert seen == calls
+
+
 @pytest.mark.parametrize(
     "stem",
     [

@@ -29,11 +29,12 @@ else:
 
 pytestmark = pytest.mark.skipif(timm is None, reason=SKIP_REASON)
 
-# Windowed models need their native 224 (windows of 7 at every stage); the others are checked at a
-# smaller size, which exercises the same code at a fraction of the CPU time.
+# Windowed models need their native 224 (windows of 7 at every stage), and timm builds CoaT for one
+# input size; the others are checked at a smaller size, which exercises the same code at a fraction
+# of the CPU time.
 SMALL_RESOLUTION = 64
 # ViT/DeiT and MLP-Mixer in timm take their fixed 224 (14 x 14 patches) only
-NEEDS_NATIVE = {"swin_t", "swin_s", "twins_svt_s", "mvitv2_t", "deit_s", "mixer_b16"}
+NEEDS_NATIVE = {"swin_t", "swin_s", "twins_svt_s", "mvitv2_t", "deit_s", "mixer_b16", "coat_lite_s", "coat_s"}
 # one stage at stride 16: timm's forward_intermediates lists every block; the stage's map is the last
 ISOTROPIC = {"deit_s", "mixer_b16"}
 # timm's PoolFormer applies the head's GroupNorm after pooling, the official code (which hvtnas
@@ -53,7 +54,10 @@ def test_generated_model_matches_timm(name: str) -> None:
         ref_pyramid = reference.forward_intermediates(x, indices=indices, intermediates_only=True)
         assert len(pyramid) == len(ref_pyramid) == len(model.arch_config.stages)
         for level, (ours, theirs) in enumerate(zip(pyramid, ref_pyramid, strict=True), start=1):
-            torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4, msg=f"pyramid level {level}")
+            # float32 round-off scales with the map: CoaT's unnormalised levels reach values of
+            # thousands (a few units in the last place there are 1e-3)
+            atol = max(1e-4, 1e-6 * theirs.abs().max().item())
+            torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=atol, msg=f"pyramid level {level}")
         if name not in LOGITS_DIFFER_BY_DESIGN:
             torch.testing.assert_close(model(x), reference(x), rtol=1e-4, atol=1e-4)
 

@@ -250,7 +250,13 @@ ATTENDING = [k for k in MIXERS.names() if MIXERS.get(k).attends_tokens]
 
 
 def test_the_mixers_that_attend_to_tokens() -> None:
-    assert ATTENDING == ["attention", "conv_projection", "pooled_reduction", "spatial_reduction"]
+    assert ATTENDING == [
+        "attention",
+        "conv_projection",
+        "factorized",
+        "pooled_reduction",
+        "spatial_reduction",
+    ]
 
 
 @pytest.mark.parametrize("kind", ATTENDING)

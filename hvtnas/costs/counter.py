@@ -451,7 +451,7 @@ class MacCounter(TorchFunctionMode):
         self.by_operator: Counter[str] = Counter()
         self.by_scope: Counter[str] = Counter()
         self.skipped: Counter[str] = Counter()
-        self.scope: list[str] = []
+        self.scope: list[str | None] = []  # the part of each module being run, innermost last
 
     @property
     def total(self) -> int:
@@ -480,23 +480,37 @@ class MacCounter(TorchFunctionMode):
             macs = int(handle(args, kwargs, out))
             if macs:
                 self.by_operator[_operator_name(name, args, kwargs)] += macs
-                for scope in self.scope:
-                    self.by_scope[scope] += macs
+                if self.scope and self.scope[-1] is not None:
+                    self.by_scope[self.scope[-1]] += macs
         return out
 
     @contextlib.contextmanager
-    def scopes(self, parts: dict[str, nn.Module]) -> Iterator[None]:
-        """Attribute what each module of ``parts`` (report name -> module) computes to its name."""
+    def scopes(self, parts: dict[str, nn.Module], root: nn.Module) -> Iterator[None]:
+        """Attribute what each module of ``parts`` (report name -> a submodule of ``root``) computes
+        to its name, as fvcore does: an operation belongs to the part whose module's name begins the
+        name of the innermost module running it. A module registered in several places (CoaT's
+        per-stage position encodings, which its parallel blocks share) has its first name, so it
+        counts for that part wherever it is called from."""
+        part_of = {id(module): name for name, module in parts.items()}
+        modules = dict(root.named_modules())  # first names only, as fvcore's scopes
 
-        def enter(name: str) -> Callable:
+        def part(name: str) -> str | None:
+            path = name.split(".") if name else []
+            for k in range(len(path) + 1):
+                found = part_of.get(id(modules[".".join(path[:k])]))
+                if found is not None:
+                    return found
+            return None
+
+        def enter(name: str | None) -> Callable:
             return lambda module, args: self.scope.append(name)
 
         def leave(module: nn.Module, args: Any, output: Any) -> None:
             self.scope.pop()
 
         handles = []
-        for name, module in parts.items():
-            handles.append(module.register_forward_pre_hook(enter(name)))
+        for name, module in modules.items():
+            handles.append(module.register_forward_pre_hook(enter(part(name))))
             handles.append(module.register_forward_hook(leave))
         try:
             yield
@@ -522,6 +536,20 @@ class _Call(nn.Module):
         return self.fn(self.module, *inputs)
 
 
+@contextlib.contextmanager
+def _kept_tensors(module: nn.Module) -> Iterator[None]:
+    """Put every parameter and buffer of ``module`` back as it was on leaving. ``functional_call``
+    restores a module reachable under several names (CoaT's position encodings, shared by a stage's
+    blocks) once per name, the later ones with the meta tensor the earlier swap left there."""
+    kept = [(m, "_parameters", dict(m._parameters)) for m in module.modules()]
+    kept += [(m, "_buffers", dict(m._buffers)) for m in module.modules()]
+    try:
+        yield
+    finally:
+        for m, where, tensors in kept:
+            getattr(m, where).update(tensors)
+
+
 def _meta_like(t: Tensor) -> Tensor:
     return t if t.device.type == "meta" else torch.empty_like(t, device="meta")
 
@@ -544,8 +572,9 @@ def count_calls(
 
     def run(meta_factories: bool) -> MacCounter:
         counter = MacCounter(meta_factories)
-        with torch.no_grad(), counter.scopes(scopes or {}), counter:
-            torch.func.functional_call(wrapper, tensors, meta_inputs, strict=False)
+        with torch.no_grad(), counter.scopes(scopes or {}, module), counter, _kept_tensors(wrapper):
+            # every name of a shared tensor gets its own meta tensor: no untying needed
+            torch.func.functional_call(wrapper, tensors, meta_inputs, strict=False, tie_weights=False)
         return counter
 
     try:

@@ -97,7 +97,7 @@ class FlopCount:
 
     total: int
     input_size: tuple[int, int]
-    by_module: dict[str, int] = field(default_factory=dict)  # stem, stage1 ..., head
+    by_module: dict[str, int] = field(default_factory=dict)  # stem, stage1 ..., [co_scale,] head
     by_operator: dict[str, int] = field(default_factory=dict)
     skipped_ops: dict[str, int] = field(default_factory=dict)  # operator -> times seen, counted as 0
 
@@ -113,6 +113,10 @@ def _outputs(model: nn.Module, x: torch.Tensor, logits: bool) -> tuple[torch.Ten
     tokens = [t for _, t in levels if t is not None]
     if not logits:
         return (*maps, *tokens)
+    scales = getattr(model.head, "scales", 1)  # CoaT's head weighs the last pyramid levels
+    if scales > 1:
+        head_tokens = [t for _, t in levels[-scales:]]
+        return (model.forward_head(maps[-scales:], tokens=head_tokens), *maps, *tokens)
     return (model.forward_head(maps[-1], tokens=levels[-1][1]), *maps, *tokens)
 
 
@@ -214,6 +218,8 @@ def _count_on_meta(
 
 
 def _parts(model: nn.Module) -> dict[str, str]:
-    """Report names (stem, stage1.., head) of the model's top-level modules, in forward order."""
+    """Report names (stem, stage1.., co_scale (CoaT), head) of the model's top-level modules, in
+    forward order."""
     stages = {f"stage{i + 1}": f"stages.{i}" for i in range(len(getattr(model, "stages", [])))}
-    return {"stem": "stem", **stages, "head": "head"}
+    co_scale = {"co_scale": "co_scale"} if getattr(model, "co_scale", None) is not None else {}
+    return {"stem": "stem", **stages, **co_scale, "head": "head"}

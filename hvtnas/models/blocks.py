@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import Tensor, nn
 
@@ -134,6 +135,9 @@ class Stage(nn.Module):
     stage carries beside its map, made after the downsampling; PEG and the output norm act on the
     map only. ``forward(x, tokens)`` returns ``(map, tokens)``; the tokens are None in a stage
     without a stream (a previous stage's tokens end there).
+
+    With ``peg_before_each_block`` the PEG acts before every block instead, the same weights each
+    time (CoaT's convolutional position encoding).
     """
 
     def __init__(
@@ -143,6 +147,7 @@ class Stage(nn.Module):
         pos_embed: nn.Module | None = None,
         peg: nn.Module | None = None,
         out_norm: nn.Module | None = None,
+        peg_before_each_block: bool = False,
         tokens: nn.Module | None = None,
     ) -> None:
         super().__init__()
@@ -151,6 +156,7 @@ class Stage(nn.Module):
         self.tokens = tokens
         self.blocks = nn.ModuleList(blocks)
         self.peg = peg
+        self.peg_before_each_block = peg_before_each_block
         self.out_norm = out_norm if out_norm is not None else nn.Identity()
         self.grad_checkpointing = False  # MetaFormer.set_grad_checkpointing
 
@@ -159,6 +165,8 @@ class Stage(nn.Module):
         tokens = self.tokens(x, tokens) if self.tokens is not None else None
         checkpoint = self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting()
         for i, block in enumerate(self.blocks):
+            if self.peg_before_each_block and self.peg is not None:
+                x = self.peg(x)
             # with checkpointing only the block's input is kept; its inside is recomputed in backward
             if tokens is None:
                 x = (
@@ -172,7 +180,7 @@ class Stage(nn.Module):
                 )
             else:
                 x, tokens = block.forward_with_tokens(x, tokens)
-            if i == 0 and self.peg is not None:
+            if i == 0 and self.peg is not None and not self.peg_before_each_block:
                 x = self.peg(x)
         return self.out_norm(x), tokens
 
@@ -209,3 +217,87 @@ class AttentionDownsample(nn.Module):
         shortcut = nchw_to_nhwc(self.shortcut_pool(nhwc_to_nchw(self.shortcut_proj(normed))))
         x = shortcut + self.drop_path(self.attention(normed))
         return x + self.drop_path(self.ffn(self.norm2(x)))
+
+
+class CoScaleBlock(nn.Module):
+    """CoaT's parallel block: the maps of several scales (the last stages, of one width) side by
+    side, each through its own norm and mixer; every scale's mixer output then gets the others'
+    added, bilinearly resized to its map (the co-scale fusion: up from coarser, down from finer
+    scales), before the residual; then norm -> FFN -> residual per scale (one FFN for all scales
+    where given one module, as CoaT's).
+
+    Tokens beside the maps (CoaT's class tokens, one set per scale) go with their scale through the
+    mixer; in the fusion each scale's tokens get the others' tokens added (they have no map to
+    resize). ``forward(maps, tokens)`` takes and returns lists, one entry per scale, finest first:
+    maps ``(B, H_s, W_s, C)``, tokens ``(B, T, C)`` or None.
+    """
+
+    def __init__(
+        self,
+        mixers: list[nn.Module],
+        ffns: list[nn.Module],
+        norms: list[Callable[[], nn.Module]],
+        drop_path: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.norms1 = nn.ModuleList(norm() for norm in norms)
+        self.mixers = nn.ModuleList(mixers)
+        self.norms2 = nn.ModuleList(norm() for norm in norms)
+        self.ffns = nn.ModuleList(ffns)  # the same module at every index where the scales share it
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(
+        self, maps: list[Tensor], tokens: list[Tensor | None]
+    ) -> tuple[list[Tensor], list[Tensor | None]]:
+        mixed, mixed_tokens = [], []
+        for x, t, norm, mixer in zip(maps, tokens, self.norms1, self.mixers, strict=True):
+            if t is None or not mixer.attends_tokens:  # the tokens skip a mixer that cannot take them
+                mixed.append(mixer(norm(x)))
+            else:
+                out, out_tokens = mixer.forward_with_tokens(norm(x), norm(t))
+                mixed.append(out)
+                mixed_tokens.append(out_tokens)
+        fused = [
+            sum((_resize(other, target.shape[1:3]) for other in mixed if other is not target), target)
+            for target in mixed
+        ]
+        maps = [x + self.drop_path(f) for x, f in zip(maps, fused, strict=True)]
+        maps = [
+            x + self.drop_path(ffn(norm(x)))
+            for x, norm, ffn in zip(maps, self.norms2, self.ffns, strict=True)
+        ]
+        if mixed_tokens:  # every scale's tokens get the others' (the config gives all or none tokens)
+            token_sum = sum(mixed_tokens[1:], mixed_tokens[0])
+            tokens = [t + self.drop_path(token_sum) for t in tokens]
+        if tokens[0] is not None:
+            tokens = [
+                t + self.drop_path(ffn(norm(t)))
+                for t, norm, ffn in zip(tokens, self.norms2, self.ffns, strict=True)
+            ]
+        return maps, tokens
+
+
+def _resize(x: Tensor, size: torch.Size) -> Tensor:
+    """A channels-last map bilinearly resized to ``size`` (CoaT's fusion: align_corners False)."""
+    if x.shape[1:3] == size:
+        return x
+    resized = F.interpolate(nhwc_to_nchw(x), size=tuple(size), mode="bilinear", align_corners=False)
+    return nchw_to_nhwc(resized)
+
+
+class CoScaleGroup(nn.Module):
+    """CoaT's parallel group: ``CoScaleBlock``s over the maps of the last stages. Before each block
+    every scale's map goes through its stage's PEG (``pegs``, the stages' own modules: CoaT's
+    convolutional position encoding is one per scale, shared by the serial and parallel blocks)."""
+
+    def __init__(self, blocks: list[CoScaleBlock]) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(blocks)
+
+    def forward(
+        self, maps: list[Tensor], tokens: list[Tensor | None], pegs: list[nn.Module | None]
+    ) -> tuple[list[Tensor], list[Tensor | None]]:
+        for block in self.blocks:
+            maps = [x if peg is None else peg(x) for x, peg in zip(maps, pegs, strict=True)]
+            maps, tokens = block(maps, tokens)
+        return maps, tokens

@@ -22,7 +22,7 @@ from hvtnas.config import (
     cross_scale_widths,
 )
 from hvtnas.errors import HvtnasError
-from hvtnas.models.blocks import AttentionDownsample, MetaFormerBlock, Stage
+from hvtnas.models.blocks import AttentionDownsample, CoScaleBlock, CoScaleGroup, MetaFormerBlock, Stage
 from hvtnas.models.embed import (
     PEG,
     AbsolutePosEmbed,
@@ -39,7 +39,7 @@ from hvtnas.models.embed import (
 from hvtnas.models.ffn import FFNS
 from hvtnas.models.layers import make_act, make_norm
 from hvtnas.models.metaformer import ClassifierHead, FeaturePyramid, MetaFormer
-from hvtnas.models.mixers import MIXERS, MixerParams
+from hvtnas.models.mixers import MIXERS, MixerParams, TokenMixer
 from hvtnas.models.mixers.pooling_attention import PoolingAttention
 from hvtnas.models.tokens import build_token_streams
 
@@ -133,6 +133,45 @@ def _mixer_kwargs(params: MixerParams, scfg: StageConfig, map_size: int) -> dict
     return kwargs
 
 
+def _stage_mixer(
+    params: MixerParams, scfg: StageConfig, map_size: int, shared: dict[str, nn.Module | None]
+) -> TokenMixer:
+    """A mixer of a stage; ``shared`` (per mixer parameters, one dict per stage) keeps what the
+    stage's mixers of those parameters share (``TokenMixer.stage_shared``)."""
+    mixer_cls = MIXERS.get(params.kind)
+    kwargs = _mixer_kwargs(params, scfg, map_size)
+    key = params.model_dump_json()
+    if key not in shared:
+        shared[key] = mixer_cls.stage_shared(scfg.width, **kwargs)
+    if shared[key] is not None:
+        kwargs["shared"] = shared[key]
+    return mixer_cls(scfg.width, **kwargs)
+
+
+def _co_scale_group(
+    cfg: ArchConfig,
+    fused: range,
+    stem_size: int,
+    stage_shared: list[dict[str, nn.Module | None]],
+    drop_rates: list[float],
+) -> CoScaleGroup:
+    """CoaT's parallel blocks over the stages ``fused``: per block and scale the stage's norm and
+    next mixer of its pattern (sharing what the stage's mixers share), one FFN for all scales
+    with ``share_ffn``."""
+    blocks = []
+    for p in range(cfg.co_scale.depth):
+        mixers, ffns = [], []
+        shared_ffn = _ffn(cfg.stages[fused[0]]) if cfg.co_scale.share_ffn else None
+        for i in fused:
+            scfg = cfg.stages[i]
+            map_size = -(-stem_size // 2**i)
+            mixers.append(_stage_mixer(scfg.mixer_for_block(scfg.depth + p), scfg, map_size, stage_shared[i]))
+            ffns.append(shared_ffn if shared_ffn is not None else _ffn(scfg))
+        norms = [functools.partial(_norm_factory(cfg.stages[i].norm), cfg.stages[i].width) for i in fused]
+        blocks.append(CoScaleBlock(mixers, ffns, norms, drop_path=drop_rates[p]))
+    return CoScaleGroup(blocks)
+
+
 def _ffn(scfg: StageConfig) -> nn.Module | None:
     if scfg.ffn.kind == "none":
         return None
@@ -168,11 +207,13 @@ def build_model(
         cfg = cfg.model_copy(update={"input": cfg.input.model_copy(update={"num_classes": num_classes})})
     widths = [s.width for s in cfg.stages]
     depths = [s.depth for s in cfg.stages]
-    drop_rates = torch.linspace(0, cfg.drop_path_rate, sum(depths), device="cpu").tolist()
+    co_scale_depth = cfg.co_scale.depth if cfg.co_scale is not None else 0
+    drop_rates = torch.linspace(0, cfg.drop_path_rate, sum(depths) + co_scale_depth, device="cpu").tolist()
     stem_size = -(-cfg.input.resolution // cfg.stem.stride)  # ceil: the patch stem pads
 
     token_streams = build_token_streams(cfg.tokens, widths)
     stages = []
+    stage_shared: list[dict[str, nn.Module | None]] = []
     for i, scfg in enumerate(cfg.stages):
         dim = scfg.width
         map_size = -(-stem_size // 2**i)  # the stage's map side at the configured resolution
@@ -198,13 +239,13 @@ def build_model(
             )
             first_block = 1
         blocks = []
+        shared: dict[str, nn.Module | None] = {}  # per mixer parameters: what the stage's mixers share
+        stage_shared.append(shared)
         for j in range(first_block, scfg.depth):
-            params = scfg.mixer_for_block(j)
-            mixer_cls = MIXERS.get(params.kind)
             blocks.append(
                 MetaFormerBlock(
                     dim,
-                    mixer_cls(dim, **_mixer_kwargs(params, scfg, map_size)),
+                    _stage_mixer(scfg.mixer_for_block(j), scfg, map_size, shared),
                     _ffn(scfg),
                     norm=functools.partial(norm_factory, dim),
                     drop_path=drop_rates[sum(depths[:i]) + j],
@@ -229,12 +270,19 @@ def build_model(
                 downsample=downsample,
                 pos_embed=pos_embed,
                 peg=PEG(dim, cfg.pos_embed.kernel_size) if cfg.pos_embed.kind == "peg" else None,
+                peg_before_each_block=cfg.pos_embed.peg_at == "before_each_block",
                 out_norm=make_norm(scfg.norm.kind, dim, scfg.norm.eps, scfg.norm.bias)
                 if scfg.out_norm
                 else None,
                 tokens=token_streams[i],
             )
         )
+    co_scale = None
+    scale_norms = None
+    if cfg.co_scale is not None:
+        fused = range(len(cfg.stages) - cfg.co_scale.scales, len(cfg.stages))
+        co_scale = _co_scale_group(cfg, fused, stem_size, stage_shared, drop_rates[sum(depths) :])
+        scale_norms = [_optional_norm(cfg.head.norm, widths[i]) or nn.Identity() for i in fused][:-1]
     head_cfg = cfg.head
     head = ClassifierHead(
         widths[-1],
@@ -245,9 +293,10 @@ def build_model(
         act=head_cfg.act,
         dropout=head_cfg.dropout,
         pool=head_cfg.pool,
+        scale_norms=scale_norms,
     )
     stem = build_stem(cfg.stem, cfg.input.channels, widths[0])
-    model = MetaFormer(stem, stages, head, widths, cfg.stage_strides())
+    model = MetaFormer(stem, stages, head, widths, cfg.stage_strides(), co_scale=co_scale)
     if init_weights:
         for module in model.modules():
             _init_weights(module)

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from hvtnas.errors import HvtnasError
-from hvtnas.models.blocks import Stage
+from hvtnas.models.blocks import CoScaleGroup, Stage
 from hvtnas.models.layers import make_act, nchw_to_nhwc, nhwc_to_nchw
 
 
@@ -38,12 +38,17 @@ class ClassifierHead(nn.Module):
         act: str = "squared_relu",
         dropout: float = 0.0,
         pool: str = "avg",
+        scale_norms: list[nn.Module] | None = None,
     ) -> None:
         super().__init__()
         self.norm_position = norm_position
         self.pool = pool
         self.dim, self.mlp_ratio, self.act = dim, mlp_ratio, act
         self.norm = norm if norm is not None else nn.Identity()
+        # CoaT: the earlier scales' norms, and the learned weighting of the scales' pooled features
+        self.scales = 1 + len(scale_norms) if scale_norms is not None else 1
+        self.scale_norms = nn.ModuleList(scale_norms) if scale_norms is not None else None
+        self.aggregate = nn.Conv1d(self.scales, 1, kernel_size=1) if self.scales > 1 else None
         self.dropout = nn.Dropout(dropout)
         self.reset(num_classes)
 
@@ -63,9 +68,35 @@ class ClassifierHead(nn.Module):
         else:
             self.mlp, self.fc = None, nn.Linear(dim, num_classes)
 
-    def forward(self, x: Tensor, pre_logits: bool = False, tokens: Tensor | None = None) -> Tensor:
+    def forward(
+        self,
+        x: Tensor | Sequence[Tensor],
+        pre_logits: bool = False,
+        tokens: Tensor | Sequence[Tensor | None] | None = None,
+    ) -> Tensor:
         """Logits from the last map ``x`` ``(B, H, W, C)`` or, with ``pool == 'token'``, from the
-        first of the ``tokens`` ``(B, T, C)`` beside it."""
+        first of the ``tokens`` ``(B, T, C)`` beside it. A head that aggregates several scales
+        (``scales > 1``, CoaT) takes a list of maps and one of tokens, finest first."""
+        if self.aggregate is None:
+            x = self._pool(self.norm, x, tokens)
+        else:
+            if not isinstance(x, Sequence) or len(x) != self.scales:
+                raise HvtnasError(
+                    f"this head weighs the last {self.scales} pyramid levels (CoaT): give it their maps "
+                    "as a list, finest first (and their tokens as a list), or call model(x)"
+                )
+            tokens = tokens if tokens is not None else [None] * self.scales
+            norms = [*self.scale_norms, self.norm]
+            pooled = [self._pool(n, m, t) for n, m, t in zip(norms, x, tokens, strict=True)]
+            x = self.aggregate(torch.stack(pooled, dim=1)).squeeze(1)  # (B, scales, C) -> (B, C)
+        if pre_logits:  # as timm's: pooled (normalised) features, before any MLP head
+            return x
+        if self.mlp is not None:
+            x = self.mlp(x)
+        return self.fc(self.dropout(x))
+
+    def _pool(self, norm: nn.Module, x: Tensor, tokens: Tensor | None) -> Tensor:
+        """One scale's features ``(B, C)``: its class token or its averaged map, normalised."""
         if self.pool == "token":
             if tokens is None:
                 raise HvtnasError(
@@ -73,16 +104,10 @@ class ClassifierHead(nn.Module):
                     "(feats, tokens = model.forward_features(x, return_tokens=True); "
                     "model.forward_head(feats, tokens=tokens)), or call model(x)"
                 )
-            x = self.norm(tokens[:, 0])  # (B, C): one token, so pre- and post-pool norms agree
-        elif self.norm_position == "pre_pool":
-            x = self.norm(x).mean(dim=(1, 2))
-        else:
-            x = self.norm(x.mean(dim=(1, 2)))
-        if pre_logits:  # as timm's: pooled (normalised) features, before any MLP head
-            return x
-        if self.mlp is not None:
-            x = self.mlp(x)
-        return self.fc(self.dropout(x))
+            return norm(tokens[:, 0])  # (B, C): one token, so pre- and post-pool norms agree
+        if self.norm_position == "pre_pool":
+            return norm(x).mean(dim=(1, 2))
+        return norm(x.mean(dim=(1, 2)))
 
 
 class MetaFormer(nn.Module):
@@ -104,10 +129,12 @@ class MetaFormer(nn.Module):
         head: ClassifierHead,
         widths: list[int],
         strides: list[int] | None = None,
+        co_scale: CoScaleGroup | None = None,
     ) -> None:
         super().__init__()
         self.stem = stem
         self.stages = nn.ModuleList(stages)
+        self.co_scale = co_scale  # CoaT's parallel blocks over the last stages' maps
         self.head = head
         self.num_features = self.head_hidden_size = widths[-1]
         self.num_classes = head.num_classes
@@ -125,16 +152,28 @@ class MetaFormer(nn.Module):
         """The last stage's map ``(B, C, H/32, W/32)`` (what ``forward_head`` takes); with
         ``return_tokens`` also the ``(B, T, C)`` tokens beside it (None if it carries none),
         which a model classifying from its class token needs in ``forward_head``."""
-        x, tokens = self._forward_stages(x)
+        x, tokens = self._forward_levels(x, self.stages)[-1]
         return (nhwc_to_nchw(x), tokens) if return_tokens else nhwc_to_nchw(x)
 
-    def forward_head(self, x: Tensor, pre_logits: bool = False, tokens: Tensor | None = None) -> Tensor:
+    def forward_head(
+        self,
+        x: Tensor | Sequence[Tensor],
+        pre_logits: bool = False,
+        tokens: Tensor | Sequence[Tensor | None] | None = None,
+    ) -> Tensor:
         """Logits (or, ``pre_logits``, the pooled features) from ``forward_features``' map, or from
-        the class token in ``tokens`` for a model whose head reads it (``head.pool: token``)."""
+        the class token in ``tokens`` for a model whose head reads it (``head.pool: token``).
+        A head that weighs several pyramid levels (CoaT's) takes their maps and tokens as lists."""
+        if isinstance(x, Sequence):
+            return self.head([nchw_to_nhwc(m) for m in x], pre_logits=pre_logits, tokens=tokens)
         return self.head(nchw_to_nhwc(x), pre_logits=pre_logits, tokens=tokens)
 
     def forward(self, x: Tensor) -> Tensor:
-        x, tokens = self._forward_stages(x)
+        levels = self._forward_levels(x, self.stages)
+        if self.head.scales > 1:
+            maps, tokens = zip(*levels[-self.head.scales :], strict=True)
+            return self.head(list(maps), tokens=list(tokens))
+        x, tokens = levels[-1]
         return self.head(x, tokens=tokens)
 
     def forward_intermediates(
@@ -167,18 +206,19 @@ class MetaFormer(nn.Module):
         if output_fmt not in ("NCHW", "NHWC"):
             raise HvtnasError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
         take, last = _take_indices(len(self.stages), indices)
-        stages = self.stages[: last + 1] if stop_early or intermediates_only else self.stages
+        # the co-scale group needs all of its stages: with one, every stage runs
+        stop = (stop_early or intermediates_only) and self.co_scale is None
+        levels = self._forward_levels(x, self.stages[: last + 1] if stop else self.stages)
         intermediates: list = []
-        x, tokens = self._stem(x), None
-        for i, stage in enumerate(stages):
-            x, tokens = stage(x, tokens)
+        for i, (level, tokens) in enumerate(levels):
             if i in take:
-                level = self.head.norm(x) if norm and self._norm_on_map(i) else x
+                level_norm = self._norm_on_map(i)
+                level = level_norm(level) if norm and level_norm is not None else level
                 level = nhwc_to_nchw(level) if output_fmt == "NCHW" else level
                 intermediates.append((level, tokens) if return_prefix_tokens else level)
         if intermediates_only:
             return intermediates
-        return nhwc_to_nchw(x), intermediates
+        return nhwc_to_nchw(levels[-1][0]), intermediates
 
     def prune_intermediate_layers(
         self, indices: int | Sequence[int] = 1, prune_norm: bool = False, prune_head: bool = True
@@ -186,11 +226,19 @@ class MetaFormer(nn.Module):
         """Drop the stages after the last of ``indices`` (and the classifier: ``prune_head``);
         returns the indices kept. The head's norm goes too with ``prune_norm``."""
         take, last = _take_indices(len(self.stages), indices)
+        cut = last + 1 < len(self.stages)
         self.stages = self.stages[: last + 1]
         self.feature_info = self.feature_info[: last + 1]
+        if cut and self.co_scale is not None:  # it needs the stages cut off: the levels are serial
+            self.co_scale = None
+            self.head.scale_norms = self.head.aggregate = None
+            self.head.scales = 1
         cfg = getattr(self, "arch_config", None)
         if cfg is not None:  # the config describes what is left
-            self.arch_config = cfg.model_copy(update={"stages": cfg.stages[: last + 1]})
+            update = {"stages": cfg.stages[: last + 1]}
+            if cut:
+                update["co_scale"] = None
+            self.arch_config = cfg.model_copy(update=update)
         if prune_norm:
             self.head.norm = nn.Identity()
         if prune_head:
@@ -244,12 +292,21 @@ class MetaFormer(nn.Module):
         # copy or take a slow strided path (PoolFormer's pooling: 15x slower)
         return self.stem(x.contiguous(memory_format=torch.channels_last))
 
-    def _forward_stages(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
-        """(B, 3, H, W) -> the last map (B, H/32, W/32, C) and the (B, T, C) tokens beside it."""
+    def _forward_levels(self, x: Tensor, stages: Sequence[Stage]) -> list[tuple[Tensor, Tensor | None]]:
+        """(B, 3, H, W) -> per stage run, its map (B, H/s, W/s, C) and the (B, T, C) tokens beside it
+        (None for none); the co-scale group's levels after it, where all stages ran."""
+        levels = []
         x, tokens = self._stem(x), None
-        for stage in self.stages:
+        for stage in stages:
             x, tokens = stage(x, tokens)
-        return x, tokens
+            levels.append((x, tokens))
+        if self.co_scale is not None and len(levels) == len(self.stages):
+            fused = len(self.co_scale.blocks[0].mixers)  # the last stages, side by side
+            maps, tokens = (list(t) for t in zip(*levels[-fused:], strict=True))
+            pegs = [stage.peg for stage in self.stages[-fused:]]
+            maps, tokens = self.co_scale(maps, tokens, pegs)
+            levels[-fused:] = zip(maps, tokens, strict=True)
+        return levels
 
     def _last_stage_has_class_token(self) -> bool:
         for stage in reversed(self.stages):  # the stream's own module is where it starts
@@ -259,8 +316,15 @@ class MetaFormer(nn.Module):
                 return type(stage.tokens).readable_by_head
         return False
 
-    def _norm_on_map(self, i: int) -> bool:
-        return i == len(self.stages) - 1 and self.head.norm_position == "pre_pool"
+    def _norm_on_map(self, i: int) -> nn.Module | None:
+        """The head's norm of pyramid level ``i``, where the head normalises that map before pooling:
+        the last level's, or one of the levels a multi-scale head (CoaT's) weighs."""
+        if self.head.norm_position != "pre_pool":
+            return None
+        first = len(self.stages) - self.head.scales
+        if i < first:
+            return None
+        return self.head.norm if i == len(self.stages) - 1 else self.head.scale_norms[i - first]
 
 
 def _take_indices(n: int, indices: int | Sequence[int] | None) -> tuple[list[int], int]:

@@ -13,6 +13,7 @@ model is taken, so the caller does not say where a file came from.
 | ``timm-twins`` | timm's Twins | twins_svt_s, twins_pcpvt_s |
 | ``timm-mvit`` | timm's MViTv2 | mvitv2_t |
 | ``timm-vit`` | timm's VisionTransformer (DeiT) and MlpMixer | deit_s, mixer_b16 |
+| ``timm-coat`` | timm's CoaT and CoaT-Lite (mlpc-ucsd/CoaT's names) | coat_lite_s, coat_s |
 | ``official-swin(v2)`` | microsoft/Swin-Transformer (V1, V2) | swin_t, swin_s (swinv2_t) |
 | ``official-pvt_v2`` | whai362/PVT | pvt_v2_* |
 | ``official-pvt`` | whai362/PVT (v1) | pvt_tiny |
@@ -54,6 +55,8 @@ TIMM_NAMES = {
     "mvitv2_t": "mvitv2_tiny",
     "deit_s": "deit_small_patch16_224",
     "mixer_b16": "mixer_b16_224",
+    "coat_lite_s": "coat_lite_small",
+    "coat_s": "coat_small",
 }
 
 # computed from the geometry, not learned: never loaded
@@ -178,6 +181,35 @@ def _official_cvt_key(key: str) -> str:
     key = re.sub(r"\.attn\.conv_proj_([qkv])\.bn\.", r".mixer.conv_\1.1.", key)
     key = key.replace(".attn.", ".mixer.").replace(".mlp.", ".ffn.")
     key = re.sub(r"^norm\.", "head.norm.", key)
+def _coat_key(key: str) -> str:
+    """timm's CoaT / CoaT-Lite (the same names as mlpc-ucsd/CoaT, less its unused norms): per scale
+    i (1-4) a patch embedding, a class token, a convolutional position encoding and serial blocks,
+    then CoaT's parallel blocks over scales 2-4. The shared encodings are stored under every module
+    that uses them; each name maps to one of hvtnas's (the stage's PEG, each block's mixer)."""
+    key = key.replace("crpe.conv_list.", "crpe.convs.")
+    if m := re.match(r"(patch_embed|cls_token|cpe|crpe)(\d)(.*)", key):
+        part, i, rest = m.group(1), int(m.group(2)) - 1, m.group(3)
+        if part == "patch_embed":
+            return f"stem{rest}" if i == 0 else f"stages.{i}.downsample{rest.replace('.proj.', '.conv.')}"
+        if part == "cls_token":
+            return f"stages.{i}.tokens.tokens"
+        if part == "cpe":
+            return f"stages.{i}.peg{rest}"
+        return f"stages.{i}.blocks.0.mixer.crpe{rest.replace('conv_list', 'convs')}"  # also in each block
+    if m := re.match(r"serial_blocks(\d)\.(\d+)\.(.*)", key):
+        i, j, rest = int(m.group(1)) - 1, m.group(2), m.group(3)
+        if rest.startswith("cpe."):
+            return f"stages.{i}.peg.{rest.removeprefix('cpe.')}"
+        rest = rest.replace("factoratt_crpe.", "mixer.").replace("mlp.", "ffn.")
+        return f"stages.{i}.blocks.{j}.{rest}"
+    if m := re.match(r"parallel_blocks\.(\d+)\.(norm1|norm2|factoratt_crpe|mlp)(\d)\.(.*)", key):
+        p, part, scale, rest = m.group(1), m.group(2), int(m.group(3)) - 2, m.group(4)
+        part = {"norm1": "norms1", "norm2": "norms2", "factoratt_crpe": "mixers", "mlp": "ffns"}[part]
+        return f"co_scale.blocks.{p}.{part}.{scale}.{rest}"
+    if m := re.match(r"norm(\d)\.(.*)", key):  # the classifier's norm of each scale it reads
+        i, rest = int(m.group(1)), m.group(2)
+        return f"head.norm.{rest}" if i == 4 else f"head.scale_norms.{i - 2}.{rest}"
+    key = re.sub(r"^aggregate\.", "head.aggregate.", key)  # CoaT's weighting of the scales
     return re.sub(r"^head\.(weight|bias)$", r"head.fc.\1", key)
 
 
@@ -227,6 +259,7 @@ LAYOUTS: dict[str, Callable[[str], str]] = {
     "timm-twins": _twins_key,
     "timm-mvit": _mvit_key,
     "timm-vit": _vit_key,
+    "timm-coat": _coat_key,
     "official-swin": lambda k: _swin_key(_official_swin_to_timm(k)),
     "official-swinv2": lambda k: _swinv2_key(_official_swin_to_timm(k)),
     "official-pvt_v2": lambda k: _timm_key(_official_pvt_v2_to_timm(k)),

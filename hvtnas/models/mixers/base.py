@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar
+from typing import Annotated, Any, ClassVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict
 from pydantic_core import PydanticCustomError
@@ -35,6 +35,11 @@ class MixerParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     kind: str
 
+    def heads_problem(self, num_heads: int) -> str | None:
+        """Why these parameters cannot work with ``num_heads`` heads (None: they can). The stage's
+        config validation calls it once the heads are known (a split of the heads that must add up)."""
+        return None
+
 
 class TokenMixer(nn.Module):
     """Base class: ``forward(x)`` maps ``(B, H, W, C)`` to ``(B, H, W, C)``.
@@ -63,6 +68,14 @@ class TokenMixer(nn.Module):
     paper: ClassVar[str] = ""
     complexity: ClassVar[str] = ""
     residual: bool = True
+
+    @classmethod
+    def stage_shared(cls, dim: int, **kwargs: Any) -> nn.Module | None:
+        """A module that every mixer of this kind and these parameters in one stage shares (CoaT's
+        convolutional relative position encoding: one set of weights per stage), or None (the
+        default: nothing shared). ``kwargs`` are the mixer's constructor arguments; the builder
+        calls this once per stage and gives the result to each mixer as ``shared``."""
+        return None
 
     def forward(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -1,13 +1,16 @@
-"""Attention with convolutions inside: CvT's convolutional projections and ResT's efficient MHSA."""
+"""Attention with convolutions inside: CvT's convolutional projections, ResT's efficient MHSA and
+CoaT's conv-attention (factorized attention with convolutional relative position encoding)."""
 
 from __future__ import annotations
 
-from typing import ClassVar
+from collections.abc import Sequence
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
-from pydantic import PositiveInt
+from pydantic import Field, PositiveInt, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 from torch import Tensor, nn
 
 from hvtnas.models.layers import LayerNormLast, nchw_to_nhwc, nhwc_to_nchw
@@ -152,3 +155,145 @@ class EfficientMultiHeadAttention(TokenMixer):
             attn = (attn - mean) * torch.rsqrt(var + 1e-5)
             out = torch.matmul(attn, v)
         return self.proj(rearrange(out, "b n (h w) d -> b h w (n d)", h=H))
+
+
+# ----------------------------------------------------------------------------- CoaT
+class FactorizedAttentionParams(AttentionParams):
+    # depthwise kernels of the convolutional relative position encoding, each for a group of heads
+    crpe_kernel_sizes: list[PositiveInt] = Field([3, 5, 7], min_length=1)
+    # heads per kernel (sum: the stage's heads); None: as evenly as possible, the larger kernels
+    # taking the remainder (CoaT's 2, 3, 3 of 8 heads)
+    crpe_heads: list[PositiveInt] | None = None
+    # one encoding per stage, shared by its blocks (CoaT); false: each block its own
+    share_crpe: bool = True
+
+    @field_validator("crpe_kernel_sizes")
+    @classmethod
+    def _odd_kernels(cls, kernels: list[int]) -> list[int]:
+        if any(k % 2 == 0 for k in kernels):
+            raise PydanticCustomError(
+                "odd_kernel",
+                "the kernels must be odd (padding k // 2 keeps the map's size), got {k}",
+                {"k": kernels},
+            )
+        return kernels
+
+    @model_validator(mode="after")
+    def _one_head_count_per_kernel(self) -> FactorizedAttentionParams:
+        if self.crpe_heads is not None and len(self.crpe_heads) != len(self.crpe_kernel_sizes):
+            raise PydanticCustomError(
+                "crpe_heads",
+                "crpe_heads needs one head count per kernel of crpe_kernel_sizes {kernels}, got {heads}",
+                {"kernels": self.crpe_kernel_sizes, "heads": self.crpe_heads},
+            )
+        return self
+
+    def heads_problem(self, num_heads: int) -> str | None:
+        if self.crpe_heads is not None and sum(self.crpe_heads) != num_heads:
+            return f"crpe_heads {self.crpe_heads} must add up to the stage's {num_heads} heads"
+        return None
+
+
+def split_heads(num_heads: int, groups: int) -> list[int]:
+    """``num_heads`` over ``groups`` as evenly as possible, the last groups taking the remainder
+    (8 over 3: 2, 3, 3, CoaT's split; a group may get none when there are fewer heads than groups)."""
+    base, remainder = divmod(num_heads, groups)
+    return [base + (i >= groups - remainder) for i in range(groups)]
+
+
+class ConvRelativePositionEncoding(nn.Module):
+    """CoaT's convolutional relative position encoding: ``q * dwconv(v)`` per head, a depthwise
+    k x k convolution of the values as a map, with a kernel size per group of heads.
+
+    ``forward(q, v, H)`` takes ``(B, n, H*W, d)`` queries and values of the map's tokens.
+    """
+
+    def __init__(
+        self, dim: int, num_heads: int, kernel_sizes: Sequence[int], heads: Sequence[int] | None = None
+    ) -> None:
+        super().__init__()
+        heads = list(heads) if heads is not None else split_heads(num_heads, len(kernel_sizes))
+        if sum(heads) != num_heads:
+            raise ValueError(f"crpe heads {heads} must add up to {num_heads}")
+        head_dim = dim // num_heads
+        groups = [(k, h) for k, h in zip(kernel_sizes, heads, strict=True) if h > 0]
+        self.channels = [h * head_dim for _, h in groups]  # channels of each group, in head order
+        self.convs = nn.ModuleList(
+            nn.Conv2d(c, c, k, padding=k // 2, groups=c)
+            for (k, _), c in zip(groups, self.channels, strict=True)
+        )
+
+    def forward(self, q: Tensor, v: Tensor, H: int) -> Tensor:
+        v_map = rearrange(v, "b n (h w) d -> b (n d) h w", h=H)  # heads' values as one channel-stacked map
+        # one depthwise conv per kernel size (a handful), each over its group of heads' channels
+        groups = torch.split(v_map, self.channels, dim=1)
+        conv_v = torch.cat([conv(g) for conv, g in zip(self.convs, groups, strict=True)], dim=1)
+        return q * rearrange(conv_v, "b (n d) h w -> b n (h w) d", n=q.shape[1])
+
+
+class FactorizedAttention(TokenMixer):
+    """CoaT's conv-attention: factorized attention ``q (softmax_N(k)^T v) / sqrt(d)``, linear in
+    the number of tokens N (keys softmaxed over the tokens, then a d x d context per head), plus
+    the convolutional relative position encoding ``q * dwconv(v)`` (``ConvRelativePositionEncoding``;
+    one per stage, shared by its blocks, as CoaT's).
+
+    With tokens beside the map (CoaT's class token) they join the factorized attention as queries
+    and keys; the position encoding, a convolution over the map, is zero for them.
+    """
+
+    Params: ClassVar[type[MixerParams]] = FactorizedAttentionParams
+    uses_heads = True
+    attends_tokens = True
+    paper = "CoaT (Xu et al., ICCV 2021)"
+    complexity = "O(N C²)"
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        crpe_kernel_sizes: Sequence[int] = (3, 5, 7),
+        crpe_heads: Sequence[int] | None = None,
+        share_crpe: bool = True,
+        qkv_bias: bool = True,
+        proj_bias: bool = True,
+        shared: nn.Module | None = None,
+    ) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.scale = (dim // num_heads) ** -0.5
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim, bias=proj_bias)
+        self.crpe = (
+            shared
+            if shared is not None
+            else ConvRelativePositionEncoding(dim, num_heads, list(crpe_kernel_sizes), crpe_heads)
+        )
+
+    @classmethod
+    def stage_shared(cls, dim: int, **kwargs: Any) -> nn.Module | None:
+        if not kwargs.get("share_crpe", True):
+            return None
+        kernels = list(kwargs.get("crpe_kernel_sizes", (3, 5, 7)))
+        return ConvRelativePositionEncoding(dim, kwargs["num_heads"], kernels, kwargs.get("crpe_heads"))
+
+    def _attend(self, sequence: Tensor, T: int, H: int) -> Tensor:
+        """``(B, T + H*W, C)`` -> the same: factorized attention over the whole sequence, the
+        position encoding on its last H*W (map) tokens."""
+        q, k, v = rearrange(self.qkv(sequence), "b l (three n d) -> three b n l d", three=3, n=self.num_heads)
+        context = torch.matmul(k.softmax(dim=2).transpose(-2, -1), v)  # (B, n, d, d): linear in N
+        out = self.scale * torch.matmul(q, context)  # (B, n, T + H*W, d)
+        position = self.crpe(q[:, :, T:], v[:, :, T:], H)  # (B, n, H*W, d)
+        # the tokens beside the map (first T) have no place in the map: no position term
+        out = torch.cat([out[:, :, :T], out[:, :, T:] + position], dim=2) if T else out + position
+        return self.proj(rearrange(out, "b n l d -> b l (n d)"))
+
+    def forward(self, x: Tensor) -> Tensor:
+        H = x.shape[1]
+        out = self._attend(rearrange(x, "b h w c -> b (h w) c"), 0, H)
+        return rearrange(out, "b (h w) c -> b h w c", h=H)
+
+    def forward_with_tokens(self, x: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
+        H, T = x.shape[1], tokens.shape[1]
+        sequence = torch.cat([tokens, rearrange(x, "b h w c -> b (h w) c")], dim=1)  # (B, T + H*W, C)
+        out = self._attend(sequence, T, H)
+        return rearrange(out[:, T:], "b (h w) c -> b h w c", h=H), out[:, :T]

@@ -75,6 +75,9 @@ PUBLISHED: dict[str, Published] = {
         59, None, 76.4, "arXiv 2105.01601 Table 2, ImageNet-1k only (google-research/vision_transformer)"
     ),
     "s2mlp_wide": Published(71, 14.0, 80.0, "paper, arXiv 2106.07477 (no official code)"),
+    # params and top-1: mlpc-ucsd/CoaT README.md; GFLOPs: the paper (arXiv 2104.06399), Table 2
+    "coat_lite_s": Published(20, 4.0, 81.9, "mlpc-ucsd/CoaT; GFLOPs: paper, arXiv 2104.06399"),
+    "coat_s": Published(22, 12.6, 82.1, "mlpc-ucsd/CoaT; GFLOPs: paper, arXiv 2104.06399"),
     # the SegFormer paper and README give no ImageNet figures for the encoder alone
     "mit_b0": Published(3.3, None, None, "NVlabs/SegFormer (encoder, counted on mix_transformer.py)"),
 }
