@@ -92,11 +92,15 @@ class StemConfig(_Kinded):
       + act between (convolutional stem of CoAtNet / early-conv ViTs). ``last_norm`` is the norm
       after the last conv: ``true`` (the same as ``norm``), ``false`` (none: ResT) or a norm of
       its own (Shunted: BatchNorm between, LayerNorm at the end); ``last_bias`` gives the last
-      conv a bias.
+      conv a bias;
+    - ``pixel``: TNT's pixel embedding: the image cut into the first stage's patches (4 x its
+      ``inner.patch_size`` pixels a side), each convolved alone (``kernel_size``, default 7,
+      stride 4), plus a learned embedding per pixel position within a patch. It feeds a nested
+      first stage (``stages[0].inner``) with its pixel map.
     """
 
-    kind: Literal["patch", "overlap", "conv"] = "patch"
-    kernel_size: PositiveInt | None = None  # overlap only (default 7)
+    kind: Literal["patch", "overlap", "conv", "pixel"] = "patch"
+    kernel_size: PositiveInt | None = None  # overlap and pixel only (default 7)
     padding: NonNegativeInt | None = None  # overlap only (default kernel_size // 2)
     depth: int = Field(2, ge=2)  # conv only
     hidden_ratio: float = Field(0.5, gt=0)  # conv only: hidden width = ratio * stage-1 width
@@ -109,12 +113,16 @@ class StemConfig(_Kinded):
 
     @model_validator(mode="after")
     def _fields_fit_kind(self) -> StemConfig:
-        if self.kind != "overlap" and (self.kernel_size is not None or self.padding is not None):
-            raise PydanticCustomError(
-                "stem_kernel",
-                "kernel_size/padding apply to the 'overlap' stem only (this one is '{kind}')",
-                {"kind": self.kind},
+        if self.kind != "overlap" and self.padding is not None:
+            _fail(("padding",), self.padding, f"applies to the 'overlap' stem only (this one is '{self.kind}')")
+        if self.kind not in ("overlap", "pixel") and self.kernel_size is not None:
+            _fail(
+                ("kernel_size",),
+                self.kernel_size,
+                f"applies to the 'overlap' and 'pixel' stems only (this one is '{self.kind}')",
             )
+        if self.kind == "pixel" and self.kernel_size is not None and self.kernel_size % 2 == 0:
+            _fail(("kernel_size",), self.kernel_size, "the pixel stem's conv needs an odd kernel (padding k // 2)")
         if self.kind == "conv" and self.norm is None:
             raise PydanticCustomError("stem_norm", "the 'conv' stem needs a norm (e.g. batchnorm)")
         conv_only = {
@@ -245,6 +253,56 @@ def _parse_mixer(value: Any) -> Any:
 MixerSpec = Annotated[SerializeAsAny[MixerParams], BeforeValidator(_parse_mixer)]
 
 
+class InnerConfig(_Strict):
+    """TNT's inner transformer: makes a stage *nested*.
+
+    A nested stage keeps its input map (the stem's for the first stage, else the previous
+    stage's), ``patch_size`` x ``patch_size`` pixels under each token of its own map, which it makes
+    from those pixels by a patch projection (flatten the patch -> norm -> Linear -> norm) instead of
+    the usual downsampling: its stride is its input's times ``patch_size``. Each of its blocks first
+    runs an inner MetaFormer block on the pixels (``width`` channels; ``mixers``, ``heads``,
+    ``mlp_ratio``, ``ffn``, ``norm`` as a stage's), then adds their projection (no bias) to the
+    map, then runs the stage's own block. TNT's attention among the pixels of one patch is the
+    default: window attention with the patch as window, without relative position bias.
+    """
+
+    width: PositiveInt = Field(le=MAX_WIDTH)
+    patch_size: int = Field(4, ge=2, le=16)
+    mixers: list[MixerSpec] = Field(
+        default_factory=lambda: [{"kind": "window", "window_size": 4, "relative_position_bias": False}],
+        min_length=1,
+        validate_default=True,
+    )
+    heads: PositiveInt | None = None
+    mlp_ratio: float = Field(4.0, gt=0, le=64)
+    ffn: FFNConfig = FFNConfig()
+    norm: NormConfig = NormConfig()
+
+    @model_validator(mode="after")
+    def _heads_fit(self) -> InnerConfig:
+        if self.heads is not None and self.width % self.heads:
+            _fail(("heads",), self.heads, f"{self.heads} does not divide width {self.width}")
+        for i, mixer in enumerate(self.mixers):
+            mixer_cls = MIXERS.get(mixer.kind)
+            if mixer_cls.uses_heads and self.heads is None:
+                _fail(("heads",), None, f"mixer '{mixer.kind}' needs 'heads'")
+            if mixer_cls.uses_map_size or mixer.kind == "pooling_attention":
+                # the pixel map's size differs from the stage's; these mixers are sized by the stage
+                _fail(("mixers", i), mixer.kind, "cannot be an inner mixer (it is sized by the stage's map)")
+            if self.heads is not None and self.heads % mixer_cls.heads_multiple:
+                _fail(("heads",), self.heads, f"mixer '{mixer.kind}' needs a multiple of {mixer_cls.heads_multiple}")
+        if self.ffn.kind == "none":
+            _fail(("ffn", "kind"), "none", "the inner block needs an FFN (TNT's inner MLP)")
+        return self
+
+    @property
+    def num_heads(self) -> int | None:
+        return self.heads
+
+    def mixer_for_block(self, index: int) -> MixerParams:
+        return self.mixers[index % len(self.mixers)]
+
+
 class StageConfig(_Strict):
     depth: PositiveInt = Field(le=MAX_BLOCKS)
     width: PositiveInt = Field(le=MAX_WIDTH)
@@ -260,6 +318,7 @@ class StageConfig(_Strict):
     out_norm: bool = False  # a norm on the stage output (PVT): the pyramid level is normalised
     # pre: x + f(norm(x)) (most models); post: x + norm(f(x)), Swin V2's residual post-norm
     norm_position: Literal["pre", "post"] = "pre"
+    inner: InnerConfig | None = None  # a nested stage (TNT): see InnerConfig
 
     @field_validator("head_dim")
     @classmethod
@@ -398,6 +457,42 @@ class ArchConfig(_Strict):
         return self
 
     @model_validator(mode="after")
+    def _nested_stages_fit(self) -> ArchConfig:
+        first = self.stages[0].inner
+        if self.stem.kind == "pixel" and first is None:
+            _fail(
+                ("stem", "kind"),
+                "pixel",
+                "the pixel stem feeds a nested first stage (TNT): give stages[0] an 'inner' transformer",
+            )
+        for i, stage in enumerate(self.stages[1:], start=1):
+            if stage.inner is None:
+                continue
+            if stage.inner.width != self.stages[i - 1].width:
+                _fail(
+                    ("stages", i, "inner", "width"),
+                    stage.inner.width,
+                    f"a nested stage's pixels are the previous stage's map: width {self.stages[i - 1].width}",
+                )
+            if self.downsample.kind == "pooling_attention":
+                _fail(
+                    ("stages", i, "inner"),
+                    "inner",
+                    "a nested stage makes its map by patch projection; it cannot also open with "
+                    "downsample 'pooling_attention'",
+                )
+        return self
+
+    def stage_strides(self) -> list[int]:
+        """Each stage's stride over the input: the stem's 4, times 2 at each later stage's
+        downsampling, or times a nested stage's ``inner.patch_size`` instead (TNT: 16)."""
+        strides, stride = [], 4
+        for i, stage in enumerate(self.stages):
+            stride *= stage.inner.patch_size if stage.inner is not None else (2 if i else 1)
+            strides.append(stride)
+        return strides
+
+    @model_validator(mode="after")
     def _cross_scale_widths(self) -> ArchConfig:
         # every conv of a cross-scale embedding needs at least one channel, and they must add up
         embeds = [("stem", self.stem.kernel_sizes if self.stem.kind == "patch" else None, 0)]
@@ -471,6 +566,9 @@ def estimated_params(cfg: ArchConfig) -> float:
     total = 0.0
     for stage in cfg.stages:
         total += stage.depth * (4 + 2 * stage.mlp_ratio) * stage.width**2
+        if stage.inner is not None:  # the inner block and the projection of its patch
+            inner = stage.inner
+            total += stage.depth * ((4 + 2 * inner.mlp_ratio) * inner.width**2 + inner.patch_size**2 * inner.width * stage.width)
     return total + cfg.stages[-1].width * cfg.input.num_classes
 
 

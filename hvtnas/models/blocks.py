@@ -143,3 +143,51 @@ class AttentionDownsample(nn.Module):
         shortcut = nchw_to_nhwc(self.shortcut_pool(nhwc_to_nchw(self.shortcut_proj(normed))))
         x = shortcut + self.drop_path(self.attention(normed))
         return x + self.drop_path(self.ffn(self.norm2(x)))
+
+
+class NestedBlock(nn.Module):
+    """TNT's block: a transformer inside a transformer.
+
+    The inner block (a ``MetaFormerBlock`` on the fine map the stage carries, ``patch_size`` x
+    ``patch_size`` pixels per token of the map; TNT's attention among the pixels of one patch is
+    window attention with the patch as window) runs first; its pixels are projected onto the map
+    and added (``PatchProjection``, no bias); then the outer block runs on the map and the tokens
+    beside it (TNT's class token takes no pixel update: it has no pixels).
+    """
+
+    def __init__(self, inner: MetaFormerBlock, fuse: nn.Module, outer: MetaFormerBlock) -> None:
+        super().__init__()
+        self.inner = inner
+        self.fuse = fuse
+        self.outer = outer
+
+    def forward(
+        self, pixels: Tensor, x: Tensor, tokens: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor | None]:  # (B, h*p, w*p, c), (B, h, w, C), (B, T, C)
+        pixels = self.inner(pixels)
+        x = x + self.fuse(pixels)
+        if tokens is None:
+            return pixels, self.outer(x), None
+        x, tokens = self.outer.forward_with_tokens(x, tokens)
+        return pixels, x, tokens
+
+
+class NestedStage(Stage):
+    """A stage whose blocks are ``NestedBlock``s: it keeps its input map (the pixels; the stem's
+    map for the first stage) beside its own, which ``downsample`` (a ``PatchProjection`` with bias)
+    makes from those pixels. The pixels end with the stage: the pyramid level and the next stage
+    see its map only."""
+
+    def forward(self, x: Tensor, tokens: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        pixels = x  # (B, h*p, w*p, c)
+        x = self.pos_embed(self.downsample(pixels))  # (B, h, w, C)
+        tokens = self.tokens(x, tokens) if self.tokens is not None else None
+        checkpoint = self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting()
+        for i, block in enumerate(self.blocks):
+            if checkpoint:  # only the block's inputs are kept; its inside is recomputed in backward
+                pixels, x, tokens = torch.utils.checkpoint.checkpoint(block, pixels, x, tokens, use_reentrant=False)
+            else:
+                pixels, x, tokens = block(pixels, x, tokens)
+            if i == 0 and self.peg is not None:
+                x = self.peg(x)
+        return self.out_norm(x), tokens

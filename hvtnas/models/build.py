@@ -16,13 +16,14 @@ from torch import nn
 from hvtnas.config import (
     ArchConfig,
     DownsampleConfig,
+    InnerConfig,
     NormConfig,
     StageConfig,
     StemConfig,
     cross_scale_widths,
 )
 from hvtnas.errors import HvtnasError
-from hvtnas.models.blocks import AttentionDownsample, MetaFormerBlock, Stage
+from hvtnas.models.blocks import AttentionDownsample, MetaFormerBlock, NestedBlock, NestedStage, Stage
 from hvtnas.models.embed import (
     PEG,
     AbsolutePosEmbed,
@@ -31,8 +32,10 @@ from hvtnas.models.embed import (
     CrossScaleConv,
     OverlapStem,
     PatchMerging,
+    PatchProjection,
     PatchStem,
     PixelAttention,
+    PixelStem,
     PoolDownsample,
     SinusoidalPosEmbed,
 )
@@ -71,7 +74,10 @@ def _optional_norm(cfg: NormConfig | None, dim: int) -> nn.Module | None:
     return make_norm(cfg.kind, dim, cfg.eps, cfg.bias) if cfg is not None else None
 
 
-def build_stem(cfg: StemConfig, in_channels: int, dim: int) -> nn.Module:
+def build_stem(cfg: StemConfig, in_channels: int, dim: int, patch_size: int = 16) -> nn.Module:
+    """The stem; ``patch_size`` is the patch of the pixel stem (4 x the nested first stage's)."""
+    if cfg.kind == "pixel":
+        return PixelStem(in_channels, dim, patch_size, cfg.kernel_size or 7)
     if cfg.kind == "patch":
         cross_scale = None
         if cfg.kernel_sizes is not None:
@@ -121,7 +127,7 @@ def _init_weights(module: nn.Module) -> None:
             nn.init.zeros_(module.bias)
 
 
-def _mixer_kwargs(params: MixerParams, scfg: StageConfig, map_size: int) -> dict[str, Any]:
+def _mixer_kwargs(params: MixerParams, scfg: StageConfig | InnerConfig, map_size: int) -> dict[str, Any]:
     """Constructor arguments of a mixer: its parameters, plus what it declares it needs."""
     mixer_cls = MIXERS.get(params.kind)
     kwargs = params.model_dump(exclude={"kind"})
@@ -132,12 +138,32 @@ def _mixer_kwargs(params: MixerParams, scfg: StageConfig, map_size: int) -> dict
     return kwargs
 
 
-def _ffn(scfg: StageConfig) -> nn.Module | None:
+def _ffn(scfg: StageConfig | InnerConfig) -> nn.Module | None:
     if scfg.ffn.kind == "none":
         return None
     hidden = int(scfg.width * scfg.mlp_ratio)
     extra = {"dw_residual": True} if scfg.ffn.dw_residual else {}
     return FFNS[scfg.ffn.kind](scfg.width, hidden, act=scfg.ffn.act, bias=scfg.ffn.bias, **extra)
+
+
+def _patch_projection(scfg: StageConfig, bias: bool) -> PatchProjection:
+    """TNT's projection of a nested stage's pixels onto its map: flatten a patch -> norm -> Linear -> norm."""
+    inner = scfg.inner
+    assert inner is not None
+    p = inner.patch_size
+    norm_in = make_norm(inner.norm.kind, p * p * inner.width, inner.norm.eps, inner.norm.bias)
+    norm_out = make_norm(scfg.norm.kind, scfg.width, scfg.norm.eps, scfg.norm.bias)
+    return PatchProjection(inner.width, scfg.width, p, bias, norm_in, norm_out)
+
+
+def _inner_block(inner: InnerConfig, index: int, map_size: int, drop_path: float) -> MetaFormerBlock:
+    """The inner (pixel) block of a nested stage's ``index``-th block, on a ``map_size`` pixel map."""
+    params = inner.mixer_for_block(index)
+    mixer = MIXERS.get(params.kind)(inner.width, **_mixer_kwargs(params, inner, map_size))
+    norm = _norm_factory(inner.norm)
+    return MetaFormerBlock(
+        inner.width, mixer, _ffn(inner), norm=functools.partial(norm, inner.width), drop_path=drop_path
+    )
 
 
 def build_model(
@@ -169,11 +195,12 @@ def build_model(
     depths = [s.depth for s in cfg.stages]
     drop_rates = torch.linspace(0, cfg.drop_path_rate, sum(depths), device="cpu").tolist()
     stem_size = -(-cfg.input.resolution // 4)  # ceil: the patch stem pads
+    strides = cfg.stage_strides()
 
     stages = []
     for i, scfg in enumerate(cfg.stages):
         dim = scfg.width
-        map_size = -(-stem_size // 2**i)  # the stage's map side at the configured resolution
+        map_size = -(-cfg.input.resolution // strides[i])  # the stage's map side at the configured resolution
         norm_factory = _norm_factory(scfg.norm)
         downsample = build_downsample(cfg.downsample, widths[i - 1], dim) if i > 0 else None
         first_block = 0
@@ -181,7 +208,7 @@ def build_model(
             # MViTv2: the stage's first block is the downsampling (Q stride 2 in its attention); it
             # reads the previous stage's map. Pre-norm, no layer/residual scale, as MViTv2's.
             params = scfg.mixer_for_block(0)
-            previous_map = -(-stem_size // 2 ** (i - 1))
+            previous_map = -(-cfg.input.resolution // strides[i - 1])
             attention = PoolingAttention(
                 widths[i - 1], dim_out=dim, q_stride=2, **_mixer_kwargs(params, scfg, previous_map)
             )
@@ -195,34 +222,43 @@ def build_model(
                 drop_path=drop_rates[sum(depths[:i])],
             )
             first_block = 1
+        if scfg.inner is not None:  # TNT: the stage's map is projected from the pixels it keeps
+            downsample = _patch_projection(scfg, bias=True)
         blocks = []
         for j in range(first_block, scfg.depth):
             params = scfg.mixer_for_block(j)
             mixer_cls = MIXERS.get(params.kind)
-            blocks.append(
-                MetaFormerBlock(
-                    dim,
-                    mixer_cls(dim, **_mixer_kwargs(params, scfg, map_size)),
-                    _ffn(scfg),
-                    norm=functools.partial(norm_factory, dim),
-                    drop_path=drop_rates[sum(depths[:i]) + j],
-                    layer_scale=scfg.layer_scale,
-                    res_scale=scfg.res_scale,
-                    post_norm=scfg.norm_position == "post",
-                )
+            block = MetaFormerBlock(
+                dim,
+                mixer_cls(dim, **_mixer_kwargs(params, scfg, map_size)),
+                _ffn(scfg),
+                norm=functools.partial(norm_factory, dim),
+                drop_path=drop_rates[sum(depths[:i]) + j],
+                layer_scale=scfg.layer_scale,
+                res_scale=scfg.res_scale,
+                post_norm=scfg.norm_position == "post",
             )
+            if scfg.inner is not None:
+                pixel_map = map_size * scfg.inner.patch_size
+                block = NestedBlock(
+                    _inner_block(scfg.inner, j, pixel_map, drop_rates[sum(depths[:i]) + j]),
+                    _patch_projection(scfg, bias=False),
+                    block,
+                )
+            blocks.append(block)
         pos_embed = None
         pe = cfg.pos_embed
         if pe.kind in ("absolute", "sinusoidal", "pixel_attention") and (i == 0 or pe.per_stage):
             if pe.kind == "absolute":
-                size = max(1, stem_size // 2**i)
+                size = max(1, stem_size // (strides[i] // 4))
                 pos_embed = AbsolutePosEmbed(dim, (size, size))
             elif pe.kind == "pixel_attention":
                 pos_embed = PixelAttention(dim, pe.kernel_size)
             else:
                 pos_embed = SinusoidalPosEmbed(dim)
+        stage_cls = NestedStage if scfg.inner is not None else Stage
         stages.append(
-            Stage(
+            stage_cls(
                 blocks,
                 downsample=downsample,
                 pos_embed=pos_embed,
@@ -242,7 +278,10 @@ def build_model(
         act=head_cfg.act,
         dropout=head_cfg.dropout,
     )
-    model = MetaFormer(build_stem(cfg.stem, cfg.input.channels, widths[0]), stages, head, widths)
+    first = cfg.stages[0].inner
+    stem_width = first.width if first is not None else widths[0]  # a nested first stage's pixels
+    stem = build_stem(cfg.stem, cfg.input.channels, stem_width, 4 * (first.patch_size if first else 4))
+    model = MetaFormer(stem, stages, head, widths, strides)
     if init_weights:
         for module in model.modules():
             _init_weights(module)

@@ -82,7 +82,14 @@ class MetaFormer(nn.Module):
     (permuted views of channels-last memory; call ``.contiguous()`` if a consumer needs it).
     """
 
-    def __init__(self, stem: nn.Module, stages: list[Stage], head: ClassifierHead, widths: list[int]) -> None:
+    def __init__(
+        self,
+        stem: nn.Module,
+        stages: list[Stage],
+        head: ClassifierHead,
+        widths: list[int],
+        strides: list[int] | None = None,
+    ) -> None:
         super().__init__()
         self.stem = stem
         self.stages = nn.ModuleList(stages)
@@ -91,7 +98,8 @@ class MetaFormer(nn.Module):
         self.num_classes = head.num_classes
         self.grad_checkpointing = False
         self.feature_info = [
-            {"num_chs": w, "reduction": 4 * 2**i, "module": f"stages.{i}"} for i, w in enumerate(widths)
+            {"num_chs": w, "reduction": stride, "module": f"stages.{i}"}
+            for i, (w, stride) in enumerate(zip(widths, strides or [4 * 2**i for i in range(len(widths))], strict=True))
         ]
 
     # ------------------------------------------------------------------ timm's model API
