@@ -114,7 +114,9 @@ class StemConfig(_Kinded):
     @model_validator(mode="after")
     def _fields_fit_kind(self) -> StemConfig:
         if self.kind != "overlap" and self.padding is not None:
-            _fail(("padding",), self.padding, f"applies to the 'overlap' stem only (this one is '{self.kind}')")
+            _fail(
+                ("padding",), self.padding, f"applies to the 'overlap' stem only (this one is '{self.kind}')"
+            )
         if self.kind not in ("overlap", "pixel") and self.kernel_size is not None:
             _fail(
                 ("kernel_size",),
@@ -122,7 +124,11 @@ class StemConfig(_Kinded):
                 f"applies to the 'overlap' and 'pixel' stems only (this one is '{self.kind}')",
             )
         if self.kind == "pixel" and self.kernel_size is not None and self.kernel_size % 2 == 0:
-            _fail(("kernel_size",), self.kernel_size, "the pixel stem's conv needs an odd kernel (padding k // 2)")
+            _fail(
+                ("kernel_size",),
+                self.kernel_size,
+                "the pixel stem's conv needs an odd kernel (padding k // 2)",
+            )
         if self.kind == "conv" and self.norm is None:
             raise PydanticCustomError("stem_norm", "the 'conv' stem needs a norm (e.g. batchnorm)")
         conv_only = {
@@ -290,7 +296,11 @@ class InnerConfig(_Strict):
                 # the pixel map's size differs from the stage's; these mixers are sized by the stage
                 _fail(("mixers", i), mixer.kind, "cannot be an inner mixer (it is sized by the stage's map)")
             if self.heads is not None and self.heads % mixer_cls.heads_multiple:
-                _fail(("heads",), self.heads, f"mixer '{mixer.kind}' needs a multiple of {mixer_cls.heads_multiple}")
+                _fail(
+                    ("heads",),
+                    self.heads,
+                    f"mixer '{mixer.kind}' needs a multiple of {mixer_cls.heads_multiple}",
+                )
         if self.ffn.kind == "none":
             _fail(("ffn", "kind"), "none", "the inner block needs an FFN (TNT's inner MLP)")
         return self
@@ -568,7 +578,9 @@ def estimated_params(cfg: ArchConfig) -> float:
         total += stage.depth * (4 + 2 * stage.mlp_ratio) * stage.width**2
         if stage.inner is not None:  # the inner block and the projection of its patch
             inner = stage.inner
-            total += stage.depth * ((4 + 2 * inner.mlp_ratio) * inner.width**2 + inner.patch_size**2 * inner.width * stage.width)
+            total += stage.depth * (
+                (4 + 2 * inner.mlp_ratio) * inner.width**2 + inner.patch_size**2 * inner.width * stage.width
+            )
     return total + cfg.stages[-1].width * cfg.input.num_classes
 
 

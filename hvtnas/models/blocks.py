@@ -185,7 +185,9 @@ class NestedStage(Stage):
         checkpoint = self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting()
         for i, block in enumerate(self.blocks):
             if checkpoint:  # only the block's inputs are kept; its inside is recomputed in backward
-                pixels, x, tokens = torch.utils.checkpoint.checkpoint(block, pixels, x, tokens, use_reentrant=False)
+                pixels, x, tokens = torch.utils.checkpoint.checkpoint(
+                    block, pixels, x, tokens, use_reentrant=False
+                )
             else:
                 pixels, x, tokens = block(pixels, x, tokens)
             if i == 0 and self.peg is not None:

@@ -99,7 +99,9 @@ class MetaFormer(nn.Module):
         self.grad_checkpointing = False
         self.feature_info = [
             {"num_chs": w, "reduction": stride, "module": f"stages.{i}"}
-            for i, (w, stride) in enumerate(zip(widths, strides or [4 * 2**i for i in range(len(widths))], strict=True))
+            for i, (w, stride) in enumerate(
+                zip(widths, strides or [4 * 2**i for i in range(len(widths))], strict=True)
+            )
         ]
 
     # ------------------------------------------------------------------ timm's model API
