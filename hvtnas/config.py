@@ -224,10 +224,11 @@ class PosEmbedConfig(_Kinded):
 class FFNConfig(_Kinded):
     """``mlp``: Linear -> act -> Linear; ``mixffn``: Linear -> depthwise 3x3 -> act -> Linear
     (PVTv2 / SegFormer, positional information from the zero padding; with ``dw_residual`` the
-    conv is residual, act(h + dwconv(h)), as in Shunted); ``none``: no FFN sub-block (CoAtNet's
-    MBConv stages)."""
+    conv is residual, act(h + dwconv(h)), as in Shunted); ``leff``: CeiT's locally-enhanced FFN,
+    Linear -> BN -> act -> depthwise 3x3 -> BN -> act -> Linear -> BN (tokens beside the map pass it
+    unchanged); ``none``: no FFN sub-block (CoAtNet's MBConv stages)."""
 
-    kind: Literal["mlp", "mixffn", "none"] = "mlp"
+    kind: Literal["mlp", "mixffn", "leff", "none"] = "mlp"
     act: Activation = "gelu"
     bias: bool = True
     dw_residual: bool = False  # mixffn only

@@ -12,18 +12,23 @@ model is taken, so the caller does not say where a file came from.
 | ``timm-swin`` / ``timm-swinv2`` | timm 1.x's Swin / Swin V2 | swin_t, swin_s / swinv2_t |
 | ``timm-twins`` | timm's Twins | twins_svt_s, twins_pcpvt_s |
 | ``timm-mvit`` | timm's MViTv2 | mvitv2_t |
+| ``timm-tnt`` | timm's TNT (huawei-noah/Efficient-AI-Backbones, renamed by timm) | tnt_s |
 | ``official-swin(v2)`` | microsoft/Swin-Transformer (V1, V2) | swin_t, swin_s (swinv2_t) |
 | ``official-pvt_v2`` | whai362/PVT | pvt_v2_* |
 | ``official-poolformer`` | sail-sg/poolformer | poolformer_s12 |
 | ``official-metaformer`` | sail-sg/metaformer | convformer_s18, caformer_s18 |
 
 Computed buffers (relative position indices, attention masks) are dropped; a 1x1 convolution's
-weight becomes a linear's (hvtnas's channels-last layers) by a reshape.
+weight becomes a linear's (hvtnas's channels-last layers) by a reshape. A layout that is more than
+a renaming (separate query-key and value projections joined into one, a class token's entry split
+off a sequence's position embedding) has a ``STATE_TRANSFORMS`` entry that reshapes the file's
+tensors first.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -47,6 +52,7 @@ TIMM_NAMES = {
     "twins_pcpvt_s": "twins_pcpvt_small",
     "swinv2_t": "swinv2_tiny_window8_256",
     "mvitv2_t": "mvitv2_tiny",
+    "tnt_s": "tnt_s_patch16_224",
 }
 
 # computed from the geometry, not learned: never loaded
@@ -149,6 +155,57 @@ def _official_metaformer_to_timm(key: str, poolformer_v1: bool) -> str:
     return re.sub(r"^norm\.", "head.norm.", key)
 
 
+def _tnt_state(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """timm's TNT: query-key and value projections joined into one ``qkv`` (rows q, k, v, as
+    hvtnas's attention reads them); the class token's entry of the sequence's position embedding
+    split from the map's (``patch_pos`` ``(1, 1 + H*W, C)`` -> ``cls_pos`` and ``(1, H, W, C)``)."""
+    out = dict(state)
+    for key in [k for k in state if k.endswith(".qk.weight")]:
+        stem = key.removesuffix(".qk.weight")
+        if f"{stem}.v.weight" in out:
+            out[f"{stem}.qkv.weight"] = torch.cat([out.pop(key), out.pop(f"{stem}.v.weight")])
+    pos = state.get("patch_pos")
+    if pos is not None and pos.dim() == 3 and math.isqrt(pos.shape[1] - 1) ** 2 == pos.shape[1] - 1:
+        side = math.isqrt(pos.shape[1] - 1)
+        out["cls_pos"] = pos[:, :1]
+        out["patch_pos"] = pos[:, 1:].reshape(1, side, side, -1)  # (1, H, W, C) as the map
+    return out
+
+
+def _tnt_key(key: str) -> str:
+    """timm's TNT: one nested stage; each block an inner (pixel) block, a projection, an outer block."""
+    fixed = {
+        "pixel_pos": "stem.pos_embed",
+        "cls_token": "stages.0.tokens.tokens",
+        "cls_pos": "stages.0.tokens.pos_embed",
+        "patch_pos": "stages.0.pos_embed.pos_embed",
+    }
+    if key in fixed:
+        return fixed[key]
+    key = key.replace("pixel_embed.proj.", "stem.proj.")
+    key = re.sub(r"^norm1_proj\.", "stages.0.downsample.norm_in.", key)
+    key = re.sub(r"^proj\.", "stages.0.downsample.proj.", key)
+    key = re.sub(r"^norm2_proj\.", "stages.0.downsample.norm_out.", key)
+    if m := re.match(r"blocks\.(\d+)\.(\w+)\.(.*)", key):
+        j, part, rest = m.groups()
+        part = {
+            "norm_in": "inner.norm1",
+            "attn_in": "inner.mixer",
+            "norm_mlp_in": "inner.norm2",
+            "mlp_in": "inner.ffn",
+            "norm1_proj": "fuse.norm_in",
+            "proj": "fuse.proj",
+            "norm2_proj": "fuse.norm_out",
+            "norm_out": "outer.norm1",
+            "attn_out": "outer.mixer",
+            "norm_mlp": "outer.norm2",
+            "mlp": "outer.ffn",
+        }.get(part, part)
+        return f"stages.0.blocks.{j}.{part}.{rest}"
+    key = re.sub(r"^norm\.", "head.norm.", key)
+    return re.sub(r"^head\.(weight|bias)$", r"head.fc.\1", key)
+
+
 def _identity(key: str) -> str:
     return key
 
@@ -160,11 +217,18 @@ LAYOUTS: dict[str, Callable[[str], str]] = {
     "timm-swinv2": _swinv2_key,
     "timm-twins": _twins_key,
     "timm-mvit": _mvit_key,
+    "timm-tnt": _tnt_key,
     "official-swin": lambda k: _swin_key(_official_swin_to_timm(k)),
     "official-swinv2": lambda k: _swinv2_key(_official_swin_to_timm(k)),
     "official-pvt_v2": lambda k: _timm_key(_official_pvt_v2_to_timm(k)),
     "official-metaformer": lambda k: _timm_key(_official_metaformer_to_timm(k, poolformer_v1=False)),
     "official-poolformer": lambda k: _timm_key(_official_metaformer_to_timm(k, poolformer_v1=True)),
+}
+
+
+# layouts whose tensors are joined or split before the renaming (see the module's docstring)
+STATE_TRANSFORMS: dict[str, Callable[[dict[str, Tensor]], dict[str, Tensor]]] = {
+    "timm-tnt": _tnt_state,
 }
 
 
@@ -225,6 +289,8 @@ class _Fit:
         self.mapped: dict[str, Tensor] = {}
         self.renamed: dict[str, str] = {}  # new key -> key in the file
         rename = LAYOUTS[layout]
+        if layout in STATE_TRANSFORMS:
+            source = STATE_TRANSFORMS[layout](source)
         for key, value in source.items():
             if any(c in key for c in _COMPUTED):
                 continue
