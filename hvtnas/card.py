@@ -57,7 +57,7 @@ class ModelCard:
             heads = stage.num_heads if any(MIXERS.get(m.kind).uses_heads for m in stage.mixers) else None
             ffn = stage.ffn.kind if stage.ffn.kind == "none" else f"{stage.ffn.kind} x{stage.mlp_ratio:g}"
             out.append(
-                f"| {i + 1} | {4 * 2**i} | {stage.depth} | {stage.width} | {heads or '-'} "
+                f"| {i + 1} | {arch.stage_strides()[i]} | {stage.depth} | {stage.width} | {heads or '-'} "
                 f"| {mixers} | {ffn} |"
             )
         out += ["", "## Costs", "", "| measure | value |", "|---|---|"]

@@ -31,6 +31,7 @@ from hvtnas.errors import ConfigError, RegistryError
 from hvtnas.io import atomic_write_text, read_text
 from hvtnas.models.mixers import MIXERS, MixerParams
 from hvtnas.models.mixers.base import ActivationName as Activation
+from hvtnas.models.tokens import TOKEN_STREAMS, TokenStreamParams
 
 MAX_STAGES = 4  # strides 4, 8, 16, 32
 # Sizes beyond any real architecture: a mistyped size is refused up front, with why, instead of
@@ -81,9 +82,11 @@ class InputConfig(_Strict):
 
 
 class StemConfig(_Kinded):
-    """The stride-4 entry into stage 1.
+    """The entry into stage 1: stride 4 (a pyramid's), or ``patch_size`` for the ``patch`` stem.
 
-    - ``patch``: non-overlapping 4x4 conv, stride 4 (ViT/Swin patch embedding); with
+    - ``patch``: non-overlapping 4x4 conv, stride 4 (Swin's patch embedding); ``patch_size`` 16
+      (or 14, 7, ...) makes it ViT's patch embedding, the entry of an isotropic model whose one
+      stage runs at that stride (ViT/DeiT, MLP-Mixer, S2-MLP); with
       ``kernel_sizes`` (e.g. [4, 8, 16, 32]) CrossFormer's cross-scale embedding: one stride-4
       conv per kernel (padding (k-4)/2), channels split 1/2, 1/4, ..., the last two equal, concatenated;
     - ``overlap``: one k x k conv, stride 4 (PVTv2 7x7 pad 3, PoolFormer 7x7 pad 2);
@@ -100,6 +103,7 @@ class StemConfig(_Kinded):
     """
 
     kind: Literal["patch", "overlap", "conv", "pixel"] = "patch"
+    patch_size: PositiveInt = Field(4, le=64)  # patch only: the stem's stride (16 for ViT's 16x16 patches)
     kernel_size: PositiveInt | None = None  # overlap and pixel only (default 7)
     padding: NonNegativeInt | None = None  # overlap only (default kernel_size // 2)
     depth: int = Field(2, ge=2)  # conv only
@@ -145,11 +149,28 @@ class StemConfig(_Kinded):
             value = getattr(self, field)
             if self.kind == "conv" and value is not None and len(value) != self.depth:
                 _fail((field,), value, f"needs one entry per conv (depth {self.depth})")
+        if self.kind != "patch" and self.patch_size != 4:
+            _fail(
+                ("patch_size",),
+                self.patch_size,
+                f"applies to the 'patch' stem only (this one is '{self.kind}')",
+            )
         if self.kind == "patch" and self.kernel_sizes is not None:
+            if self.patch_size != 4:
+                _fail(
+                    ("kernel_sizes",),
+                    self.kernel_sizes,
+                    "the cross-scale embedding has stride 4 (patch_size 4)",
+                )
             _check_cross_scale(self.kernel_sizes, stride=4)
         if self.strides is not None and math.prod(self.strides) != 4:
             _fail(("strides",), self.strides, "the strides must multiply to 4 (the stem's stride)")
         return self
+
+    @property
+    def stride(self) -> int:
+        """How much smaller stage 1's map is than the image."""
+        return self.patch_size if self.kind == "patch" else 4
 
     def conv_strides(self) -> list[int]:
         return list(self.strides) if self.strides is not None else [2, 2] + [1] * (self.depth - 2)
@@ -314,6 +335,29 @@ class InnerConfig(_Strict):
         return self.mixers[index % len(self.mixers)]
 
 
+def _parse_tokens(value: Any) -> Any:
+    if isinstance(value, TokenStreamParams):
+        value = value.model_dump()
+    value = _kind_shorthand(value)
+    if value is None:
+        return None
+    if not isinstance(value, dict) or "kind" not in value:
+        raise PydanticCustomError(
+            "tokens_kind",
+            "tokens are a kind name or a mapping with a 'kind' key; known: {known}",
+            {"known": ", ".join(TOKEN_STREAMS.names())},
+        )
+    try:
+        stream_cls = TOKEN_STREAMS.get(value["kind"])
+    except RegistryError as err:
+        raise PydanticCustomError("unknown_tokens", str(err)) from None
+    return stream_cls.Params.model_validate(value)
+
+
+# tokens beside the map (hvtnas.models.tokens): a registered kind and its parameters
+TokensSpec = Annotated[SerializeAsAny[TokenStreamParams] | None, BeforeValidator(_parse_tokens)]
+
+
 class StageConfig(_Strict):
     depth: PositiveInt = Field(le=MAX_BLOCKS)
     width: PositiveInt = Field(le=MAX_WIDTH)
@@ -385,8 +429,13 @@ class StageConfig(_Strict):
 
 
 class HeadConfig(_Strict):
-    """Classifier: norm (before or after global average pooling) -> [MLP] -> Linear."""
+    """Classifier: norm (before or after global average pooling) -> [MLP] -> Linear.
 
+    ``pool``: ``avg`` averages the last map; ``token`` reads the class token beside it instead
+    (``tokens: {kind: class}``; timm's ``global_pool='token'``: ViT/DeiT, CvT, PVT v1).
+    """
+
+    pool: Literal["avg", "token"] = "avg"
     norm: NormConfig | None = NormConfig()
     norm_position: Literal["pre_pool", "post_pool"] = "pre_pool"
     mlp_ratio: float | None = Field(None, gt=0)  # MetaFormer baselines' MLP head (ratio 4)
@@ -404,6 +453,8 @@ class ArchConfig(_Strict):
     stem: StemConfig = StemConfig()
     pos_embed: PosEmbedConfig = PosEmbedConfig()
     stages: list[StageConfig] = Field(min_length=1, max_length=MAX_STAGES)
+    # tokens beside the map from a stage on (class, global tokens: hvtnas.models.tokens)
+    tokens: TokensSpec = None
     downsample: DownsampleConfig = DownsampleConfig()
     head: HeadConfig = HeadConfig()
     drop_path_rate: float = Field(0.0, ge=0, lt=1)
@@ -495,9 +546,10 @@ class ArchConfig(_Strict):
         return self
 
     def stage_strides(self) -> list[int]:
-        """Each stage's stride over the input: the stem's 4, times 2 at each later stage's
-        downsampling, or times a nested stage's ``inner.patch_size`` instead (TNT: 16)."""
-        strides, stride = [], 4
+        """Each stage's stride: the stem's, doubled by every downsampling (4, 8, 16, 32 for a
+        pyramid; 16 for an isotropic ViT's one stage), or multiplied by a nested stage's
+        ``inner.patch_size`` instead (TNT: 4 x 4)."""
+        strides, stride = [], self.stem.stride
         for i, stage in enumerate(self.stages):
             stride *= stage.inner.patch_size if stage.inner is not None else (2 if i else 1)
             strides.append(stride)
@@ -519,6 +571,68 @@ class ArchConfig(_Strict):
                     f"{width} does not split over the {len(kernels)} cross-scale kernels of the {field} "
                     f"(needs a multiple of {2 ** (len(kernels) - 1)})",
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _tokens_fit(self) -> ArchConfig:
+        tokens = self.tokens
+        if tokens is None:
+            if self.head.pool == "token":
+                _fail(
+                    ("head", "pool"),
+                    "token",
+                    "reads the class token, but the model has no tokens "
+                    "(add tokens: {kind: class, from_stage: ...})",
+                )
+            return self
+        if tokens.from_stage >= len(self.stages):
+            _fail(
+                ("tokens", "from_stage"),
+                tokens.from_stage,
+                f"is not a stage index (the model has stages 0 to {len(self.stages) - 1})",
+            )
+        carrying = range(tokens.from_stage, len(self.stages))
+        for i in carrying:
+            stage = self.stages[i]
+            if stage.norm.kind != "layernorm":
+                _fail(
+                    ("stages", i, "norm", "kind"),
+                    stage.norm.kind,
+                    "a stage that carries tokens normalises each token alone: its norm must be 'layernorm'",
+                )
+            if stage.ffn.kind not in ("mlp", "none"):
+                _fail(
+                    ("stages", i, "ffn", "kind"),
+                    stage.ffn.kind,
+                    "the tokens beside the map have no neighbours for its convolution: a stage that "
+                    "carries tokens needs the 'mlp' FFN (or 'none')",
+                )
+        attending = [
+            m.kind for i in carrying for m in self.stages[i].mixers if MIXERS.get(m.kind).attends_tokens
+        ]
+        if not attending:
+            known = ", ".join(n for n in MIXERS.names() if MIXERS.get(n).attends_tokens)
+            _fail(
+                ("tokens",),
+                tokens.kind,
+                f"no mixer of the stages that carry them (from stage {tokens.from_stage}) attends to "
+                f"tokens, so they would never see the image; mixers that do: {known}",
+            )
+        if getattr(tokens, "pos_embed", False):
+            pe = self.pos_embed
+            made_at = carrying if tokens.each_stage == "new" else [tokens.from_stage]
+            for i in made_at:
+                if pe.kind != "absolute" or (i > 0 and not pe.per_stage):
+                    _fail(
+                        ("tokens", "pos_embed"),
+                        True,
+                        f"the tokens' position-embedding entries need an absolute position embedding "
+                        f"at stage {i} (pos_embed: {{kind: absolute{', per_stage: true' if i else ''}}})",
+                    )
+        if self.head.pool == "token" and not TOKEN_STREAMS.get(tokens.kind).readable_by_head:
+            _fail(
+                ("head", "pool"), "token", f"the classifier reads a class token, not '{tokens.kind}' tokens"
+            )
         return self
 
     @model_validator(mode="after")

@@ -134,12 +134,13 @@ def build_command(
     table.add_row(
         "stem", "", "", f"{summary.params_per_part['stem']:,}", f"{costs.flops_per_part['stem'] / 1e9:.3f}"
     )
+    strides = built.arch_config.stage_strides()
     for i, stage in enumerate(summary.stages):
         part = f"stage{i + 1}"
         table.add_row(
             part,
             f"{stage['channels']} x {stage['height']} x {stage['width']}",
-            str(4 * 2**i),
+            str(strides[i]),
             f"{summary.params_per_part[part]:,}",
             f"{costs.flops_per_part[part] / 1e9:.3f}",
         )

@@ -17,7 +17,8 @@ README_TABLE_END = "<!-- end of mixer table -->"
 
 
 def mixer_rows() -> list[dict[str, str]]:
-    """One row per registered mixer: kind, papers, cost in tokens, search-space parameters."""
+    """One row per registered mixer: kind, papers, cost in tokens, search-space parameters, what it
+    needs from its stage and what it does with tokens beside the map (hvtnas.models.tokens)."""
     from hvtnas.models.mixers import MIXERS
 
     rows = []
@@ -36,6 +37,7 @@ def mixer_rows() -> list[dict[str, str]]:
                 "complexity": cls.complexity,
                 "parameters": params or "-",
                 "needs": ", ".join(needs) or "-",
+                "tokens": "attends" if cls.attends_tokens else "pass by",
             }
         )
     return rows
@@ -46,11 +48,12 @@ def mixer_table_markdown() -> str:
     lines = [
         README_TABLE_START,
         "",
-        "| kind | from | cost (N tokens, C channels) | parameters (default) | stage needs |",
-        "|---|---|---|---|---|",
+        "| kind | from | cost (N tokens, C channels) | parameters (default) | stage needs "
+        "| tokens beside the map |",
+        "|---|---|---|---|---|---|",
     ]
     for r in mixer_rows():
-        cells = [f"`{r['kind']}`", r["paper"], r["complexity"], r["parameters"], r["needs"]]
+        cells = [f"`{r['kind']}`", r["paper"], r["complexity"], r["parameters"], r["needs"], r["tokens"]]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", README_TABLE_END]
     return "\n".join(lines)
@@ -73,6 +76,8 @@ def mixers_command(
     table.add_column("cost")
     table.add_column("parameters (default)", overflow="fold")  # never elide a parameter name
     table.add_column("needs")
+    table.add_column("tokens")
     for r in mixer_rows():
-        table.add_row(r["kind"], r["paper"], r["complexity"], r["parameters"].replace("`", ""), r["needs"])
+        parameters = r["parameters"].replace("`", "")
+        table.add_row(r["kind"], r["paper"], r["complexity"], parameters, r["needs"], r["tokens"])
     console.print(table)

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from torch import nn
 
-from hvtnas.costs.counter import count_calls, pyramid
+from hvtnas.costs.counter import count_calls
 
 if TYPE_CHECKING:
     from fvcore.nn import FlopCountAnalysis
@@ -102,6 +102,20 @@ class FlopCount:
     skipped_ops: dict[str, int] = field(default_factory=dict)  # operator -> times seen, counted as 0
 
 
+def _outputs(model: nn.Module, x: torch.Tensor, logits: bool) -> tuple[torch.Tensor, ...]:
+    """What fvcore traces: the pyramid's maps and every stage's tokens (and the logits). The tokens
+    are returned too because the trace fvcore reads drops unused results as dead code, though the
+    model computes them: the last block's FFN on the tokens of a stage whose successor makes fresh
+    ones, or on the map of a classifier that reads its class token (the sequence models the papers
+    count compute all of it)."""
+    levels = model.forward_intermediates(x, return_prefix_tokens=True, intermediates_only=True)
+    maps = [level for level, _ in levels]
+    tokens = [t for _, t in levels if t is not None]
+    if not logits:
+        return (*maps, *tokens)
+    return (model.forward_head(maps[-1], tokens=levels[-1][1]), *maps, *tokens)
+
+
 class _Pyramid(nn.Module):
     """The backbone alone: dense-prediction cost is the cost of the pyramid, not of the classifier."""
 
@@ -110,7 +124,20 @@ class _Pyramid(nn.Module):
         self.model = model
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return tuple(pyramid(self.model, x))
+        return _outputs(self.model, x, logits=False)
+
+
+class _Classifier(nn.Module):
+    """The whole model, with every map and token returned beside the logits (see ``_outputs``)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if not hasattr(self.model, "forward_intermediates"):  # any module: its own forward
+            return (self.model(x),)
+        return _outputs(self.model, x, logits=True)
 
 
 def analyse(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> FlopCountAnalysis:
@@ -152,9 +179,9 @@ def count_flops(
     model.eval()
     try:
         x = torch.zeros(1, in_channels, *input_size, device=next(model.parameters()).device)
-        analysis = analyse(_Pyramid(model) if backbone_only else model, (x,))
+        analysis = analyse(_Pyramid(model) if backbone_only else _Classifier(model), (x,))
         counts = analysis.by_module()
-        prefix = "model." if backbone_only else ""
+        prefix = "model."
         return FlopCount(
             total=int(analysis.total()),
             input_size=tuple(input_size),

@@ -57,19 +57,31 @@ class MetaFormerBlock(nn.Module):
     def _branch(self, f: nn.Module, norm: nn.Module, x: Tensor) -> Tensor:
         return norm(f(x)) if self.post_norm else f(norm(x))
 
-    def _add(self, x: Tensor, branch: Tensor, res_scale: nn.Module, layer_scale: nn.Module) -> Tensor:
+    def _add(
+        self,
+        x: Tensor,
+        branch: Tensor,
+        res_scale: nn.Module,
+        layer_scale: nn.Module,
+        factor: Tensor | None = None,
+    ) -> Tensor:
         """``res_scale(x) + drop_path(layer_scale(branch))`` with the scales and the drop-path
-        factors folded into one ``addcmul``: one pass over the map instead of up to four (these
-        element-wise passes are memory-bound, a sizeable part of a MetaFormer's time)."""
+        factors (``factor``, per sample; drawn here when not given) folded into one ``addcmul``: one
+        pass over the map instead of up to four (these element-wise passes are memory-bound, a
+        sizeable part of a MetaFormer's time)."""
         scale = layer_scale.scale if isinstance(layer_scale, Scale) else None
-        factor = self.drop_path.sample_factor(branch) if isinstance(self.drop_path, DropPath) else None
+        if factor is None:
+            factor = self._drop_factor(branch)
         if factor is not None:
-            scale = factor if scale is None else factor * scale  # (B, 1, 1, C): tiny
+            scale = factor if scale is None else factor * scale  # (B, 1, ..., C): tiny
         if scale is None:
             if isinstance(res_scale, Scale):
                 return torch.addcmul(branch, x, res_scale.scale)
             return x + branch
         return torch.addcmul(res_scale(x), branch, scale)
+
+    def _drop_factor(self, x: Tensor) -> Tensor | None:
+        return self.drop_path.sample_factor(x) if isinstance(self.drop_path, DropPath) else None
 
     def forward(self, x: Tensor) -> Tensor:  # x: (B, H, W, C)
         if self.mixer_residual:
@@ -80,9 +92,49 @@ class MetaFormerBlock(nn.Module):
             x = self._add(x, self._branch(self.ffn, self.norm2, x), self.res_scale2, self.layer_scale2)
         return x
 
+    def forward_with_tokens(self, x: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
+        """The block on the map ``(B, H, W, C)`` and the tokens beside it ``(B, T, C)``: the mixer
+        attends over both if it can (``attends_tokens``), otherwise the tokens skip its sub-block;
+        norms, FFN, scales and drop path act on the tokens as on the pixels, one drop-path draw
+        per sample for both (the sequence model's block on ``[tokens; pixels]``)."""
+        if self.mixer_residual and self.mixer.attends_tokens:
+            if self.post_norm:
+                mixed, mixed_tokens = self.mixer.forward_with_tokens(x, tokens)
+                mixed, mixed_tokens = self.norm1(mixed), self.norm1(mixed_tokens)
+            else:
+                mixed, mixed_tokens = self.mixer.forward_with_tokens(self.norm1(x), self.norm1(tokens))
+            factor = self._drop_factor(x)  # (B, 1, 1, 1)
+            x = self._add(x, mixed, self.res_scale1, self.layer_scale1, factor)
+            token_factor = factor.flatten(1, 2) if factor is not None else None  # (B, 1, 1)
+            tokens = self._add(tokens, mixed_tokens, self.res_scale1, self.layer_scale1, token_factor)
+        elif self.mixer_residual:
+            x = self._add(x, self._branch(self.mixer, self.norm1, x), self.res_scale1, self.layer_scale1)
+        else:
+            x = self.mixer(x)
+        if self.ffn is not None:
+            factor = self._drop_factor(x)
+            x = self._add(
+                x, self._branch(self.ffn, self.norm2, x), self.res_scale2, self.layer_scale2, factor
+            )
+            token_factor = factor.flatten(1, 2) if factor is not None else None
+            tokens = self._add(
+                tokens,
+                self._branch(self.ffn, self.norm2, tokens),
+                self.res_scale2,
+                self.layer_scale2,
+                token_factor,
+            )
+        return x, tokens
+
 
 class Stage(nn.Module):
-    """[downsample] -> [absolute PE] -> blocks (PEG after the first) -> [output norm]."""
+    """[downsample] -> [absolute PE] -> blocks (PEG after the first) -> [output norm].
+
+    ``tokens`` (a ``hvtnas.models.tokens`` stream module, None for none) gives the tokens this
+    stage carries beside its map, made after the downsampling; PEG and the output norm act on the
+    map only. ``forward(x, tokens)`` returns ``(map, tokens)``; the tokens are None in a stage
+    without a stream (a previous stage's tokens end there).
+    """
 
     def __init__(
         self,
@@ -91,24 +143,38 @@ class Stage(nn.Module):
         pos_embed: nn.Module | None = None,
         peg: nn.Module | None = None,
         out_norm: nn.Module | None = None,
+        tokens: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.downsample = downsample if downsample is not None else nn.Identity()
         self.pos_embed = pos_embed if pos_embed is not None else nn.Identity()
+        self.tokens = tokens
         self.blocks = nn.ModuleList(blocks)
         self.peg = peg
         self.out_norm = out_norm if out_norm is not None else nn.Identity()
         self.grad_checkpointing = False  # MetaFormer.set_grad_checkpointing
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, tokens: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         x = self.pos_embed(self.downsample(x))
+        tokens = self.tokens(x, tokens) if self.tokens is not None else None
         checkpoint = self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting()
         for i, block in enumerate(self.blocks):
             # with checkpointing only the block's input is kept; its inside is recomputed in backward
-            x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False) if checkpoint else block(x)
+            if tokens is None:
+                x = (
+                    torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
+                    if checkpoint
+                    else block(x)
+                )
+            elif checkpoint:
+                x, tokens = torch.utils.checkpoint.checkpoint(
+                    block.forward_with_tokens, x, tokens, use_reentrant=False
+                )
+            else:
+                x, tokens = block.forward_with_tokens(x, tokens)
             if i == 0 and self.peg is not None:
                 x = self.peg(x)
-        return self.out_norm(x)
+        return self.out_norm(x), tokens
 
 
 class AttentionDownsample(nn.Module):

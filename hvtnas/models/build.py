@@ -44,6 +44,7 @@ from hvtnas.models.layers import make_act, make_norm
 from hvtnas.models.metaformer import ClassifierHead, FeaturePyramid, MetaFormer
 from hvtnas.models.mixers import MIXERS, MixerParams
 from hvtnas.models.mixers.pooling_attention import PoolingAttention
+from hvtnas.models.tokens import build_token_streams
 
 ModelSpec = str | Path | ArchConfig | dict[str, Any]
 
@@ -84,7 +85,7 @@ def build_stem(cfg: StemConfig, in_channels: int, dim: int, patch_size: int = 16
             ks = cfg.kernel_sizes
             widths = cross_scale_widths(dim, len(ks))
             cross_scale = CrossScaleConv(in_channels, widths, ks, 4, [(k - 4) // 2 for k in ks])
-        return PatchStem(in_channels, dim, _optional_norm(cfg.norm, dim), cross_scale)
+        return PatchStem(in_channels, dim, _optional_norm(cfg.norm, dim), cross_scale, cfg.patch_size)
     if cfg.kind == "overlap":
         k = cfg.kernel_size or 7
         padding = cfg.padding if cfg.padding is not None else k // 2
@@ -194,9 +195,10 @@ def build_model(
     widths = [s.width for s in cfg.stages]
     depths = [s.depth for s in cfg.stages]
     drop_rates = torch.linspace(0, cfg.drop_path_rate, sum(depths), device="cpu").tolist()
-    stem_size = -(-cfg.input.resolution // 4)  # ceil: the patch stem pads
+    stem_size = -(-cfg.input.resolution // cfg.stem.stride)  # ceil: the patch stem pads
     strides = cfg.stage_strides()
 
+    token_streams = build_token_streams(cfg.tokens, widths)
     stages = []
     for i, scfg in enumerate(cfg.stages):
         dim = scfg.width
@@ -250,7 +252,7 @@ def build_model(
         pe = cfg.pos_embed
         if pe.kind in ("absolute", "sinusoidal", "pixel_attention") and (i == 0 or pe.per_stage):
             if pe.kind == "absolute":
-                size = max(1, stem_size // (strides[i] // 4))
+                size = max(1, stem_size // (strides[i] // cfg.stem.stride))
                 pos_embed = AbsolutePosEmbed(dim, (size, size))
             elif pe.kind == "pixel_attention":
                 pos_embed = PixelAttention(dim, pe.kernel_size)
@@ -266,6 +268,7 @@ def build_model(
                 out_norm=make_norm(scfg.norm.kind, dim, scfg.norm.eps, scfg.norm.bias)
                 if scfg.out_norm
                 else None,
+                tokens=token_streams[i],
             )
         )
     head_cfg = cfg.head
@@ -277,6 +280,7 @@ def build_model(
         mlp_ratio=head_cfg.mlp_ratio,
         act=head_cfg.act,
         dropout=head_cfg.dropout,
+        pool=head_cfg.pool,
     )
     first = cfg.stages[0].inner
     stem_width = first.width if first is not None else widths[0]  # a nested first stage's pixels

@@ -39,21 +39,32 @@ class CrossScaleConv(nn.Module):
 
 
 class PatchStem(nn.Module):
-    """Non-overlapping 4x4 patches: conv k = s = 4 (+ norm). Inputs not divisible by 4 are padded.
+    """Non-overlapping p x p patches: conv k = s = p (+ norm); p = 4 for a pyramid (Swin), 16 for
+    ViT. Inputs not divisible by p are zero-padded at the bottom/right.
 
     Given ``cross_scale`` (a ``CrossScaleConv`` with stride 4), that replaces the 4x4 conv."""
 
     def __init__(
-        self, in_channels: int, dim: int, norm: nn.Module | None, cross_scale: nn.Module | None = None
+        self,
+        in_channels: int,
+        dim: int,
+        norm: nn.Module | None,
+        cross_scale: nn.Module | None = None,
+        patch_size: int = 4,
     ) -> None:
         super().__init__()
-        self.proj = cross_scale if cross_scale is not None else nn.Conv2d(in_channels, dim, 4, stride=4)
+        self.patch_size = patch_size
+        if cross_scale is not None:
+            self.proj = cross_scale
+        else:
+            self.proj = nn.Conv2d(in_channels, dim, patch_size, stride=patch_size)
         self.norm = norm if norm is not None else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
         H, W = x.shape[-2:]
-        if H % 4 or W % 4:
-            x = F.pad(x, (0, (-W) % 4, 0, (-H) % 4))
+        p = self.patch_size
+        if H % p or W % p:
+            x = F.pad(x, (0, (-W) % p, 0, (-H) % p))
         return self.norm(nchw_to_nhwc(self.proj(x)))
 
 

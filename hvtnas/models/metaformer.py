@@ -1,6 +1,7 @@
 """The skeleton every hierarchical ViT of the design space shares.
 
-stem (stride 4) -> stages (strides 4, 8, 16, 32) -> classifier head, with timm 1.x's model API:
+stem (stride 4) -> stages (strides 4, 8, 16, 32) -> classifier head, with timm 1.x's model API
+(an isotropic model, ViT's, is the same with one stage behind a stride-16 patch stem):
 ``forward_features`` returns the last stage's map (B, C, H, W), ``forward_head`` the logits from it,
 ``forward_intermediates`` the feature pyramid; ``reset_classifier``, ``set_grad_checkpointing``,
 ``prune_intermediate_layers`` and ``feature_info`` behave as timm's. ``FeaturePyramid`` is the
@@ -22,7 +23,9 @@ from hvtnas.models.layers import make_act, nchw_to_nhwc, nhwc_to_nchw
 class ClassifierHead(nn.Module):
     """norm (before or after global average pooling) -> [MLP: fc -> act -> LN] -> dropout -> fc.
 
-    ``pre_logits`` returns the pooled features (``num_features`` wide), as timm's heads do.
+    ``pool``: ``avg`` averages the map; ``token`` reads the first token beside it (the class token,
+    timm's ``global_pool='token'``) instead, normalised. ``pre_logits`` returns the pooled features
+    (``num_features`` wide), as timm's heads do.
     """
 
     def __init__(
@@ -34,9 +37,11 @@ class ClassifierHead(nn.Module):
         mlp_ratio: float | None = None,
         act: str = "squared_relu",
         dropout: float = 0.0,
+        pool: str = "avg",
     ) -> None:
         super().__init__()
         self.norm_position = norm_position
+        self.pool = pool
         self.dim, self.mlp_ratio, self.act = dim, mlp_ratio, act
         self.norm = norm if norm is not None else nn.Identity()
         self.dropout = nn.Dropout(dropout)
@@ -58,8 +63,18 @@ class ClassifierHead(nn.Module):
         else:
             self.mlp, self.fc = None, nn.Linear(dim, num_classes)
 
-    def forward(self, x: Tensor, pre_logits: bool = False) -> Tensor:  # x: (B, H, W, C)
-        if self.norm_position == "pre_pool":
+    def forward(self, x: Tensor, pre_logits: bool = False, tokens: Tensor | None = None) -> Tensor:
+        """Logits from the last map ``x`` ``(B, H, W, C)`` or, with ``pool == 'token'``, from the
+        first of the ``tokens`` ``(B, T, C)`` beside it."""
+        if self.pool == "token":
+            if tokens is None:
+                raise HvtnasError(
+                    "this model classifies from its class token: give forward_head the tokens "
+                    "(feats, tokens = model.forward_features(x, return_tokens=True); "
+                    "model.forward_head(feats, tokens=tokens)), or call model(x)"
+                )
+            x = self.norm(tokens[:, 0])  # (B, C): one token, so pre- and post-pool norms agree
+        elif self.norm_position == "pre_pool":
             x = self.norm(x).mean(dim=(1, 2))
         else:
             x = self.norm(x.mean(dim=(1, 2)))
@@ -97,24 +112,30 @@ class MetaFormer(nn.Module):
         self.num_features = self.head_hidden_size = widths[-1]
         self.num_classes = head.num_classes
         self.grad_checkpointing = False
+        strides = strides if strides is not None else [4 * 2**i for i in range(len(widths))]
         self.feature_info = [
-            {"num_chs": w, "reduction": stride, "module": f"stages.{i}"}
-            for i, (w, stride) in enumerate(
-                zip(widths, strides or [4 * 2**i for i in range(len(widths))], strict=True)
-            )
+            {"num_chs": w, "reduction": r, "module": f"stages.{i}"}
+            for i, (w, r) in enumerate(zip(widths, strides, strict=True))
         ]
 
     # ------------------------------------------------------------------ timm's model API
-    def forward_features(self, x: Tensor) -> Tensor:
-        """The last stage's map ``(B, C, H/32, W/32)`` (what ``forward_head`` takes)."""
-        return nhwc_to_nchw(self._forward_stages(x))
+    def forward_features(
+        self, x: Tensor, return_tokens: bool = False
+    ) -> Tensor | tuple[Tensor, Tensor | None]:
+        """The last stage's map ``(B, C, H/32, W/32)`` (what ``forward_head`` takes); with
+        ``return_tokens`` also the ``(B, T, C)`` tokens beside it (None if it carries none),
+        which a model classifying from its class token needs in ``forward_head``."""
+        x, tokens = self._forward_stages(x)
+        return (nhwc_to_nchw(x), tokens) if return_tokens else nhwc_to_nchw(x)
 
-    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        """Logits (or, ``pre_logits``, the pooled features) from ``forward_features``' map."""
-        return self.head(nchw_to_nhwc(x), pre_logits=pre_logits)
+    def forward_head(self, x: Tensor, pre_logits: bool = False, tokens: Tensor | None = None) -> Tensor:
+        """Logits (or, ``pre_logits``, the pooled features) from ``forward_features``' map, or from
+        the class token in ``tokens`` for a model whose head reads it (``head.pool: token``)."""
+        return self.head(nchw_to_nhwc(x), pre_logits=pre_logits, tokens=tokens)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.head(self._forward_stages(x))
+        x, tokens = self._forward_stages(x)
+        return self.head(x, tokens=tokens)
 
     def forward_intermediates(
         self,
@@ -124,6 +145,7 @@ class MetaFormer(nn.Module):
         stop_early: bool = False,
         output_fmt: str = "NCHW",
         intermediates_only: bool = False,
+        return_prefix_tokens: bool = False,
     ) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
         """The feature pyramid, as timm 1.x's ``forward_intermediates``.
 
@@ -135,6 +157,8 @@ class MetaFormer(nn.Module):
             stop_early: stop after the last stage asked for (the final map is then that stage's).
             output_fmt: ``NCHW`` or ``NHWC`` (the native layout: no permute).
             intermediates_only: return only the list of maps.
+            return_prefix_tokens: each intermediate is ``(map, tokens)``, the ``(B, T, C)``
+                tokens carried beside that stage's map (None where it carries none), as timm's ViT.
 
         Returns:
             ``(final, intermediates)``: the final map as ``forward_features`` returns it and the
@@ -144,13 +168,14 @@ class MetaFormer(nn.Module):
             raise HvtnasError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
         take, last = _take_indices(len(self.stages), indices)
         stages = self.stages[: last + 1] if stop_early or intermediates_only else self.stages
-        intermediates = []
-        x = self.stem(x)
+        intermediates: list = []
+        x, tokens = self.stem(x), None
         for i, stage in enumerate(stages):
-            x = stage(x)
+            x, tokens = stage(x, tokens)
             if i in take:
                 level = self.head.norm(x) if norm and self._norm_on_map(i) else x
-                intermediates.append(nhwc_to_nchw(level) if output_fmt == "NCHW" else level)
+                level = nhwc_to_nchw(level) if output_fmt == "NCHW" else level
+                intermediates.append((level, tokens) if return_prefix_tokens else level)
         if intermediates_only:
             return intermediates
         return nhwc_to_nchw(x), intermediates
@@ -177,9 +202,16 @@ class MetaFormer(nn.Module):
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         """A fresh classifier for ``num_classes`` (0: ``forward`` returns pooled features).
-        Global average pooling is the only pooling (``global_pool`` 'avg' or None)."""
-        if global_pool not in (None, "avg", ""):
-            raise HvtnasError(f"global_pool: only average pooling ('avg') is supported, got {global_pool!r}")
+        ``global_pool``: 'avg' (average the map), 'token' (read the class token, for a model
+        whose last stage carries one) or None (keep the current pooling)."""
+        if global_pool == "":
+            global_pool = "avg"
+        if global_pool not in (None, "avg", "token"):
+            raise HvtnasError(f"global_pool: 'avg' or 'token', got {global_pool!r}")
+        if global_pool == "token" and not self._last_stage_has_class_token():
+            raise HvtnasError("global_pool 'token': the last stage carries no class token")
+        if global_pool is not None:
+            self.head.pool = global_pool
         self.head.reset(num_classes)
         for module in self.head.modules():  # the builder's initialisation (truncated normal)
             if isinstance(module, nn.Linear):
@@ -189,7 +221,10 @@ class MetaFormer(nn.Module):
         cfg = getattr(self, "arch_config", None)
         if cfg is not None:  # keep the config (summaries, exports) in step with the model
             self.arch_config = cfg.model_copy(
-                update={"input": cfg.input.model_copy(update={"num_classes": num_classes})}
+                update={
+                    "input": cfg.input.model_copy(update={"num_classes": num_classes}),
+                    "head": cfg.head.model_copy(update={"pool": self.head.pool}),
+                }
             )
 
     @torch.jit.ignore
@@ -202,11 +237,20 @@ class MetaFormer(nn.Module):
             stage.grad_checkpointing = enable
 
     # ------------------------------------------------------------------ internals
-    def _forward_stages(self, x: Tensor) -> Tensor:  # (B, 3, H, W) -> (B, H/32, W/32, C)
-        x = self.stem(x)
+    def _forward_stages(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        """(B, 3, H, W) -> the last map (B, H/32, W/32, C) and the (B, T, C) tokens beside it."""
+        x, tokens = self.stem(x), None
         for stage in self.stages:
-            x = stage(x)
-        return x
+            x, tokens = stage(x, tokens)
+        return x, tokens
+
+    def _last_stage_has_class_token(self) -> bool:
+        for stage in reversed(self.stages):  # the stream's own module is where it starts
+            if stage.tokens is None:
+                return False
+            if hasattr(type(stage.tokens), "readable_by_head"):
+                return type(stage.tokens).readable_by_head
+        return False
 
     def _norm_on_map(self, i: int) -> bool:
         return i == len(self.stages) - 1 and self.head.norm_position == "pre_pool"

@@ -31,6 +31,7 @@ class GlobalAttention(TokenMixer):
 
     Params: ClassVar[type[MixerParams]] = AttentionParams
     uses_heads = True
+    attends_tokens = True
     paper = "ViT (Dosovitskiy et al., ICLR 2021); CAFormer (Yu et al., TPAMI 2023)"
     complexity = "O(N² C)"
 
@@ -47,6 +48,14 @@ class GlobalAttention(TokenMixer):
         out = rearrange(out, "b n (h w) d -> b h w (n d)", h=H)
         return self.proj(out)
 
+    def forward_with_tokens(self, x: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
+        """ViT's attention over the sequence ``[tokens; pixels]``: tokens are queries and keys."""
+        H, T = x.shape[1], tokens.shape[1]
+        sequence = torch.cat([tokens, x.flatten(1, 2)], dim=1)  # (B, T + H*W, C), tokens first as in ViT
+        q, k, v = rearrange(self.qkv(sequence), "b l (three n d) -> three b n l d", three=3, n=self.num_heads)
+        out = self.proj(rearrange(F.scaled_dot_product_attention(q, k, v), "b n l d -> b l (n d)"))
+        return rearrange(out[:, T:], "b (h w) c -> b h w c", h=H), out[:, :T]
+
 
 class RelativeAttention(GlobalAttention):
     """Global MHSA plus a learned bias per head and 2-D relative offset (CoAtNet's relative attention).
@@ -57,6 +66,7 @@ class RelativeAttention(GlobalAttention):
     """
 
     uses_map_size = True
+    attends_tokens = False  # its bias is defined between pixels only
     paper = "CoAtNet (Dai et al., NeurIPS 2021)"
     complexity = "O(N² C)"
 
@@ -408,6 +418,7 @@ class SpatialReductionAttention(TokenMixer):
 
     Params: ClassVar[type[MixerParams]] = SpatialReductionParams
     uses_heads = True
+    attends_tokens = True
     paper = "PVT (Wang et al., ICCV 2021); PVTv2 (CVMJ 2022); Twins GSA (NeurIPS 2021)"
     complexity = "O(N² C / R²), ratio R"
 
@@ -439,6 +450,17 @@ class SpatialReductionAttention(TokenMixer):
         out = F.scaled_dot_product_attention(q, k, v)
         out = rearrange(out, "b n (h w) d -> b h w (n d)", h=H)
         return self.proj(out)
+
+    def forward_with_tokens(self, x: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
+        """PVT v1's last stage: queries ``[tokens; pixels]``, keys and values ``[tokens; reduced map]``
+        (the tokens are never reduced: they have no place in the map)."""
+        H, T = x.shape[1], tokens.shape[1]
+        queries = torch.cat([tokens, x.flatten(1, 2)], dim=1)  # (B, T + H*W, C)
+        keys = torch.cat([tokens, self.reduce(x).flatten(1, 2)], dim=1)  # (B, T + h*w, C)
+        q = rearrange(self.q(queries), "b l (n d) -> b n l d", n=self.num_heads)
+        k, v = rearrange(self.kv(keys), "b l (two n d) -> two b n l d", two=2, n=self.num_heads)
+        out = self.proj(rearrange(F.scaled_dot_product_attention(q, k, v), "b n l d -> b l (n d)"))
+        return rearrange(out[:, T:], "b (h w) c -> b h w c", h=H), out[:, :T]
 
 
 class PooledReductionParams(AttentionParams):

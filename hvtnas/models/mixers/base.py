@@ -47,6 +47,9 @@ class TokenMixer(nn.Module):
     ``flop_free`` (it does no multiply-accumulates by design: shift, identity, pooling),
     ``paper`` (the papers it comes from) and ``complexity`` (its cost in the number of tokens N,
     for the README's generated mixer table).
+    ``attends_tokens``: it mixes the tokens that travel beside the map (class, global tokens; see
+    ``hvtnas.models.tokens``) together with the map, through ``forward_with_tokens``; the tokens
+    pass the sub-block of any other mixer unchanged.
     The instance attribute ``residual`` is False for mixers that replace their input instead of
     being added to it (ShiftViT applies the shift with neither norm nor shortcut).
     """
@@ -56,9 +59,15 @@ class TokenMixer(nn.Module):
     heads_multiple: ClassVar[int] = 1
     uses_map_size: ClassVar[bool] = False
     flop_free: ClassVar[bool] = False
+    attends_tokens: ClassVar[bool] = False
     paper: ClassVar[str] = ""
     complexity: ClassVar[str] = ""
     residual: bool = True
 
     def forward(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def forward_with_tokens(self, x: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
+        """Mix the map ``(B, H, W, C)`` and the tokens beside it ``(B, T, C)`` together; returns
+        both, shapes unchanged. Only mixers with ``attends_tokens`` implement it."""
+        raise NotImplementedError(f"{type(self).__name__} does not attend to tokens beside the map")

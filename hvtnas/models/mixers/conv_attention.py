@@ -36,6 +36,7 @@ class ConvProjectionAttention(TokenMixer):
 
     Params: ClassVar[type[MixerParams]] = ConvProjectionParams
     uses_heads = True
+    attends_tokens = True
     paper = "CvT (Wu et al., ICCV 2021)"
     complexity = "O(N² C / s²), kv stride s"
 
@@ -72,6 +73,24 @@ class ConvProjectionAttention(TokenMixer):
         v = self._heads(self.conv_v, self.proj_v, x_nchw)
         out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
         return self.proj(rearrange(out, "b n (h w) d -> b h w (n d)", h=H))
+
+    def forward_with_tokens(self, x: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
+        """CvT's stage 3: the class token skips the convolutions and joins the conv-projected pixels
+        before the linear projections; then attention over ``[tokens; pixels]``."""
+        H, T = x.shape[1], tokens.shape[1]
+        x_nchw = nhwc_to_nchw(x)
+
+        def heads(conv: nn.Module, linear: nn.Linear) -> Tensor:
+            pixels = nchw_to_nhwc(conv(x_nchw)).flatten(1, 2)  # (B, h*w, C)
+            sequence = linear(torch.cat([tokens, pixels], dim=1))  # (B, T + h*w, C)
+            return rearrange(sequence, "b l (n d) -> b n l d", n=self.num_heads)
+
+        q = heads(self.conv_q, self.proj_q)
+        k = heads(self.conv_k, self.proj_k)
+        v = heads(self.conv_v, self.proj_v)
+        out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
+        out = self.proj(rearrange(out, "b n l d -> b l (n d)"))
+        return rearrange(out[:, T:], "b (h w) c -> b h w c", h=H), out[:, :T]
 
 
 # ----------------------------------------------------------------------------- ResT

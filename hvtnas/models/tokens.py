@@ -1,0 +1,140 @@
+"""Token streams: tokens that travel beside the feature map through a stage's blocks.
+
+Some designs carry a few tokens that are not pixels of the map: ViT/DeiT, CvT and PVT v1 a class
+token that the classifier reads, Vision Longformer global tokens that attend to and from every
+pixel, RegionViT one regional token per window, Mobile-Former a handful of global tokens beside a
+MobileNet. In hvtnas they are one mechanism, whatever they are called:
+
+- **The stream.** ``ArchConfig.tokens`` says which tokens exist (a kind registered in
+  ``TOKEN_STREAMS``, with its parameters) and from which stage on (``from_stage``, an index
+  into ``stages``); every later stage carries them too, either the same ones (``each_stage:
+  carry``; a Linear maps them to the next stage's width where it changes) or a fresh set made
+  at each stage (``each_stage: new``: Vision Longformer's per-stage global tokens). Inside a
+  stage they are a ``(B, T, C)`` tensor beside the ``(B, H, W, C)`` map; a stage with no tokens
+  returns ``None`` for them.
+- **Mixers decide how tokens meet the map.** A mixer with ``attends_tokens = True`` implements
+  ``forward_with_tokens(x, tokens)`` and mixes the two together (global attention, PVT's
+  spatial-reduction attention and CvT's convolutional projections attend over
+  ``[tokens; map]``: tokens are queries and keys like pixels). Every other mixer sees the map
+  only, and the tokens pass its sub-block unchanged. Norms, the FFN, layer scale and drop path act
+  on the tokens as on the pixels (one drop-path draw per sample for both), so a block on
+  ``[tokens; map]`` is exactly the sequence model's block.
+- **The classifier may read them.** ``head.pool: token`` classifies from the first token of the
+  last stage (timm's ``global_pool='token'``); ``avg`` pools the map as before.
+- **Maps stay maps.** ``forward_features``, ``forward_intermediates`` and ``features_only`` return
+  the maps alone; ``forward_features(x, return_tokens=True)`` and
+  ``forward_intermediates(..., return_prefix_tokens=True)`` (timm's name) also give the tokens.
+
+Adding a kind (say RegionViT's regional tokens, one per window of the map): a ``TokenStream``
+subclass with its ``Params`` below and one ``TOKEN_STREAMS.register`` line. Its ``forward``
+gets the stage's map (after the downsampling), so a stream may size itself by the map.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt
+from torch import Tensor, nn
+
+from hvtnas.registry import Registry
+
+
+class TokenStreamParams(BaseModel):
+    """What every token stream is configured by; kinds add their own fields."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: str
+    from_stage: int = Field(0, ge=0)  # index into stages of the first stage that carries them
+    # at each later stage: the same tokens carried on, or a fresh set (Vision Longformer)
+    each_stage: Literal["carry", "new"] = "carry"
+
+
+class TokenStream(nn.Module):
+    """Base: ``forward(x, previous)`` gives the ``(B, T, C)`` tokens a stage starts with, from its
+    map ``x`` ``(B, H, W, C)`` (after the downsampling) and the previous stage's tokens (None at
+    the first stage that has them)."""
+
+    Params: ClassVar[type[TokenStreamParams]] = TokenStreamParams
+    paper: ClassVar[str] = ""
+    readable_by_head: ClassVar[bool] = False  # the classifier may read its first token
+
+    def forward(self, x: Tensor, previous: Tensor | None) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class LearnedTokensParams(TokenStreamParams):
+    count: PositiveInt = Field(1, le=4096)
+    # the tokens' own entries of the absolute position embedding (PVT v1, DeiT): a learned vector
+    # added to each token where it is made; needs an absolute position embedding at that stage
+    pos_embed: bool = False
+
+
+class LearnedTokens(TokenStream):
+    """``count`` learned tokens, the same for every image, prepended to the map's tokens where the
+    stream starts (with their position-embedding entries, if any)."""
+
+    Params: ClassVar[type[TokenStreamParams]] = LearnedTokensParams
+
+    def __init__(self, dim: int, count: int = 1, pos_embed: bool = False) -> None:
+        super().__init__()
+        self.tokens = nn.Parameter(torch.zeros(1, count, dim))
+        nn.init.trunc_normal_(self.tokens, std=0.02)
+        self.pos_embed = nn.Parameter(torch.zeros(1, count, dim)) if pos_embed else None
+        if self.pos_embed is not None:
+            nn.init.trunc_normal_(self.pos_embed, std=0.02)
+
+    def forward(self, x: Tensor, previous: Tensor | None) -> Tensor:
+        tokens = self.tokens if self.pos_embed is None else self.tokens + self.pos_embed
+        return tokens.to(x.dtype).expand(x.shape[0], -1, -1)  # (B, T, C)
+
+
+class ClassTokens(LearnedTokens):
+    """The class token(s) of ViT / DeiT, CvT (stage 3) and PVT v1 (stage 4): the classifier may
+    read the first one (``head.pool: token``)."""
+
+    paper = "ViT (Dosovitskiy et al., ICLR 2021); CvT (ICCV 2021); PVT (ICCV 2021)"
+    readable_by_head = True
+
+
+class GlobalTokens(LearnedTokens):
+    """Global tokens that attend to and from every pixel through the mixers that take them
+    (Vision Longformer's; Mobile-Former's token stream)."""
+
+    paper = "Vision Longformer (Zhang et al., ICCV 2021); Mobile-Former (Chen et al., CVPR 2022)"
+
+
+class CarriedTokens(nn.Module):
+    """The previous stage's tokens carried into a stage: unchanged where the width stays, through a
+    Linear where it changes (the tokens have no map to downsample)."""
+
+    def __init__(self, in_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(in_dim, out_dim) if in_dim != out_dim else nn.Identity()
+
+    def forward(self, x: Tensor, previous: Tensor | None) -> Tensor:
+        if previous is None:
+            raise ValueError("a stage that carries tokens on needs the previous stage's tokens")
+        return self.proj(previous)
+
+
+TOKEN_STREAMS: Registry[type[TokenStream]] = Registry("token stream")
+TOKEN_STREAMS.register("class", ClassTokens)
+TOKEN_STREAMS.register("global", GlobalTokens)
+
+
+def build_token_streams(params: TokenStreamParams | None, widths: list[int]) -> list[nn.Module | None]:
+    """One module per stage (None where the stage has no tokens): the stream's own module where the
+    tokens are made (and at every later stage with ``each_stage: new``), ``CarriedTokens`` after."""
+    streams: list[nn.Module | None] = [None] * len(widths)
+    if params is None:
+        return streams
+    cls = TOKEN_STREAMS.get(params.kind)
+    kwargs = params.model_dump(exclude={"kind", "from_stage", "each_stage"})
+    for i in range(params.from_stage, len(widths)):
+        if i == params.from_stage or params.each_stage == "new":
+            streams[i] = cls(widths[i], **kwargs)
+        else:
+            streams[i] = CarriedTokens(widths[i - 1], widths[i])
+    return streams
