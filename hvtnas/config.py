@@ -29,6 +29,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from hvtnas.errors import ConfigError, RegistryError
 from hvtnas.io import atomic_write_text, read_text
+from hvtnas.models.ffn import FFNS
 from hvtnas.models.mixers import MIXERS, MixerParams
 from hvtnas.models.mixers.base import ActivationName as Activation
 from hvtnas.models.tokens import TOKEN_STREAMS, TokenStreamParams
@@ -99,12 +100,15 @@ class StemConfig(_Kinded):
     - ``pixel``: TNT's pixel embedding: the image cut into the first stage's patches (4 x its
       ``inner.patch_size`` pixels a side), each convolved alone (``kernel_size``, default 7,
       stride 4), plus a learned embedding per pixel position within a patch. It feeds a nested
-      first stage (``stages[0].inner``) with its pixel map.
+      first stage (``stages[0].inner``) with its pixel map;
+    - ``image_to_tokens``: CeiT's I2T: a ``kernel_size`` (default 7) conv with stride 2 and no bias
+      to ``widths[0]`` channels, ``norm`` (BatchNorm in CeiT), a 3x3 max pool with stride 2, then
+      a (patch_size / 4)-square conv with that stride: stage 1 runs at stride ``patch_size`` (16).
     """
 
-    kind: Literal["patch", "overlap", "conv", "pixel"] = "patch"
+    kind: Literal["patch", "overlap", "conv", "pixel", "image_to_tokens"] = "patch"
     patch_size: PositiveInt = Field(4, le=64)  # patch only: the stem's stride (16 for ViT's 16x16 patches)
-    kernel_size: PositiveInt | None = None  # overlap and pixel only (default 7)
+    kernel_size: PositiveInt | None = None  # overlap, pixel and image_to_tokens only (default 7)
     padding: NonNegativeInt | None = None  # overlap only (default kernel_size // 2)
     depth: int = Field(2, ge=2)  # conv only
     hidden_ratio: float = Field(0.5, gt=0)  # conv only: hidden width = ratio * stage-1 width
@@ -114,6 +118,7 @@ class StemConfig(_Kinded):
     kernel_sizes: list[PositiveInt] | None = None  # conv: one per conv (default all 3); patch: cross-scale
     last_norm: bool | NormConfig = True  # conv only: see above
     last_bias: bool = False  # conv only
+    widths: list[PositiveInt] | None = None  # image_to_tokens: [the first conv's channels] (CeiT: 64)
 
     @model_validator(mode="after")
     def _fields_fit_kind(self) -> StemConfig:
@@ -121,17 +126,46 @@ class StemConfig(_Kinded):
             _fail(
                 ("padding",), self.padding, f"applies to the 'overlap' stem only (this one is '{self.kind}')"
             )
-        if self.kind not in ("overlap", "pixel") and self.kernel_size is not None:
+        if self.kind not in ("overlap", "pixel", "image_to_tokens") and self.kernel_size is not None:
             _fail(
                 ("kernel_size",),
                 self.kernel_size,
-                f"applies to the 'overlap' and 'pixel' stems only (this one is '{self.kind}')",
+                f"applies to the 'overlap', 'pixel' and 'image_to_tokens' stems only "
+                f"(this one is '{self.kind}')",
             )
-        if self.kind == "pixel" and self.kernel_size is not None and self.kernel_size % 2 == 0:
+        if (
+            self.kind in ("pixel", "image_to_tokens")
+            and self.kernel_size is not None
+            and self.kernel_size % 2 == 0
+        ):
             _fail(
                 ("kernel_size",),
                 self.kernel_size,
-                "the pixel stem's conv needs an odd kernel (padding k // 2)",
+                f"the {self.kind} stem's conv needs an odd kernel (padding k // 2)",
+            )
+        if self.kind == "image_to_tokens":
+            if self.norm is None:
+                _fail(
+                    ("norm",),
+                    None,
+                    "the 'image_to_tokens' stem needs a norm after its conv (CeiT: batchnorm)",
+                )
+            if self.widths is None or len(self.widths) != 1:
+                _fail(
+                    ("widths",), self.widths, "the 'image_to_tokens' stem needs one width: its first conv's"
+                )
+            if self.patch_size % 4:
+                _fail(
+                    ("patch_size",),
+                    self.patch_size,
+                    "is the image_to_tokens stem's stride: 4 (conv and pool) times its last conv's, "
+                    "a multiple of 4",
+                )
+        elif self.widths is not None:
+            _fail(
+                ("widths",),
+                self.widths,
+                f"applies to the 'image_to_tokens' stem only (this one is '{self.kind}')",
             )
         if self.kind == "conv" and self.norm is None:
             raise PydanticCustomError("stem_norm", "the 'conv' stem needs a norm (e.g. batchnorm)")
@@ -149,11 +183,11 @@ class StemConfig(_Kinded):
             value = getattr(self, field)
             if self.kind == "conv" and value is not None and len(value) != self.depth:
                 _fail((field,), value, f"needs one entry per conv (depth {self.depth})")
-        if self.kind != "patch" and self.patch_size != 4:
+        if self.kind not in ("patch", "image_to_tokens") and self.patch_size != 4:
             _fail(
                 ("patch_size",),
                 self.patch_size,
-                f"applies to the 'patch' stem only (this one is '{self.kind}')",
+                f"applies to the 'patch' and 'image_to_tokens' stems only (this one is '{self.kind}')",
             )
         if self.kind == "patch" and self.kernel_sizes is not None:
             if self.patch_size != 4:
@@ -170,7 +204,7 @@ class StemConfig(_Kinded):
     @property
     def stride(self) -> int:
         """How much smaller stage 1's map is than the image."""
-        return self.patch_size if self.kind == "patch" else 4
+        return self.patch_size if self.kind in ("patch", "image_to_tokens") else 4
 
     def conv_strides(self) -> list[int]:
         return list(self.strides) if self.strides is not None else [2, 2] + [1] * (self.depth - 2)
@@ -210,11 +244,25 @@ class DownsampleConfig(_Kinded):
     """
 
     kind: Literal["conv", "patch_merging", "pool", "pooling_attention"] = "conv"
+    # pooling_attention only: where the channels widen: in the transition's attention (MViTv2) or
+    # in the MLP of the block before it, the previous stage's last (MViT v1; that block's FFN then
+    # opens the transition and the previous stage's output is taken before it)
+    widen: Literal["attention", "ffn"] = "attention"
     kernel_size: PositiveInt = 2
     kernel_sizes: list[PositiveInt] | None = None
     bias: bool = True
     norm: NormConfig | None = None
     norm_position: Literal["pre", "post"] = "post"
+
+    @model_validator(mode="after")
+    def _widen_needs_attention(self) -> DownsampleConfig:
+        if self.widen != "attention" and self.kind != "pooling_attention":
+            _fail(
+                ("widen",),
+                self.widen,
+                f"applies to the 'pooling_attention' downsampling only (this one is '{self.kind}')",
+            )
+        return self
 
     @model_validator(mode="after")
     def _kernel_sizes_fit(self) -> DownsampleConfig:
@@ -432,10 +480,13 @@ class HeadConfig(_Strict):
     """Classifier: norm (before or after global average pooling) -> [MLP] -> Linear.
 
     ``pool``: ``avg`` averages the last map; ``token`` reads the class token beside it instead
-    (``tokens: {kind: class}``; timm's ``global_pool='token'``: ViT/DeiT, CvT, PVT v1).
+    (``tokens: {kind: class}``; timm's ``global_pool='token'``: ViT/DeiT, CvT, PVT v1);
+    ``layer_attention`` is CeiT's layer-wise class-token attention: the class token after each of
+    the last stage's blocks, plus a learned embedding per block, and one transformer block (the
+    last stage's heads, ``mlp_ratio`` and norm eps) in which the last of them attends over all.
     """
 
-    pool: Literal["avg", "token"] = "avg"
+    pool: Literal["avg", "token", "layer_attention"] = "avg"
     norm: NormConfig | None = NormConfig()
     norm_position: Literal["pre_pool", "post_pool"] = "pre_pool"
     mlp_ratio: float | None = Field(None, gt=0)  # MetaFormer baselines' MLP head (ratio 4)
@@ -577,10 +628,10 @@ class ArchConfig(_Strict):
     def _tokens_fit(self) -> ArchConfig:
         tokens = self.tokens
         if tokens is None:
-            if self.head.pool == "token":
+            if self.head.pool != "avg":
                 _fail(
                     ("head", "pool"),
-                    "token",
+                    self.head.pool,
                     "reads the class token, but the model has no tokens "
                     "(add tokens: {kind: class, from_stage: ...})",
                 )
@@ -600,12 +651,13 @@ class ArchConfig(_Strict):
                     stage.norm.kind,
                     "a stage that carries tokens normalises each token alone: its norm must be 'layernorm'",
                 )
-            if stage.ffn.kind not in ("mlp", "none"):
+            if stage.ffn.kind != "none" and not FFNS[stage.ffn.kind].takes_tokens:
+                known = ", ".join(k for k, cls in FFNS.items() if cls.takes_tokens)
                 _fail(
                     ("stages", i, "ffn", "kind"),
                     stage.ffn.kind,
                     "the tokens beside the map have no neighbours for its convolution: a stage that "
-                    "carries tokens needs the 'mlp' FFN (or 'none')",
+                    f"carries tokens needs an FFN with a rule for them ({known}, or 'none')",
                 )
         attending = [
             m.kind for i in carrying for m in self.stages[i].mixers if MIXERS.get(m.kind).attends_tokens
@@ -629,10 +681,23 @@ class ArchConfig(_Strict):
                         f"the tokens' position-embedding entries need an absolute position embedding "
                         f"at stage {i} (pos_embed: {{kind: absolute{', per_stage: true' if i else ''}}})",
                     )
-        if self.head.pool == "token" and not TOKEN_STREAMS.get(tokens.kind).readable_by_head:
+        if self.head.pool != "avg" and not TOKEN_STREAMS.get(tokens.kind).readable_by_head:
             _fail(
-                ("head", "pool"), "token", f"the classifier reads a class token, not '{tokens.kind}' tokens"
+                ("head", "pool"),
+                self.head.pool,
+                f"the classifier reads a class token, not '{tokens.kind}' tokens",
             )
+        if self.head.pool == "layer_attention":
+            if self.head.mlp_ratio is not None:
+                _fail(
+                    ("head", "mlp_ratio"), self.head.mlp_ratio, "the layer attention has no MLP head after it"
+                )
+            if self.stages[-1].num_heads is None:
+                _fail(
+                    ("stages", len(self.stages) - 1, "heads"),
+                    None,
+                    "head.pool 'layer_attention' attends with the last stage's heads: give it heads",
+                )
         return self
 
     @model_validator(mode="after")

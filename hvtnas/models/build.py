@@ -23,13 +23,21 @@ from hvtnas.config import (
     cross_scale_widths,
 )
 from hvtnas.errors import HvtnasError
-from hvtnas.models.blocks import AttentionDownsample, MetaFormerBlock, NestedBlock, NestedStage, Stage
+from hvtnas.models.blocks import (
+    AttentionDownsample,
+    FFNTransition,
+    MetaFormerBlock,
+    NestedBlock,
+    NestedStage,
+    Stage,
+)
 from hvtnas.models.embed import (
     PEG,
     AbsolutePosEmbed,
     ConvDownsample,
     ConvStem,
     CrossScaleConv,
+    ImageToTokensStem,
     OverlapStem,
     PatchMerging,
     PatchProjection,
@@ -39,9 +47,9 @@ from hvtnas.models.embed import (
     PoolDownsample,
     SinusoidalPosEmbed,
 )
-from hvtnas.models.ffn import FFNS
+from hvtnas.models.ffn import FFNS, Mlp
 from hvtnas.models.layers import make_act, make_norm
-from hvtnas.models.metaformer import ClassifierHead, FeaturePyramid, MetaFormer
+from hvtnas.models.metaformer import ClassifierHead, FeaturePyramid, LayerClassAttention, MetaFormer
 from hvtnas.models.mixers import MIXERS, MixerParams
 from hvtnas.models.mixers.pooling_attention import PoolingAttention
 from hvtnas.models.tokens import build_token_streams
@@ -79,6 +87,11 @@ def build_stem(cfg: StemConfig, in_channels: int, dim: int, patch_size: int = 16
     """The stem; ``patch_size`` is the patch of the pixel stem (4 x the nested first stage's)."""
     if cfg.kind == "pixel":
         return PixelStem(in_channels, dim, patch_size, cfg.kernel_size or 7)
+    if cfg.kind == "image_to_tokens":
+        assert cfg.norm is not None and cfg.widths is not None  # the config requires them
+        hidden = cfg.widths[0]
+        norm = make_norm(cfg.norm.kind, hidden, cfg.norm.eps, cfg.norm.bias)
+        return ImageToTokensStem(in_channels, dim, hidden, cfg.kernel_size or 7, cfg.patch_size // 4, norm)
     if cfg.kind == "patch":
         cross_scale = None
         if cfg.kernel_sizes is not None:
@@ -167,6 +180,38 @@ def _inner_block(inner: InnerConfig, index: int, map_size: int, drop_path: float
     )
 
 
+def _attention_downsample(cfg: ArchConfig, i: int, drop_rates: list[float]) -> AttentionDownsample:
+    """MViT: stage ``i``'s first block is its downsampling (Q stride 2 in its pooling attention),
+    reading the previous stage's map. Pre-norm, no layer/residual scale, as MViT's. MViTv2 widens
+    the channels in its attention; MViT v1 (``widen: ffn``) before it, in the previous stage's last
+    block's MLP, which the transition therefore starts with."""
+    scfg, previous = cfg.stages[i], cfg.stages[i - 1]
+    dim, in_dim = scfg.width, previous.width
+    first = sum(s.depth for s in cfg.stages[:i])  # the index of this block over the whole model
+    norm_factory = _norm_factory(scfg.norm)
+    widen = None
+    if cfg.downsample.widen == "ffn":
+        hidden = int(in_dim * previous.mlp_ratio)
+        mlp = Mlp(in_dim, hidden, act=previous.ffn.act, bias=previous.ffn.bias, out_dim=dim)
+        proj = nn.Linear(in_dim, dim) if in_dim != dim else None
+        widen = FFNTransition(_norm_factory(previous.norm)(in_dim), mlp, proj, drop_rates[first - 1])
+        in_dim = dim
+    strides = cfg.stage_strides()
+    previous_map = -(-cfg.input.resolution // strides[i - 1])
+    params = scfg.mixer_for_block(0)
+    attention = PoolingAttention(in_dim, dim_out=dim, q_stride=2, **_mixer_kwargs(params, scfg, previous_map))
+    return AttentionDownsample(
+        in_dim,
+        dim,
+        attention,
+        _ffn(scfg),
+        norm1=norm_factory(in_dim),
+        norm2=norm_factory(dim),
+        drop_path=drop_rates[first],
+        widen=widen,
+    )
+
+
 def build_model(
     spec: ModelSpec,
     *,
@@ -198,7 +243,10 @@ def build_model(
     stem_size = -(-cfg.input.resolution // cfg.stem.stride)  # ceil: the patch stem pads
     strides = cfg.stage_strides()
 
-    token_streams = build_token_streams(cfg.tokens, widths)
+    attention_transitions = cfg.downsample.kind == "pooling_attention"
+    # MViT v1: the last block of every stage but the last ends in the next stage's transition
+    widen_in_ffn = attention_transitions and cfg.downsample.widen == "ffn"
+    token_streams = build_token_streams(cfg.tokens, widths, carried_by_downsample=attention_transitions)
     stages = []
     for i, scfg in enumerate(cfg.stages):
         dim = scfg.width
@@ -206,23 +254,8 @@ def build_model(
         norm_factory = _norm_factory(scfg.norm)
         downsample = build_downsample(cfg.downsample, widths[i - 1], dim) if i > 0 else None
         first_block = 0
-        if i > 0 and cfg.downsample.kind == "pooling_attention":
-            # MViTv2: the stage's first block is the downsampling (Q stride 2 in its attention); it
-            # reads the previous stage's map. Pre-norm, no layer/residual scale, as MViTv2's.
-            params = scfg.mixer_for_block(0)
-            previous_map = -(-cfg.input.resolution // strides[i - 1])
-            attention = PoolingAttention(
-                widths[i - 1], dim_out=dim, q_stride=2, **_mixer_kwargs(params, scfg, previous_map)
-            )
-            downsample = AttentionDownsample(
-                widths[i - 1],
-                dim,
-                attention,
-                _ffn(scfg),
-                norm1=norm_factory(widths[i - 1]),
-                norm2=norm_factory(dim),
-                drop_path=drop_rates[sum(depths[:i])],
-            )
+        if i > 0 and attention_transitions:
+            downsample = _attention_downsample(cfg, i, drop_rates)
             first_block = 1
         if scfg.inner is not None:  # TNT: the stage's map is projected from the pixels it keeps
             downsample = _patch_projection(scfg, bias=True)
@@ -230,10 +263,11 @@ def build_model(
         for j in range(first_block, scfg.depth):
             params = scfg.mixer_for_block(j)
             mixer_cls = MIXERS.get(params.kind)
+            ends_in_transition = widen_in_ffn and i < len(cfg.stages) - 1 and j == scfg.depth - 1
             block = MetaFormerBlock(
                 dim,
                 mixer_cls(dim, **_mixer_kwargs(params, scfg, map_size)),
-                _ffn(scfg),
+                None if ends_in_transition else _ffn(scfg),  # MViT v1: its FFN widens, in the transition
                 norm=functools.partial(norm_factory, dim),
                 drop_path=drop_rates[sum(depths[:i]) + j],
                 layer_scale=scfg.layer_scale,
@@ -269,9 +303,19 @@ def build_model(
                 if scfg.out_norm
                 else None,
                 tokens=token_streams[i],
+                downsample_takes_tokens=i > 0 and attention_transitions,
             )
         )
     head_cfg = cfg.head
+    layer_attention = None
+    if head_cfg.pool == "layer_attention":  # CeiT's LCA reads the class token after every last-stage block
+        last = cfg.stages[-1]
+        stages[-1].token_history = True
+        qkv_bias = getattr(last.mixer_for_block(last.depth - 1), "qkv_bias", True)
+        assert last.num_heads is not None  # the config requires it
+        layer_attention = LayerClassAttention(
+            last.width, last.depth, last.num_heads, last.mlp_ratio, qkv_bias, last.norm.eps
+        )
     head = ClassifierHead(
         widths[-1],
         cfg.input.num_classes,
@@ -281,6 +325,7 @@ def build_model(
         act=head_cfg.act,
         dropout=head_cfg.dropout,
         pool=head_cfg.pool,
+        layer_attention=layer_attention,
     )
     first = cfg.stages[0].inner
     stem_width = first.width if first is not None else widths[0]  # a nested first stage's pixels

@@ -126,6 +126,31 @@ class ConvStem(nn.Module):
         return x  # (B, H/4, W/4, C)
 
 
+class ImageToTokensStem(nn.Module):
+    """CeiT's image-to-tokens stem: a k x k conv with stride 2 (no bias) -> norm -> 3x3 max pool
+    with stride 2 (low-level features at stride 4) -> a p x p conv with stride p (the patch
+    embedding on those features): stage 1 at stride 4p."""
+
+    def __init__(
+        self, in_channels: int, dim: int, hidden: int, kernel_size: int, patch: int, norm: nn.Module
+    ) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(
+            in_channels, hidden, kernel_size, stride=2, padding=kernel_size // 2, bias=False
+        )
+        self.norm = norm
+        self.pool = nn.MaxPool2d(3, stride=2, padding=1)
+        self.proj = nn.Conv2d(hidden, dim, patch, stride=patch)
+        self.patch = patch
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, C_in, H, W) -> (B, H/4p, W/4p, C)
+        x = self.pool(nhwc_to_nchw(self.norm(nchw_to_nhwc(self.conv(x)))))
+        x = nchw_to_nhwc(x)
+        if x.shape[1] % self.patch or x.shape[2] % self.patch:  # as the patch stem: pad, drop nothing
+            x = pad_to_multiple(x, self.patch)
+        return nchw_to_nhwc(self.proj(nhwc_to_nchw(x)))
+
+
 class PixelStem(nn.Module):
     """TNT's pixel embedding: the image is cut into ``patch_size`` squares and each is convolved on
     its own (``kernel_size``, stride 4, zero padding at the square's border: no pixel sees another
