@@ -268,3 +268,90 @@ def test_nested_block_flops_closed_form() -> None:
     )  # 7x7/4 conv per patch vs 16x16/16 conv
     assert stem_difference == pixels * 3 * 49 * c - tokens * 3 * 256 * C
     assert nested.total - flat.total == stem_difference + projection + depth * (inner + projection)
+
+
+# ----------------------------------------------------------------------------- MViT v1
+def tiny_mvit_v1(**overrides: Any) -> dict[str, Any]:
+    """MViT v1 in small: a class token through every stage, channels widened in the FFN."""
+    pool = {
+        "kind": "pooling_attention",
+        "residual_pooling": False,
+        "relative_position": False,
+        "query_pooling": False,
+    }
+    cfg: dict[str, Any] = {
+        "input": {"channels": 3, "resolution": 32, "num_classes": 10},
+        "stem": {"kind": "overlap", "kernel_size": 7, "padding": 3},
+        "pos_embed": {"kind": "absolute"},
+        "tokens": {"kind": "class", "pos_embed": True},
+        "downsample": {"kind": "pooling_attention", "widen": "ffn"},
+        "head": {"pool": "token"},
+        "stages": [
+            {"depth": 1, "width": 16, "heads": 1, "mixers": [{**pool, "kv_stride": 2}]},
+            {"depth": 2, "width": 32, "heads": 2, "mixers": [{**pool, "kv_stride": 1}]},
+        ],
+    }
+    cfg.update(overrides)
+    return cfg
+
+
+def test_widen_applies_to_attention_transitions_only() -> None:
+    with pytest.raises(
+        ConfigError, match=r"downsample\.widen: applies to the 'pooling_attention' downsampling"
+    ):
+        ArchConfig.from_dict(tiny_mvit_v1(downsample={"kind": "conv", "widen": "ffn"}))
+
+
+def test_mvit_v1_widens_in_the_previous_block_and_carries_the_class_token() -> None:
+    model = build_model(tiny_mvit_v1())
+    first, second = model.stages
+    assert first.blocks[-1].ffn is None  # its FFN opens the next stage's transition
+    transition = second.downsample
+    assert transition.widen.mlp.fc2.out_features == 32 and transition.widen.proj.in_features == 16
+    assert transition.shortcut_proj is None  # v1: the transition keeps the width; max-pooled input
+    assert second.downsample_takes_tokens and isinstance(second.tokens.proj, torch.nn.Identity)
+    mixer = first.blocks[0].mixer
+    assert mixer.pool_q is None and mixer.pool_k is not None  # v1 pools Q only where it is strided
+    assert transition.attention.pool_q is not None
+    x = torch.randn(2, 3, 32, 32)
+    levels = model.forward_intermediates(x, return_prefix_tokens=True, intermediates_only=True)
+    assert [(tuple(m.shape), tuple(t.shape)) for m, t in levels] == [
+        ((2, 16, 8, 8), (2, 1, 16)),
+        ((2, 32, 4, 4), (2, 1, 32)),
+    ]
+    model(x).square().mean().backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_ffn_transition_is_linear_shortcut_plus_mlp_of_one_norm() -> None:
+    model = build_model(tiny_mvit_v1()).eval()
+    widen = model.stages[1].downsample.widen
+    x, tokens = torch.randn(1, 4, 4, 16), torch.randn(1, 1, 16)
+    normed = widen.norm(x)
+    torch.testing.assert_close(widen(x), widen.proj(normed) + widen.mlp(normed))
+    out, out_tokens = widen.forward_with_tokens(x, tokens)
+    torch.testing.assert_close(out, widen(x))
+    torch.testing.assert_close(out_tokens, widen(tokens[:, :, None])[:, :, 0])  # the same per token
+
+
+def test_pooling_attention_keeps_the_class_token_unpooled() -> None:
+    from hvtnas.models.mixers.pooling_attention import PoolingAttention
+
+    mixer = PoolingAttention(8, num_heads=2, map_size=6, kv_stride=2, relative_position=False).eval()
+    x, tokens = torch.randn(1, 6, 6, 8), torch.randn(1, 1, 8)
+    out, out_tokens = mixer.forward_with_tokens(x, tokens)
+    assert out.shape == x.shape and out_tokens.shape == tokens.shape
+    # by hand: the token's q, k, v are normalised with the pooled map's but never convolved
+    q, k, v = rearrange(mixer.qkv(x), "b h w (three n d) -> three b n h w d", three=3, n=2)
+    tq, tk, tv = rearrange(mixer.qkv(tokens), "b t (three n d) -> three b n t d", three=3, n=2)
+    q, tq = mixer.pool_q(q, tq)
+    k, tk = mixer.pool_k(k, tk)
+    v, tv = mixer.pool_v(v, tv)
+    flat = "b n h w d -> b n (h w) d"
+    keys = torch.cat([tk, rearrange(k, flat)], dim=2)  # 1 + 3 x 3 keys
+    values = torch.cat([tv, rearrange(v, flat)], dim=2)
+    queries = torch.cat([tq, rearrange(q, flat)], dim=2)
+    attn = (queries @ keys.transpose(-1, -2) / 2.0).softmax(-1) @ values + queries  # residual pooling
+    expected = mixer.proj(rearrange(attn, "b n l d -> b l (n d)"))
+    torch.testing.assert_close(out_tokens, expected[:, :1])
+    torch.testing.assert_close(out, rearrange(expected[:, 1:], "b (h w) c -> b h w c", h=6))
