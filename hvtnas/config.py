@@ -29,6 +29,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from hvtnas.errors import ConfigError, RegistryError
 from hvtnas.io import atomic_write_text, read_text
+from hvtnas.models.ffn import FFNS
 from hvtnas.models.mixers import MIXERS, MixerParams
 from hvtnas.models.mixers.base import ActivationName as Activation
 from hvtnas.models.tokens import TOKEN_STREAMS, TokenStreamParams
@@ -95,12 +96,19 @@ class StemConfig(_Kinded):
       + act between (convolutional stem of CoAtNet / early-conv ViTs). ``last_norm`` is the norm
       after the last conv: ``true`` (the same as ``norm``), ``false`` (none: ResT) or a norm of
       its own (Shunted: BatchNorm between, LayerNorm at the end); ``last_bias`` gives the last
-      conv a bias.
+      conv a bias;
+    - ``pixel``: TNT's pixel embedding: the image cut into the first stage's patches (4 x its
+      ``inner.patch_size`` pixels a side), each convolved alone (``kernel_size``, default 7,
+      stride 4), plus a learned embedding per pixel position within a patch. It feeds a nested
+      first stage (``stages[0].inner``) with its pixel map;
+    - ``image_to_tokens``: CeiT's I2T: a ``kernel_size`` (default 7) conv with stride 2 and no bias
+      to ``widths[0]`` channels, ``norm`` (BatchNorm in CeiT), a 3x3 max pool with stride 2, then
+      a (patch_size / 4)-square conv with that stride: stage 1 runs at stride ``patch_size`` (16).
     """
 
-    kind: Literal["patch", "overlap", "conv"] = "patch"
+    kind: Literal["patch", "overlap", "conv", "pixel", "image_to_tokens"] = "patch"
     patch_size: PositiveInt = Field(4, le=64)  # patch only: the stem's stride (16 for ViT's 16x16 patches)
-    kernel_size: PositiveInt | None = None  # overlap only (default 7)
+    kernel_size: PositiveInt | None = None  # overlap, pixel and image_to_tokens only (default 7)
     padding: NonNegativeInt | None = None  # overlap only (default kernel_size // 2)
     depth: int = Field(2, ge=2)  # conv only
     hidden_ratio: float = Field(0.5, gt=0)  # conv only: hidden width = ratio * stage-1 width
@@ -110,14 +118,54 @@ class StemConfig(_Kinded):
     kernel_sizes: list[PositiveInt] | None = None  # conv: one per conv (default all 3); patch: cross-scale
     last_norm: bool | NormConfig = True  # conv only: see above
     last_bias: bool = False  # conv only
+    widths: list[PositiveInt] | None = None  # image_to_tokens: [the first conv's channels] (CeiT: 64)
 
     @model_validator(mode="after")
     def _fields_fit_kind(self) -> StemConfig:
-        if self.kind != "overlap" and (self.kernel_size is not None or self.padding is not None):
-            raise PydanticCustomError(
-                "stem_kernel",
-                "kernel_size/padding apply to the 'overlap' stem only (this one is '{kind}')",
-                {"kind": self.kind},
+        if self.kind != "overlap" and self.padding is not None:
+            _fail(
+                ("padding",), self.padding, f"applies to the 'overlap' stem only (this one is '{self.kind}')"
+            )
+        if self.kind not in ("overlap", "pixel", "image_to_tokens") and self.kernel_size is not None:
+            _fail(
+                ("kernel_size",),
+                self.kernel_size,
+                f"applies to the 'overlap', 'pixel' and 'image_to_tokens' stems only "
+                f"(this one is '{self.kind}')",
+            )
+        if (
+            self.kind in ("pixel", "image_to_tokens")
+            and self.kernel_size is not None
+            and self.kernel_size % 2 == 0
+        ):
+            _fail(
+                ("kernel_size",),
+                self.kernel_size,
+                f"the {self.kind} stem's conv needs an odd kernel (padding k // 2)",
+            )
+        if self.kind == "image_to_tokens":
+            if self.norm is None:
+                _fail(
+                    ("norm",),
+                    None,
+                    "the 'image_to_tokens' stem needs a norm after its conv (CeiT: batchnorm)",
+                )
+            if self.widths is None or len(self.widths) != 1:
+                _fail(
+                    ("widths",), self.widths, "the 'image_to_tokens' stem needs one width: its first conv's"
+                )
+            if self.patch_size % 4:
+                _fail(
+                    ("patch_size",),
+                    self.patch_size,
+                    "is the image_to_tokens stem's stride: 4 (conv and pool) times its last conv's, "
+                    "a multiple of 4",
+                )
+        elif self.widths is not None:
+            _fail(
+                ("widths",),
+                self.widths,
+                f"applies to the 'image_to_tokens' stem only (this one is '{self.kind}')",
             )
         if self.kind == "conv" and self.norm is None:
             raise PydanticCustomError("stem_norm", "the 'conv' stem needs a norm (e.g. batchnorm)")
@@ -135,11 +183,11 @@ class StemConfig(_Kinded):
             value = getattr(self, field)
             if self.kind == "conv" and value is not None and len(value) != self.depth:
                 _fail((field,), value, f"needs one entry per conv (depth {self.depth})")
-        if self.kind != "patch" and self.patch_size != 4:
+        if self.kind not in ("patch", "image_to_tokens") and self.patch_size != 4:
             _fail(
                 ("patch_size",),
                 self.patch_size,
-                f"applies to the 'patch' stem only (this one is '{self.kind}')",
+                f"applies to the 'patch' and 'image_to_tokens' stems only (this one is '{self.kind}')",
             )
         if self.kind == "patch" and self.kernel_sizes is not None:
             if self.patch_size != 4:
@@ -156,7 +204,7 @@ class StemConfig(_Kinded):
     @property
     def stride(self) -> int:
         """How much smaller stage 1's map is than the image."""
-        return self.patch_size if self.kind == "patch" else 4
+        return self.patch_size if self.kind in ("patch", "image_to_tokens") else 4
 
     def conv_strides(self) -> list[int]:
         return list(self.strides) if self.strides is not None else [2, 2] + [1] * (self.depth - 2)
@@ -196,11 +244,25 @@ class DownsampleConfig(_Kinded):
     """
 
     kind: Literal["conv", "patch_merging", "pool", "pooling_attention"] = "conv"
+    # pooling_attention only: where the channels widen: in the transition's attention (MViTv2) or
+    # in the MLP of the block before it, the previous stage's last (MViT v1; that block's FFN then
+    # opens the transition and the previous stage's output is taken before it)
+    widen: Literal["attention", "ffn"] = "attention"
     kernel_size: PositiveInt = 2
     kernel_sizes: list[PositiveInt] | None = None
     bias: bool = True
     norm: NormConfig | None = None
     norm_position: Literal["pre", "post"] = "post"
+
+    @model_validator(mode="after")
+    def _widen_needs_attention(self) -> DownsampleConfig:
+        if self.widen != "attention" and self.kind != "pooling_attention":
+            _fail(
+                ("widen",),
+                self.widen,
+                f"applies to the 'pooling_attention' downsampling only (this one is '{self.kind}')",
+            )
+        return self
 
     @model_validator(mode="after")
     def _kernel_sizes_fit(self) -> DownsampleConfig:
@@ -240,10 +302,11 @@ class PosEmbedConfig(_Kinded):
 class FFNConfig(_Kinded):
     """``mlp``: Linear -> act -> Linear; ``mixffn``: Linear -> depthwise 3x3 -> act -> Linear
     (PVTv2 / SegFormer, positional information from the zero padding; with ``dw_residual`` the
-    conv is residual, act(h + dwconv(h)), as in Shunted); ``none``: no FFN sub-block (CoAtNet's
-    MBConv stages)."""
+    conv is residual, act(h + dwconv(h)), as in Shunted); ``leff``: CeiT's locally-enhanced FFN,
+    Linear -> BN -> act -> depthwise 3x3 -> BN -> act -> Linear -> BN (tokens beside the map pass it
+    unchanged); ``none``: no FFN sub-block (CoAtNet's MBConv stages)."""
 
-    kind: Literal["mlp", "mixffn", "none"] = "mlp"
+    kind: Literal["mlp", "mixffn", "leff", "none"] = "mlp"
     act: Activation = "gelu"
     bias: bool = True
     dw_residual: bool = False  # mixffn only
@@ -273,6 +336,60 @@ def _parse_mixer(value: Any) -> Any:
 
 
 MixerSpec = Annotated[SerializeAsAny[MixerParams], BeforeValidator(_parse_mixer)]
+
+
+class InnerConfig(_Strict):
+    """TNT's inner transformer: makes a stage *nested*.
+
+    A nested stage keeps its input map (the stem's for the first stage, else the previous
+    stage's), ``patch_size`` x ``patch_size`` pixels under each token of its own map, which it makes
+    from those pixels by a patch projection (flatten the patch -> norm -> Linear -> norm) instead of
+    the usual downsampling: its stride is its input's times ``patch_size``. Each of its blocks first
+    runs an inner MetaFormer block on the pixels (``width`` channels; ``mixers``, ``heads``,
+    ``mlp_ratio``, ``ffn``, ``norm`` as a stage's), then adds their projection (no bias) to the
+    map, then runs the stage's own block. TNT's attention among the pixels of one patch is the
+    default: window attention with the patch as window, without relative position bias.
+    """
+
+    width: PositiveInt = Field(le=MAX_WIDTH)
+    patch_size: int = Field(4, ge=2, le=16)
+    mixers: list[MixerSpec] = Field(
+        default_factory=lambda: [{"kind": "window", "window_size": 4, "relative_position_bias": False}],
+        min_length=1,
+        validate_default=True,
+    )
+    heads: PositiveInt | None = None
+    mlp_ratio: float = Field(4.0, gt=0, le=64)
+    ffn: FFNConfig = FFNConfig()
+    norm: NormConfig = NormConfig()
+
+    @model_validator(mode="after")
+    def _heads_fit(self) -> InnerConfig:
+        if self.heads is not None and self.width % self.heads:
+            _fail(("heads",), self.heads, f"{self.heads} does not divide width {self.width}")
+        for i, mixer in enumerate(self.mixers):
+            mixer_cls = MIXERS.get(mixer.kind)
+            if mixer_cls.uses_heads and self.heads is None:
+                _fail(("heads",), None, f"mixer '{mixer.kind}' needs 'heads'")
+            if mixer_cls.uses_map_size or mixer.kind == "pooling_attention":
+                # the pixel map's size differs from the stage's; these mixers are sized by the stage
+                _fail(("mixers", i), mixer.kind, "cannot be an inner mixer (it is sized by the stage's map)")
+            if self.heads is not None and self.heads % mixer_cls.heads_multiple:
+                _fail(
+                    ("heads",),
+                    self.heads,
+                    f"mixer '{mixer.kind}' needs a multiple of {mixer_cls.heads_multiple}",
+                )
+        if self.ffn.kind == "none":
+            _fail(("ffn", "kind"), "none", "the inner block needs an FFN (TNT's inner MLP)")
+        return self
+
+    @property
+    def num_heads(self) -> int | None:
+        return self.heads
+
+    def mixer_for_block(self, index: int) -> MixerParams:
+        return self.mixers[index % len(self.mixers)]
 
 
 def _parse_tokens(value: Any) -> Any:
@@ -313,6 +430,7 @@ class StageConfig(_Strict):
     out_norm: bool = False  # a norm on the stage output (PVT): the pyramid level is normalised
     # pre: x + f(norm(x)) (most models); post: x + norm(f(x)), Swin V2's residual post-norm
     norm_position: Literal["pre", "post"] = "pre"
+    inner: InnerConfig | None = None  # a nested stage (TNT): see InnerConfig
 
     @field_validator("head_dim")
     @classmethod
@@ -376,10 +494,13 @@ class HeadConfig(_Strict):
     """Classifier: norm (before or after global average pooling) -> [MLP] -> Linear.
 
     ``pool``: ``avg`` averages the last map; ``token`` reads the class token beside it instead
-    (``tokens: {kind: class}``; timm's ``global_pool='token'``: ViT/DeiT, CvT, PVT v1).
+    (``tokens: {kind: class}``; timm's ``global_pool='token'``: ViT/DeiT, CvT, PVT v1);
+    ``layer_attention`` is CeiT's layer-wise class-token attention: the class token after each of
+    the last stage's blocks, plus a learned embedding per block, and one transformer block (the
+    last stage's heads, ``mlp_ratio`` and norm eps) in which the last of them attends over all.
     """
 
-    pool: Literal["avg", "token"] = "avg"
+    pool: Literal["avg", "token", "layer_attention"] = "avg"
     norm: NormConfig | None = NormConfig()
     norm_position: Literal["pre_pool", "post_pool"] = "pre_pool"
     mlp_ratio: float | None = Field(None, gt=0)  # MetaFormer baselines' MLP head (ratio 4)
@@ -481,6 +602,43 @@ class ArchConfig(_Strict):
         return self
 
     @model_validator(mode="after")
+    def _nested_stages_fit(self) -> ArchConfig:
+        first = self.stages[0].inner
+        if self.stem.kind == "pixel" and first is None:
+            _fail(
+                ("stem", "kind"),
+                "pixel",
+                "the pixel stem feeds a nested first stage (TNT): give stages[0] an 'inner' transformer",
+            )
+        for i, stage in enumerate(self.stages[1:], start=1):
+            if stage.inner is None:
+                continue
+            if stage.inner.width != self.stages[i - 1].width:
+                _fail(
+                    ("stages", i, "inner", "width"),
+                    stage.inner.width,
+                    f"a nested stage's pixels are the previous stage's map: width {self.stages[i - 1].width}",
+                )
+            if self.downsample.kind == "pooling_attention":
+                _fail(
+                    ("stages", i, "inner"),
+                    "inner",
+                    "a nested stage makes its map by patch projection; it cannot also open with "
+                    "downsample 'pooling_attention'",
+                )
+        return self
+
+    def stage_strides(self) -> list[int]:
+        """Each stage's stride: the stem's, doubled by every downsampling (4, 8, 16, 32 for a
+        pyramid; 16 for an isotropic ViT's one stage), or multiplied by a nested stage's
+        ``inner.patch_size`` instead (TNT: 4 x 4)."""
+        strides, stride = [], self.stem.stride
+        for i, stage in enumerate(self.stages):
+            stride *= stage.inner.patch_size if stage.inner is not None else (2 if i else 1)
+            strides.append(stride)
+        return strides
+
+    @model_validator(mode="after")
     def _cross_scale_widths(self) -> ArchConfig:
         # every conv of a cross-scale embedding needs at least one channel, and they must add up
         embeds = [("stem", self.stem.kernel_sizes if self.stem.kind == "patch" else None, 0)]
@@ -538,10 +696,10 @@ class ArchConfig(_Strict):
     def _tokens_fit(self) -> ArchConfig:
         tokens = self.tokens
         if tokens is None:
-            if self.head.pool == "token":
+            if self.head.pool != "avg":
                 _fail(
                     ("head", "pool"),
-                    "token",
+                    self.head.pool,
                     "reads the class token, but the model has no tokens "
                     "(add tokens: {kind: class, from_stage: ...})",
                 )
@@ -561,12 +719,13 @@ class ArchConfig(_Strict):
                     stage.norm.kind,
                     "a stage that carries tokens normalises each token alone: its norm must be 'layernorm'",
                 )
-            if stage.ffn.kind not in ("mlp", "none"):
+            if stage.ffn.kind != "none" and not FFNS[stage.ffn.kind].takes_tokens:
+                known = ", ".join(k for k, cls in FFNS.items() if cls.takes_tokens)
                 _fail(
                     ("stages", i, "ffn", "kind"),
                     stage.ffn.kind,
                     "the tokens beside the map have no neighbours for its convolution: a stage that "
-                    "carries tokens needs the 'mlp' FFN (or 'none')",
+                    f"carries tokens needs an FFN with a rule for them ({known}, or 'none')",
                 )
         attending = [
             m.kind for i in carrying for m in self.stages[i].mixers if MIXERS.get(m.kind).attends_tokens
@@ -590,10 +749,23 @@ class ArchConfig(_Strict):
                         f"the tokens' position-embedding entries need an absolute position embedding "
                         f"at stage {i} (pos_embed: {{kind: absolute{', per_stage: true' if i else ''}}})",
                     )
-        if self.head.pool == "token" and not TOKEN_STREAMS.get(tokens.kind).readable_by_head:
+        if self.head.pool != "avg" and not TOKEN_STREAMS.get(tokens.kind).readable_by_head:
             _fail(
-                ("head", "pool"), "token", f"the classifier reads a class token, not '{tokens.kind}' tokens"
+                ("head", "pool"),
+                self.head.pool,
+                f"the classifier reads a class token, not '{tokens.kind}' tokens",
             )
+        if self.head.pool == "layer_attention":
+            if self.head.mlp_ratio is not None:
+                _fail(
+                    ("head", "mlp_ratio"), self.head.mlp_ratio, "the layer attention has no MLP head after it"
+                )
+            if self.stages[-1].num_heads is None:
+                _fail(
+                    ("stages", len(self.stages) - 1, "heads"),
+                    None,
+                    "head.pool 'layer_attention' attends with the last stage's heads: give it heads",
+                )
         return self
 
     @model_validator(mode="after")
@@ -634,11 +806,6 @@ class ArchConfig(_Strict):
         except ValidationError as err:
             raise ConfigError(format_validation_error(err, source, lines), source) from None
 
-    def stage_strides(self) -> list[int]:
-        """Each stage's stride: the stem's, doubled by every downsampling (4, 8, 16, 32 for a
-        pyramid; 16 for an isotropic ViT's one stage)."""
-        return [self.stem.stride * 2**i for i in range(len(self.stages))]
-
     def to_dict(self) -> dict[str, Any]:
         """Every field, defaults included, so an exported config builds the same model even if
         hvtnas's defaults change later."""
@@ -657,6 +824,11 @@ def estimated_params(cfg: ArchConfig) -> float:
     total = 0.0
     for stage in cfg.stages:
         total += stage.depth * (4 + 2 * stage.mlp_ratio) * stage.width**2
+        if stage.inner is not None:  # the inner block and the projection of its patch
+            inner = stage.inner
+            total += stage.depth * (
+                (4 + 2 * inner.mlp_ratio) * inner.width**2 + inner.patch_size**2 * inner.width * stage.width
+            )
     if cfg.co_scale is not None:
         last = cfg.stages[-1]
         total += cfg.co_scale.depth * cfg.co_scale.scales * (4 + 2 * last.mlp_ratio) * last.width**2

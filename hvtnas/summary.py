@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from hvtnas.config import ArchConfig
+from hvtnas.config import ArchConfig, InnerConfig, StageConfig
 from hvtnas.models.build import ModelSpec, build_model
 from hvtnas.models.metaformer import MetaFormer
 
@@ -20,9 +20,15 @@ def count_params(module: nn.Module) -> int:
 
 def describe(cfg: ArchConfig) -> str:
     """One line: stem, positional encoding and, per stage, depth x width and its mixers, e.g.
-    ``patch stem, none PE: 2x96 window+shifted_window | 2x192 window+shifted_window | ...``."""
+    ``patch stem, none PE: 2x96 window+shifted_window | 2x192 window+shifted_window | ...``; a
+    nested stage adds its inner blocks' width and mixers (``12x384 attention in 24 window``)."""
+
+    def mixers(stage: StageConfig | InnerConfig) -> str:
+        return "+".join(dict.fromkeys(m.kind for m in stage.mixers))
+
     stages = " | ".join(
-        f"{s.depth}x{s.width} " + "+".join(dict.fromkeys(m.kind for m in s.mixers)) for s in cfg.stages
+        f"{s.depth}x{s.width} {mixers(s)}" + (f" in {s.inner.width} {mixers(s.inner)}" if s.inner else "")
+        for s in cfg.stages
     )
     return f"{cfg.stem.kind} stem, {cfg.pos_embed.kind} PE: {stages}"
 

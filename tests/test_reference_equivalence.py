@@ -1,7 +1,7 @@
 """The generated zoo models compute the same function as timm's implementations.
 
 timm's randomly initialised weights are loaded into the generated model (the state-dict mapping of
-``benchmarks/_reference.py``) and both see the same input: logits and the four pyramid levels must
+``benchmarks/_reference.py``) and both see the same input: logits and every pyramid level must
 agree to float32 tolerance. Equal parameter counts could hide a swapped norm, a wrong shift mask or
 a transposed relative-position table; equal outputs cannot.
 
@@ -33,10 +33,12 @@ pytestmark = pytest.mark.skipif(timm is None, reason=SKIP_REASON)
 # input size; the others are checked at a smaller size, which exercises the same code at a fraction
 # of the CPU time.
 SMALL_RESOLUTION = 64
-# ViT/DeiT and MLP-Mixer in timm take their fixed 224 (14 x 14 patches) only
-NEEDS_NATIVE = {"swin_t", "swin_s", "twins_svt_s", "mvitv2_t", "deit_s", "mixer_b16", "coat_lite_s", "coat_s"}
+# ViT/DeiT, MLP-Mixer and TNT in timm take their fixed 224 (14 x 14 patches) only
+NEEDS_NATIVE = {
+    "swin_t", "swin_s", "twins_svt_s", "mvitv2_t", "deit_s", "mixer_b16", "coat_lite_s", "coat_s", "tnt_s"
+}
 # one stage at stride 16: timm's forward_intermediates lists every block; the stage's map is the last
-ISOTROPIC = {"deit_s", "mixer_b16"}
+ISOTROPIC = {"deit_s", "mixer_b16", "tnt_s"}
 # timm's PoolFormer applies the head's GroupNorm after pooling, the official code (which hvtnas
 # follows) before it: the trunk is compared, the logits differ by design.
 LOGITS_DIFFER_BY_DESIGN = {"poolformer_s12"}
@@ -52,7 +54,7 @@ def test_generated_model_matches_timm(name: str) -> None:
         pyramid = model.forward_intermediates(x, intermediates_only=True)
         indices = 1 if name in ISOTROPIC else None
         ref_pyramid = reference.forward_intermediates(x, indices=indices, intermediates_only=True)
-        assert len(pyramid) == len(ref_pyramid) == len(model.arch_config.stages)
+        assert len(pyramid) == len(ref_pyramid) == len(model.stages)
         for level, (ours, theirs) in enumerate(zip(pyramid, ref_pyramid, strict=True), start=1):
             # float32 round-off scales with the map: CoaT's unnormalised levels reach values of
             # thousands (a few units in the last place there are 1e-3)

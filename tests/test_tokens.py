@@ -255,6 +255,7 @@ def test_the_mixers_that_attend_to_tokens() -> None:
         "conv_projection",
         "factorized",
         "pooled_reduction",
+        "pooling_attention",
         "spatial_reduction",
     ]
 
@@ -263,6 +264,8 @@ def test_the_mixers_that_attend_to_tokens() -> None:
 def test_every_attending_mixer_mixes_tokens_and_map_both_ways(kind: str) -> None:
     cls = MIXERS.get(kind)
     kwargs = cls.Params(kind=kind).model_dump(exclude={"kind"})
+    if cls.uses_map_size:
+        kwargs["map_size"] = 9
     mixer = cls(16, num_heads=2, **kwargs).double().eval()
     x = torch.randn(1, 9, 11, 16, dtype=torch.float64, requires_grad=True)
     tokens = torch.randn(1, 3, 16, dtype=torch.float64, requires_grad=True)

@@ -58,6 +58,16 @@ OFFICIAL_PARAMS = {
     # timm 1.0.31 mixer_b16_224 (the port of google-research/vision_transformer's Mixer-B/16); same
     # logits with its weights loaded
     "mixer_b16": 59_880_472,
+    # huawei-noah/Efficient-AI-Backbones tnt_pytorch/tnt.py tnt_s_patch16_224, its trainable parameters
+    # (it also stores an unused frozen `outer_tokens`, 75,264 values, which timm's loader drops);
+    # timm 1.0.31 tnt_s_patch16_224 builds the same; with its weights hvtnas's tnt_s gives its logits
+    "tnt_s": 23_768_584,
+    # coeusguo/ceit ceit_model.py ceit_small_patch16_224 (the authors' code); with its weights
+    # loaded hvtnas's ceit_s gives its logits (max difference 7e-7, checked locally)
+    "ceit_s": 24_204_840,
+    # facebookresearch/SlowFast MViT with configs/ImageNet/MVIT_B_16_CONV.yaml; with its weights
+    # loaded hvtnas's mvit_b gives its logits (max difference 1.4e-6, checked locally)
+    "mvit_b": 36_982_600,
 }
 
 # Models whose official code builds modules its forward never calls: official count and the

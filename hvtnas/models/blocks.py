@@ -55,7 +55,7 @@ class MetaFormerBlock(nn.Module):
             self.ffn = None
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
-    def _branch(self, f: nn.Module, norm: nn.Module, x: Tensor) -> Tensor:
+    def _branch(self, f: Callable[[Tensor], Tensor], norm: nn.Module, x: Tensor) -> Tensor:
         return norm(f(x)) if self.post_norm else f(norm(x))
 
     def _add(
@@ -120,7 +120,7 @@ class MetaFormerBlock(nn.Module):
             token_factor = factor.flatten(1, 2) if factor is not None else None
             tokens = self._add(
                 tokens,
-                self._branch(self.ffn, self.norm2, tokens),
+                self._branch(self.ffn.forward_tokens, self.norm2, tokens),
                 self.res_scale2,
                 self.layer_scale2,
                 token_factor,
@@ -133,8 +133,11 @@ class Stage(nn.Module):
 
     ``tokens`` (a ``hvtnas.models.tokens`` stream module, None for none) gives the tokens this
     stage carries beside its map, made after the downsampling; PEG and the output norm act on the
-    map only. ``forward(x, tokens)`` returns ``(map, tokens)``; the tokens are None in a stage
-    without a stream (a previous stage's tokens end there).
+    map only; a downsampling that is a block of its own (MViT's transition) carries the previous
+    stage's tokens (``downsample_takes_tokens``). ``forward(x, tokens)`` returns ``(map, tokens)``;
+    the tokens are None in a stage without a stream (a previous stage's tokens end there). With
+    ``token_history`` (set by the builder for CeiT's layer-wise class-token attention) the stage
+    returns instead the first token after each of its blocks, ``(B, depth, C)``.
 
     With ``peg_before_each_block`` the PEG acts before every block instead, the same weights each
     time (CoaT's convolutional position encoding).
@@ -149,9 +152,12 @@ class Stage(nn.Module):
         out_norm: nn.Module | None = None,
         peg_before_each_block: bool = False,
         tokens: nn.Module | None = None,
+        downsample_takes_tokens: bool = False,
     ) -> None:
         super().__init__()
         self.downsample = downsample if downsample is not None else nn.Identity()
+        # the downsampling is a block that carries the previous stage's tokens (MViT's transition)
+        self.downsample_takes_tokens = downsample_takes_tokens
         self.pos_embed = pos_embed if pos_embed is not None else nn.Identity()
         self.tokens = tokens
         self.blocks = nn.ModuleList(blocks)
@@ -159,11 +165,17 @@ class Stage(nn.Module):
         self.peg_before_each_block = peg_before_each_block
         self.out_norm = out_norm if out_norm is not None else nn.Identity()
         self.grad_checkpointing = False  # MetaFormer.set_grad_checkpointing
+        self.token_history = False
 
     def forward(self, x: Tensor, tokens: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
-        x = self.pos_embed(self.downsample(x))
+        if tokens is not None and self.tokens is not None and self.downsample_takes_tokens:
+            x, tokens = self.downsample.forward_with_tokens(x, tokens)  # MViT's transition block
+            x = self.pos_embed(x)
+        else:
+            x = self.pos_embed(self.downsample(x))
         tokens = self.tokens(x, tokens) if self.tokens is not None else None
         checkpoint = self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting()
+        history = []
         for i, block in enumerate(self.blocks):
             if self.peg_before_each_block and self.peg is not None:
                 x = self.peg(x)
@@ -182,15 +194,59 @@ class Stage(nn.Module):
                 x, tokens = block.forward_with_tokens(x, tokens)
             if i == 0 and self.peg is not None and not self.peg_before_each_block:
                 x = self.peg(x)
+            if self.token_history and tokens is not None:
+                history.append(tokens[:, 0])  # (B, C): the class token after this block
+        if history:
+            tokens = torch.stack(history, dim=1)  # (B, depth, C)
         return self.out_norm(x), tokens
 
 
-class AttentionDownsample(nn.Module):
-    """MViTv2's stage-transition block, used as a stage's downsampling: the first block of the stage,
-    whose attention halves the map (Q stride 2) and widens the channels.
+def _drop_pair(drop_path: nn.Module, x: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
+    """Drop path on a map branch ``(B, H, W, C)`` and its tokens' ``(B, T, C)`` with one draw per
+    sample for both (they are one sequence in the models that carry tokens)."""
+    factor = drop_path.sample_factor(x) if isinstance(drop_path, DropPath) else None
+    if factor is None:
+        return x, tokens
+    return x * factor, tokens * factor.flatten(1, 2)  # (B, 1, 1, 1) and (B, 1, 1)
 
-    ``x = maxpool(proj(norm1(x))) + drop(attn(norm1(x)))`` (3x3 max pool, stride 2; ``proj`` a
-    Linear when the width changes), then the usual ``x + drop(ffn(norm2(x)))``.
+
+class FFNTransition(nn.Module):
+    """MViT v1's widening: the FFN sub-block of the last block before a transition, whose MLP
+    widens the channels, with a Linear shortcut from the same norm:
+    ``x = proj(norm(x)) + drop(mlp(norm(x)))`` (same map size; C_in -> C_out). Without ``proj``
+    (the width stays) it is the plain ``x + drop(mlp(norm(x)))``."""
+
+    def __init__(
+        self, norm: nn.Module, mlp: nn.Module, proj: nn.Linear | None, drop_path: float = 0.0
+    ) -> None:
+        super().__init__()
+        self.norm = norm
+        self.mlp = mlp
+        self.proj = proj
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, H, W, C_in) -> (B, H, W, C_out)
+        normed = self.norm(x)
+        return self._shortcut(x, normed) + self.drop_path(self.mlp(normed))
+
+    def forward_with_tokens(self, x: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
+        normed, normed_tokens = self.norm(x), self.norm(tokens)
+        mlp, mlp_tokens = _drop_pair(self.drop_path, self.mlp(normed), self.mlp(normed_tokens))
+        return self._shortcut(x, normed) + mlp, self._shortcut(tokens, normed_tokens) + mlp_tokens
+
+    def _shortcut(self, x: Tensor, normed: Tensor) -> Tensor:
+        return self.proj(normed) if self.proj is not None else x
+
+
+class AttentionDownsample(nn.Module):
+    """MViT's stage-transition block, used as a stage's downsampling: the first block of the stage,
+    whose attention halves the map (Q stride 2).
+
+    MViTv2 widens the channels inside it: ``x = maxpool(proj(norm1(x))) + drop(attn(norm1(x)))``
+    (3x3 max pool, stride 2; ``proj`` a Linear to the new width), then the usual
+    ``x + drop(ffn(norm2(x)))``. MViT v1 widens before it (``widen``, an ``FFNTransition``: the
+    previous block's MLP), and its shortcut is the max-pooled input itself. Tokens beside the map
+    (MViT's class token) go through all of it but the max pool.
     """
 
     def __init__(
@@ -202,21 +258,44 @@ class AttentionDownsample(nn.Module):
         norm1: nn.Module,
         norm2: nn.Module,
         drop_path: float = 0.0,
+        widen: FFNTransition | None = None,
     ) -> None:
         super().__init__()
+        self.widen = widen
         self.norm1 = norm1
-        self.shortcut_proj = nn.Linear(in_dim, out_dim) if in_dim != out_dim else nn.Identity()
+        self.shortcut_proj = nn.Linear(in_dim, out_dim) if in_dim != out_dim else None
         self.shortcut_pool = nn.MaxPool2d(3, stride=2, padding=1)
         self.attention = attention
         self.norm2 = norm2
         self.ffn = ffn
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
+    def _shortcut(self, x: Tensor, normed: Tensor) -> Tensor:
+        """The projected norm where the width changes here (MViTv2), else the input itself."""
+        return self.shortcut_proj(normed) if self.shortcut_proj is not None else x
+
     def forward(self, x: Tensor) -> Tensor:  # (B, H, W, C_in) -> (B, H/2, W/2, C_out)
+        if self.widen is not None:
+            x = self.widen(x)
         normed = self.norm1(x)
-        shortcut = nchw_to_nhwc(self.shortcut_pool(nhwc_to_nchw(self.shortcut_proj(normed))))
+        shortcut = nchw_to_nhwc(self.shortcut_pool(nhwc_to_nchw(self._shortcut(x, normed))))
         x = shortcut + self.drop_path(self.attention(normed))
         return x + self.drop_path(self.ffn(self.norm2(x)))
+
+    def forward_with_tokens(self, x: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
+        """The same on the map and the ``(B, T, C)`` tokens beside it (one drop-path draw per sample)."""
+        if self.widen is not None:
+            x, tokens = self.widen.forward_with_tokens(x, tokens)
+        normed, normed_tokens = self.norm1(x), self.norm1(tokens)
+        mixed, mixed_tokens = _drop_pair(
+            self.drop_path, *self.attention.forward_with_tokens(normed, normed_tokens)
+        )
+        shortcut = nchw_to_nhwc(self.shortcut_pool(nhwc_to_nchw(self._shortcut(x, normed))))
+        x, tokens = shortcut + mixed, self._shortcut(tokens, normed_tokens) + mixed_tokens
+        ffn, ffn_tokens = _drop_pair(
+            self.drop_path, self.ffn(self.norm2(x)), self.ffn.forward_tokens(self.norm2(tokens))
+        )
+        return x + ffn, tokens + ffn_tokens
 
 
 class CoScaleBlock(nn.Module):
@@ -301,3 +380,58 @@ class CoScaleGroup(nn.Module):
             maps = [x if peg is None else peg(x) for x, peg in zip(maps, pegs, strict=True)]
             maps, tokens = block(maps, tokens)
         return maps, tokens
+
+
+class NestedBlock(nn.Module):
+    """TNT's block: a transformer inside a transformer.
+
+    The inner block (a ``MetaFormerBlock`` on the fine map the stage carries, ``patch_size`` x
+    ``patch_size`` pixels per token of the map; TNT's attention among the pixels of one patch is
+    window attention with the patch as window) runs first; its pixels are projected onto the map
+    and added (``PatchProjection``, no bias); then the outer block runs on the map and the tokens
+    beside it (TNT's class token takes no pixel update: it has no pixels).
+    """
+
+    def __init__(self, inner: MetaFormerBlock, fuse: nn.Module, outer: MetaFormerBlock) -> None:
+        super().__init__()
+        self.inner = inner
+        self.fuse = fuse
+        self.outer = outer
+
+    def forward(
+        self, pixels: Tensor, x: Tensor, tokens: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor | None]:  # (B, h*p, w*p, c), (B, h, w, C), (B, T, C)
+        pixels = self.inner(pixels)
+        x = x + self.fuse(pixels)
+        if tokens is None:
+            return pixels, self.outer(x), None
+        x, tokens = self.outer.forward_with_tokens(x, tokens)
+        return pixels, x, tokens
+
+
+class NestedStage(Stage):
+    """A stage whose blocks are ``NestedBlock``s: it keeps its input map (the pixels; the stem's
+    map for the first stage) beside its own, which ``downsample`` (a ``PatchProjection`` with bias)
+    makes from those pixels. The pixels end with the stage: the pyramid level and the next stage
+    see its map only."""
+
+    def forward(self, x: Tensor, tokens: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        pixels = x  # (B, h*p, w*p, c)
+        x = self.pos_embed(self.downsample(pixels))  # (B, h, w, C)
+        tokens = self.tokens(x, tokens) if self.tokens is not None else None
+        checkpoint = self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting()
+        history = []
+        for i, block in enumerate(self.blocks):
+            if checkpoint:  # only the block's inputs are kept; its inside is recomputed in backward
+                pixels, x, tokens = torch.utils.checkpoint.checkpoint(
+                    block, pixels, x, tokens, use_reentrant=False
+                )
+            else:
+                pixels, x, tokens = block(pixels, x, tokens)
+            if i == 0 and self.peg is not None:
+                x = self.peg(x)
+            if self.token_history and tokens is not None:
+                history.append(tokens[:, 0])  # (B, C): the class token after this block
+        if history:
+            tokens = torch.stack(history, dim=1)  # (B, depth, C)
+        return self.out_norm(x), tokens

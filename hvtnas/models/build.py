@@ -16,29 +16,42 @@ from torch import nn
 from hvtnas.config import (
     ArchConfig,
     DownsampleConfig,
+    InnerConfig,
     NormConfig,
     StageConfig,
     StemConfig,
     cross_scale_widths,
 )
 from hvtnas.errors import HvtnasError
-from hvtnas.models.blocks import AttentionDownsample, CoScaleBlock, CoScaleGroup, MetaFormerBlock, Stage
+from hvtnas.models.blocks import (
+    AttentionDownsample,
+    CoScaleBlock,
+    CoScaleGroup,
+    FFNTransition,
+    MetaFormerBlock,
+    NestedBlock,
+    NestedStage,
+    Stage,
+)
 from hvtnas.models.embed import (
     PEG,
     AbsolutePosEmbed,
     ConvDownsample,
     ConvStem,
     CrossScaleConv,
+    ImageToTokensStem,
     OverlapStem,
     PatchMerging,
+    PatchProjection,
     PatchStem,
     PixelAttention,
+    PixelStem,
     PoolDownsample,
     SinusoidalPosEmbed,
 )
-from hvtnas.models.ffn import FFNS
+from hvtnas.models.ffn import FFNS, Mlp
 from hvtnas.models.layers import make_act, make_norm
-from hvtnas.models.metaformer import ClassifierHead, FeaturePyramid, MetaFormer
+from hvtnas.models.metaformer import ClassifierHead, FeaturePyramid, LayerClassAttention, MetaFormer
 from hvtnas.models.mixers import MIXERS, MixerParams, TokenMixer
 from hvtnas.models.mixers.pooling_attention import PoolingAttention
 from hvtnas.models.tokens import build_token_streams
@@ -72,7 +85,15 @@ def _optional_norm(cfg: NormConfig | None, dim: int) -> nn.Module | None:
     return make_norm(cfg.kind, dim, cfg.eps, cfg.bias) if cfg is not None else None
 
 
-def build_stem(cfg: StemConfig, in_channels: int, dim: int) -> nn.Module:
+def build_stem(cfg: StemConfig, in_channels: int, dim: int, patch_size: int = 16) -> nn.Module:
+    """The stem; ``patch_size`` is the patch of the pixel stem (4 x the nested first stage's)."""
+    if cfg.kind == "pixel":
+        return PixelStem(in_channels, dim, patch_size, cfg.kernel_size or 7)
+    if cfg.kind == "image_to_tokens":
+        assert cfg.norm is not None and cfg.widths is not None  # the config requires them
+        hidden = cfg.widths[0]
+        norm = make_norm(cfg.norm.kind, hidden, cfg.norm.eps, cfg.norm.bias)
+        return ImageToTokensStem(in_channels, dim, hidden, cfg.kernel_size or 7, cfg.patch_size // 4, norm)
     if cfg.kind == "patch":
         cross_scale = None
         if cfg.kernel_sizes is not None:
@@ -122,7 +143,7 @@ def _init_weights(module: nn.Module) -> None:
             nn.init.zeros_(module.bias)
 
 
-def _mixer_kwargs(params: MixerParams, scfg: StageConfig, map_size: int) -> dict[str, Any]:
+def _mixer_kwargs(params: MixerParams, scfg: StageConfig | InnerConfig, map_size: int) -> dict[str, Any]:
     """Constructor arguments of a mixer: its parameters, plus what it declares it needs."""
     mixer_cls = MIXERS.get(params.kind)
     kwargs = params.model_dump(exclude={"kind"})
@@ -172,12 +193,64 @@ def _co_scale_group(
     return CoScaleGroup(blocks)
 
 
-def _ffn(scfg: StageConfig) -> nn.Module | None:
+def _ffn(scfg: StageConfig | InnerConfig) -> nn.Module | None:
     if scfg.ffn.kind == "none":
         return None
     hidden = int(scfg.width * scfg.mlp_ratio)
     extra = {"dw_residual": True} if scfg.ffn.dw_residual else {}
     return FFNS[scfg.ffn.kind](scfg.width, hidden, act=scfg.ffn.act, bias=scfg.ffn.bias, **extra)
+
+
+def _patch_projection(scfg: StageConfig, bias: bool) -> PatchProjection:
+    """TNT's projection of a nested stage's pixels onto its map: flatten a patch -> norm -> Linear -> norm."""
+    inner = scfg.inner
+    assert inner is not None
+    p = inner.patch_size
+    norm_in = make_norm(inner.norm.kind, p * p * inner.width, inner.norm.eps, inner.norm.bias)
+    norm_out = make_norm(scfg.norm.kind, scfg.width, scfg.norm.eps, scfg.norm.bias)
+    return PatchProjection(inner.width, scfg.width, p, bias, norm_in, norm_out)
+
+
+def _inner_block(inner: InnerConfig, index: int, map_size: int, drop_path: float) -> MetaFormerBlock:
+    """The inner (pixel) block of a nested stage's ``index``-th block, on a ``map_size`` pixel map."""
+    params = inner.mixer_for_block(index)
+    mixer = MIXERS.get(params.kind)(inner.width, **_mixer_kwargs(params, inner, map_size))
+    norm = _norm_factory(inner.norm)
+    return MetaFormerBlock(
+        inner.width, mixer, _ffn(inner), norm=functools.partial(norm, inner.width), drop_path=drop_path
+    )
+
+
+def _attention_downsample(cfg: ArchConfig, i: int, drop_rates: list[float]) -> AttentionDownsample:
+    """MViT: stage ``i``'s first block is its downsampling (Q stride 2 in its pooling attention),
+    reading the previous stage's map. Pre-norm, no layer/residual scale, as MViT's. MViTv2 widens
+    the channels in its attention; MViT v1 (``widen: ffn``) before it, in the previous stage's last
+    block's MLP, which the transition therefore starts with."""
+    scfg, previous = cfg.stages[i], cfg.stages[i - 1]
+    dim, in_dim = scfg.width, previous.width
+    first = sum(s.depth for s in cfg.stages[:i])  # the index of this block over the whole model
+    norm_factory = _norm_factory(scfg.norm)
+    widen = None
+    if cfg.downsample.widen == "ffn":
+        hidden = int(in_dim * previous.mlp_ratio)
+        mlp = Mlp(in_dim, hidden, act=previous.ffn.act, bias=previous.ffn.bias, out_dim=dim)
+        proj = nn.Linear(in_dim, dim) if in_dim != dim else None
+        widen = FFNTransition(_norm_factory(previous.norm)(in_dim), mlp, proj, drop_rates[first - 1])
+        in_dim = dim
+    strides = cfg.stage_strides()
+    previous_map = -(-cfg.input.resolution // strides[i - 1])
+    params = scfg.mixer_for_block(0)
+    attention = PoolingAttention(in_dim, dim_out=dim, q_stride=2, **_mixer_kwargs(params, scfg, previous_map))
+    return AttentionDownsample(
+        in_dim,
+        dim,
+        attention,
+        _ffn(scfg),
+        norm1=norm_factory(in_dim),
+        norm2=norm_factory(dim),
+        drop_path=drop_rates[first],
+        widen=widen,
+    )
 
 
 def build_model(
@@ -210,62 +283,61 @@ def build_model(
     co_scale_depth = cfg.co_scale.depth if cfg.co_scale is not None else 0
     drop_rates = torch.linspace(0, cfg.drop_path_rate, sum(depths) + co_scale_depth, device="cpu").tolist()
     stem_size = -(-cfg.input.resolution // cfg.stem.stride)  # ceil: the patch stem pads
+    strides = cfg.stage_strides()
 
-    token_streams = build_token_streams(cfg.tokens, widths)
+    attention_transitions = cfg.downsample.kind == "pooling_attention"
+    # MViT v1: the last block of every stage but the last ends in the next stage's transition
+    widen_in_ffn = attention_transitions and cfg.downsample.widen == "ffn"
+    token_streams = build_token_streams(cfg.tokens, widths, carried_by_downsample=attention_transitions)
     stages = []
     stage_shared: list[dict[str, nn.Module | None]] = []
     for i, scfg in enumerate(cfg.stages):
         dim = scfg.width
-        map_size = -(-stem_size // 2**i)  # the stage's map side at the configured resolution
+        map_size = -(-cfg.input.resolution // strides[i])  # the stage's map side at the configured resolution
         norm_factory = _norm_factory(scfg.norm)
         downsample = build_downsample(cfg.downsample, widths[i - 1], dim) if i > 0 else None
         first_block = 0
-        if i > 0 and cfg.downsample.kind == "pooling_attention":
-            # MViTv2: the stage's first block is the downsampling (Q stride 2 in its attention); it
-            # reads the previous stage's map. Pre-norm, no layer/residual scale, as MViTv2's.
-            params = scfg.mixer_for_block(0)
-            previous_map = -(-stem_size // 2 ** (i - 1))
-            attention = PoolingAttention(
-                widths[i - 1], dim_out=dim, q_stride=2, **_mixer_kwargs(params, scfg, previous_map)
-            )
-            downsample = AttentionDownsample(
-                widths[i - 1],
-                dim,
-                attention,
-                _ffn(scfg),
-                norm1=norm_factory(widths[i - 1]),
-                norm2=norm_factory(dim),
-                drop_path=drop_rates[sum(depths[:i])],
-            )
+        if i > 0 and attention_transitions:
+            downsample = _attention_downsample(cfg, i, drop_rates)
             first_block = 1
+        if scfg.inner is not None:  # TNT: the stage's map is projected from the pixels it keeps
+            downsample = _patch_projection(scfg, bias=True)
         blocks = []
         shared: dict[str, nn.Module | None] = {}  # per mixer parameters: what the stage's mixers share
         stage_shared.append(shared)
         for j in range(first_block, scfg.depth):
-            blocks.append(
-                MetaFormerBlock(
-                    dim,
-                    _stage_mixer(scfg.mixer_for_block(j), scfg, map_size, shared),
-                    _ffn(scfg),
-                    norm=functools.partial(norm_factory, dim),
-                    drop_path=drop_rates[sum(depths[:i]) + j],
-                    layer_scale=scfg.layer_scale,
-                    res_scale=scfg.res_scale,
-                    post_norm=scfg.norm_position == "post",
-                )
+            ends_in_transition = widen_in_ffn and i < len(cfg.stages) - 1 and j == scfg.depth - 1
+            block = MetaFormerBlock(
+                dim,
+                _stage_mixer(scfg.mixer_for_block(j), scfg, map_size, shared),
+                None if ends_in_transition else _ffn(scfg),  # MViT v1: its FFN widens, in the transition
+                norm=functools.partial(norm_factory, dim),
+                drop_path=drop_rates[sum(depths[:i]) + j],
+                layer_scale=scfg.layer_scale,
+                res_scale=scfg.res_scale,
+                post_norm=scfg.norm_position == "post",
             )
+            if scfg.inner is not None:
+                pixel_map = map_size * scfg.inner.patch_size
+                block = NestedBlock(
+                    _inner_block(scfg.inner, j, pixel_map, drop_rates[sum(depths[:i]) + j]),
+                    _patch_projection(scfg, bias=False),
+                    block,
+                )
+            blocks.append(block)
         pos_embed = None
         pe = cfg.pos_embed
         if pe.kind in ("absolute", "sinusoidal", "pixel_attention") and (i == 0 or pe.per_stage):
             if pe.kind == "absolute":
-                size = max(1, stem_size // 2**i)
+                size = max(1, stem_size // (strides[i] // cfg.stem.stride))
                 pos_embed = AbsolutePosEmbed(dim, (size, size))
             elif pe.kind == "pixel_attention":
                 pos_embed = PixelAttention(dim, pe.kernel_size)
             else:
                 pos_embed = SinusoidalPosEmbed(dim)
+        stage_cls = NestedStage if scfg.inner is not None else Stage
         stages.append(
-            Stage(
+            stage_cls(
                 blocks,
                 downsample=downsample,
                 pos_embed=pos_embed,
@@ -275,6 +347,7 @@ def build_model(
                 if scfg.out_norm
                 else None,
                 tokens=token_streams[i],
+                downsample_takes_tokens=i > 0 and attention_transitions,
             )
         )
     co_scale = None
@@ -284,6 +357,15 @@ def build_model(
         co_scale = _co_scale_group(cfg, fused, stem_size, stage_shared, drop_rates[sum(depths) :])
         scale_norms = [_optional_norm(cfg.head.norm, widths[i]) or nn.Identity() for i in fused][:-1]
     head_cfg = cfg.head
+    layer_attention = None
+    if head_cfg.pool == "layer_attention":  # CeiT's LCA reads the class token after every last-stage block
+        last = cfg.stages[-1]
+        stages[-1].token_history = True
+        qkv_bias = getattr(last.mixer_for_block(last.depth - 1), "qkv_bias", True)
+        assert last.num_heads is not None  # the config requires it
+        layer_attention = LayerClassAttention(
+            last.width, last.depth, last.num_heads, last.mlp_ratio, qkv_bias, last.norm.eps
+        )
     head = ClassifierHead(
         widths[-1],
         cfg.input.num_classes,
@@ -294,9 +376,12 @@ def build_model(
         dropout=head_cfg.dropout,
         pool=head_cfg.pool,
         scale_norms=scale_norms,
+        layer_attention=layer_attention,
     )
-    stem = build_stem(cfg.stem, cfg.input.channels, widths[0])
-    model = MetaFormer(stem, stages, head, widths, cfg.stage_strides(), co_scale=co_scale)
+    first = cfg.stages[0].inner
+    stem_width = first.width if first is not None else widths[0]  # a nested first stage's pixels
+    stem = build_stem(cfg.stem, cfg.input.channels, stem_width, 4 * (first.patch_size if first else 4))
+    model = MetaFormer(stem, stages, head, widths, strides, co_scale=co_scale)
     if init_weights:
         for module in model.modules():
             _init_weights(module)

@@ -1,4 +1,5 @@
-"""Stems (image -> stride-4 map), downsampling between stages, and positional encodings.
+"""Stems (image -> stride-4 map), downsampling between stages (and TNT's patch projection into a
+nested stage), and positional encodings.
 
 All modules here return channels-last maps ``(B, H, W, C)``; stems take NCHW images.
 """
@@ -125,6 +126,57 @@ class ConvStem(nn.Module):
         return x  # (B, H/4, W/4, C)
 
 
+class ImageToTokensStem(nn.Module):
+    """CeiT's image-to-tokens stem: a k x k conv with stride 2 (no bias) -> norm -> 3x3 max pool
+    with stride 2 (low-level features at stride 4) -> a p x p conv with stride p (the patch
+    embedding on those features): stage 1 at stride 4p."""
+
+    def __init__(
+        self, in_channels: int, dim: int, hidden: int, kernel_size: int, patch: int, norm: nn.Module
+    ) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(
+            in_channels, hidden, kernel_size, stride=2, padding=kernel_size // 2, bias=False
+        )
+        self.norm = norm
+        self.pool = nn.MaxPool2d(3, stride=2, padding=1)
+        self.proj = nn.Conv2d(hidden, dim, patch, stride=patch)
+        self.patch = patch
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, C_in, H, W) -> (B, H/4p, W/4p, C)
+        x = self.pool(nhwc_to_nchw(self.norm(nchw_to_nhwc(self.conv(x)))))
+        x = nchw_to_nhwc(x)
+        if x.shape[1] % self.patch or x.shape[2] % self.patch:  # as the patch stem: pad, drop nothing
+            x = pad_to_multiple(x, self.patch)
+        return nchw_to_nhwc(self.proj(nhwc_to_nchw(x)))
+
+
+class PixelStem(nn.Module):
+    """TNT's pixel embedding: the image is cut into ``patch_size`` squares and each is convolved on
+    its own (``kernel_size``, stride 4, zero padding at the square's border: no pixel sees another
+    patch), plus a learned embedding per pixel position inside a patch, the same in every patch.
+
+    Returns the stride-4 pixel map ``(B, H/4, W/4, C)`` that a nested stage (``NestedStage``)
+    carries as its inner map; inputs not divisible by the patch are zero-padded.
+    """
+
+    def __init__(self, in_channels: int, dim: int, patch_size: int, kernel_size: int = 7) -> None:
+        super().__init__()
+        self.patch_size = patch_size
+        self.proj = nn.Conv2d(in_channels, dim, kernel_size, stride=4, padding=kernel_size // 2)
+        pixels = -(-patch_size // 4)  # pixels per patch side
+        self.pos_embed = nn.Parameter(torch.zeros(1, dim, pixels, pixels))  # NCHW, as the conv's output
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, C_in, H, W) -> (B, H/4, W/4, C)
+        p = self.patch_size
+        x = nhwc_to_nchw(pad_to_multiple(nchw_to_nhwc(x), p))
+        h = x.shape[-2] // p
+        patches = rearrange(x, "b c (h ph) (w pw) -> (b h w) c ph pw", ph=p, pw=p)  # each patch alone
+        pixels = self.proj(patches) + self.pos_embed.to(x.dtype)  # (B*h*w, C, p/4, p/4)
+        return rearrange(pixels, "(b h w) c qh qw -> b (h qh) (w qw) c", h=h, w=x.shape[-1] // p)
+
+
 # ----------------------------------------------------------------------------- downsampling
 class ConvDownsample(nn.Module):
     """k x k conv with stride 2 and padding (k-1)//2, with an optional pre- or post-norm.
@@ -198,6 +250,34 @@ class PatchMerging(nn.Module):
         # Swin's channel order [x(0,0), x(1,0), x(0,1), x(1,1)]: the row offset varies fastest
         x = rearrange(x, "b (h dh) (w dw) c -> b h w (dw dh c)", dh=2, dw=2)
         return self.post_norm(self.reduction(self.norm(x)))
+
+
+class PatchProjection(nn.Module):
+    """TNT's projection of a fine map onto a coarse one: each coarse token from the ``patch_size`` x
+    ``patch_size`` fine pixels under it, flattened (pixel row, pixel column, channel) -> norm ->
+    Linear -> norm. It makes a nested stage's map from its input (with a bias) and, in every
+    nested block, the update the inner block adds to the map (without). Fine maps not divisible by
+    the patch are zero-padded at the bottom/right."""
+
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        patch_size: int,
+        bias: bool,
+        norm_in: nn.Module | None,
+        norm_out: nn.Module | None,
+    ) -> None:
+        super().__init__()
+        self.patch_size = patch_size
+        self.norm_in = norm_in if norm_in is not None else nn.Identity()
+        self.proj = nn.Linear(patch_size * patch_size * in_dim, out_dim, bias=bias)
+        self.norm_out = norm_out if norm_out is not None else nn.Identity()
+
+    def forward(self, pixels: Tensor) -> Tensor:  # (B, h*p, w*p, c) -> (B, h, w, C)
+        p = self.patch_size
+        x = rearrange(pad_to_multiple(pixels, p), "b (h ph) (w pw) c -> b h w (ph pw c)", ph=p, pw=p)
+        return self.norm_out(self.proj(self.norm_in(x)))
 
 
 # ----------------------------------------------------------------------------- positional encodings

@@ -13,11 +13,47 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
+from einops import rearrange
 from torch import Tensor, nn
 
 from hvtnas.errors import HvtnasError
 from hvtnas.models.blocks import CoScaleGroup, Stage
+from hvtnas.models.ffn import Mlp
 from hvtnas.models.layers import make_act, nchw_to_nhwc, nhwc_to_nchw
+
+
+class LayerClassAttention(nn.Module):
+    """CeiT's layer-wise class-token attention (LCA): the class token after each of the last
+    stage's ``layers`` blocks, plus a learned embedding per layer, and one pre-norm transformer
+    block in which only the last of them is a query (attention over all of them, then an MLP, both
+    residual). Returns that token ``(B, C)``."""
+
+    def __init__(
+        self, dim: int, layers: int, num_heads: int, mlp_ratio: float, qkv_bias: bool, eps: float
+    ) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.pos_embed = nn.Parameter(torch.zeros(1, layers, dim))  # zeros, as CeiT's
+        self.norm1 = nn.LayerNorm(dim, eps=eps)
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self.norm2 = nn.LayerNorm(dim, eps=eps)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+
+    def forward(self, history: Tensor) -> Tensor:  # (B, L, C) -> (B, C)
+        x = history + self.pos_embed.to(history.dtype)
+        normed = self.norm1(x)
+        dim = x.shape[-1]
+        weight, bias = self.qkv.weight, self.qkv.bias
+        # one query, the last layer's: only its rows of the query projection are computed
+        q = F.linear(normed[:, -1:], weight[:dim], bias[:dim] if bias is not None else None)  # (B, 1, C)
+        kv = F.linear(normed, weight[dim:], bias[dim:] if bias is not None else None)  # (B, L, 2C)
+        q = rearrange(q, "b 1 (n d) -> b n 1 d", n=self.num_heads)
+        k, v = rearrange(kv, "b l (two n d) -> two b n l d", two=2, n=self.num_heads)
+        out = F.scaled_dot_product_attention(q, k, v)  # (B, heads, 1, d)
+        x = x[:, -1] + self.proj(rearrange(out, "b n 1 d -> b (n d)"))
+        return x + self.mlp(self.norm2(x))
 
 
 class ClassifierHead(nn.Module):
@@ -39,10 +75,12 @@ class ClassifierHead(nn.Module):
         dropout: float = 0.0,
         pool: str = "avg",
         scale_norms: list[nn.Module] | None = None,
+        layer_attention: LayerClassAttention | None = None,
     ) -> None:
         super().__init__()
         self.norm_position = norm_position
         self.pool = pool
+        self.layer_attention = layer_attention  # pool 'layer_attention' (CeiT's LCA)
         self.dim, self.mlp_ratio, self.act = dim, mlp_ratio, act
         self.norm = norm if norm is not None else nn.Identity()
         # CoaT: the earlier scales' norms, and the learned weighting of the scales' pooled features
@@ -105,6 +143,13 @@ class ClassifierHead(nn.Module):
                     "model.forward_head(feats, tokens=tokens)), or call model(x)"
                 )
             return norm(tokens[:, 0])  # (B, C): one token, so pre- and post-pool norms agree
+        if self.pool == "layer_attention":
+            if tokens is None or self.layer_attention is None:
+                raise HvtnasError(
+                    "this model classifies from its class tokens of every layer: give forward_head the "
+                    "tokens (model.forward_features(x, return_tokens=True)), or call model(x)"
+                )
+            return norm(self.layer_attention(tokens))  # tokens: (B, depth, C), one per block
         if self.norm_position == "pre_pool":
             return norm(x).mean(dim=(1, 2))
         return norm(x.mean(dim=(1, 2)))

@@ -74,6 +74,15 @@ def scale_architecture(
         for mixer in stage["mixers"]:
             if isinstance(mixer, dict) and "sr_ratio" in mixer:
                 mixer["sr_ratio"] = max(1, round(mixer["sr_ratio"] * resolution_ratio))
+    for i, (stage, original) in enumerate(zip(data["stages"], cfg.stages, strict=True)):
+        if original.inner is not None:  # a nested stage's pixels: as wide as the map they come from
+            inner = stage["inner"]
+            if i > 0:
+                inner["width"] = data["stages"][i - 1]["width"]
+            else:
+                inner["width"] = _round_width(original.inner.width * width_mult, min(width_multiple, 4))
+            if original.inner.heads is not None:
+                inner["heads"] = _heads_for(inner["width"], original.inner.heads)
     data["name"] = name or f"{cfg.name}_w{width_mult:.3g}_d{depth_mult:.3g}"
     return ArchConfig.model_validate(data)
 

@@ -124,9 +124,13 @@ TOKEN_STREAMS.register("class", ClassTokens)
 TOKEN_STREAMS.register("global", GlobalTokens)
 
 
-def build_token_streams(params: TokenStreamParams | None, widths: list[int]) -> list[nn.Module | None]:
+def build_token_streams(
+    params: TokenStreamParams | None, widths: list[int], carried_by_downsample: bool = False
+) -> list[nn.Module | None]:
     """One module per stage (None where the stage has no tokens): the stream's own module where the
-    tokens are made (and at every later stage with ``each_stage: new``), ``CarriedTokens`` after."""
+    tokens are made (and at every later stage with ``each_stage: new``), ``CarriedTokens`` after.
+    ``carried_by_downsample``: the downsampling is a block that takes the tokens to the new width
+    itself (MViT's transition), so they arrive at the stage's width."""
     streams: list[nn.Module | None] = [None] * len(widths)
     if params is None:
         return streams
@@ -136,5 +140,5 @@ def build_token_streams(params: TokenStreamParams | None, widths: list[int]) -> 
         if i == params.from_stage or params.each_stage == "new":
             streams[i] = cls(widths[i], **kwargs)
         else:
-            streams[i] = CarriedTokens(widths[i - 1], widths[i])
+            streams[i] = CarriedTokens(widths[i] if carried_by_downsample else widths[i - 1], widths[i])
     return streams

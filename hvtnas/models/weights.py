@@ -14,6 +14,9 @@ model is taken, so the caller does not say where a file came from.
 | ``timm-mvit`` | timm's MViTv2 | mvitv2_t |
 | ``timm-vit`` | timm's VisionTransformer (DeiT) and MlpMixer | deit_s, mixer_b16 |
 | ``timm-coat`` | timm's CoaT and CoaT-Lite (mlpc-ucsd/CoaT's names) | coat_lite_s, coat_s |
+| ``timm-tnt`` | timm's TNT (huawei-noah/Efficient-AI-Backbones, renamed by timm) | tnt_s |
+| ``official-ceit`` | coeusguo/ceit (the CeiT authors' code) | ceit_s |
+| ``official-mvit`` | facebookresearch/SlowFast MViT v1 (2-D patches, image models) | mvit_b |
 | ``official-swin(v2)`` | microsoft/Swin-Transformer (V1, V2) | swin_t, swin_s (swinv2_t) |
 | ``official-pvt_v2`` | whai362/PVT | pvt_v2_* |
 | ``official-pvt`` | whai362/PVT (v1) | pvt_tiny |
@@ -22,7 +25,10 @@ model is taken, so the caller does not say where a file came from.
 | ``official-metaformer`` | sail-sg/metaformer | convformer_s18, caformer_s18 |
 
 Computed buffers (relative position indices, attention masks) are dropped; a 1x1 convolution's
-weight becomes a linear's (hvtnas's channels-last layers) by a reshape.
+weight becomes a linear's (hvtnas's channels-last layers) by a reshape. A layout that is more than
+a renaming (separate query-key and value projections joined into one, a class token's entry split
+off a sequence's position embedding) has a ``STATE_TRANSFORMS`` entry that reshapes the file's
+tensors first.
 """
 
 from __future__ import annotations
@@ -57,6 +63,7 @@ TIMM_NAMES = {
     "mixer_b16": "mixer_b16_224",
     "coat_lite_s": "coat_lite_small",
     "coat_s": "coat_small",
+    "tnt_s": "tnt_s_patch16_224",
 }
 
 # computed from the geometry, not learned: never loaded
@@ -247,6 +254,134 @@ def _official_metaformer_to_timm(key: str, poolformer_v1: bool) -> str:
     return re.sub(r"^norm\.", "head.norm.", key)
 
 
+def _split_class_pos(state: dict[str, Tensor], key: str) -> dict[str, Tensor]:
+    """A sequence model's position embedding ``(1, 1 + H*W, C)`` (class token first) split into the
+    class token's entry (``cls_pos``) and the map's ``(1, H, W, C)`` (under ``key`` again)."""
+    pos = state.get(key)
+    if pos is None or pos.dim() != 3 or math.isqrt(pos.shape[1] - 1) ** 2 != pos.shape[1] - 1:
+        return state
+    side = math.isqrt(pos.shape[1] - 1)
+    return {**state, "cls_pos": pos[:, :1], key: pos[:, 1:].reshape(1, side, side, -1)}
+
+
+def _tnt_state(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """timm's TNT: query-key and value projections joined into one ``qkv`` (rows q, k, v, as
+    hvtnas's attention reads them); the class token's entry split off the position embedding."""
+    out = dict(state)
+    for key in [k for k in state if k.endswith(".qk.weight")]:
+        stem = key.removesuffix(".qk.weight")
+        if f"{stem}.v.weight" in out:
+            out[f"{stem}.qkv.weight"] = torch.cat([out.pop(key), out.pop(f"{stem}.v.weight")])
+    return _split_class_pos(out, "patch_pos")
+
+
+def _mvit_v1_state(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """facebookresearch/SlowFast's MViT v1 (one flat list of blocks) in hvtnas's stages.
+
+    The stages are read off the file: a block whose attention pools its queries (``pool_q``) opens a
+    stage and is its downsampling (``AttentionDownsample``); the block before it ends the previous
+    stage with its attention, while its widening MLP (``mlp``, ``proj``, ``norm2``) opens the
+    transition (``downsample.widen``). Position embedding: the class token's entry split off."""
+    if "cls_token" not in state or not any(k.startswith("blocks.") for k in state):
+        return state
+    blocks = sorted({int(k.split(".")[1]) for k in state if k.startswith("blocks.")})
+    opens = [b for b in blocks if f"blocks.{b}.attn.pool_q.weight" in state]
+    starts = [0, *opens]
+
+    def place(k: int) -> tuple[int, int]:  # (stage, index of the block in it)
+        stage = sum(1 for s in starts[1:] if s <= k)
+        return stage, k - starts[stage]
+
+    out: dict[str, Tensor] = {}
+    for key, value in _split_class_pos(state, "pos_embed").items():
+        new = {
+            "cls_token": "stages.0.tokens.tokens",
+            "cls_pos": "stages.0.tokens.pos_embed",
+            "pos_embed": "stages.0.pos_embed.pos_embed",
+        }.get(key, key)
+        if m := re.match(r"blocks\.(\d+)\.(\w+)\.(.*)", key):
+            k, part, rest = int(m.group(1)), m.group(2), m.group(3)
+            stage, j = place(k)
+            if part == "attn":  # pool_q / norm_q -> pool_q.conv / pool_q.norm
+                rest = re.sub(r"^pool_([qkv])\.", r"pool_\1.conv.", rest)
+                rest = re.sub(r"^norm_([qkv])\.", r"pool_\1.norm.", rest)
+            if stage > 0 and j == 0:  # the transition block
+                part = {"attn": "attention", "mlp": "ffn"}.get(part, part)
+                new = f"stages.{stage}.downsample.{part}.{rest}"
+            elif k + 1 in opens and part in ("norm2", "mlp", "proj"):  # its widening MLP
+                widen = {"norm2": "norm", "mlp": "mlp", "proj": "proj"}[part]
+                new = f"stages.{stage + 1}.downsample.widen.{widen}.{rest}"
+            else:
+                part = {"attn": "mixer", "mlp": "ffn"}.get(part, part)
+                new = f"stages.{stage}.blocks.{j - (stage > 0)}.{part}.{rest}"
+        new = new.replace("patch_embed.proj.", "stem.proj.").replace("head.projection.", "head.fc.")
+        out[re.sub(r"^norm\.", "head.norm.", new)] = value
+    return out
+
+
+def _ceit_key(key: str) -> str:
+    """coeusguo/ceit: I2T stem, one stage of LeFF blocks, the layer-wise class-token attention (lca)."""
+    fixed = {
+        "cls_token": "stages.0.tokens.tokens",
+        "cls_pos": "stages.0.tokens.pos_embed",
+        "pos_embed": "stages.0.pos_embed.pos_embed",
+        "pos_layer_embed": "head.layer_attention.pos_embed",
+    }
+    if key in fixed:
+        return fixed[key]
+    key = key.replace("i2t.backbone.conv.", "stem.conv.").replace("i2t.backbone.bn.", "stem.norm.")
+    key = key.replace("i2t.proj.", "stem.proj.")
+    if m := re.match(r"blocks\.(\d+)\.(.*)", key):
+        j, rest = m.groups()
+        rest = (
+            rest.replace("attn.", "mixer.")
+            .replace("leff.conv1.", "ffn.fc1.")
+            .replace("leff.conv2.", "ffn.dwconv.")
+        )
+        rest = rest.replace("leff.conv3.", "ffn.fc2.").replace("leff.bn", "ffn.norm")
+        return f"stages.0.blocks.{j}.{rest}"
+    key = key.replace("lca.attn.", "head.layer_attention.").replace(
+        "lca.feedforward.", "head.layer_attention.mlp."
+    )
+    key = key.replace("lca.", "head.layer_attention.")
+    key = re.sub(r"^norm\.", "head.norm.", key)
+    return re.sub(r"^head\.(weight|bias)$", r"head.fc.\1", key)
+
+
+def _tnt_key(key: str) -> str:
+    """timm's TNT: one nested stage; each block an inner (pixel) block, a projection, an outer block."""
+    fixed = {
+        "pixel_pos": "stem.pos_embed",
+        "cls_token": "stages.0.tokens.tokens",
+        "cls_pos": "stages.0.tokens.pos_embed",
+        "patch_pos": "stages.0.pos_embed.pos_embed",
+    }
+    if key in fixed:
+        return fixed[key]
+    key = key.replace("pixel_embed.proj.", "stem.proj.")
+    key = re.sub(r"^norm1_proj\.", "stages.0.downsample.norm_in.", key)
+    key = re.sub(r"^proj\.", "stages.0.downsample.proj.", key)
+    key = re.sub(r"^norm2_proj\.", "stages.0.downsample.norm_out.", key)
+    if m := re.match(r"blocks\.(\d+)\.(\w+)\.(.*)", key):
+        j, part, rest = m.groups()
+        part = {
+            "norm_in": "inner.norm1",
+            "attn_in": "inner.mixer",
+            "norm_mlp_in": "inner.norm2",
+            "mlp_in": "inner.ffn",
+            "norm1_proj": "fuse.norm_in",
+            "proj": "fuse.proj",
+            "norm2_proj": "fuse.norm_out",
+            "norm_out": "outer.norm1",
+            "attn_out": "outer.mixer",
+            "norm_mlp": "outer.norm2",
+            "mlp": "outer.ffn",
+        }.get(part, part)
+        return f"stages.0.blocks.{j}.{part}.{rest}"
+    key = re.sub(r"^norm\.", "head.norm.", key)
+    return re.sub(r"^head\.(weight|bias)$", r"head.fc.\1", key)
+
+
 def _identity(key: str) -> str:
     return key
 
@@ -260,6 +395,9 @@ LAYOUTS: dict[str, Callable[[str], str]] = {
     "timm-mvit": _mvit_key,
     "timm-vit": _vit_key,
     "timm-coat": _coat_key,
+    "timm-tnt": _tnt_key,
+    "official-ceit": _ceit_key,
+    "official-mvit": _identity,  # renamed by its STATE_TRANSFORMS entry, which needs the whole file
     "official-swin": lambda k: _swin_key(_official_swin_to_timm(k)),
     "official-swinv2": lambda k: _swinv2_key(_official_swin_to_timm(k)),
     "official-pvt_v2": lambda k: _timm_key(_official_pvt_v2_to_timm(k)),
@@ -270,10 +408,13 @@ LAYOUTS: dict[str, Callable[[str], str]] = {
 }
 
 
-# state-dict changes a layout needs before its keys are renamed (one tensor that is two in hvtnas)
-PREPARE: dict[str, Callable[[dict[str, Tensor]], dict[str, Tensor]]] = {
+# layouts whose tensors are joined or split before the renaming (see the module's docstring)
+STATE_TRANSFORMS: dict[str, Callable[[dict[str, Tensor]], dict[str, Tensor]]] = {
     "timm-vit": _split_pos_embeds,
     "official-pvt": _split_pos_embeds,
+    "timm-tnt": _tnt_state,
+    "official-ceit": lambda state: _split_class_pos(state, "pos_embed"),
+    "official-mvit": _mvit_v1_state,
 }
 
 
@@ -334,7 +475,8 @@ class _Fit:
         self.mapped: dict[str, Tensor] = {}
         self.renamed: dict[str, str] = {}  # new key -> key in the file
         rename = LAYOUTS[layout]
-        source = PREPARE.get(layout, lambda state: state)(source)
+        if layout in STATE_TRANSFORMS:
+            source = STATE_TRANSFORMS[layout](source)
         for key, value in source.items():
             if any(c in key for c in _COMPUTED):
                 continue

@@ -1,5 +1,6 @@
-"""MViTv2's pooling attention: Q, K, V pooled by depthwise convs, decomposed relative position bias,
-residual pooling connection (Li et al., "MViTv2: Improved Multiscale Vision Transformers", CVPR 2022)."""
+"""MViT's pooling attention: Q, K, V pooled by depthwise convs (Fan et al., "Multiscale Vision
+Transformers", ICCV 2021), with MViTv2's decomposed relative position bias and residual pooling
+connection (Li et al., "MViTv2: Improved Multiscale Vision Transformers", CVPR 2022)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ class PoolingAttentionParams(AttentionParams):
     kernel_size: PositiveInt = 3  # of the pooling convs
     residual_pooling: bool = True  # add the pooled Q to the attention output
     relative_position: bool = True  # decomposed (height + width) relative position terms
+    # MViTv2 pools Q in every block (stride 1 but at transitions); MViT v1 only where it is strided
+    query_pooling: bool = True
 
 
 class _Pool(nn.Module):
@@ -38,10 +41,13 @@ class _Pool(nn.Module):
         )
         self.norm = nn.LayerNorm(head_dim, eps=1e-6)  # MViTv2's norm eps
 
-    def forward(self, x: Tensor) -> Tensor:  # (B, n, H, W, d) -> (B, n, h, w, d)
+    def forward(self, x: Tensor, tokens: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """(B, n, H, W, d) -> (B, n, h, w, d); the tokens beside the map ``(B, n, T, d)`` are not
+        pooled (they have no place in it) but normalised with it, as MViT's class token."""
         B = x.shape[0]
         x = self.conv(rearrange(x, "b n h w d -> (b n) d h w"))
-        return self.norm(rearrange(x, "(b n) d h w -> b n h w d", b=B))
+        x = self.norm(rearrange(x, "(b n) d h w -> b n h w d", b=B))
+        return x, (self.norm(tokens) if tokens is not None else None)
 
 
 class PoolingAttention(TokenMixer):
@@ -59,7 +65,8 @@ class PoolingAttention(TokenMixer):
     Params: ClassVar[type[MixerParams]] = PoolingAttentionParams
     uses_heads = True
     uses_map_size = True
-    paper = "MViTv2 (Li et al., CVPR 2022)"
+    attends_tokens = True
+    paper = "MViT (Fan et al., ICCV 2021); MViTv2 (Li et al., CVPR 2022)"
     complexity = "O(N² C / s²), K/V stride s"
 
     def __init__(
@@ -73,6 +80,7 @@ class PoolingAttention(TokenMixer):
         relative_position: bool = True,
         qkv_bias: bool = True,
         proj_bias: bool = True,
+        query_pooling: bool = True,
         dim_out: int | None = None,
         q_stride: int = 1,
     ) -> None:
@@ -84,7 +92,9 @@ class PoolingAttention(TokenMixer):
         self.proj = nn.Linear(dim_out, dim_out, bias=proj_bias)
         # MViTv2 pools whenever kernel or stride is above 1
         pooled = kernel_size > 1
-        self.pool_q = _Pool(head_dim, kernel_size, q_stride) if pooled or q_stride > 1 else None
+        self.pool_q = (
+            _Pool(head_dim, kernel_size, q_stride) if (pooled and query_pooling) or q_stride > 1 else None
+        )
         self.pool_k = _Pool(head_dim, kernel_size, kv_stride) if pooled or kv_stride > 1 else None
         self.pool_v = _Pool(head_dim, kernel_size, kv_stride) if pooled or kv_stride > 1 else None
         self.residual_pooling = residual_pooling
@@ -131,17 +141,37 @@ class PoolingAttention(TokenMixer):
         return rearrange(terms, "b n qh qw kh kw -> b n (qh qw) (kh kw)")
 
     def forward(self, x: Tensor) -> Tensor:  # (B, H, W, C) -> (B, H / q_stride, W / q_stride, C_out)
-        q, k, v = rearrange(self.qkv(x), "b h w (three n d) -> three b n h w d", three=3, n=self.num_heads)
-        q = self.pool_q(q) if self.pool_q is not None else q
-        k = self.pool_k(k) if self.pool_k is not None else k
-        v = self.pool_v(v) if self.pool_v is not None else v
-        qh = q.shape[2]
-        mask = None if self.rel_pos_h is None else self._position_terms(q, k.shape[2:4]).to(q.dtype)
-        tokens = "b n h w d -> b n (h w) d"
-        q_tokens = rearrange(q, tokens)
-        out = F.scaled_dot_product_attention(
-            q_tokens, rearrange(k, tokens), rearrange(v, tokens), attn_mask=mask
+        return self._attend(x, None)[0]
+
+    def forward_with_tokens(self, x: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
+        """MViT's class token: a query and key like the pixels, never pooled (see ``_Pool``)."""
+        out, out_tokens = self._attend(x, tokens)
+        assert out_tokens is not None
+        return out, out_tokens
+
+    def _attend(self, x: Tensor, tokens: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        qkv = rearrange(self.qkv(x), "b h w (three n d) -> three b n h w d", three=3, n=self.num_heads)
+        tq = tk = tv = None
+        if tokens is not None:
+            tq, tk, tv = rearrange(
+                self.qkv(tokens), "b t (three n d) -> three b n t d", three=3, n=self.num_heads
+            )
+        (q, tq), (k, tk), (v, tv) = (
+            pool(m, t) if pool is not None else (m, t)
+            for pool, m, t in zip((self.pool_q, self.pool_k, self.pool_v), qkv, (tq, tk, tv), strict=True)
         )
+        qh, T = q.shape[2], 0 if tokens is None else tokens.shape[1]
+        mask = None
+        if self.rel_pos_h is not None:
+            mask = self._position_terms(q, k.shape[2:4]).to(q.dtype)
+            if T:  # no position terms to or from the tokens: zero rows and columns for them
+                mask = F.pad(mask, (T, 0, T, 0))
+        flat = "b n h w d -> b n (h w) d"
+        q, k, v = (rearrange(t, flat) for t in (q, k, v))
+        if T:  # [tokens; pixels], tokens first as in MViT
+            q, k, v = (torch.cat([t, m], dim=2) for t, m in ((tq, q), (tk, k), (tv, v)))
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         if self.residual_pooling:
-            out = out + q_tokens
-        return self.proj(rearrange(out, "b n (h w) d -> b h w (n d)", h=qh))
+            out = out + q
+        out = self.proj(rearrange(out, "b n l d -> b l (n d)"))  # (B, T + h*w, C_out)
+        return rearrange(out[:, T:], "b (h w) c -> b h w c", h=qh), (out[:, :T] if T else None)

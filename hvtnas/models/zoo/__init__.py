@@ -78,6 +78,20 @@ PUBLISHED: dict[str, Published] = {
     # params and top-1: mlpc-ucsd/CoaT README.md; GFLOPs: the paper (arXiv 2104.06399), Table 2
     "coat_lite_s": Published(20, 4.0, 81.9, "mlpc-ucsd/CoaT; GFLOPs: paper, arXiv 2104.06399"),
     "coat_s": Published(22, 12.6, 82.1, "mlpc-ucsd/CoaT; GFLOPs: paper, arXiv 2104.06399"),
+    # huawei-noah/Efficient-AI-Backbones tnt_pytorch/readme.md (23.8M, 5.2 G, 81.5)
+    "tnt_s": Published(23.8, 5.2, 81.5, "huawei-noah/Efficient-AI-Backbones (tnt_pytorch)"),
+    # coeusguo/ceit README (the authors' code; 24.2M, 82.0) and the paper, arXiv 2103.11816 (4.5 G)
+    "ceit_s": Published(
+        24.2,
+        4.5,
+        82.0,
+        "coeusguo/ceit (the CeiT authors' code)",
+        gmacs_deviation="fvcore counts the official code at 4.79 G, as hvtnas does; without the "
+        "attention products (Q K^T, A V) it is 4.43 G, so the paper's 4.5 G likely leaves them out",
+    ),
+    # MViT v1 B-16 for images: facebookresearch/SlowFast configs/ImageNet/MVIT_B_16_CONV.yaml;
+    # 37M, 7.8 G from the paper (arXiv 2104.11227), 82.9 from SlowFast's MODEL_ZOO.md
+    "mvit_b": Published(37.0, 7.8, 82.9, "facebookresearch/SlowFast (MVIT_B_16_CONV)"),
     # the SegFormer paper and README give no ImageNet figures for the encoder alone
     "mit_b0": Published(3.3, None, None, "NVlabs/SegFormer (encoder, counted on mix_transformer.py)"),
 }
