@@ -35,7 +35,15 @@ pytestmark = pytest.mark.skipif(timm is None, reason=SKIP_REASON)
 SMALL_RESOLUTION = 64
 # ViT/DeiT, MLP-Mixer and TNT in timm take their fixed 224 (14 x 14 patches) only
 NEEDS_NATIVE = {
-    "swin_t", "swin_s", "twins_svt_s", "mvitv2_t", "deit_s", "mixer_b16", "coat_lite_s", "coat_s", "tnt_s"
+    "swin_t",
+    "swin_s",
+    "twins_svt_s",
+    "mvitv2_t",
+    "deit_s",
+    "mixer_b16",
+    "coat_lite_s",
+    "coat_s",
+    "tnt_s",
 }
 # one stage at stride 16: timm's forward_intermediates lists every block; the stage's map is the last
 ISOTROPIC = {"deit_s", "mixer_b16", "tnt_s"}
