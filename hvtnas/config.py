@@ -92,7 +92,8 @@ class StemConfig(_Kinded):
       + act between (convolutional stem of CoAtNet / early-conv ViTs). ``last_norm`` is the norm
       after the last conv: ``true`` (the same as ``norm``), ``false`` (none: ResT) or a norm of
       its own (Shunted: BatchNorm between, LayerNorm at the end); ``last_bias`` gives the last
-      conv a bias.
+      conv a bias, ``bias`` every conv; ``widths`` are the output channels of the convs before
+      the last (default: ``hidden_ratio`` x stage-1 width each; Shuffle Transformer: 32, 96).
     """
 
     kind: Literal["patch", "overlap", "conv"] = "patch"
@@ -106,6 +107,8 @@ class StemConfig(_Kinded):
     kernel_sizes: list[PositiveInt] | None = None  # conv: one per conv (default all 3); patch: cross-scale
     last_norm: bool | NormConfig = True  # conv only: see above
     last_bias: bool = False  # conv only
+    bias: bool = False  # conv only: every conv has a bias
+    widths: list[PositiveInt] | None = None  # conv only: depth - 1 widths, replaces hidden_ratio
 
     @model_validator(mode="after")
     def _fields_fit_kind(self) -> StemConfig:
@@ -122,6 +125,8 @@ class StemConfig(_Kinded):
             "kernel_sizes": self.kernel_sizes is not None and self.kind != "patch",
             "last_norm": self.last_norm is not True,
             "last_bias": self.last_bias,
+            "bias": self.bias,
+            "widths": self.widths is not None,
         }
         if self.kind != "conv" and any(conv_only.values()):
             field = next(name for name, used in conv_only.items() if used)
@@ -131,6 +136,8 @@ class StemConfig(_Kinded):
             value = getattr(self, field)
             if self.kind == "conv" and value is not None and len(value) != self.depth:
                 _fail((field,), value, f"needs one entry per conv (depth {self.depth})")
+        if self.kind == "conv" and self.widths is not None and len(self.widths) != self.depth - 1:
+            _fail(("widths",), self.widths, f"needs one width per conv before the last (depth {self.depth})")
         if self.kind == "patch" and self.kernel_sizes is not None:
             _check_cross_scale(self.kernel_sizes, stride=4)
         if self.strides is not None and math.prod(self.strides) != 4:
@@ -142,6 +149,12 @@ class StemConfig(_Kinded):
 
     def conv_kernel_sizes(self) -> list[int]:
         return list(self.kernel_sizes) if self.kernel_sizes is not None else [3] * self.depth
+
+    def conv_widths(self, dim: int) -> list[int]:
+        """Output channels of every conv, the last one ``dim`` (stage 1's width)."""
+        if self.widths is not None:
+            return [*self.widths, dim]
+        return [max(1, int(self.hidden_ratio * dim))] * (self.depth - 1) + [dim]
 
 
 def _check_cross_scale(kernel_sizes: list[int], stride: int) -> None:
@@ -260,6 +273,9 @@ class StageConfig(_Strict):
     out_norm: bool = False  # a norm on the stage output (PVT): the pyramid level is normalised
     # pre: x + f(norm(x)) (most models); post: x + norm(f(x)), Swin V2's residual post-norm
     norm_position: Literal["pre", "post"] = "pre"
+    # Shuffle Transformer's neighbour-window connection: a third sub-block between mixer and FFN,
+    # x + dwconv(norm(x)), a depthwise k x k conv (no bias) with this kernel size; none: no such sub-block
+    neighbour_conv: PositiveInt | None = Field(None, le=31)
 
     @field_validator("head_dim")
     @classmethod
@@ -303,6 +319,17 @@ class StageConfig(_Strict):
                 "heads_missing", "mixer '{kind}' needs 'heads' or 'head_dim'", {"kind": needs_heads[0]}
             )
         return heads
+
+    @field_validator("neighbour_conv")
+    @classmethod
+    def _odd_kernel(cls, kernel: int | None) -> int | None:
+        if kernel is not None and kernel % 2 == 0:
+            raise PydanticCustomError(
+                "odd_kernel",
+                "{kernel} is even: the conv keeps the map's size only with an odd kernel",
+                {"kernel": kernel},
+            )
+        return kernel
 
     @property
     def num_heads(self) -> int | None:

@@ -282,6 +282,7 @@ def test_fvcore_agrees_with_torch_flop_counter(kind: str) -> None:
 # them, and against live fvcore runs of DENSE_CHECKED at both sizes; ``pytest -m slow`` (CI) runs
 # fvcore on every zoo model at both sizes (which re-derives these numbers).
 ZOO_MACS = {
+    "asmlp_t": (4_383_353_088, 89_436_672_000),
     "caformer_s18": (4_125_205_760, 174_690_048_000),
     "coatnet_0": (4_505_780_992, 153_289_387_120),
     "convformer_s18": (3_959_248_640, 80_737_536_000),
@@ -300,6 +301,7 @@ ZOO_MACS = {
     "pvt_v2_b2": (4_045_817_152, 139_039_040_000),
     "rest_lite": (1_542_953_600, 61_055_744_000),
     "shiftvit_t": (4_608_919_296, 94_040_064_000),
+    "shuffle_t": (4_683_668_992, 99_504_114_688),
     "shunted_t": (2_159_978_848, 103_474_016_000),
     "swin_s": (8_768_534_784, 188_165_630_976),
     "swin_t": (4_509_194_496, 95_939_570_688),

@@ -47,6 +47,12 @@ OFFICIAL_PARAMS = {
     "shunted_t": 11_553_576,
     # NVlabs/SegFormer mmseg/models/backbones/mix_transformer.py mit_b0 (encoder; its head is commented out)
     "mit_b0": 3_319_392,
+    # svip-lab/AS-MLP models/as_mlp.py AS_MLP with configs/as_tiny_patch4_shift5_224.yaml; with its
+    # weights loaded (the CUDA shift kernel's rule written in PyTorch) the logits agree to 1.3e-6
+    "asmlp_t": 28_282_696,
+    # mulinmeng/Shuffle-Transformer models/shuffle_transformer.py ShuffleTransformer (tiny config);
+    # with its weights loaded the logits agree to 3e-7
+    "shuffle_t": 28_528_066,
 }
 
 # Models whose official count includes a class token, which a feature-map model has no place for

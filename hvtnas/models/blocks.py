@@ -16,6 +16,18 @@ def _scale(dim: int, init: float | None) -> nn.Module:
     return Scale(dim, init) if init is not None else nn.Identity()
 
 
+class NeighbourConv(nn.Module):
+    """Shuffle Transformer's neighbour-window connection: a depthwise k x k conv (zero padding
+    k//2, no bias) on a channels-last map, connecting tokens across window borders."""
+
+    def __init__(self, dim: int, kernel_size: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, H, W, C) -> (B, H, W, C)
+        return nchw_to_nhwc(self.conv(nhwc_to_nchw(x)))
+
+
 class MetaFormerBlock(nn.Module):
     """``x = s1(x) + ls1(drop(mixer(norm1(x))))``, then ``x = s2(x) + ls2(drop(ffn(norm2(x))))``.
 
@@ -23,6 +35,8 @@ class MetaFormerBlock(nn.Module):
     (Swin V2's residual post-norm). ``ls`` is layer scale (branch scale), ``s`` residual scale
     (shortcut scale); both identity unless configured. A mixer with ``residual = False``
     replaces x (ShiftViT); ``ffn=None`` drops the second sub-block (CoAtNet MBConv stages).
+    ``neighbour_conv`` adds a sub-block between the two, ``x = x + neighbour_conv(norm(x))``,
+    without drop path or scales (Shuffle Transformer).
     """
 
     def __init__(
@@ -35,6 +49,7 @@ class MetaFormerBlock(nn.Module):
         layer_scale: float | None = None,
         res_scale: bool = False,
         post_norm: bool = False,
+        neighbour_conv: NeighbourConv | None = None,
     ) -> None:
         super().__init__()
         self.post_norm = post_norm
@@ -45,6 +60,9 @@ class MetaFormerBlock(nn.Module):
         if self.mixer_residual:
             self.layer_scale1 = _scale(dim, layer_scale)
             self.res_scale1 = _scale(dim, 1.0 if res_scale else None)
+        if neighbour_conv is not None:
+            self.norm_neighbour = norm()
+        self.neighbour_conv = neighbour_conv
         if ffn is not None:
             self.norm2 = norm()
             self.ffn = ffn
@@ -76,6 +94,8 @@ class MetaFormerBlock(nn.Module):
             x = self._add(x, self._branch(self.mixer, self.norm1, x), self.res_scale1, self.layer_scale1)
         else:
             x = self.mixer(x)
+        if self.neighbour_conv is not None:
+            x = x + self.neighbour_conv(self.norm_neighbour(x))
         if self.ffn is not None:
             x = self._add(x, self._branch(self.ffn, self.norm2, x), self.res_scale2, self.layer_scale2)
         return x

@@ -22,7 +22,7 @@ from hvtnas.config import (
     cross_scale_widths,
 )
 from hvtnas.errors import HvtnasError
-from hvtnas.models.blocks import AttentionDownsample, MetaFormerBlock, Stage
+from hvtnas.models.blocks import AttentionDownsample, MetaFormerBlock, NeighbourConv, Stage
 from hvtnas.models.embed import (
     PEG,
     AbsolutePosEmbed,
@@ -84,15 +84,14 @@ def build_stem(cfg: StemConfig, in_channels: int, dim: int) -> nn.Module:
         padding = cfg.padding if cfg.padding is not None else k // 2
         return OverlapStem(in_channels, dim, k, padding, _optional_norm(cfg.norm, dim))
     assert cfg.norm is not None  # the config requires it for conv stems
-    hidden = max(1, int(cfg.hidden_ratio * dim))
-    norms = [make_norm(cfg.norm.kind, hidden, cfg.norm.eps, cfg.norm.bias) for _ in range(cfg.depth - 1)]
+    widths = cfg.conv_widths(dim)
+    norms = [make_norm(cfg.norm.kind, w, cfg.norm.eps, cfg.norm.bias) for w in widths[:-1]]
     if cfg.last_norm is not False:
         last = cfg.norm if cfg.last_norm is True else cfg.last_norm
         norms.append(make_norm(last.kind, dim, last.eps, last.bias))
     acts = [make_act(cfg.act) for _ in range(cfg.depth - 1)]
-    return ConvStem(
-        in_channels, dim, hidden, cfg.conv_strides(), cfg.conv_kernel_sizes(), norms, acts, cfg.last_bias
-    )
+    biases = [cfg.bias] * (cfg.depth - 1) + [cfg.bias or cfg.last_bias]
+    return ConvStem(in_channels, widths, cfg.conv_strides(), cfg.conv_kernel_sizes(), norms, acts, biases)
 
 
 def build_downsample(cfg: DownsampleConfig, in_dim: int, out_dim: int) -> nn.Module | None:
@@ -209,6 +208,7 @@ def build_model(
                     layer_scale=scfg.layer_scale,
                     res_scale=scfg.res_scale,
                     post_norm=scfg.norm_position == "post",
+                    neighbour_conv=NeighbourConv(dim, scfg.neighbour_conv) if scfg.neighbour_conv else None,
                 )
             )
         pos_embed = None

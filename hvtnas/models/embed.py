@@ -71,24 +71,22 @@ class OverlapStem(nn.Module):
 
 
 class ConvStem(nn.Module):
-    """Stacked convs without bias (the last one optionally with) with the given strides (product
-    4) and kernel sizes (padding k//2 for odd k, 0 for even), norm + act between, and a norm at
-    the end unless ``norms`` has one fewer entry than convs (ResT)."""
+    """Stacked convs of the given output ``widths`` (the last: stage 1's), strides (product 4),
+    kernel sizes (padding k//2 for odd k, 0 for even) and ``biases``, norm + act between, and a
+    norm at the end unless ``norms`` has one fewer entry than convs (ResT, Shuffle Transformer)."""
 
     def __init__(
         self,
         in_channels: int,
-        dim: int,
-        hidden: int,
+        widths: list[int],
         strides: list[int],
         kernel_sizes: list[int],
         norms: list[nn.Module],
         acts: list[nn.Module],
-        last_bias: bool = False,
+        biases: list[bool],
     ) -> None:
         super().__init__()
-        depth = len(strides)
-        widths = [in_channels] + [hidden] * (depth - 1) + [dim]
+        widths = [in_channels, *widths]
         self.convs = nn.ModuleList(
             nn.Conv2d(
                 widths[i],
@@ -96,7 +94,7 @@ class ConvStem(nn.Module):
                 k,
                 stride=strides[i],
                 padding=k // 2 if k % 2 else 0,
-                bias=last_bias and i == depth - 1,
+                bias=biases[i],
             )
             for i, k in enumerate(kernel_sizes)
         )

@@ -69,6 +69,8 @@ PUBLISHED: dict[str, Published] = {
     ),
     "shunted_t": Published(11.5, None, 79.8, "OliverRensu/Shunted-Transformer"),
     "pvt_tiny": Published(13.2, 1.9, 75.1, "whai362/PVT"),
+    "asmlp_t": Published(28, 4.4, 81.3, "svip-lab/AS-MLP"),
+    "shuffle_t": Published(28, 4.6, 82.4, "mulinmeng/Shuffle-Transformer"),
     # the SegFormer paper and README give no ImageNet figures for the encoder alone
     "mit_b0": Published(3.3, None, None, "NVlabs/SegFormer (encoder, counted on mix_transformer.py)"),
 }
