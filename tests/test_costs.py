@@ -154,6 +154,26 @@ def _closed_form(kind: str, H: int, W: int) -> int:
             total += Nr * (C // 2) * 9  # depthwise 3x3 on the group's V
             total += N * Nr * C  # Q K^T + A V for one head of width C/2
         return total
+    if kind == "conv_self_attention":  # LVT CSA, kernel 3, stride 2, padding 1
+        L = -(-H // 2) * -(-W // 2)  # neighbourhoods: one per pooled token
+        return (
+            L * C * 81 * HEADS  # 3x3 x 3x3 attention weights per head from each pooled token
+            + L * 9 * C * C  # a value projection per kernel position
+            + L * HEADS * 9 * 9 * d  # attention-weighted sums of the 9 values, for 9 outputs
+            + N * C * C  # output projection (the average pool, unfold and fold do no MACs)
+        )
+    if kind == "recursive_atrous":  # LVT RASA, sr_ratio 2, rates 1, 3, 5, two recursions
+        Nr = -(-H // 2) * -(-W // 2)  # padded to a multiple of 2, then conv k = s = 2
+        once = (
+            N * C * C  # q
+            + 3 * N * C * 9  # the shared depthwise 3x3 at three dilations
+            + Nr * C * C * 4  # the reducing conv
+            + 5 * Nr * C  # its LayerNorm
+            + Nr * 2 * C * C  # k, v
+            + 2 * N * Nr * C  # Q K^T + A V
+            + N * C * C  # output projection
+        )
+        return 2 * once
     raise KeyError(kind)
 
 
@@ -183,11 +203,17 @@ CLOSED_FORM_KINDS = [
     "pooling_attention",
     "relative_attention",
     "shunted",
+    "conv_self_attention",
+    "recursive_atrous",
 ]
 
 
 # parameters beyond the defaults: reductions that reduce (shunted: its two-rate path)
-MIXER_PARAMS = {"spatial_reduction": {"sr_ratio": 2}, "shunted": {"sr_ratio": 4}}
+MIXER_PARAMS = {
+    "spatial_reduction": {"sr_ratio": 2},
+    "shunted": {"sr_ratio": 4},
+    "recursive_atrous": {"sr_ratio": 2},
+}
 
 
 def _mixer(kind: str, map_size: int) -> torch.nn.Module:
@@ -291,6 +317,7 @@ ZOO_MACS = {
     "cvt_13": (4_565_321_216, 293_762_048_000),
     "focal_t": (4_963_456_512, 104_990_012_928),
     "identityformer_s12": (1_825_378_048, 37_242_112_000),
+    "lvt": (869_454_848, 32_344_832_000),
     "mit_b0": (458_169_600, 24_444_672_000),
     "mvitv2_t": (4_704_241_152, 363_003_649_920),
     "poolformer_s12": (1_822_678_528, 37_184_512_000),

@@ -17,7 +17,12 @@ from hvtnas.models.mixers.attention import (
     SpatialReductionAttention,
     WindowAttention,
 )
-from hvtnas.models.mixers.conv_attention import ConvProjectionAttention, EfficientMultiHeadAttention
+from hvtnas.models.mixers.conv_attention import (
+    ConvProjectionAttention,
+    ConvSelfAttention,
+    EfficientMultiHeadAttention,
+    RecursiveAtrousAttention,
+)
 from hvtnas.models.mixers.cross_window import CrossShapedWindowAttention
 from hvtnas.models.mixers.focal import FocalAttention
 from hvtnas.models.mixers.halo import HaloAttention
@@ -391,3 +396,46 @@ def test_focal_attention_on_a_map_within_one_window_drops_the_ring() -> None:
     mixer = FocalAttention(8, num_heads=2, map_size=5, window_size=7, expand_size=3, focal_window=1)
     assert mixer.window_size == 5 and mixer.neighbour_bias is None
     assert mixer(torch.randn(1, 5, 5, 8)).shape == (1, 5, 5, 8)
+
+
+@pytest.mark.parametrize("size", [(5, 5), (6, 7)])
+def test_conv_self_attention_against_its_definition(size: tuple[int, int]) -> None:
+    """LVT's CSA, written out neighbourhood by neighbourhood: the 3x3 neighbourhood around every
+    other position (stride 2, zero padding 1) is attended from its pooled token, its 9 outputs are
+    put back where its tokens came from and the overlaps summed."""
+    H, W = size
+    C, heads, k, s = 8, 2, 3, 2
+    mixer = ConvSelfAttention(C, num_heads=heads, kernel_size=k, stride=s)
+    x = torch.randn(1, H, W, C)
+    pooled = F.avg_pool2d(x.permute(0, 3, 1, 2), s, s, ceil_mode=True).permute(0, 2, 3, 1)[0]
+    d = C // heads
+    out = torch.zeros(H, W, C)
+    for i, j in itertools.product(range(pooled.shape[0]), range(pooled.shape[1])):
+        cells = [(s * i - 1 + a, s * j - 1 + b) for a in range(k) for b in range(k)]
+        inside = [0 <= r < H and 0 <= c < W for r, c in cells]
+        tokens = torch.stack(
+            [x[0, r, c] if ok else torch.zeros(C) for (r, c), ok in zip(cells, inside, strict=True)]
+        )
+        values = torch.einsum("koc,kc->ko", mixer.value_weight, tokens)  # (9, C)
+        attn = mixer.attn(pooled[i, j]).view(heads, k * k, k * k) * d**-0.5
+        attn = attn.softmax(-1)  # (heads, 9 outputs, 9 values)
+        outputs = torch.einsum("nij,jnd->ind", attn, values.view(k * k, heads, d)).reshape(k * k, C)
+        for (r, c), ok, o in zip(cells, inside, outputs, strict=True):
+            if ok:
+                out[r, c] += o
+    torch.testing.assert_close(mixer(x)[0], mixer.proj(out), rtol=1e-4, atol=1e-5)
+
+
+def test_recursive_atrous_attention_recursion_and_atrous_queries() -> None:
+    mixer = RecursiveAtrousAttention(8, num_heads=2, sr_ratio=2, recursions=2, qkv_bias=False)
+    x = torch.randn(1, 6, 6, 8)
+    once = mixer._attention
+    torch.testing.assert_close(mixer(x), F.silu(once(F.silu(once(x)) + x)))
+    # one step, written out: queries through one shared depthwise 3x3 at dilations 1, 3, 5, each
+    # through SiLU, summed; keys and values from the map reduced 2x
+    q = mixer.q(x).permute(0, 3, 1, 2)
+    q = sum(F.silu(F.conv2d(q, mixer.atrous.weight, padding=r, dilation=r, groups=8)) for r in (1, 3, 5))
+    q = q.permute(0, 2, 3, 1).reshape(1, 36, 2, 4).transpose(1, 2)  # (B, heads, N, d)
+    k, v = mixer.kv(mixer.reduce(x)).reshape(1, 9, 2, 2, 4).permute(2, 0, 3, 1, 4)
+    attended = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(1, 6, 6, 8)
+    torch.testing.assert_close(once(x), mixer.proj(attended))

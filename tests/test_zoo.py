@@ -53,6 +53,9 @@ OFFICIAL_PARAMS = {
     # mulinmeng/Shuffle-Transformer models/shuffle_transformer.py ShuffleTransformer (tiny config);
     # with its weights loaded the logits agree to 3e-7
     "shuffle_t": 28_528_066,
+    # Chenglin-Yang/LVT classification/models/lvt.py lvt with configs/lvt_imagenet.py's rasa_cfg;
+    # with its weights loaded the logits agree to 1e-7 at 224 (and at 64)
+    "lvt": 3_686_604,
 }
 
 # Models whose official count includes a class token, which a feature-map model has no place for
@@ -88,6 +91,7 @@ def _agrees_with_paper(params: int, published_m: float) -> bool:
 # Papers whose rounded figure is not the official code's count rounded
 PAPER_FIGURE_DIFFERS = {
     "cswin_t": "the README and paper say 23M; CSWin_64_12211_tiny_224 builds 22,320,552 (22.3M)",
+    "lvt": "the README's 3.4M are the backbone's 3,429,092; with the final LN and classifier 3,686,604",
 }
 
 

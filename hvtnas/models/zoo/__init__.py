@@ -71,6 +71,9 @@ PUBLISHED: dict[str, Published] = {
     "pvt_tiny": Published(13.2, 1.9, 75.1, "whai362/PVT"),
     "asmlp_t": Published(28, 4.4, 81.3, "svip-lab/AS-MLP"),
     "shuffle_t": Published(28, 4.6, 82.4, "mulinmeng/Shuffle-Transformer"),
+    # the README's 3.4M are the backbone's parameters (3,429,092); its 74.8% are lvt_cls's, the
+    # backbone with two class-attention blocks and a token-labelling head (see the zoo file)
+    "lvt": Published(3.4, 0.9, 74.8, "Chenglin-Yang/LVT"),
     # the SegFormer paper and README give no ImageNet figures for the encoder alone
     "mit_b0": Published(3.3, None, None, "NVlabs/SegFormer (encoder, counted on mix_transformer.py)"),
 }
