@@ -87,6 +87,8 @@ class StemConfig(_Kinded):
       ``kernel_sizes`` (e.g. [4, 8, 16, 32]) CrossFormer's cross-scale embedding: one stride-4
       conv per kernel (padding (k-4)/2), channels split 1/2, 1/4, ..., the last two equal, concatenated;
     - ``overlap``: one k x k conv, stride 4 (PVTv2 7x7 pad 3, PoolFormer 7x7 pad 2);
+    - ``resnet``: one k x k conv with stride 2 (``kernel_size``, default 7; no bias) -> norm -> act ->
+      3x3 max pool with stride 2 (ResNet's stem; HaloNet);
     - ``conv``: ``depth`` stacked convs (3x3 unless ``kernel_sizes`` says otherwise; padding k//2
       for odd k, 0 for even), the first two with stride 2 unless ``strides`` says otherwise, norm
       + act between (convolutional stem of CoAtNet / early-conv ViTs). ``last_norm`` is the norm
@@ -96,12 +98,12 @@ class StemConfig(_Kinded):
       the last (default: ``hidden_ratio`` x stage-1 width each; Shuffle Transformer: 32, 96).
     """
 
-    kind: Literal["patch", "overlap", "conv"] = "patch"
-    kernel_size: PositiveInt | None = None  # overlap only (default 7)
+    kind: Literal["patch", "overlap", "conv", "resnet"] = "patch"
+    kernel_size: PositiveInt | None = None  # overlap and resnet only (default 7)
     padding: NonNegativeInt | None = None  # overlap only (default kernel_size // 2)
     depth: int = Field(2, ge=2)  # conv only
     hidden_ratio: float = Field(0.5, gt=0)  # conv only: hidden width = ratio * stage-1 width
-    act: Activation = "gelu"  # conv only
+    act: Activation = "gelu"  # conv and resnet only
     norm: NormConfig | None = None  # after the (last) conv; conv stems also between convs
     strides: list[Literal[1, 2]] | None = None  # conv only: one per conv, product 4 (default 2, 2, 1, ...)
     kernel_sizes: list[PositiveInt] | None = None  # conv: one per conv (default all 3); patch: cross-scale
@@ -112,14 +114,19 @@ class StemConfig(_Kinded):
 
     @model_validator(mode="after")
     def _fields_fit_kind(self) -> StemConfig:
-        if self.kind != "overlap" and (self.kernel_size is not None or self.padding is not None):
-            raise PydanticCustomError(
-                "stem_kernel",
-                "kernel_size/padding apply to the 'overlap' stem only (this one is '{kind}')",
-                {"kind": self.kind},
+        if self.kind != "overlap" and self.padding is not None:
+            _fail(
+                ("padding",), self.padding, f"applies to the 'overlap' stem only (this one is '{self.kind}')"
             )
-        if self.kind == "conv" and self.norm is None:
-            raise PydanticCustomError("stem_norm", "the 'conv' stem needs a norm (e.g. batchnorm)")
+        if self.kind not in ("overlap", "resnet") and self.kernel_size is not None:
+            message = f"applies to the 'overlap' and 'resnet' stems only (this one is '{self.kind}')"
+            _fail(("kernel_size",), self.kernel_size, message)
+        if self.kind == "resnet" and self.kernel_size is not None and self.kernel_size % 2 == 0:
+            _fail(("kernel_size",), self.kernel_size, "the 'resnet' stem needs an odd kernel (padding k//2)")
+        if self.kind in ("conv", "resnet") and self.norm is None:
+            raise PydanticCustomError(
+                "stem_norm", "the '{kind}' stem needs a norm (e.g. batchnorm)", {"kind": self.kind}
+            )
         conv_only = {
             "strides": self.strides is not None,
             "kernel_sizes": self.kernel_sizes is not None and self.kind != "patch",
@@ -185,9 +192,12 @@ class DownsampleConfig(_Kinded):
     shortcut) and widens the channels (that stage's first mixer must be ``pooling_attention``).
     ``kernel_sizes`` (conv only; replaces ``kernel_size``) is CrossFormer's cross-scale
     embedding: one stride-2 conv per kernel, channels split 1/2, 1/4, ..., concatenated.
+    ``strided_block`` is ResNet's (HaloNet): no separate layer; the first block of each later
+    stage, a bottleneck block, halves the map with a stride-2 mixer and a strided 1x1 conv + norm
+    on its shortcut (those stages need ``bottleneck`` and a mixer that can stride).
     """
 
-    kind: Literal["conv", "patch_merging", "pool", "pooling_attention"] = "conv"
+    kind: Literal["conv", "patch_merging", "pool", "pooling_attention", "strided_block"] = "conv"
     kernel_size: PositiveInt = 2
     kernel_sizes: list[PositiveInt] | None = None
     bias: bool = True
@@ -258,6 +268,15 @@ def _parse_mixer(value: Any) -> Any:
 MixerSpec = Annotated[SerializeAsAny[MixerParams], BeforeValidator(_parse_mixer)]
 
 
+class BottleneckConfig(_Strict):
+    """ResNet's bottleneck block around the token mixer (HaloNet): 1x1 conv to ``ratio`` x the
+    stage's width -> norm -> act -> mixer -> norm -> act -> 1x1 conv back -> norm, added to the
+    shortcut, then act. The norms are the stage's ``norm``; there is no FFN."""
+
+    ratio: float = Field(1.0, gt=0, le=8)
+    act: Activation = "relu"
+
+
 class StageConfig(_Strict):
     depth: PositiveInt = Field(le=MAX_BLOCKS)
     width: PositiveInt = Field(le=MAX_WIDTH)
@@ -276,6 +295,8 @@ class StageConfig(_Strict):
     # Shuffle Transformer's neighbour-window connection: a third sub-block between mixer and FFN,
     # x + dwconv(norm(x)), a depthwise k x k conv (no bias) with this kernel size; none: no such sub-block
     neighbour_conv: PositiveInt | None = Field(None, le=31)
+    # ResNet bottleneck blocks (HaloNet) instead of MetaFormer blocks; none: MetaFormer blocks
+    bottleneck: BottleneckConfig | None = None
 
     @field_validator("head_dim")
     @classmethod
@@ -330,6 +351,39 @@ class StageConfig(_Strict):
                 {"kernel": kernel},
             )
         return kernel
+
+    @model_validator(mode="after")
+    def _bottleneck_fits(self) -> StageConfig:
+        if self.bottleneck is None:
+            return self
+        metaformer_only = {
+            "ffn": self.ffn.kind != "none",
+            "layer_scale": self.layer_scale is not None,
+            "res_scale": self.res_scale,
+            "norm_position": self.norm_position != "pre",
+            "neighbour_conv": self.neighbour_conv is not None,
+        }
+        for field, used in metaformer_only.items():
+            if used:
+                value = self.ffn.kind if field == "ffn" else getattr(self, field)
+                _fail(
+                    (field,),
+                    value,
+                    "does not apply to bottleneck blocks (set ffn: none, leave it out otherwise)",
+                )
+        heads, mid = self.num_heads, self.bottleneck_width
+        if heads is not None and mid % heads:
+            _fail(
+                ("bottleneck", "ratio"),
+                self.bottleneck.ratio,
+                f"the mixer's width {mid} is not a multiple of {heads} heads",
+            )
+        return self
+
+    @property
+    def bottleneck_width(self) -> int:
+        """The mixer's width: the stage's, or ``bottleneck.ratio`` times it in a bottleneck block."""
+        return self.width if self.bottleneck is None else max(1, round(self.width * self.bottleneck.ratio))
 
     @property
     def num_heads(self) -> int | None:
@@ -421,6 +475,27 @@ class ArchConfig(_Strict):
                         stage.mixers[0].kind,
                         "downsample 'pooling_attention' makes this stage's first block the transition: "
                         "its first mixer must be 'pooling_attention'",
+                    )
+        return self
+
+    @model_validator(mode="after")
+    def _strided_blocks_can_stride(self) -> ArchConfig:
+        if self.downsample.kind == "strided_block":
+            for i, stage in enumerate(self.stages[1:], start=1):
+                if stage.bottleneck is None:
+                    _fail(
+                        ("stages", i, "bottleneck"),
+                        None,
+                        "downsample 'strided_block' makes this stage's first block the downsampling: "
+                        "the stage needs bottleneck blocks",
+                    )
+                if not MIXERS.get(stage.mixers[0].kind).supports_stride:
+                    striding = [k for k in MIXERS.names() if MIXERS.get(k).supports_stride]
+                    _fail(
+                        ("stages", i, "mixers", 0),
+                        stage.mixers[0].kind,
+                        "downsample 'strided_block' needs a first mixer that can stride: "
+                        + ", ".join(striding),
                     )
         return self
 

@@ -160,6 +160,22 @@ def test_unknown_mixer_lists_known_ones() -> None:
             "stages[0].mixers[0]: dynamic_position_bias needs relative_position_bias: true",
         ),
         (
+            lambda c: c.update(downsample="strided_block"),
+            "stages[1].bottleneck: downsample 'strided_block' makes this stage's first block",
+        ),
+        (
+            lambda c: c["stages"][2].update(bottleneck={"ratio": 1.0}),
+            "stages[2].ffn: does not apply to bottleneck blocks",
+        ),
+        (
+            lambda c: c.update(stem={"kind": "resnet", "kernel_size": 6, "norm": "batchnorm"}),
+            "stem.kernel_size: the 'resnet' stem needs an odd kernel",
+        ),
+        (
+            lambda c: c["stages"][0]["mixers"].__setitem__(0, {"kind": "halo", "factorized_position": True}),
+            "stages[0].mixers[0]: factorized_position and relative_position_bias are two position encodings",
+        ),
+        (
             lambda c: c["stages"][1].update(neighbour_conv=6),
             "stages[1].neighbour_conv: 6 is even",
         ),

@@ -240,7 +240,7 @@ def test_halo_covering_the_map_without_bias_is_global_attention() -> None:
     mixer = HaloAttention(8, num_heads=2, block_size=3, halo_size=3, relative_position_bias=False)
     x = torch.randn(2, 3, 3, 8)
     q = mixer.q(x).view(2, 9, 2, 4).transpose(1, 2)
-    k, v = mixer.kv(x).view(2, 9, 2, 2, 4).permute(2, 0, 3, 1, 4)
+    k, v = mixer.kv(x).view(2, 9, 2, 2, 4).permute(3, 0, 2, 1, 4)  # kv channels: (heads, [k, v], d)
     ref = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(2, 3, 3, 8)
     torch.testing.assert_close(mixer(x), mixer.proj(ref))
 
@@ -439,3 +439,45 @@ def test_recursive_atrous_attention_recursion_and_atrous_queries() -> None:
     k, v = mixer.kv(mixer.reduce(x)).reshape(1, 9, 2, 2, 4).permute(2, 0, 3, 1, 4)
     attended = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(1, 6, 6, 8)
     torch.testing.assert_close(once(x), mixer.proj(attended))
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_halo_factorized_position_and_unmasked_padding_against_the_definition(stride: int) -> None:
+    """HaloNet's (timm's) halo attention, block by block: queries every ``stride``-th position of
+    the block, keys the block and its halo with zeros beyond the map (not masked), logits
+    q.k / sqrt(d) + q . r_h[key row - query row + w - 1] + q . r_w[key col - query col + w - 1]."""
+    C, heads, b, h = 8, 2, 4, 1
+    mixer = HaloAttention(
+        C,
+        heads,
+        block_size=b,
+        halo_size=h,
+        relative_position_bias=False,
+        factorized_position=True,
+        mask_outside=False,
+        output_proj=False,
+        stride=stride,
+    )
+    with torch.no_grad():
+        mixer.height_rel.normal_()
+        mixer.width_rel.normal_()
+    x = torch.randn(1, 8, 8, C)
+    q = mixer.q(x[:, ::stride, ::stride])[0]  # (8/s, 8/s, C)
+    kv = F.pad(mixer.kv(x), (0, 0, h, h, h, h))[0]  # (10, 10, 2C), zeros around
+    d, w, bq = C // heads, b + 2 * h, b // stride
+    out = torch.zeros(8 // stride, 8 // stride, C)
+    for by, bx, n in itertools.product(range(2), range(2), range(heads)):
+        window = kv[by * b : by * b + w, bx * b : bx * b + w].reshape(w * w, heads, 2, d)[:, n]
+        for y, xq in itertools.product(range(bq), range(bq)):
+            qv = q[by * bq + y, bx * bq + xq, n * d : (n + 1) * d]
+            logits = torch.stack(
+                [
+                    qv @ window[r * w + c, 0] / d**0.5
+                    + qv @ mixer.height_rel[r - y + w - 1]
+                    + qv @ mixer.width_rel[c - xq + w - 1]
+                    for r in range(w)
+                    for c in range(w)
+                ]
+            )
+            out[by * bq + y, bx * bq + xq, n * d : (n + 1) * d] = logits.softmax(0) @ window[:, 1]
+    torch.testing.assert_close(mixer(x)[0], out, rtol=1e-4, atol=1e-5)

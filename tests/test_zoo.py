@@ -56,6 +56,9 @@ OFFICIAL_PARAMS = {
     # Chenglin-Yang/LVT classification/models/lvt.py lvt with configs/lvt_imagenet.py's rasa_cfg;
     # with its weights loaded the logits agree to 1e-7 at 224 (and at 64)
     "lvt": 3_686_604,
+    # no official code: timm 1.0.31 byoanet.py halonet_h1 (the paper's H1 as timm reads it); with its
+    # weights loaded (BatchNorms randomised) pyramid and logits agree (tests/test_reference_equivalence.py)
+    "halonet_h1": 8_100_056,
 }
 
 # Models whose official count includes a class token, which a feature-map model has no place for

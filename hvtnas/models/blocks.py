@@ -101,12 +101,57 @@ class MetaFormerBlock(nn.Module):
         return x
 
 
+class BottleneckBlock(nn.Module):
+    """ResNet's bottleneck around a token mixer (HaloNet): ``act(shortcut(x) + drop(branch(x)))``
+    with ``branch = norm3(conv3(act(norm2(mixer(act(norm1(conv1(x))))))))``, the 1x1 convs as
+    linears on channels-last maps (no bias). With ``stride`` 2 (the first block of a stage that
+    downsamples this way) the mixer halves the map and the shortcut is a strided 1x1 conv + norm;
+    it is one too where the width changes, and the identity otherwise.
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        dim: int,
+        mid_dim: int,
+        mixer: TokenMixer,
+        norm: Callable[[int], nn.Module],
+        act: Callable[[], nn.Module],
+        stride: int = 1,
+        drop_path: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.stride = stride
+        self.shortcut = (
+            nn.Sequential(nn.Linear(in_dim, dim, bias=False), norm(dim))
+            if stride > 1 or in_dim != dim
+            else None
+        )
+        self.conv1 = nn.Linear(in_dim, mid_dim, bias=False)
+        self.norm1 = norm(mid_dim)
+        self.mixer = mixer
+        self.norm2 = norm(mid_dim)
+        self.conv3 = nn.Linear(mid_dim, dim, bias=False)
+        self.norm3 = norm(dim)
+        self.act = act()
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, H, W, C_in) -> (B, H/stride, W/stride, C)
+        shortcut = x
+        if self.shortcut is not None:
+            # a strided 1x1 conv reads every stride-th position: (B, ceil(H/s), ceil(W/s), C_in)
+            shortcut = self.shortcut(x[:, :: self.stride, :: self.stride])
+        branch = self.act(self.norm1(self.conv1(x)))
+        branch = self.norm3(self.conv3(self.act(self.norm2(self.mixer(branch)))))
+        return self.act(shortcut + self.drop_path(branch))
+
+
 class Stage(nn.Module):
     """[downsample] -> [absolute PE] -> blocks (PEG after the first) -> [output norm]."""
 
     def __init__(
         self,
-        blocks: list[MetaFormerBlock],
+        blocks: list[MetaFormerBlock] | list[BottleneckBlock],
         downsample: nn.Module | None = None,
         pos_embed: nn.Module | None = None,
         peg: nn.Module | None = None,

@@ -22,7 +22,7 @@ from hvtnas.config import (
     cross_scale_widths,
 )
 from hvtnas.errors import HvtnasError
-from hvtnas.models.blocks import AttentionDownsample, MetaFormerBlock, NeighbourConv, Stage
+from hvtnas.models.blocks import AttentionDownsample, BottleneckBlock, MetaFormerBlock, NeighbourConv, Stage
 from hvtnas.models.embed import (
     PEG,
     AbsolutePosEmbed,
@@ -34,6 +34,7 @@ from hvtnas.models.embed import (
     PatchStem,
     PixelAttention,
     PoolDownsample,
+    ResNetStem,
     SinusoidalPosEmbed,
 )
 from hvtnas.models.ffn import FFNS
@@ -83,7 +84,10 @@ def build_stem(cfg: StemConfig, in_channels: int, dim: int) -> nn.Module:
         k = cfg.kernel_size or 7
         padding = cfg.padding if cfg.padding is not None else k // 2
         return OverlapStem(in_channels, dim, k, padding, _optional_norm(cfg.norm, dim))
-    assert cfg.norm is not None  # the config requires it for conv stems
+    assert cfg.norm is not None  # the config requires it for conv and resnet stems
+    if cfg.kind == "resnet":
+        norm = make_norm(cfg.norm.kind, dim, cfg.norm.eps, cfg.norm.bias)
+        return ResNetStem(in_channels, dim, cfg.kernel_size or 7, norm, make_act(cfg.act))
     widths = cfg.conv_widths(dim)
     norms = [make_norm(cfg.norm.kind, w, cfg.norm.eps, cfg.norm.bias) for w in widths[:-1]]
     if cfg.last_norm is not False:
@@ -95,7 +99,7 @@ def build_stem(cfg: StemConfig, in_channels: int, dim: int) -> nn.Module:
 
 
 def build_downsample(cfg: DownsampleConfig, in_dim: int, out_dim: int) -> nn.Module | None:
-    if cfg.kind == "pooling_attention":
+    if cfg.kind in ("pooling_attention", "strided_block"):
         return None  # built with the stage it opens (build_model)
     post = _optional_norm(cfg.norm, out_dim) if cfg.norm_position == "post" else None
     if cfg.kind == "patch_merging":
@@ -137,6 +141,32 @@ def _ffn(scfg: StageConfig) -> nn.Module | None:
     hidden = int(scfg.width * scfg.mlp_ratio)
     extra = {"dw_residual": True} if scfg.ffn.dw_residual else {}
     return FFNS[scfg.ffn.kind](scfg.width, hidden, act=scfg.ffn.act, bias=scfg.ffn.bias, **extra)
+
+
+def _bottleneck_block(
+    cfg: ArchConfig, i: int, j: int, params: MixerParams, drop_path: float, stem_size: int
+) -> BottleneckBlock:
+    """Block j of stage i as a ResNet bottleneck; with ``strided_block`` downsampling the first block
+    of a later stage reads the previous stage's map and halves it."""
+    scfg = cfg.stages[i]
+    assert scfg.bottleneck is not None
+    strided = i > 0 and j == 0 and cfg.downsample.kind == "strided_block"
+    map_size = -(-stem_size // 2 ** (i - 1 if strided else i))  # the map the mixer sees
+    kwargs = _mixer_kwargs(params, scfg, map_size)
+    if strided:
+        kwargs["stride"] = 2
+    mixer = MIXERS.get(params.kind)(scfg.bottleneck_width, **kwargs)
+    act = scfg.bottleneck.act
+    return BottleneckBlock(
+        cfg.stages[i - 1].width if strided else scfg.width,
+        scfg.width,
+        scfg.bottleneck_width,
+        mixer,
+        norm=_norm_factory(scfg.norm),
+        act=lambda: make_act(act),
+        stride=2 if strided else 1,
+        drop_path=drop_path,
+    )
 
 
 def build_model(
@@ -198,6 +228,11 @@ def build_model(
         for j in range(first_block, scfg.depth):
             params = scfg.mixer_for_block(j)
             mixer_cls = MIXERS.get(params.kind)
+            if scfg.bottleneck is not None:
+                blocks.append(
+                    _bottleneck_block(cfg, i, j, params, drop_rates[sum(depths[:i]) + j], stem_size)
+                )
+                continue
             blocks.append(
                 MetaFormerBlock(
                     dim,

@@ -112,6 +112,21 @@ class ConvStem(nn.Module):
         return x  # (B, H/4, W/4, C)
 
 
+class ResNetStem(nn.Module):
+    """ResNet's stem: k x k conv with stride 2 (padding k//2, no bias) -> norm -> act -> 3x3 max
+    pool with stride 2 (padding 1), as HaloNet's."""
+
+    def __init__(self, in_channels: int, dim: int, kernel_size: int, norm: nn.Module, act: nn.Module) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, dim, kernel_size, stride=2, padding=kernel_size // 2, bias=False)
+        self.norm = norm
+        self.act = act
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, C_in, H, W) -> (B, H/4, W/4, C)
+        x = self.act(self.norm(nchw_to_nhwc(self.conv(x))))
+        return nchw_to_nhwc(F.max_pool2d(nhwc_to_nchw(x), 3, stride=2, padding=1))
+
+
 # ----------------------------------------------------------------------------- downsampling
 class ConvDownsample(nn.Module):
     """k x k conv with stride 2 and padding (k-1)//2, with an optional pre- or post-norm.

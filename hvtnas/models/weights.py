@@ -12,6 +12,7 @@ model is taken, so the caller does not say where a file came from.
 | ``timm-swin`` / ``timm-swinv2`` | timm 1.x's Swin / Swin V2 | swin_t, swin_s / swinv2_t |
 | ``timm-twins`` | timm's Twins | twins_svt_s, twins_pcpvt_s |
 | ``timm-mvit`` | timm's MViTv2 | mvitv2_t |
+| ``timm-byoanet`` | timm's ByoaNet (HaloNet) | halonet_h1 |
 | ``official-swin(v2)`` | microsoft/Swin-Transformer (V1, V2) | swin_t, swin_s (swinv2_t) |
 | ``official-pvt_v2`` | whai362/PVT | pvt_v2_* |
 | ``official-poolformer`` | sail-sg/poolformer | poolformer_s12 |
@@ -47,6 +48,7 @@ TIMM_NAMES = {
     "twins_pcpvt_s": "twins_pcpvt_small",
     "swinv2_t": "swinv2_tiny_window8_256",
     "mvitv2_t": "mvitv2_tiny",
+    "halonet_h1": "halonet_h1",
 }
 
 # computed from the geometry, not learned: never loaded
@@ -97,6 +99,27 @@ def _mvit_key(key: str) -> str:
             return f"stages.{i}.downsample.{rest.replace('attn.', 'attention.')}"
         return f"stages.{i}.blocks.{j - (i > 0)}.{rest.replace('attn.', 'mixer.')}"
     return re.sub(r"^norm\.", "head.norm.", key)
+
+
+def _byoanet_key(key: str) -> str:
+    """timm's ByobNet / ByoaNet (HaloNet): ResNet stem and bottleneck blocks."""
+    key = key.replace("stem.conv1.conv.", "stem.conv.").replace("stem.conv1.bn.", "stem.norm.")
+    if m := re.match(r"stages\.(\d+)\.(\d+)\.(.*)", key):
+        i, j, rest = m.groups()
+        for old, new in (
+            ("shortcut.conv.", "shortcut.0."),
+            ("shortcut.bn.", "shortcut.1."),
+            ("conv1_1x1.conv.", "conv1."),
+            ("conv1_1x1.bn.", "norm1."),
+            ("self_attn.pos_embed.", "mixer."),
+            ("self_attn.", "mixer."),
+            ("post_attn.", "norm2."),
+            ("conv3_1x1.conv.", "conv3."),
+            ("conv3_1x1.bn.", "norm3."),
+        ):
+            rest = rest.replace(old, new)
+        return f"stages.{i}.blocks.{j}.{rest}"
+    return key
 
 
 def _twins_key(key: str) -> str:
@@ -160,6 +183,7 @@ LAYOUTS: dict[str, Callable[[str], str]] = {
     "timm-swinv2": _swinv2_key,
     "timm-twins": _twins_key,
     "timm-mvit": _mvit_key,
+    "timm-byoanet": _byoanet_key,
     "official-swin": lambda k: _swin_key(_official_swin_to_timm(k)),
     "official-swinv2": lambda k: _swinv2_key(_official_swin_to_timm(k)),
     "official-pvt_v2": lambda k: _timm_key(_official_pvt_v2_to_timm(k)),
