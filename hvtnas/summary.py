@@ -22,7 +22,10 @@ def describe(cfg: ArchConfig) -> str:
     """One line: stem, positional encoding and, per stage, depth x width and its mixers, e.g.
     ``patch stem, none PE: 2x96 window+shifted_window | 2x192 window+shifted_window | ...``."""
     stages = " | ".join(
-        f"{s.depth}x{s.width} " + "+".join(dict.fromkeys(m.kind for m in s.mixers)) for s in cfg.stages
+        f"{s.depth}x{s.width} "
+        + ("bottleneck " if s.bottleneck is not None else "")
+        + "+".join(dict.fromkeys(m.kind for m in s.mixers))
+        for s in cfg.stages
     )
     return f"{cfg.stem.kind} stem, {cfg.pos_embed.kind} PE: {stages}"
 
