@@ -35,7 +35,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from _reference import MODELS as REFERENCE_MODELS
-from _reference import import_timm, load_pair
+from _reference import NATIVE_RESOLUTION, import_timm, load_pair
 
 from hvtnas.costs.latency import device_name
 from hvtnas.models import resolve_config
@@ -164,6 +164,7 @@ def measure_model(name: str, timm: Any, args: argparse.Namespace, settings: dict
     device = torch.device(args.device)
     drop_path = resolve_config(name).drop_path_rate  # the paper's rate, in both models
     channels_last = device.type == "cuda"
+    resolution = NATIVE_RESOLUTION.get(name, args.resolution)  # halonet_h1 runs at 256 only
     rows = []
     for key in args.settings:
         setting = settings[key]
@@ -181,7 +182,7 @@ def measure_model(name: str, timm: Any, args: argparse.Namespace, settings: dict
                     if compiled:
                         models[k] = torch.compile(m)
                 steps = {
-                    k: make_step(m, setting, device, args.resolution, channels_last)
+                    k: make_step(m, setting, device, resolution, channels_last)
                     for k, m in models.items()
                 }
                 warmup = args.warmup + (5 if compiled else 0)

@@ -91,12 +91,15 @@ class StemConfig(_Kinded):
       ``kernel_sizes`` (e.g. [4, 8, 16, 32]) CrossFormer's cross-scale embedding: one stride-4
       conv per kernel (padding (k-4)/2), channels split 1/2, 1/4, ..., the last two equal, concatenated;
     - ``overlap``: one k x k conv, stride 4 (PVTv2 7x7 pad 3, PoolFormer 7x7 pad 2);
+    - ``resnet``: one k x k conv with stride 2 (``kernel_size``, default 7; no bias) -> norm -> act ->
+      3x3 max pool with stride 2 (ResNet's stem; HaloNet);
     - ``conv``: ``depth`` stacked convs (3x3 unless ``kernel_sizes`` says otherwise; padding k//2
       for odd k, 0 for even), the first two with stride 2 unless ``strides`` says otherwise, norm
       + act between (convolutional stem of CoAtNet / early-conv ViTs). ``last_norm`` is the norm
       after the last conv: ``true`` (the same as ``norm``), ``false`` (none: ResT) or a norm of
       its own (Shunted: BatchNorm between, LayerNorm at the end); ``last_bias`` gives the last
-      conv a bias;
+      conv a bias, ``bias`` every conv; ``widths`` are the output channels of the convs before
+      the last (default: ``hidden_ratio`` x stage-1 width each; Shuffle Transformer: 32, 96);
     - ``pixel``: TNT's pixel embedding: the image cut into the first stage's patches (4 x its
       ``inner.patch_size`` pixels a side), each convolved alone (``kernel_size``, default 7,
       stride 4), plus a learned embedding per pixel position within a patch. It feeds a nested
@@ -106,19 +109,22 @@ class StemConfig(_Kinded):
       a (patch_size / 4)-square conv with that stride: stage 1 runs at stride ``patch_size`` (16).
     """
 
-    kind: Literal["patch", "overlap", "conv", "pixel", "image_to_tokens"] = "patch"
+    kind: Literal["patch", "overlap", "conv", "resnet", "pixel", "image_to_tokens"] = "patch"
     patch_size: PositiveInt = Field(4, le=64)  # patch only: the stem's stride (16 for ViT's 16x16 patches)
-    kernel_size: PositiveInt | None = None  # overlap, pixel and image_to_tokens only (default 7)
+    kernel_size: PositiveInt | None = None  # overlap, resnet, pixel and image_to_tokens only (default 7)
     padding: NonNegativeInt | None = None  # overlap only (default kernel_size // 2)
     depth: int = Field(2, ge=2)  # conv only
     hidden_ratio: float = Field(0.5, gt=0)  # conv only: hidden width = ratio * stage-1 width
-    act: Activation = "gelu"  # conv only
+    act: Activation = "gelu"  # conv and resnet only
     norm: NormConfig | None = None  # after the (last) conv; conv stems also between convs
     strides: list[Literal[1, 2]] | None = None  # conv only: one per conv, product 4 (default 2, 2, 1, ...)
     kernel_sizes: list[PositiveInt] | None = None  # conv: one per conv (default all 3); patch: cross-scale
     last_norm: bool | NormConfig = True  # conv only: see above
     last_bias: bool = False  # conv only
-    widths: list[PositiveInt] | None = None  # image_to_tokens: [the first conv's channels] (CeiT: 64)
+    bias: bool = False  # conv only: every conv has a bias
+    # the output channels of the convs before the last: conv (depth - 1 widths, replaces
+    # hidden_ratio) and image_to_tokens ([its first conv's], CeiT: 64)
+    widths: list[PositiveInt] | None = None
 
     @model_validator(mode="after")
     def _fields_fit_kind(self) -> StemConfig:
@@ -126,23 +132,17 @@ class StemConfig(_Kinded):
             _fail(
                 ("padding",), self.padding, f"applies to the 'overlap' stem only (this one is '{self.kind}')"
             )
-        if self.kind not in ("overlap", "pixel", "image_to_tokens") and self.kernel_size is not None:
-            _fail(
-                ("kernel_size",),
-                self.kernel_size,
-                f"applies to the 'overlap', 'pixel' and 'image_to_tokens' stems only "
-                f"(this one is '{self.kind}')",
+        kernel_stems = ("overlap", "resnet", "pixel", "image_to_tokens")
+        if self.kind not in kernel_stems and self.kernel_size is not None:
+            message = (
+                "applies to the 'overlap', 'resnet', 'pixel' and 'image_to_tokens' stems only "
+                f"(this one is '{self.kind}')"
             )
-        if (
-            self.kind in ("pixel", "image_to_tokens")
-            and self.kernel_size is not None
-            and self.kernel_size % 2 == 0
-        ):
-            _fail(
-                ("kernel_size",),
-                self.kernel_size,
-                f"the {self.kind} stem's conv needs an odd kernel (padding k // 2)",
-            )
+            _fail(("kernel_size",), self.kernel_size, message)
+        odd = self.kernel_size is None or self.kernel_size % 2 == 1
+        if self.kind in ("resnet", "pixel", "image_to_tokens") and not odd:
+            message = f"the '{self.kind}' stem needs an odd kernel (padding k//2)"
+            _fail(("kernel_size",), self.kernel_size, message)
         if self.kind == "image_to_tokens":
             if self.norm is None:
                 _fail(
@@ -161,19 +161,19 @@ class StemConfig(_Kinded):
                     "is the image_to_tokens stem's stride: 4 (conv and pool) times its last conv's, "
                     "a multiple of 4",
                 )
-        elif self.widths is not None:
-            _fail(
-                ("widths",),
-                self.widths,
-                f"applies to the 'image_to_tokens' stem only (this one is '{self.kind}')",
+        elif self.kind != "conv" and self.widths is not None:
+            message = f"applies to the 'conv' and 'image_to_tokens' stems only (this one is '{self.kind}')"
+            _fail(("widths",), self.widths, message)
+        if self.kind in ("conv", "resnet") and self.norm is None:
+            raise PydanticCustomError(
+                "stem_norm", "the '{kind}' stem needs a norm (e.g. batchnorm)", {"kind": self.kind}
             )
-        if self.kind == "conv" and self.norm is None:
-            raise PydanticCustomError("stem_norm", "the 'conv' stem needs a norm (e.g. batchnorm)")
         conv_only = {
             "strides": self.strides is not None,
             "kernel_sizes": self.kernel_sizes is not None and self.kind != "patch",
             "last_norm": self.last_norm is not True,
             "last_bias": self.last_bias,
+            "bias": self.bias,
         }
         if self.kind != "conv" and any(conv_only.values()):
             field = next(name for name, used in conv_only.items() if used)
@@ -189,6 +189,8 @@ class StemConfig(_Kinded):
                 self.patch_size,
                 f"applies to the 'patch' and 'image_to_tokens' stems only (this one is '{self.kind}')",
             )
+        if self.kind == "conv" and self.widths is not None and len(self.widths) != self.depth - 1:
+            _fail(("widths",), self.widths, f"needs one width per conv before the last (depth {self.depth})")
         if self.kind == "patch" and self.kernel_sizes is not None:
             if self.patch_size != 4:
                 _fail(
@@ -211,6 +213,12 @@ class StemConfig(_Kinded):
 
     def conv_kernel_sizes(self) -> list[int]:
         return list(self.kernel_sizes) if self.kernel_sizes is not None else [3] * self.depth
+
+    def conv_widths(self, dim: int) -> list[int]:
+        """Output channels of every conv, the last one ``dim`` (stage 1's width)."""
+        if self.widths is not None:
+            return [*self.widths, dim]
+        return [max(1, int(self.hidden_ratio * dim))] * (self.depth - 1) + [dim]
 
 
 def _check_cross_scale(kernel_sizes: list[int], stride: int) -> None:
@@ -241,9 +249,12 @@ class DownsampleConfig(_Kinded):
     shortcut) and widens the channels (that stage's first mixer must be ``pooling_attention``).
     ``kernel_sizes`` (conv only; replaces ``kernel_size``) is CrossFormer's cross-scale
     embedding: one stride-2 conv per kernel, channels split 1/2, 1/4, ..., concatenated.
+    ``strided_block`` is ResNet's (HaloNet): no separate layer; the first block of each later
+    stage, a bottleneck block, halves the map with a stride-2 mixer and a strided 1x1 conv + norm
+    on its shortcut (those stages need ``bottleneck`` and a mixer that can stride).
     """
 
-    kind: Literal["conv", "patch_merging", "pool", "pooling_attention"] = "conv"
+    kind: Literal["conv", "patch_merging", "pool", "pooling_attention", "strided_block"] = "conv"
     # pooling_attention only: where the channels widen: in the transition's attention (MViTv2) or
     # in the MLP of the block before it, the previous stage's last (MViT v1; that block's FFN then
     # opens the transition and the previous stage's output is taken before it)
@@ -336,6 +347,15 @@ def _parse_mixer(value: Any) -> Any:
 
 
 MixerSpec = Annotated[SerializeAsAny[MixerParams], BeforeValidator(_parse_mixer)]
+
+
+class BottleneckConfig(_Strict):
+    """ResNet's bottleneck block around the token mixer (HaloNet): 1x1 conv to ``ratio`` x the
+    stage's width -> norm -> act -> mixer -> norm -> act -> 1x1 conv back -> norm, added to the
+    shortcut, then act. The norms are the stage's ``norm``; there is no FFN."""
+
+    ratio: float = Field(1.0, gt=0, le=8)
+    act: Activation = "relu"
 
 
 class InnerConfig(_Strict):
@@ -431,6 +451,11 @@ class StageConfig(_Strict):
     # pre: x + f(norm(x)) (most models); post: x + norm(f(x)), Swin V2's residual post-norm
     norm_position: Literal["pre", "post"] = "pre"
     inner: InnerConfig | None = None  # a nested stage (TNT): see InnerConfig
+    # Shuffle Transformer's neighbour-window connection: a third sub-block between mixer and FFN,
+    # x + dwconv(norm(x)), a depthwise k x k conv (no bias) with this kernel size; none: no such sub-block
+    neighbour_conv: PositiveInt | None = Field(None, le=31)
+    # ResNet bottleneck blocks (HaloNet) instead of MetaFormer blocks; none: MetaFormer blocks
+    bottleneck: BottleneckConfig | None = None
 
     @field_validator("head_dim")
     @classmethod
@@ -479,6 +504,50 @@ class StageConfig(_Strict):
                 "heads_missing", "mixer '{kind}' needs 'heads' or 'head_dim'", {"kind": needs_heads[0]}
             )
         return heads
+
+    @field_validator("neighbour_conv")
+    @classmethod
+    def _odd_kernel(cls, kernel: int | None) -> int | None:
+        if kernel is not None and kernel % 2 == 0:
+            raise PydanticCustomError(
+                "odd_kernel",
+                "{kernel} is even: the conv keeps the map's size only with an odd kernel",
+                {"kernel": kernel},
+            )
+        return kernel
+
+    @model_validator(mode="after")
+    def _bottleneck_fits(self) -> StageConfig:
+        if self.bottleneck is None:
+            return self
+        metaformer_only = {
+            "ffn": self.ffn.kind != "none",
+            "layer_scale": self.layer_scale is not None,
+            "res_scale": self.res_scale,
+            "norm_position": self.norm_position != "pre",
+            "neighbour_conv": self.neighbour_conv is not None,
+        }
+        for field, used in metaformer_only.items():
+            if used:
+                value = self.ffn.kind if field == "ffn" else getattr(self, field)
+                _fail(
+                    (field,),
+                    value,
+                    "does not apply to bottleneck blocks (set ffn: none, leave it out otherwise)",
+                )
+        heads, mid = self.num_heads, self.bottleneck_width
+        if heads is not None and mid % heads:
+            _fail(
+                ("bottleneck", "ratio"),
+                self.bottleneck.ratio,
+                f"the mixer's width {mid} is not a multiple of {heads} heads",
+            )
+        return self
+
+    @property
+    def bottleneck_width(self) -> int:
+        """The mixer's width: the stage's, or ``bottleneck.ratio`` times it in a bottleneck block."""
+        return self.width if self.bottleneck is None else max(1, round(self.width * self.bottleneck.ratio))
 
     @property
     def num_heads(self) -> int | None:
@@ -626,6 +695,27 @@ class ArchConfig(_Strict):
                     "a nested stage makes its map by patch projection; it cannot also open with "
                     "downsample 'pooling_attention'",
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _strided_blocks_can_stride(self) -> ArchConfig:
+        if self.downsample.kind == "strided_block":
+            for i, stage in enumerate(self.stages[1:], start=1):
+                if stage.bottleneck is None:
+                    _fail(
+                        ("stages", i, "bottleneck"),
+                        None,
+                        "downsample 'strided_block' makes this stage's first block the downsampling: "
+                        "the stage needs bottleneck blocks",
+                    )
+                if not MIXERS.get(stage.mixers[0].kind).supports_stride:
+                    striding = [k for k in MIXERS.names() if MIXERS.get(k).supports_stride]
+                    _fail(
+                        ("stages", i, "mixers", 0),
+                        stage.mixers[0].kind,
+                        "downsample 'strided_block' needs a first mixer that can stride: "
+                        + ", ".join(striding),
+                    )
         return self
 
     def stage_strides(self) -> list[int]:

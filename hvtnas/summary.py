@@ -27,7 +27,10 @@ def describe(cfg: ArchConfig) -> str:
         return "+".join(dict.fromkeys(m.kind for m in stage.mixers))
 
     stages = " | ".join(
-        f"{s.depth}x{s.width} {mixers(s)}" + (f" in {s.inner.width} {mixers(s.inner)}" if s.inner else "")
+        f"{s.depth}x{s.width} "
+        + ("bottleneck " if s.bottleneck is not None else "")
+        + mixers(s)
+        + (f" in {s.inner.width} {mixers(s.inner)}" if s.inner else "")
         for s in cfg.stages
     )
     return f"{cfg.stem.kind} stem, {cfg.pos_embed.kind} PE: {stages}"

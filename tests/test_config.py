@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from hvtnas import ArchConfig, ConfigError, build_model
 from hvtnas.models import zoo
@@ -178,6 +179,34 @@ def test_unknown_mixer_lists_known_ones() -> None:
             ),
             "stages[1].heads: mixer 'factorized': crpe_heads [1, 1, 1] must add up to the stage's 2 heads",
         ),
+        (
+            lambda c: c.update(downsample="strided_block"),
+            "stages[1].bottleneck: downsample 'strided_block' makes this stage's first block",
+        ),
+        (
+            lambda c: c["stages"][2].update(bottleneck={"ratio": 1.0}),
+            "stages[2].ffn: does not apply to bottleneck blocks",
+        ),
+        (
+            lambda c: c.update(stem={"kind": "resnet", "kernel_size": 6, "norm": "batchnorm"}),
+            "stem.kernel_size: the 'resnet' stem needs an odd kernel",
+        ),
+        (
+            lambda c: c["stages"][0]["mixers"].__setitem__(0, {"kind": "halo", "factorized_position": True}),
+            "stages[0].mixers[0]: factorized_position and relative_position_bias are two position encodings",
+        ),
+        (
+            lambda c: c["stages"][1].update(neighbour_conv=6),
+            "stages[1].neighbour_conv: 6 is even",
+        ),
+        (
+            lambda c: c.update(stem={"kind": "conv", "norm": "batchnorm", "widths": [8, 16]}),
+            "stem.widths: needs one width per conv before the last (depth 2)",
+        ),
+        (
+            lambda c: c.update(stem={"kind": "overlap", "bias": True}),
+            "stem.bias: applies to the 'conv' stem only",
+        ),
     ],
 )
 def test_bad_configs_name_the_field(edit, expected: str) -> None:
@@ -243,3 +272,25 @@ def test_conv_stem_last_norm_takes_a_norm_of_its_own() -> None:
     assert cfg.stem.last_norm.kind == "layernorm"
     norms = [type(n).__name__ for n in build_model(cfg).stem.norms]
     assert norms == ["BatchNormLast", "LayerNormLast"]
+
+
+def test_conv_stem_widths_and_biases() -> None:
+    """Shuffle Transformer's stem: 3 -> 32 -> 96 -> 96 channels, every conv with a bias."""
+    stem = {"kind": "conv", "depth": 3, "strides": [2, 2, 1], "kernel_sizes": [3, 3, 1], "widths": [8, 24]}
+    cfg = tiny_config(["pooling"], stem={**stem, "norm": "batchnorm", "bias": True, "last_norm": False})
+    convs = build_model(cfg).stem.convs
+    assert [c.out_channels for c in convs] == [8, 24, 16]
+    assert all(c.bias is not None for c in convs)
+
+
+def test_neighbour_conv_is_a_residual_sub_block_between_mixer_and_ffn() -> None:
+    block = build_model(tiny_config(["pooling"], stage={"neighbour_conv": 3})).stages[0].blocks[0].eval()
+    conv = block.neighbour_conv.conv
+    assert conv.kernel_size == (3, 3) and conv.groups == conv.in_channels and conv.bias is None
+    x = torch.randn(2, 8, 8, conv.in_channels)
+    with torch.no_grad():
+        y = x + block.mixer(block.norm1(x))
+        z = block.norm_neighbour(y).permute(0, 3, 1, 2)  # NCHW for the reference conv
+        y = y + torch.nn.functional.conv2d(z, conv.weight, padding=1, groups=conv.groups).permute(0, 2, 3, 1)
+        expected = y + block.ffn(block.norm2(y))
+        torch.testing.assert_close(block(x), expected)

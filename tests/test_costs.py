@@ -163,6 +163,26 @@ def _closed_form(kind: str, H: int, W: int) -> int:
             total += Nr * (C // 2) * 9  # depthwise 3x3 on the group's V
             total += N * Nr * C  # Q K^T + A V for one head of width C/2
         return total
+    if kind == "conv_self_attention":  # LVT CSA, kernel 3, stride 2, padding 1
+        L = -(-H // 2) * -(-W // 2)  # neighbourhoods: one per pooled token
+        return (
+            L * C * 81 * HEADS  # 3x3 x 3x3 attention weights per head from each pooled token
+            + L * 9 * C * C  # a value projection per kernel position
+            + L * HEADS * 9 * 9 * d  # attention-weighted sums of the 9 values, for 9 outputs
+            + N * C * C  # output projection (the average pool, unfold and fold do no MACs)
+        )
+    if kind == "recursive_atrous":  # LVT RASA, sr_ratio 2, rates 1, 3, 5, two recursions
+        Nr = -(-H // 2) * -(-W // 2)  # padded to a multiple of 2, then conv k = s = 2
+        once = (
+            N * C * C  # q
+            + 3 * N * C * 9  # the shared depthwise 3x3 at three dilations
+            + Nr * C * C * 4  # the reducing conv
+            + 5 * Nr * C  # its LayerNorm
+            + Nr * 2 * C * C  # k, v
+            + 2 * N * Nr * C  # Q K^T + A V
+            + N * C * C  # output projection
+        )
+        return 2 * once
     raise KeyError(kind)
 
 
@@ -194,11 +214,17 @@ CLOSED_FORM_KINDS = [
     "pooling_attention",
     "relative_attention",
     "shunted",
+    "conv_self_attention",
+    "recursive_atrous",
 ]
 
 
 # parameters beyond the defaults: reductions that reduce (shunted: its two-rate path)
-MIXER_PARAMS = {"spatial_reduction": {"sr_ratio": 2}, "shunted": {"sr_ratio": 4}}
+MIXER_PARAMS = {
+    "spatial_reduction": {"sr_ratio": 2},
+    "shunted": {"sr_ratio": 4},
+    "recursive_atrous": {"sr_ratio": 2},
+}
 
 
 def _mixer(kind: str, map_size: int) -> torch.nn.Module:
@@ -293,6 +319,7 @@ def test_fvcore_agrees_with_torch_flop_counter(kind: str) -> None:
 # them, and against live fvcore runs of DENSE_CHECKED at both sizes; ``pytest -m slow`` (CI) runs
 # fvcore on every zoo model at both sizes (which re-derives these numbers).
 ZOO_MACS = {
+    "asmlp_t": (4_383_353_088, 89_436_672_000),
     "caformer_s18": (4_125_205_760, 174_690_048_000),
     "coat_lite_s": (3_960_102_784, 80_443_481_728),
     "coat_s": (12_603_818_688, 256_617_311_488),
@@ -304,7 +331,9 @@ ZOO_MACS = {
     "cvt_13": (4_584_569_216, 293_818_188_800),
     "deit_s": (4_607_961_984, 233_849_640_960),
     "focal_t": (4_963_456_512, 104_990_012_928),
+    "halonet_h1": (3_003_764_736, 49_395_834_880),
     "identityformer_s12": (1_825_378_048, 37_242_112_000),
+    "lvt": (869_454_848, 32_344_832_000),
     "mit_b0": (458_169_600, 24_444_672_000),
     "mixer_b16": (12_620_583_936, 262_514_737_152),
     "mvit_b": (7_844_278_656, 493_882_960_512),
@@ -318,6 +347,7 @@ ZOO_MACS = {
     "rest_lite": (1_542_953_600, 61_055_744_000),
     "s2mlp_wide": (14_007_849_984, 285_858_816_000),
     "shiftvit_t": (4_608_919_296, 94_040_064_000),
+    "shuffle_t": (4_683_668_992, 99_504_114_688),
     "shunted_t": (2_159_978_848, 103_474_016_000),
     "swin_s": (8_768_534_784, 188_165_630_976),
     "swin_t": (4_509_194_496, 95_939_570_688),

@@ -19,8 +19,10 @@ from hvtnas.models.mixers.attention import (
 )
 from hvtnas.models.mixers.conv_attention import (
     ConvProjectionAttention,
+    ConvSelfAttention,
     EfficientMultiHeadAttention,
     FactorizedAttention,
+    RecursiveAtrousAttention,
     split_heads,
 )
 from hvtnas.models.mixers.cross_window import CrossShapedWindowAttention
@@ -241,7 +243,7 @@ def test_halo_covering_the_map_without_bias_is_global_attention() -> None:
     mixer = HaloAttention(8, num_heads=2, block_size=3, halo_size=3, relative_position_bias=False)
     x = torch.randn(2, 3, 3, 8)
     q = mixer.q(x).view(2, 9, 2, 4).transpose(1, 2)
-    k, v = mixer.kv(x).view(2, 9, 2, 2, 4).permute(2, 0, 3, 1, 4)
+    k, v = mixer.kv(x).view(2, 9, 2, 2, 4).permute(3, 0, 2, 1, 4)  # kv channels: (heads, [k, v], d)
     ref = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(2, 3, 3, 8)
     torch.testing.assert_close(mixer(x), mixer.proj(ref))
 
@@ -460,3 +462,88 @@ def test_stage_mixers_share_one_conv_position_encoding() -> None:
     assert separate.stages[0].blocks[0].mixer.crpe is not separate.stages[0].blocks[1].mixer.crpe
     crpe_params = sum(sum(p.numel() for p in s.blocks[0].mixer.crpe.parameters()) for s in shared.stages)
     assert count_params(separate) - count_params(shared) == crpe_params
+
+
+@pytest.mark.parametrize("size", [(5, 5), (6, 7)])
+def test_conv_self_attention_against_its_definition(size: tuple[int, int]) -> None:
+    """LVT's CSA, written out neighbourhood by neighbourhood: the 3x3 neighbourhood around every
+    other position (stride 2, zero padding 1) is attended from its pooled token, its 9 outputs are
+    put back where its tokens came from and the overlaps summed."""
+    H, W = size
+    C, heads, k, s = 8, 2, 3, 2
+    mixer = ConvSelfAttention(C, num_heads=heads, kernel_size=k, stride=s)
+    x = torch.randn(1, H, W, C)
+    pooled = F.avg_pool2d(x.permute(0, 3, 1, 2), s, s, ceil_mode=True).permute(0, 2, 3, 1)[0]
+    d = C // heads
+    out = torch.zeros(H, W, C)
+    for i, j in itertools.product(range(pooled.shape[0]), range(pooled.shape[1])):
+        cells = [(s * i - 1 + a, s * j - 1 + b) for a in range(k) for b in range(k)]
+        inside = [0 <= r < H and 0 <= c < W for r, c in cells]
+        tokens = torch.stack(
+            [x[0, r, c] if ok else torch.zeros(C) for (r, c), ok in zip(cells, inside, strict=True)]
+        )
+        values = torch.einsum("koc,kc->ko", mixer.value_weight, tokens)  # (9, C)
+        attn = mixer.attn(pooled[i, j]).view(heads, k * k, k * k) * d**-0.5
+        attn = attn.softmax(-1)  # (heads, 9 outputs, 9 values)
+        outputs = torch.einsum("nij,jnd->ind", attn, values.view(k * k, heads, d)).reshape(k * k, C)
+        for (r, c), ok, o in zip(cells, inside, outputs, strict=True):
+            if ok:
+                out[r, c] += o
+    torch.testing.assert_close(mixer(x)[0], mixer.proj(out), rtol=1e-4, atol=1e-5)
+
+
+def test_recursive_atrous_attention_recursion_and_atrous_queries() -> None:
+    mixer = RecursiveAtrousAttention(8, num_heads=2, sr_ratio=2, recursions=2, qkv_bias=False)
+    x = torch.randn(1, 6, 6, 8)
+    once = mixer._attention
+    torch.testing.assert_close(mixer(x), F.silu(once(F.silu(once(x)) + x)))
+    # one step, written out: queries through one shared depthwise 3x3 at dilations 1, 3, 5, each
+    # through SiLU, summed; keys and values from the map reduced 2x
+    q = mixer.q(x).permute(0, 3, 1, 2)
+    q = sum(F.silu(F.conv2d(q, mixer.atrous.weight, padding=r, dilation=r, groups=8)) for r in (1, 3, 5))
+    q = q.permute(0, 2, 3, 1).reshape(1, 36, 2, 4).transpose(1, 2)  # (B, heads, N, d)
+    k, v = mixer.kv(mixer.reduce(x)).reshape(1, 9, 2, 2, 4).permute(2, 0, 3, 1, 4)
+    attended = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(1, 6, 6, 8)
+    torch.testing.assert_close(once(x), mixer.proj(attended))
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_halo_factorized_position_and_unmasked_padding_against_the_definition(stride: int) -> None:
+    """HaloNet's (timm's) halo attention, block by block: queries every ``stride``-th position of
+    the block, keys the block and its halo with zeros beyond the map (not masked), logits
+    q.k / sqrt(d) + q . r_h[key row - query row + w - 1] + q . r_w[key col - query col + w - 1]."""
+    C, heads, b, h = 8, 2, 4, 1
+    mixer = HaloAttention(
+        C,
+        heads,
+        block_size=b,
+        halo_size=h,
+        relative_position_bias=False,
+        factorized_position=True,
+        mask_outside=False,
+        output_proj=False,
+        stride=stride,
+    )
+    with torch.no_grad():
+        mixer.height_rel.normal_()
+        mixer.width_rel.normal_()
+    x = torch.randn(1, 8, 8, C)
+    q = mixer.q(x[:, ::stride, ::stride])[0]  # (8/s, 8/s, C)
+    kv = F.pad(mixer.kv(x), (0, 0, h, h, h, h))[0]  # (10, 10, 2C), zeros around
+    d, w, bq = C // heads, b + 2 * h, b // stride
+    out = torch.zeros(8 // stride, 8 // stride, C)
+    for by, bx, n in itertools.product(range(2), range(2), range(heads)):
+        window = kv[by * b : by * b + w, bx * b : bx * b + w].reshape(w * w, heads, 2, d)[:, n]
+        for y, xq in itertools.product(range(bq), range(bq)):
+            qv = q[by * bq + y, bx * bq + xq, n * d : (n + 1) * d]
+            logits = torch.stack(
+                [
+                    qv @ window[r * w + c, 0] / d**0.5
+                    + qv @ mixer.height_rel[r - y + w - 1]
+                    + qv @ mixer.width_rel[c - xq + w - 1]
+                    for r in range(w)
+                    for c in range(w)
+                ]
+            )
+            out[by * bq + y, bx * bq + xq, n * d : (n + 1) * d] = logits.softmax(0) @ window[:, 1]
+    torch.testing.assert_close(mixer(x)[0], out, rtol=1e-4, atol=1e-5)

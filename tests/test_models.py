@@ -110,6 +110,8 @@ def test_peg_placement(peg_at: str, calls: list[int]) -> None:
         {"kind": "overlap"},
         {"kind": "conv", "norm": "batchnorm"},
         {"kind": "conv", "depth": 3, "norm": "layernorm"},
+        {"kind": "resnet", "norm": "batchnorm", "act": "relu"},
+        {"kind": "resnet", "kernel_size": 3, "norm": "layernorm"},
     ],
 )
 def test_stems_reach_stride_four(stem: dict) -> None:
@@ -244,6 +246,41 @@ def test_attention_downsampling_makes_the_first_block_the_transition() -> None:
         for f in model.forward_intermediates(torch.randn(1, 3, 50, 38), intermediates_only=True)
     ]
     assert shapes == [(16, 13, 10), (32, 7, 5), (48, 4, 3), (64, 2, 2)]
+
+
+def _bottleneck_config(**stage: object) -> dict:
+    halo = {"kind": "halo", "block_size": 4, "halo_size": 1, "relative_position_bias": False}
+    halo |= {"factorized_position": True, "mask_outside": False, "output_proj": False}
+    bottleneck = {"ffn": "none", "norm": "batchnorm", "bottleneck": {"ratio": 0.5}, "depth": 2, **stage}
+    return tiny_config(
+        [halo], downsample="strided_block", stage=bottleneck, stem={"kind": "resnet", "norm": "batchnorm"}
+    )
+
+
+def test_strided_blocks_make_the_first_bottleneck_block_the_downsampling() -> None:
+    model = build_model(_bottleneck_config())
+    assert all(isinstance(s.downsample, torch.nn.Identity) for s in model.stages)
+    first, second = model.stages[1].blocks
+    assert first.stride == 2 and first.mixer.stride == 2 and second.stride == 1
+    assert first.shortcut[0].in_features == 16 and first.shortcut[0].out_features == 32
+    assert first.conv1.out_features == first.mixer.q.in_features == 16  # ratio 0.5 of width 32
+    assert model.stages[0].blocks[0].shortcut is None  # same width, no stride: identity
+    x = torch.randn(2, 3, 50, 38)
+    shapes = [tuple(f.shape[1:]) for f in model.forward_intermediates(x, intermediates_only=True)]
+    assert shapes == [(16, 13, 10), (32, 7, 5), (48, 4, 3), (64, 2, 2)]
+    model.train()
+    model(x).square().mean().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_bottleneck_block_is_resnets() -> None:
+    """act(x + norm3(conv3(act(norm2(mixer(act(norm1(conv1(x))))))))), channels-last 1x1 convs."""
+    block = build_model(_bottleneck_config()).stages[0].blocks[1].eval()
+    x = torch.randn(2, 8, 8, 16)
+    with torch.no_grad():
+        branch = block.act(block.norm1(x @ block.conv1.weight.T))
+        branch = block.norm3(block.act(block.norm2(block.mixer(branch))) @ block.conv3.weight.T)
+        torch.testing.assert_close(block(x), torch.relu(x + branch))
 
 
 def test_build_without_weight_init_has_the_same_parameters_and_flops() -> None:

@@ -108,7 +108,7 @@ def test_a_later_nested_stage_takes_the_previous_width() -> None:
             {"kind": "image_to_tokens", "widths": [8], "patch_size": 10, "norm": "batchnorm"},
             "a multiple of 4",
         ),
-        ({"kind": "overlap", "widths": [8]}, "stem.widths: applies to the 'image_to_tokens' stem only"),
+        ({"kind": "overlap", "widths": [8]}, "stem.widths: applies to the 'conv' and 'image_to_tokens'"),
     ],
 )
 def test_image_to_tokens_stem_errors(stem: dict, message: str) -> None:

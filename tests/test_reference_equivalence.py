@@ -20,6 +20,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from _reference import MODELS, NATIVE_RESOLUTION, import_timm, load_pair
 
+from hvtnas.models.weights import convert_state_dict
+
 try:
     timm = import_timm(install=False)
 except ImportError as err:  # no timm here: nothing to compare against
@@ -44,23 +46,39 @@ NEEDS_NATIVE = {
     "coat_lite_s",
     "coat_s",
     "tnt_s",
+    "halonet_h1",
 }
 # one stage at stride 16: timm's forward_intermediates lists every block; the stage's map is the last
 ISOTROPIC = {"deit_s", "mixer_b16", "tnt_s"}
+# timm's ByobNet models (HaloNet) list the stem's stride-2 map as the first pyramid level
+STEM_LEVEL_FIRST = {"halonet_h1"}
 # timm's PoolFormer applies the head's GroupNorm after pooling, the official code (which hvtnas
 # follows) before it: the trunk is compared, the logits differ by design.
 LOGITS_DIFFER_BY_DESIGN = {"poolformer_s12"}
+
+
+def _randomise_batchnorms(model: torch.nn.Module) -> None:
+    """Random BatchNorm statistics and affine parameters: timm initialises the last norm of a
+    residual branch to zero (ResNet's zero-init), which would hide the whole branch."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.3, 0.3)
+            module.running_var.uniform_(0.5, 1.5)
+            module.weight.data.uniform_(0.1, 0.5)  # small: no blow-up through deep residual stacks
+            module.bias.data.uniform_(-0.3, 0.3)
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_generated_model_matches_timm(name: str) -> None:
     torch.manual_seed(0)
     reference, model = (m.eval() for m in load_pair(name, timm))
+    _randomise_batchnorms(reference)
+    model.load_state_dict(convert_state_dict(reference.state_dict(), model, new_classifier=False)[0])
     resolution = NATIVE_RESOLUTION.get(name, 224 if name in NEEDS_NATIVE else SMALL_RESOLUTION)
     x = torch.randn(2, 3, resolution, resolution)
     with torch.inference_mode():
         pyramid = model.forward_intermediates(x, intermediates_only=True)
-        indices = 1 if name in ISOTROPIC else None
+        indices = 1 if name in ISOTROPIC else [1, 2, 3, 4] if name in STEM_LEVEL_FIRST else None
         ref_pyramid = reference.forward_intermediates(x, indices=indices, intermediates_only=True)
         assert len(pyramid) == len(ref_pyramid) == len(model.stages)
         for level, (ours, theirs) in enumerate(zip(pyramid, ref_pyramid, strict=True), start=1):

@@ -68,6 +68,18 @@ OFFICIAL_PARAMS = {
     # facebookresearch/SlowFast MViT with configs/ImageNet/MVIT_B_16_CONV.yaml; with its weights
     # loaded hvtnas's mvit_b gives its logits (max difference 1.4e-6, checked locally)
     "mvit_b": 36_982_600,
+    # svip-lab/AS-MLP models/as_mlp.py AS_MLP with configs/as_tiny_patch4_shift5_224.yaml; with its
+    # weights loaded (the CUDA shift kernel's rule written in PyTorch) the logits agree to 1.3e-6
+    "asmlp_t": 28_282_696,
+    # mulinmeng/Shuffle-Transformer models/shuffle_transformer.py ShuffleTransformer (tiny config);
+    # with its weights loaded the logits agree to 3e-7
+    "shuffle_t": 28_528_066,
+    # Chenglin-Yang/LVT classification/models/lvt.py lvt with configs/lvt_imagenet.py's rasa_cfg;
+    # with its weights loaded the logits agree to 1e-7 at 224 (and at 64)
+    "lvt": 3_686_604,
+    # no official code: timm 1.0.31 byoanet.py halonet_h1 (the paper's H1 as timm reads it); with its
+    # weights loaded (BatchNorms randomised) pyramid and logits agree (tests/test_reference_equivalence.py)
+    "halonet_h1": 8_100_056,
 }
 
 # Models whose official code builds modules its forward never calls: official count and the
@@ -107,6 +119,7 @@ def _agrees_with_paper(params: int, published_m: float) -> bool:
 # Papers whose rounded figure is not the official code's count rounded
 PAPER_FIGURE_DIFFERS = {
     "cswin_t": "the README and paper say 23M; CSWin_64_12211_tiny_224 builds 22,320,552 (22.3M)",
+    "lvt": "the README's 3.4M are the backbone's 3,429,092; with the final LN and classifier 3,686,604",
 }
 
 

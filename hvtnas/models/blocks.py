@@ -17,6 +17,18 @@ def _scale(dim: int, init: float | None) -> nn.Module:
     return Scale(dim, init) if init is not None else nn.Identity()
 
 
+class NeighbourConv(nn.Module):
+    """Shuffle Transformer's neighbour-window connection: a depthwise k x k conv (zero padding
+    k//2, no bias) on a channels-last map, connecting tokens across window borders."""
+
+    def __init__(self, dim: int, kernel_size: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, H, W, C) -> (B, H, W, C)
+        return nchw_to_nhwc(self.conv(nhwc_to_nchw(x)))
+
+
 class MetaFormerBlock(nn.Module):
     """``x = s1(x) + ls1(drop(mixer(norm1(x))))``, then ``x = s2(x) + ls2(drop(ffn(norm2(x))))``.
 
@@ -24,6 +36,8 @@ class MetaFormerBlock(nn.Module):
     (Swin V2's residual post-norm). ``ls`` is layer scale (branch scale), ``s`` residual scale
     (shortcut scale); both identity unless configured. A mixer with ``residual = False``
     replaces x (ShiftViT); ``ffn=None`` drops the second sub-block (CoAtNet MBConv stages).
+    ``neighbour_conv`` adds a sub-block between the two, ``x = x + neighbour_conv(norm(x))``,
+    without drop path or scales (Shuffle Transformer).
     """
 
     def __init__(
@@ -36,6 +50,7 @@ class MetaFormerBlock(nn.Module):
         layer_scale: float | None = None,
         res_scale: bool = False,
         post_norm: bool = False,
+        neighbour_conv: NeighbourConv | None = None,
     ) -> None:
         super().__init__()
         self.post_norm = post_norm
@@ -46,6 +61,9 @@ class MetaFormerBlock(nn.Module):
         if self.mixer_residual:
             self.layer_scale1 = _scale(dim, layer_scale)
             self.res_scale1 = _scale(dim, 1.0 if res_scale else None)
+        if neighbour_conv is not None:
+            self.norm_neighbour = norm()
+        self.neighbour_conv = neighbour_conv
         if ffn is not None:
             self.norm2 = norm()
             self.ffn = ffn
@@ -89,6 +107,8 @@ class MetaFormerBlock(nn.Module):
             x = self._add(x, self._branch(self.mixer, self.norm1, x), self.res_scale1, self.layer_scale1)
         else:
             x = self.mixer(x)
+        if self.neighbour_conv is not None:
+            x = x + self.neighbour_conv(self.norm_neighbour(x))
         if self.ffn is not None:
             x = self._add(x, self._branch(self.ffn, self.norm2, x), self.res_scale2, self.layer_scale2)
         return x
@@ -128,6 +148,51 @@ class MetaFormerBlock(nn.Module):
         return x, tokens
 
 
+class BottleneckBlock(nn.Module):
+    """ResNet's bottleneck around a token mixer (HaloNet): ``act(shortcut(x) + drop(branch(x)))``
+    with ``branch = norm3(conv3(act(norm2(mixer(act(norm1(conv1(x))))))))``, the 1x1 convs as
+    linears on channels-last maps (no bias). With ``stride`` 2 (the first block of a stage that
+    downsamples this way) the mixer halves the map and the shortcut is a strided 1x1 conv + norm;
+    it is one too where the width changes, and the identity otherwise.
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        dim: int,
+        mid_dim: int,
+        mixer: TokenMixer,
+        norm: Callable[[int], nn.Module],
+        act: Callable[[], nn.Module],
+        stride: int = 1,
+        drop_path: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.stride = stride
+        self.shortcut = (
+            nn.Sequential(nn.Linear(in_dim, dim, bias=False), norm(dim))
+            if stride > 1 or in_dim != dim
+            else None
+        )
+        self.conv1 = nn.Linear(in_dim, mid_dim, bias=False)
+        self.norm1 = norm(mid_dim)
+        self.mixer = mixer
+        self.norm2 = norm(mid_dim)
+        self.conv3 = nn.Linear(mid_dim, dim, bias=False)
+        self.norm3 = norm(dim)
+        self.act = act()
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, H, W, C_in) -> (B, H/stride, W/stride, C)
+        shortcut = x
+        if self.shortcut is not None:
+            # a strided 1x1 conv reads every stride-th position: (B, ceil(H/s), ceil(W/s), C_in)
+            shortcut = self.shortcut(x[:, :: self.stride, :: self.stride])
+        branch = self.act(self.norm1(self.conv1(x)))
+        branch = self.norm3(self.conv3(self.act(self.norm2(self.mixer(branch)))))
+        return self.act(shortcut + self.drop_path(branch))
+
+
 class Stage(nn.Module):
     """[downsample] -> [absolute PE] -> blocks (PEG after the first) -> [output norm].
 
@@ -145,7 +210,7 @@ class Stage(nn.Module):
 
     def __init__(
         self,
-        blocks: list[MetaFormerBlock],
+        blocks: list[MetaFormerBlock] | list[BottleneckBlock],
         downsample: nn.Module | None = None,
         pos_embed: nn.Module | None = None,
         peg: nn.Module | None = None,

@@ -25,10 +25,12 @@ from hvtnas.config import (
 from hvtnas.errors import HvtnasError
 from hvtnas.models.blocks import (
     AttentionDownsample,
+    BottleneckBlock,
     CoScaleBlock,
     CoScaleGroup,
     FFNTransition,
     MetaFormerBlock,
+    NeighbourConv,
     NestedBlock,
     NestedStage,
     Stage,
@@ -47,6 +49,7 @@ from hvtnas.models.embed import (
     PixelAttention,
     PixelStem,
     PoolDownsample,
+    ResNetStem,
     SinusoidalPosEmbed,
 )
 from hvtnas.models.ffn import FFNS, Mlp
@@ -105,20 +108,22 @@ def build_stem(cfg: StemConfig, in_channels: int, dim: int, patch_size: int = 16
         k = cfg.kernel_size or 7
         padding = cfg.padding if cfg.padding is not None else k // 2
         return OverlapStem(in_channels, dim, k, padding, _optional_norm(cfg.norm, dim))
-    assert cfg.norm is not None  # the config requires it for conv stems
-    hidden = max(1, int(cfg.hidden_ratio * dim))
-    norms = [make_norm(cfg.norm.kind, hidden, cfg.norm.eps, cfg.norm.bias) for _ in range(cfg.depth - 1)]
+    assert cfg.norm is not None  # the config requires it for conv and resnet stems
+    if cfg.kind == "resnet":
+        norm = make_norm(cfg.norm.kind, dim, cfg.norm.eps, cfg.norm.bias)
+        return ResNetStem(in_channels, dim, cfg.kernel_size or 7, norm, make_act(cfg.act))
+    widths = cfg.conv_widths(dim)
+    norms = [make_norm(cfg.norm.kind, w, cfg.norm.eps, cfg.norm.bias) for w in widths[:-1]]
     if cfg.last_norm is not False:
         last = cfg.norm if cfg.last_norm is True else cfg.last_norm
         norms.append(make_norm(last.kind, dim, last.eps, last.bias))
     acts = [make_act(cfg.act) for _ in range(cfg.depth - 1)]
-    return ConvStem(
-        in_channels, dim, hidden, cfg.conv_strides(), cfg.conv_kernel_sizes(), norms, acts, cfg.last_bias
-    )
+    biases = [cfg.bias] * (cfg.depth - 1) + [cfg.bias or cfg.last_bias]
+    return ConvStem(in_channels, widths, cfg.conv_strides(), cfg.conv_kernel_sizes(), norms, acts, biases)
 
 
 def build_downsample(cfg: DownsampleConfig, in_dim: int, out_dim: int) -> nn.Module | None:
-    if cfg.kind == "pooling_attention":
+    if cfg.kind in ("pooling_attention", "strided_block"):
         return None  # built with the stage it opens (build_model)
     post = _optional_norm(cfg.norm, out_dim) if cfg.norm_position == "post" else None
     if cfg.kind == "patch_merging":
@@ -253,6 +258,32 @@ def _attention_downsample(cfg: ArchConfig, i: int, drop_rates: list[float]) -> A
     )
 
 
+def _bottleneck_block(
+    cfg: ArchConfig, i: int, j: int, params: MixerParams, drop_path: float, stem_size: int
+) -> BottleneckBlock:
+    """Block j of stage i as a ResNet bottleneck; with ``strided_block`` downsampling the first block
+    of a later stage reads the previous stage's map and halves it."""
+    scfg = cfg.stages[i]
+    assert scfg.bottleneck is not None
+    strided = i > 0 and j == 0 and cfg.downsample.kind == "strided_block"
+    map_size = -(-stem_size // 2 ** (i - 1 if strided else i))  # the map the mixer sees
+    kwargs = _mixer_kwargs(params, scfg, map_size)
+    if strided:
+        kwargs["stride"] = 2
+    mixer = MIXERS.get(params.kind)(scfg.bottleneck_width, **kwargs)
+    act = scfg.bottleneck.act
+    return BottleneckBlock(
+        cfg.stages[i - 1].width if strided else scfg.width,
+        scfg.width,
+        scfg.bottleneck_width,
+        mixer,
+        norm=_norm_factory(scfg.norm),
+        act=lambda: make_act(act),
+        stride=2 if strided else 1,
+        drop_path=drop_path,
+    )
+
+
 def build_model(
     spec: ModelSpec,
     *,
@@ -306,16 +337,23 @@ def build_model(
         shared: dict[str, nn.Module | None] = {}  # per mixer parameters: what the stage's mixers share
         stage_shared.append(shared)
         for j in range(first_block, scfg.depth):
+            params = scfg.mixer_for_block(j)
+            if scfg.bottleneck is not None:
+                blocks.append(
+                    _bottleneck_block(cfg, i, j, params, drop_rates[sum(depths[:i]) + j], stem_size)
+                )
+                continue
             ends_in_transition = widen_in_ffn and i < len(cfg.stages) - 1 and j == scfg.depth - 1
             block = MetaFormerBlock(
                 dim,
-                _stage_mixer(scfg.mixer_for_block(j), scfg, map_size, shared),
+                _stage_mixer(params, scfg, map_size, shared),
                 None if ends_in_transition else _ffn(scfg),  # MViT v1: its FFN widens, in the transition
                 norm=functools.partial(norm_factory, dim),
                 drop_path=drop_rates[sum(depths[:i]) + j],
                 layer_scale=scfg.layer_scale,
                 res_scale=scfg.res_scale,
                 post_norm=scfg.norm_position == "post",
+                neighbour_conv=NeighbourConv(dim, scfg.neighbour_conv) if scfg.neighbour_conv else None,
             )
             if scfg.inner is not None:
                 pixel_map = map_size * scfg.inner.patch_size

@@ -83,24 +83,22 @@ class OverlapStem(nn.Module):
 
 
 class ConvStem(nn.Module):
-    """Stacked convs without bias (the last one optionally with) with the given strides (product
-    4) and kernel sizes (padding k//2 for odd k, 0 for even), norm + act between, and a norm at
-    the end unless ``norms`` has one fewer entry than convs (ResT)."""
+    """Stacked convs of the given output ``widths`` (the last: stage 1's), strides (product 4),
+    kernel sizes (padding k//2 for odd k, 0 for even) and ``biases``, norm + act between, and a
+    norm at the end unless ``norms`` has one fewer entry than convs (ResT, Shuffle Transformer)."""
 
     def __init__(
         self,
         in_channels: int,
-        dim: int,
-        hidden: int,
+        widths: list[int],
         strides: list[int],
         kernel_sizes: list[int],
         norms: list[nn.Module],
         acts: list[nn.Module],
-        last_bias: bool = False,
+        biases: list[bool],
     ) -> None:
         super().__init__()
-        depth = len(strides)
-        widths = [in_channels] + [hidden] * (depth - 1) + [dim]
+        widths = [in_channels, *widths]
         self.convs = nn.ModuleList(
             nn.Conv2d(
                 widths[i],
@@ -108,7 +106,7 @@ class ConvStem(nn.Module):
                 k,
                 stride=strides[i],
                 padding=k // 2 if k % 2 else 0,
-                bias=last_bias and i == depth - 1,
+                bias=biases[i],
             )
             for i, k in enumerate(kernel_sizes)
         )
@@ -175,6 +173,21 @@ class PixelStem(nn.Module):
         patches = rearrange(x, "b c (h ph) (w pw) -> (b h w) c ph pw", ph=p, pw=p)  # each patch alone
         pixels = self.proj(patches) + self.pos_embed.to(x.dtype)  # (B*h*w, C, p/4, p/4)
         return rearrange(pixels, "(b h w) c qh qw -> b (h qh) (w qw) c", h=h, w=x.shape[-1] // p)
+
+
+class ResNetStem(nn.Module):
+    """ResNet's stem: k x k conv with stride 2 (padding k//2, no bias) -> norm -> act -> 3x3 max
+    pool with stride 2 (padding 1), as HaloNet's."""
+
+    def __init__(self, in_channels: int, dim: int, kernel_size: int, norm: nn.Module, act: nn.Module) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, dim, kernel_size, stride=2, padding=kernel_size // 2, bias=False)
+        self.norm = norm
+        self.act = act
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, C_in, H, W) -> (B, H/4, W/4, C)
+        x = self.act(self.norm(nchw_to_nhwc(self.conv(x))))
+        return nchw_to_nhwc(F.max_pool2d(nhwc_to_nchw(x), 3, stride=2, padding=1))
 
 
 # ----------------------------------------------------------------------------- downsampling

@@ -111,6 +111,7 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
     "gelu": nn.GELU,
     "quick_gelu": QuickGELU,
     "relu": nn.ReLU,
+    "relu6": nn.ReLU6,  # Shuffle Transformer
     "silu": nn.SiLU,
     "star_relu": StarReLU,
     "squared_relu": SquaredReLU,

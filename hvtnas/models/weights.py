@@ -17,6 +17,7 @@ model is taken, so the caller does not say where a file came from.
 | ``timm-tnt`` | timm's TNT (huawei-noah/Efficient-AI-Backbones, renamed by timm) | tnt_s |
 | ``official-ceit`` | coeusguo/ceit (the CeiT authors' code) | ceit_s |
 | ``official-mvit`` | facebookresearch/SlowFast MViT v1 (2-D patches, image models) | mvit_b |
+| ``timm-byoanet`` | timm's ByoaNet (HaloNet) | halonet_h1 |
 | ``official-swin(v2)`` | microsoft/Swin-Transformer (V1, V2) | swin_t, swin_s (swinv2_t) |
 | ``official-pvt_v2`` | whai362/PVT | pvt_v2_* |
 | ``official-pvt`` | whai362/PVT (v1) | pvt_tiny |
@@ -64,6 +65,7 @@ TIMM_NAMES = {
     "coat_lite_s": "coat_lite_small",
     "coat_s": "coat_small",
     "tnt_s": "tnt_s_patch16_224",
+    "halonet_h1": "halonet_h1",
 }
 
 # computed from the geometry, not learned: never loaded
@@ -114,6 +116,27 @@ def _mvit_key(key: str) -> str:
             return f"stages.{i}.downsample.{rest.replace('attn.', 'attention.')}"
         return f"stages.{i}.blocks.{j - (i > 0)}.{rest.replace('attn.', 'mixer.')}"
     return re.sub(r"^norm\.", "head.norm.", key)
+
+
+def _byoanet_key(key: str) -> str:
+    """timm's ByobNet / ByoaNet (HaloNet): ResNet stem and bottleneck blocks."""
+    key = key.replace("stem.conv1.conv.", "stem.conv.").replace("stem.conv1.bn.", "stem.norm.")
+    if m := re.match(r"stages\.(\d+)\.(\d+)\.(.*)", key):
+        i, j, rest = m.groups()
+        for old, new in (
+            ("shortcut.conv.", "shortcut.0."),
+            ("shortcut.bn.", "shortcut.1."),
+            ("conv1_1x1.conv.", "conv1."),
+            ("conv1_1x1.bn.", "norm1."),
+            ("self_attn.pos_embed.", "mixer."),
+            ("self_attn.", "mixer."),
+            ("post_attn.", "norm2."),
+            ("conv3_1x1.conv.", "conv3."),
+            ("conv3_1x1.bn.", "norm3."),
+        ):
+            rest = rest.replace(old, new)
+        return f"stages.{i}.blocks.{j}.{rest}"
+    return key
 
 
 def _twins_key(key: str) -> str:
@@ -188,6 +211,8 @@ def _official_cvt_key(key: str) -> str:
     key = re.sub(r"\.attn\.conv_proj_([qkv])\.bn\.", r".mixer.conv_\1.1.", key)
     key = key.replace(".attn.", ".mixer.").replace(".mlp.", ".ffn.")
     key = re.sub(r"^norm\.", "head.norm.", key)
+
+
 def _coat_key(key: str) -> str:
     """timm's CoaT / CoaT-Lite (the same names as mlpc-ucsd/CoaT, less its unused norms): per scale
     i (1-4) a patch embedding, a class token, a convolutional position encoding and serial blocks,
@@ -398,6 +423,7 @@ LAYOUTS: dict[str, Callable[[str], str]] = {
     "timm-tnt": _tnt_key,
     "official-ceit": _ceit_key,
     "official-mvit": _identity,  # renamed by its STATE_TRANSFORMS entry, which needs the whole file
+    "timm-byoanet": _byoanet_key,
     "official-swin": lambda k: _swin_key(_official_swin_to_timm(k)),
     "official-swinv2": lambda k: _swinv2_key(_official_swin_to_timm(k)),
     "official-pvt_v2": lambda k: _timm_key(_official_pvt_v2_to_timm(k)),

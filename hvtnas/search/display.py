@@ -12,10 +12,20 @@ def describe_arch(arch: Mapping[str, Any]) -> str:
     """``hvtnas.summary.describe`` from a trial's stored architecture (``ArchConfig.to_dict()``,
     every field present), without building the config (that would load torch); a test keeps the
     two equal."""
-    stages = " | ".join(
-        f"{s['depth']}x{s['width']} " + "+".join(dict.fromkeys(m["kind"] for m in s["mixers"]))
-        for s in arch["stages"]
-    )
+
+    def mixers(stage: Mapping[str, Any]) -> str:
+        return "+".join(dict.fromkeys(m["kind"] for m in stage["mixers"]))
+
+    def stage_text(s: Mapping[str, Any]) -> str:  # .get: trials stored before these fields existed
+        inner = s.get("inner")
+        return (
+            f"{s['depth']}x{s['width']} "
+            + ("bottleneck " if s.get("bottleneck") is not None else "")
+            + mixers(s)
+            + (f" in {inner['width']} {mixers(inner)}" if inner else "")
+        )
+
+    stages = " | ".join(stage_text(s) for s in arch["stages"])
     return f"{arch['stem']['kind']} stem, {arch['pos_embed']['kind']} PE: {stages}"
 
 

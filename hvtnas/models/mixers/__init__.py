@@ -22,8 +22,10 @@ from hvtnas.models.mixers.base import MixerParams, TokenMixer
 from hvtnas.models.mixers.conv import MBConv, SepConv
 from hvtnas.models.mixers.conv_attention import (
     ConvProjectionAttention,
+    ConvSelfAttention,
     EfficientMultiHeadAttention,
     FactorizedAttention,
+    RecursiveAtrousAttention,
 )
 from hvtnas.models.mixers.cross_window import CrossShapedWindowAttention
 from hvtnas.models.mixers.focal import FocalAttention
@@ -51,6 +53,8 @@ MIXERS.register("cross_window", CrossShapedWindowAttention)  # CSWin cross-shape
 MIXERS.register("conv_projection", ConvProjectionAttention)  # CvT convolutional projections
 MIXERS.register("emsa", EfficientMultiHeadAttention)  # ResT efficient MHSA
 MIXERS.register("factorized", FactorizedAttention)  # CoaT conv-attention: factorized + conv rel. pos.
+MIXERS.register("conv_self_attention", ConvSelfAttention)  # LVT CSA: attention inside a convolution
+MIXERS.register("recursive_atrous", RecursiveAtrousAttention)  # LVT RASA
 MIXERS.register("focal", FocalAttention)  # Focal Transformer: fine ring + pooled windows
 MIXERS.register("halo", HaloAttention)  # HaloNet blocked local attention with a halo
 MIXERS.register("token_mlp", TokenMLP)  # MLP-Mixer token mixing (windowed)

@@ -49,6 +49,8 @@ class TokenMixer(nn.Module):
     (the number of groups it splits its heads into, which must divide them), ``uses_map_size`` (it
     is given ``map_size``, the side of its stage's map at the configured input resolution, for
     tables sized by the map such as MViTv2's relative positions),
+    ``supports_stride`` (it takes ``stride=2`` and halves the map, as the first mixer of a stage
+    whose first block downsamples: HaloNet's strided halo attention),
     ``flop_free`` (it does no multiply-accumulates by design: shift, identity, pooling),
     ``paper`` (the papers it comes from) and ``complexity`` (its cost in the number of tokens N,
     for the README's generated mixer table).
@@ -63,6 +65,7 @@ class TokenMixer(nn.Module):
     uses_heads: ClassVar[bool] = False
     heads_multiple: ClassVar[int] = 1
     uses_map_size: ClassVar[bool] = False
+    supports_stride: ClassVar[bool] = False
     flop_free: ClassVar[bool] = False
     attends_tokens: ClassVar[bool] = False
     paper: ClassVar[str] = ""

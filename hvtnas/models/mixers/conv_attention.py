@@ -1,5 +1,6 @@
 """Attention with convolutions inside: CvT's convolutional projections, ResT's efficient MHSA and
-CoaT's conv-attention (factorized attention with convolutional relative position encoding)."""
+CoaT's conv-attention (factorized attention with convolutional relative position encoding);
+LVT's convolutional and recursive atrous self-attention."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pydantic_core import PydanticCustomError
 from torch import Tensor, nn
 
 from hvtnas.models.layers import LayerNormLast, nchw_to_nhwc, nhwc_to_nchw
-from hvtnas.models.mixers.attention import AttentionParams
+from hvtnas.models.mixers.attention import AttentionParams, SpatialReductionAttention, SpatialReductionParams
 from hvtnas.models.mixers.base import MixerParams, TokenMixer
 
 
@@ -297,3 +298,131 @@ class FactorizedAttention(TokenMixer):
         sequence = torch.cat([tokens, rearrange(x, "b h w c -> b (h w) c")], dim=1)  # (B, T + H*W, C)
         out = self._attend(sequence, T, H)
         return rearrange(out[:, T:], "b (h w) c -> b h w c", h=H), out[:, :T]
+
+
+# ----------------------------------------------------------------------------- LVT
+class ConvSelfAttentionParams(MixerParams):
+    kernel_size: PositiveInt = 3
+    stride: PositiveInt = 2
+    proj_bias: bool = True
+
+    @field_validator("kernel_size")
+    @classmethod
+    def _odd(cls, kernel: int) -> int:
+        if kernel % 2 == 0:
+            raise PydanticCustomError(
+                "odd_kernel", "{kernel} is even: the kernel needs a centre", {"kernel": kernel}
+            )
+        return kernel
+
+
+class ConvSelfAttention(TokenMixer):
+    """LVT's convolutional self-attention (CSA): self-attention inside a k x k convolution.
+
+    For every k x k neighbourhood (stride s, padding k//2) the k² x k² attention weights come from
+    one linear map of the s x s average-pooled token (no query-key product, as VOLO's outlook
+    attention); the values are the neighbourhood's k² tokens, each through a linear map of its own
+    kernel position (a grouped 1 x 1 conv over k² C channels in LVT's code); each position's
+    output is the attention-weighted sum over the neighbourhood, and the overlapping outputs are
+    folded back onto the map (summed), then projected.
+    """
+
+    Params: ClassVar[type[MixerParams]] = ConvSelfAttentionParams
+    uses_heads = True
+    paper = "LVT CSA (Yang et al., CVPR 2022)"
+    complexity = "O(N k⁴ C / s² + N k² C² / s²), kernel k, stride s"
+
+    def __init__(
+        self, dim: int, num_heads: int, kernel_size: int = 3, stride: int = 2, proj_bias: bool = True
+    ) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.kernel_size = kernel_size
+        self.stride = stride
+        self.scale = (dim // num_heads) ** -0.5
+        self.attn = nn.Linear(dim, kernel_size**4 * num_heads)
+        # (k², C_out, C_in): one value projection per kernel position, no bias (as LVT's)
+        self.value_weight = nn.Parameter(torch.empty(kernel_size**2, dim, dim))
+        nn.init.trunc_normal_(self.value_weight, std=0.02)
+        self.proj = nn.Linear(dim, dim, bias=proj_bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        H, W = x.shape[1:3]
+        k, s = self.kernel_size, self.stride
+        x_nchw = nhwc_to_nchw(x)
+        pooled = F.avg_pool2d(x_nchw, s, s, ceil_mode=True)  # (B, C, ceil(H/s), ceil(W/s))
+        logits = self.attn(nchw_to_nhwc(pooled))  # (B, h, w, heads * k² * k²)
+        attn = rearrange(logits, "b h w (n i j) -> b n (h w) i j", n=self.num_heads, i=k * k)
+        attn = (attn * self.scale).softmax(dim=-1)  # (B, heads, L, k², k²)
+        patches = F.unfold(x_nchw, k, padding=k // 2, stride=s)  # (B, C k², L), L = h w
+        patches = rearrange(patches, "b (c kk) l -> b l kk c", kk=k * k)
+        values = torch.einsum("blkc,koc->blko", patches, self.value_weight)  # (B, L, k², C)
+        values = rearrange(values, "b l kk (n d) -> b n l kk d", n=self.num_heads)
+        out = torch.matmul(attn, values)  # (B, heads, L, k², d)
+        out = rearrange(out, "b n l kk d -> b (n d kk) l")  # fold's layout: channel-major, then position
+        out = F.fold(out, (H, W), k, padding=k // 2, stride=s)  # overlapping outputs summed: (B, C, H, W)
+        return self.proj(nchw_to_nhwc(out))
+
+
+class RecursiveAtrousParams(SpatialReductionParams):
+    atrous_rates: list[PositiveInt] = Field([1, 3, 5], min_length=1)  # pydantic copies the default
+    recursions: PositiveInt = Field(2, le=8)
+
+
+class RecursiveAtrousAttention(SpatialReductionAttention):
+    """LVT's recursive atrous self-attention (RASA): spatial-reduction attention whose queries
+    pass through one depthwise 3 x 3 conv applied at several dilations (shared weights, each
+    result through SiLU, summed: multi-scale context in the similarity map), applied
+    ``recursions`` times: ``y = silu(attn(x))``, then ``y = silu(attn(y + x_prev))``, ...
+
+    The atrous conv has a bias when the q/kv projections do (LVT ties them).
+    """
+
+    Params: ClassVar[type[MixerParams]] = RecursiveAtrousParams
+    paper = "LVT RASA (Yang et al., CVPR 2022)"
+    complexity = "O(r N² C / R²), ratio R, recursions r"
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        sr_ratio: int = 1,
+        atrous_rates: list[int] | None = None,
+        recursions: int = 2,
+        qkv_bias: bool = True,
+        proj_bias: bool = True,
+    ) -> None:
+        super().__init__(dim, num_heads, sr_ratio=sr_ratio, qkv_bias=qkv_bias, proj_bias=proj_bias)
+        self.atrous_rates = list(atrous_rates or [1, 3, 5])
+        self.recursions = recursions
+        self.atrous = nn.Conv2d(dim, dim, 3, groups=dim, bias=qkv_bias)
+        self.act = nn.SiLU()
+
+    def _attention(self, x: Tensor) -> Tensor:
+        H = x.shape[1]
+        q = nhwc_to_nchw(self.q(x))
+        # the same depthwise weights at every dilation rate, each through SiLU, summed
+        q = sum(
+            self.act(
+                F.conv2d(
+                    q, self.atrous.weight, self.atrous.bias, padding=rate, dilation=rate, groups=q.shape[1]
+                )
+            )
+            for rate in self.atrous_rates
+        )
+        q = rearrange(q, "b (n d) h w -> b n (h w) d", n=self.num_heads)
+        k, v = rearrange(
+            self.kv(self.reduce(x)), "b h w (two n d) -> two b n (h w) d", two=2, n=self.num_heads
+        )
+        out = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(rearrange(out, "b n (h w) d -> b h w (n d)", h=H))
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self._attention(x)
+        if self.recursions == 1:
+            return out
+        out = self.act(out)
+        for _ in range(self.recursions - 1):  # recursion steps (2 in LVT), not tokens
+            x = out + x  # the next step's input, and its residual
+            out = self.act(self._attention(x))
+        return out

@@ -92,6 +92,14 @@ PUBLISHED: dict[str, Published] = {
     # MViT v1 B-16 for images: facebookresearch/SlowFast configs/ImageNet/MVIT_B_16_CONV.yaml;
     # 37M, 7.8 G from the paper (arXiv 2104.11227), 82.9 from SlowFast's MODEL_ZOO.md
     "mvit_b": Published(37.0, 7.8, 82.9, "facebookresearch/SlowFast (MVIT_B_16_CONV)"),
+    "asmlp_t": Published(28, 4.4, 81.3, "svip-lab/AS-MLP"),
+    "shuffle_t": Published(28, 4.6, 82.4, "mulinmeng/Shuffle-Transformer"),
+    # the README's 3.4M are the backbone's parameters (3,429,092); its 74.8% are lvt_cls's, the
+    # backbone with two class-attention blocks and a token-labelling head (see the zoo file)
+    "lvt": Published(3.4, 0.9, 74.8, "Chenglin-Yang/LVT"),
+    # no official code; 8.1M is timm's count of its halonet_h1 (the paper's table was not at hand
+    # to check it against), and the paper gives no FLOPs (hvtnas counts 3.00 GMACs at 256)
+    "halonet_h1": Published(8.1, None, None, "timm byoanet.py halonet_h1, timm's reading of the paper's H1"),
     # the SegFormer paper and README give no ImageNet figures for the encoder alone
     "mit_b0": Published(3.3, None, None, "NVlabs/SegFormer (encoder, counted on mix_transformer.py)"),
 }
