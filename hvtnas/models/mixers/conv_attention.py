@@ -379,6 +379,7 @@ class RecursiveAtrousAttention(SpatialReductionAttention):
     """
 
     Params: ClassVar[type[MixerParams]] = RecursiveAtrousParams
+    attends_tokens = False  # SRA's token path would skip the recursion and the atrous queries
     paper = "LVT RASA (Yang et al., CVPR 2022)"
     complexity = "O(r N² C / R²), ratio R, recursions r"
 
