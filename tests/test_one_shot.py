@@ -63,6 +63,19 @@ def test_sub_networks_share_slices_of_one_tensor() -> None:
     assert torch.equal(a, b[:16])  # the narrow stem is the corner of the wide one
 
 
+def test_fused_qkv_is_sliced_part_by_part() -> None:
+    space = SearchSpace.from_yaml("search_spaces/quickstart.yaml")
+    supernet = Supernet(space, cover_samples=0)
+    narrow, wide = (
+        supernet.extract(space.sample(_Fixed({"stage2.mixer": "attention", "stage2.width": width})))
+        for width in (32, 48)
+    )
+    name = "stages.1.blocks.0.mixer.qkv.weight"
+    q_k_v = narrow.state_dict()[name].unflatten(0, (3, 32))  # (part, rows, in)
+    wide_parts = wide.state_dict()[name].unflatten(0, (3, 48))
+    assert torch.equal(q_k_v, wide_parts[:, :32, :32])  # the narrow query starts the wide query
+
+
 class _Fixed:
     """First options and low ends, but the given values (a stand-in trial)."""
 

@@ -253,6 +253,27 @@ def _corner(shape: tuple[int, ...]) -> tuple[slice, ...]:
     return tuple(slice(0, n) for n in shape)
 
 
+# fused projections whose output stacks equal parts (q, k, v): each part is sliced on its own
+FUSED_PROJECTIONS = {"qkv": 3, "kv": 2}
+
+
+def _fused_chunks(name: str) -> int:
+    """Parts stacked along the first dimension of a parameter (``mixer.qkv.weight``: 3)."""
+    parts = name.split(".")
+    return FUSED_PROJECTIONS.get(parts[-2], 1) if len(parts) >= 2 else 1
+
+
+def _slice(slot: Tensor, shape: tuple[int, ...], chunks: int = 1) -> Tensor:
+    """The sub-network's ``shape`` from ``slot``: its leading corner; for a fused projection of
+    ``chunks`` parts, the leading corner of each part, so that the query of a narrow network is
+    the start of the wide one's query (not a mix of its query and key), as AutoFormer slices qkv."""
+    if chunks == 1 or shape[0] % chunks or slot.shape[0] % chunks:
+        return slot[_corner(shape)]
+    parts = slot.unflatten(0, (chunks, slot.shape[0] // chunks))  # (parts, rows per part, ...)
+    taken = parts[(slice(None), *_corner((shape[0] // chunks, *shape[1:])))]
+    return taken.flatten(0, 1)  # back to (parts * rows, ...)
+
+
 # ---------------------------------------------------------------------------------- supernet
 class Supernet(nn.Module):
     """The weight-sharing supernet of ``space``.
@@ -343,7 +364,7 @@ class Supernet(nn.Module):
         params = {}
         for name, (key, shape) in layout.items():
             slot = self.weights[key]
-            value = slot[_corner(shape)].contiguous()
+            value = _slice(slot, shape, _fused_chunks(name)).contiguous()
             if not value.requires_grad and slot.requires_grad:
                 # under no_grad a copied slice does not require grad, while a standalone model's
                 # parameter does, and ATen's matmul folds batch dimensions by requires_grad (its
