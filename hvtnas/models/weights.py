@@ -211,6 +211,7 @@ def _official_cvt_key(key: str) -> str:
     key = re.sub(r"\.attn\.conv_proj_([qkv])\.bn\.", r".mixer.conv_\1.1.", key)
     key = key.replace(".attn.", ".mixer.").replace(".mlp.", ".ffn.")
     key = re.sub(r"^norm\.", "head.norm.", key)
+    return re.sub(r"^head\.(weight|bias)$", r"head.fc.\1", key)
 
 
 def _coat_key(key: str) -> str:
