@@ -404,7 +404,14 @@ class Supernet(nn.Module):
         module, _ = self._path(arch)
         model = build_model(arch, init_weights=False)
         state = {name: value.detach().clone() for name, value in self.path_parameters(arch).items()}
-        state.update({name: buffer.clone() for name, buffer in module.named_buffers()})
+        state.update({name: buffer.clone() for name, buffer in module.named_buffers(remove_duplicate=False)})
+        # a module shared by several blocks (CoaT's per-stage position encoding) has its parameters
+        # under the first block's names only; the state dict lists them under every block's
+        first_name: dict[int, str] = {}
+        for name, param in model.named_parameters(remove_duplicate=False):
+            first = first_name.setdefault(id(param), name)
+            if name not in state:
+                state[name] = state[first]
         model.load_state_dict(state, strict=True)
         return model.to(self._device()).train(self.training)
 
