@@ -302,11 +302,24 @@ def per_trial_study(spec: SearchSpec, data: ImageData, work: Path, seconds: floa
         {"trial": t.number, "flops": t.user_attrs["costs"]["flops"], "accuracy": t.values[0]}
         for t in evaluated_trials(study.trials)
     ]
-    return {"trials": len(study.trials), "seconds": took, "front": pareto(points, "accuracy")}
+    warm = {  # the warm-start designs, trained by the study with the proxy recipe
+        t.user_attrs["warm_start"]: {
+            "accuracy": t.values[0],
+            "seconds": t.user_attrs.get("wall_seconds", 0.0),
+        }
+        for t in evaluated_trials(study.trials)
+        if t.user_attrs.get("warm_start")
+    }
+    return {"trials": len(study.trials), "seconds": took, "front": pareto(points, "accuracy"), "warm": warm}
 
 
 def baselines(
-    spec: SearchSpec, data: ImageData, cache: Cache, costs: CostCache, fronts: dict[str, list[dict[str, Any]]]
+    spec: SearchSpec,
+    data: ImageData,
+    cache: Cache,
+    costs: CostCache,
+    fronts: dict[str, list[dict[str, Any]]],
+    trained: dict[str, dict[str, Any]],
 ) -> list[dict[str, Any]]:
     """The space's warm-start designs (the published families scaled to the task) trained
     stand-alone with the proxy recipe, each beside the best member of each front at no more FLOPs
@@ -314,7 +327,8 @@ def baselines(
     rows = []
     for point in warm_start_points(spec):
         arch = adapt_arch_to_data(point.arch, data, keep_resolution=True)
-        alone = standalone(arch, data, spec.experiment.train, cache)
+        # trained by the per-trial study already (same recipe and seed), else here
+        alone = trained.get(point.label) or standalone(arch, data, spec.experiment.train, cache)
         flops = flops_of(arch, spec, costs)
         row: dict[str, Any] = {"baseline": point.label, "flops": flops, "accuracy": alone["accuracy"]}
         for name, front in fronts.items():
@@ -548,7 +562,8 @@ def main() -> None:
         if args.per_trial_study:
             fronts["per-trial study"] = pt["front"]
         if args.baselines:
-            result["baselines"] = baselines(spec, data, cache, costs, fronts)
+            warm = pt["warm"] if args.per_trial_study else {}
+            result["baselines"] = baselines(spec, data, cache, costs, fronts, warm)
         better = hv_one_shot > hv_random
         result["equal_wall_time"] = {
             "flops_ref": flops_ref,
