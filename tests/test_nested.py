@@ -355,3 +355,16 @@ def test_pooling_attention_keeps_the_class_token_unpooled() -> None:
     expected = mixer.proj(rearrange(attn, "b n l d -> b l (n d)"))
     torch.testing.assert_close(out_tokens, expected[:, :1])
     torch.testing.assert_close(out, rearrange(expected[:, 1:], "b (h w) c -> b h w c", h=6))
+
+
+def test_reset_classifier_keeps_the_layer_attention_and_switches_pooling() -> None:
+    model = build_model(tiny_ceit())
+    lca = model.head.layer_attention.qkv.weight.clone()
+    model.reset_classifier(5)
+    torch.testing.assert_close(model.head.layer_attention.qkv.weight, lca)  # not re-initialised
+    x = torch.randn(2, 3, 32, 32)
+    assert model(x).shape == (2, 5)
+    model.reset_classifier(3, global_pool="token")  # the last class token instead
+    assert not model.stages[0].token_history
+    _, tokens = model.forward_features(x, return_tokens=True)
+    assert tokens.shape == (2, 1, 32) and model(x).shape == (2, 3)

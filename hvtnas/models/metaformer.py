@@ -257,8 +257,11 @@ class MetaFormer(nn.Module):
             raise HvtnasError("global_pool 'token': the last stage carries no class token")
         if global_pool is not None:
             self.head.pool = global_pool
+            # CeiT's layer attention read every block's class token; the others read the last one
+            self.stages[-1].token_history = global_pool == "layer_attention"
         self.head.reset(num_classes)
-        for module in self.head.modules():  # the builder's initialisation (truncated normal)
+        fresh = [m for m in (self.head.mlp, self.head.fc) if m is not None]  # not the layer attention
+        for module in (m for part in fresh for m in part.modules()):  # the builder's initialisation
             if isinstance(module, nn.Linear):
                 nn.init.trunc_normal_(module.weight, std=0.02)
                 nn.init.zeros_(module.bias)
