@@ -278,3 +278,12 @@ def test_every_attending_mixer_mixes_tokens_and_map_both_ways(kind: str) -> None
     (grad_x,) = torch.autograd.grad(out_tokens.sum(), x, retain_graph=True)
     (grad_tokens,) = torch.autograd.grad(out[0, 4, 5].sum(), tokens)
     assert grad_x.abs().sum() > 0 and grad_tokens.abs().sum() > 0  # the tokens see the map, and back
+
+
+def test_the_one_line_description_names_the_tokens_and_the_patch_size() -> None:
+    from hvtnas.models import zoo
+    from hvtnas.summary import describe
+
+    assert describe(zoo.get_config("deit_s")) == "patch16 stem, absolute PE: 12x384 attention, 1 class token"
+    line = describe(ArchConfig.from_dict(tiny_config(["attention"], tokens={"kind": "global", "count": 2})))
+    assert line.endswith("1x16 attention, 2 global tokens | 1x32 attention | 1x48 attention | 1x64 attention")
