@@ -32,7 +32,6 @@ def tiny_tnt(**overrides: Any) -> dict[str, Any]:
         "stem": {"kind": "pixel"},
         "pos_embed": {"kind": "absolute"},
         "tokens": {"kind": "class", "pos_embed": True},
-        "head": {"pool": "token"},
         "stages": [{**stage, "inner": {**INNER, **overrides.pop("inner", {})}}],
     }
     cfg.update(overrides)
@@ -45,7 +44,7 @@ def tiny_ceit(**overrides: Any) -> dict[str, Any]:
         "stem": {"kind": "image_to_tokens", "widths": [8], "patch_size": 16, "norm": "batchnorm"},
         "pos_embed": {"kind": "absolute"},
         "tokens": {"kind": "class", "pos_embed": True},
-        "head": {"pool": "layer_attention"},
+        "head": {"layer_attention": True},
         "stages": [{"depth": 3, "width": 32, "heads": 2, "mixers": ["attention"], "ffn": "leff"}],
     }
     cfg.update(overrides)
@@ -117,19 +116,21 @@ def test_image_to_tokens_stem_errors(stem: dict, message: str) -> None:
     assert message in str(err.value)
 
 
-def test_layer_attention_needs_class_tokens() -> None:
-    cfg = tiny_ceit()
-    del cfg["tokens"]
-    with pytest.raises(ConfigError, match=r"head\.pool: reads the class token, but the model has no tokens"):
-        ArchConfig.from_dict(cfg)
-
-
-def test_leff_is_allowed_beside_tokens_and_mixffn_is_not() -> None:
-    ArchConfig.from_dict(tiny_ceit())
-    bad = tiny_ceit()
-    bad["stages"][0]["ffn"] = "mixffn"
-    with pytest.raises(ConfigError, match="needs an FFN with a rule for them"):
-        ArchConfig.from_dict(bad)
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"tokens": None}, "head.layer_attention: attends over the class token after every block"),
+        ({"tokens": {"kind": "global"}}, "head.layer_attention: attends over the class token"),
+        (
+            {"head": {"layer_attention": True, "mlp_ratio": 4}},
+            "head.mlp_ratio: the layer attention has no MLP",
+        ),
+    ],
+)
+def test_layer_attention_needs_class_tokens(overrides: dict, message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        ArchConfig.from_dict(tiny_ceit(**overrides))
+    assert message in str(err.value)
 
 
 # ----------------------------------------------------------------------------- parts
@@ -191,8 +192,7 @@ def test_nested_stage_gradient_checkpointing_gives_the_same_gradients() -> None:
 
 def test_leff_passes_tokens_through_and_mixes_neighbours() -> None:
     ffn = LeFF(4, 8).eval()
-    tokens = torch.randn(2, 1, 4)
-    assert ffn.forward_tokens(tokens) is tokens
+    assert LeFF.passes_tokens
     x = torch.zeros(1, 5, 5, 4)
     with torch.no_grad():
         base = ffn(x)
@@ -246,7 +246,7 @@ def test_image_to_tokens_stem_is_conv_bn_pool_then_patches() -> None:
 # ----------------------------------------------------------------------------- costs
 def test_nested_block_flops_closed_form() -> None:
     """A nested stage's extra cost: the inner block on the pixels and the projection of each patch."""
-    cfg = tiny_tnt(tokens=None, head={"pool": "avg"})
+    cfg = tiny_tnt(tokens=None)
     plain = {**copy.deepcopy(cfg), "stem": {"kind": "patch", "patch_size": 16}}
     del plain["stages"][0]["inner"]
     H = W = 64
@@ -285,7 +285,6 @@ def tiny_mvit_v1(**overrides: Any) -> dict[str, Any]:
         "pos_embed": {"kind": "absolute"},
         "tokens": {"kind": "class", "pos_embed": True},
         "downsample": {"kind": "pooling_attention", "widen": "ffn"},
-        "head": {"pool": "token"},
         "stages": [
             {"depth": 1, "width": 16, "heads": 1, "mixers": [{**pool, "kv_stride": 2}]},
             {"depth": 2, "width": 32, "heads": 2, "mixers": [{**pool, "kv_stride": 1}]},
@@ -357,14 +356,9 @@ def test_pooling_attention_keeps_the_class_token_unpooled() -> None:
     torch.testing.assert_close(out, rearrange(expected[:, 1:], "b (h w) c -> b h w c", h=6))
 
 
-def test_reset_classifier_keeps_the_layer_attention_and_switches_pooling() -> None:
+def test_reset_classifier_keeps_the_layer_attention() -> None:
     model = build_model(tiny_ceit())
     lca = model.head.layer_attention.qkv.weight.clone()
     model.reset_classifier(5)
     torch.testing.assert_close(model.head.layer_attention.qkv.weight, lca)  # not re-initialised
-    x = torch.randn(2, 3, 32, 32)
-    assert model(x).shape == (2, 5)
-    model.reset_classifier(3, global_pool="token")  # the last class token instead
-    assert not model.stages[0].token_history
-    _, tokens = model.forward_features(x, return_tokens=True)
-    assert tokens.shape == (2, 1, 32) and model(x).shape == (2, 3)
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 5)

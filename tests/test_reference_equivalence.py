@@ -32,9 +32,10 @@ pytestmark = pytest.mark.skipif(timm is None, reason=SKIP_REASON)
 # Windowed models need their native 224 (windows of 7 at every stage); the others are checked at a
 # smaller size, which exercises the same code at a fraction of the CPU time.
 SMALL_RESOLUTION = 64
-NEEDS_NATIVE = {"swin_t", "swin_s", "twins_svt_s", "mvitv2_t", "tnt_s"}  # timm's TNT takes 224 only
-# isotropic references return every block's output: hvtnas's one stage is their last block's
-LAST_BLOCK_ONLY = {"tnt_s"}
+# ViT/DeiT, MLP-Mixer and TNT in timm take their fixed 224 (14 x 14 patches) only
+NEEDS_NATIVE = {"swin_t", "swin_s", "twins_svt_s", "mvitv2_t", "deit_s", "mixer_b16", "tnt_s"}
+# one stage at stride 16: timm's forward_intermediates lists every block; the stage's map is the last
+ISOTROPIC = {"deit_s", "mixer_b16", "tnt_s"}
 # timm's PoolFormer applies the head's GroupNorm after pooling, the official code (which hvtnas
 # follows) before it: the trunk is compared, the logits differ by design.
 LOGITS_DIFFER_BY_DESIGN = {"poolformer_s12"}
@@ -48,9 +49,9 @@ def test_generated_model_matches_timm(name: str) -> None:
     x = torch.randn(2, 3, resolution, resolution)
     with torch.inference_mode():
         pyramid = model.forward_intermediates(x, intermediates_only=True)
-        indices = 1 if name in LAST_BLOCK_ONLY else None
+        indices = 1 if name in ISOTROPIC else None
         ref_pyramid = reference.forward_intermediates(x, indices=indices, intermediates_only=True)
-        assert len(pyramid) == len(ref_pyramid) == len(model.stages)
+        assert len(pyramid) == len(ref_pyramid) == len(model.arch_config.stages)
         for level, (ours, theirs) in enumerate(zip(pyramid, ref_pyramid, strict=True), start=1):
             torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4, msg=f"pyramid level {level}")
         if name not in LOGITS_DIFFER_BY_DESIGN:

@@ -12,19 +12,22 @@ model is taken, so the caller does not say where a file came from.
 | ``timm-swin`` / ``timm-swinv2`` | timm 1.x's Swin / Swin V2 | swin_t, swin_s / swinv2_t |
 | ``timm-twins`` | timm's Twins | twins_svt_s, twins_pcpvt_s |
 | ``timm-mvit`` | timm's MViTv2 | mvitv2_t |
+| ``timm-vit`` | timm's VisionTransformer (DeiT) and MlpMixer | deit_s, mixer_b16 |
 | ``timm-tnt`` | timm's TNT (huawei-noah/Efficient-AI-Backbones, renamed by timm) | tnt_s |
 | ``official-ceit`` | coeusguo/ceit (the CeiT authors' code) | ceit_s |
 | ``official-mvit`` | facebookresearch/SlowFast MViT v1 (2-D patches, image models) | mvit_b |
 | ``official-swin(v2)`` | microsoft/Swin-Transformer (V1, V2) | swin_t, swin_s (swinv2_t) |
 | ``official-pvt_v2`` | whai362/PVT | pvt_v2_* |
+| ``official-pvt`` | whai362/PVT (v1) | pvt_tiny |
+| ``official-cvt`` | microsoft/CvT | cvt_13 |
 | ``official-poolformer`` | sail-sg/poolformer | poolformer_s12 |
 | ``official-metaformer`` | sail-sg/metaformer | convformer_s18, caformer_s18 |
 
 Computed buffers (relative position indices, attention masks) are dropped; a 1x1 convolution's
 weight becomes a linear's (hvtnas's channels-last layers) by a reshape. A layout that is more than
 a renaming (separate query-key and value projections joined into one, a class token's entry split
-off a sequence's position embedding) has a ``STATE_TRANSFORMS`` entry that reshapes the file's
-tensors first.
+off a sequence's position embedding) has a ``PREPARE`` entry that reshapes the file's tensors
+first.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from einops import rearrange
 from torch import Tensor, nn
 
 from hvtnas.errors import HvtnasError
@@ -54,6 +58,8 @@ TIMM_NAMES = {
     "twins_pcpvt_s": "twins_pcpvt_small",
     "swinv2_t": "swinv2_tiny_window8_256",
     "mvitv2_t": "mvitv2_tiny",
+    "deit_s": "deit_small_patch16_224",
+    "mixer_b16": "mixer_b16_224",
     "tnt_s": "tnt_s_patch16_224",
 }
 
@@ -123,6 +129,65 @@ def _twins_key(key: str) -> str:
     return key.replace("head.", "head.fc.")
 
 
+def _vit_key(key: str) -> str:
+    """timm's VisionTransformer (DeiT) and MlpMixer: one stage of blocks behind the patch stem; the
+    class token and its position entry are the stage's token stream (see ``_split_vit_pos_embed``)."""
+    key = key.replace("patch_embed.", "stem.").replace("cls_token", "stages.0.tokens.tokens")
+    key = key.replace("pos_embed.prefix", "stages.0.tokens.pos_embed")
+    key = key.replace("pos_embed.grid", "stages.0.pos_embed.pos_embed")
+    key = re.sub(r"^blocks\.", "stages.0.blocks.", key)
+    key = key.replace(".attn.", ".mixer.").replace(".mlp_tokens.", ".mixer.")
+    key = key.replace(".mlp_channels.", ".ffn.").replace(".mlp.", ".ffn.")
+    key = re.sub(r"^norm\.", "head.norm.", key)
+    return re.sub(r"^head\.(weight|bias)$", r"head.fc.\1", key)
+
+
+def _split_pos_embeds(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A sequence model's position embedding ``(1, T + H*W, C)`` (``pos_embed``, PVT's
+    ``pos_embed<i>``) is, in hvtnas, the class token's own entries ``(1, T, C)`` (key + ``.prefix``)
+    and the map's ``(1, H, W, C)`` (key + ``.grid``): the map is the largest square it holds (the
+    models' own sizes are square), the T entries before it the tokens'."""
+    out = dict(state)
+    for key in [k for k in state if re.fullmatch(r"pos_embed\d?", k)]:
+        pos = out.pop(key)
+        side = math.isqrt(pos.shape[1])
+        prefix = pos.shape[1] - side * side
+        if prefix:
+            out[f"{key}.prefix"] = pos[:, :prefix]
+        out[f"{key}.grid"] = rearrange(pos[:, prefix:], "one (h w) c -> one h w c", h=side)
+    return out
+
+
+def _official_pvt_key(key: str) -> str:
+    """whai362/PVT's PVT v1: ``patch_embed<i>``, ``pos_embed<i>`` and ``block<i>`` per stage; the
+    class token joins the last stage, whose position embedding holds its entry."""
+    key = key.replace("patch_embed1.", "stem.")
+    key = re.sub(r"^patch_embed(\d)\.proj\.", lambda m: f"stages.{int(m.group(1)) - 1}.downsample.conv.", key)
+    key = re.sub(r"^patch_embed(\d)\.norm\.", lambda m: f"stages.{int(m.group(1)) - 1}.downsample.norm.", key)
+    key = re.sub(r"^pos_embed(\d)\.grid$", lambda m: f"stages.{int(m.group(1)) - 1}.pos_embed.pos_embed", key)
+    key = re.sub(r"^pos_embed(\d)\.prefix$", lambda m: f"stages.{int(m.group(1)) - 1}.tokens.pos_embed", key)
+    key = key.replace("cls_token", "stages.3.tokens.tokens")  # PVT v1 adds it in its 4th stage
+    key = re.sub(r"^block(\d)\.", lambda m: f"stages.{int(m.group(1)) - 1}.blocks.", key)
+    key = key.replace(".attn.", ".mixer.").replace(".mlp.", ".ffn.")
+    key = re.sub(r"^norm\.", "head.norm.", key)
+    return re.sub(r"^head\.(weight|bias)$", r"head.fc.\1", key)
+
+
+def _official_cvt_key(key: str) -> str:
+    """microsoft/CvT: ``stage<i>`` holds its convolutional embedding (the stem in stage 0), blocks
+    and class token; the q/k/v projections are a depthwise conv + BatchNorm, then a Linear."""
+    key = re.sub(r"^stage0\.patch_embed\.", "stem.", key)
+    key = re.sub(r"^stage(\d)\.patch_embed\.proj\.", r"stages.\1.downsample.conv.", key)
+    key = re.sub(r"^stage(\d)\.patch_embed\.norm\.", r"stages.\1.downsample.norm.", key)
+    key = re.sub(r"^stage(\d)\.cls_token$", r"stages.\1.tokens.tokens", key)
+    key = re.sub(r"^stage(\d)\.blocks\.", r"stages.\1.blocks.", key)
+    key = re.sub(r"\.attn\.conv_proj_([qkv])\.conv\.", r".mixer.conv_\1.0.", key)
+    key = re.sub(r"\.attn\.conv_proj_([qkv])\.bn\.", r".mixer.conv_\1.1.", key)
+    key = key.replace(".attn.", ".mixer.").replace(".mlp.", ".ffn.")
+    key = re.sub(r"^norm\.", "head.norm.", key)
+    return re.sub(r"^head\.(weight|bias)$", r"head.fc.\1", key)
+
+
 def _official_swin_to_timm(key: str) -> str:
     """microsoft/Swin-Transformer: the patch merging closes stage i there, opens stage i+1 in timm."""
     key = re.sub(r"layers\.(\d+)\.downsample", lambda m: f"layers.{int(m.group(1)) + 1}.downsample", key)
@@ -157,25 +222,18 @@ def _official_metaformer_to_timm(key: str, poolformer_v1: bool) -> str:
     return re.sub(r"^norm\.", "head.norm.", key)
 
 
-def _split_class_pos(state: dict[str, Tensor], key: str) -> dict[str, Tensor]:
-    """A sequence model's position embedding ``(1, 1 + H*W, C)`` (class token first) split into the
-    class token's entry (``cls_pos``) and the map's ``(1, H, W, C)`` (under ``key`` again)."""
-    pos = state.get(key)
-    if pos is None or pos.dim() != 3 or math.isqrt(pos.shape[1] - 1) ** 2 != pos.shape[1] - 1:
-        return state
-    side = math.isqrt(pos.shape[1] - 1)
-    return {**state, "cls_pos": pos[:, :1], key: pos[:, 1:].reshape(1, side, side, -1)}
-
-
 def _tnt_state(state: dict[str, Tensor]) -> dict[str, Tensor]:
     """timm's TNT: query-key and value projections joined into one ``qkv`` (rows q, k, v, as
-    hvtnas's attention reads them); the class token's entry split off the position embedding."""
+    hvtnas's attention reads them); the class token's entry split off the position embedding
+    (``_split_pos_embeds``)."""
     out = dict(state)
     for key in [k for k in state if k.endswith(".qk.weight")]:
         stem = key.removesuffix(".qk.weight")
         if f"{stem}.v.weight" in out:
             out[f"{stem}.qkv.weight"] = torch.cat([out.pop(key), out.pop(f"{stem}.v.weight")])
-    return _split_class_pos(out, "patch_pos")
+    if "patch_pos" in out:  # TNT's name for a ViT's position embedding
+        out["pos_embed"] = out.pop("patch_pos")
+    return _split_pos_embeds(out)
 
 
 def _mvit_v1_state(state: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -184,7 +242,7 @@ def _mvit_v1_state(state: dict[str, Tensor]) -> dict[str, Tensor]:
     The stages are read off the file: a block whose attention pools its queries (``pool_q``) opens a
     stage and is its downsampling (``AttentionDownsample``); the block before it ends the previous
     stage with its attention, while its widening MLP (``mlp``, ``proj``, ``norm2``) opens the
-    transition (``downsample.widen``). Position embedding: the class token's entry split off."""
+    transition (``downsample.widen``). Position embedding: split as a ViT's (``_split_pos_embeds``)."""
     if "cls_token" not in state or not any(k.startswith("blocks.") for k in state):
         return state
     blocks = sorted({int(k.split(".")[1]) for k in state if k.startswith("blocks.")})
@@ -196,11 +254,11 @@ def _mvit_v1_state(state: dict[str, Tensor]) -> dict[str, Tensor]:
         return stage, k - starts[stage]
 
     out: dict[str, Tensor] = {}
-    for key, value in _split_class_pos(state, "pos_embed").items():
+    for key, value in _split_pos_embeds(state).items():
         new = {
             "cls_token": "stages.0.tokens.tokens",
-            "cls_pos": "stages.0.tokens.pos_embed",
-            "pos_embed": "stages.0.pos_embed.pos_embed",
+            "pos_embed.prefix": "stages.0.tokens.pos_embed",
+            "pos_embed.grid": "stages.0.pos_embed.pos_embed",
         }.get(key, key)
         if m := re.match(r"blocks\.(\d+)\.(\w+)\.(.*)", key):
             k, part, rest = int(m.group(1)), m.group(2), m.group(3)
@@ -226,8 +284,8 @@ def _ceit_key(key: str) -> str:
     """coeusguo/ceit: I2T stem, one stage of LeFF blocks, the layer-wise class-token attention (lca)."""
     fixed = {
         "cls_token": "stages.0.tokens.tokens",
-        "cls_pos": "stages.0.tokens.pos_embed",
-        "pos_embed": "stages.0.pos_embed.pos_embed",
+        "pos_embed.prefix": "stages.0.tokens.pos_embed",
+        "pos_embed.grid": "stages.0.pos_embed.pos_embed",
         "pos_layer_embed": "head.layer_attention.pos_embed",
     }
     if key in fixed:
@@ -256,8 +314,8 @@ def _tnt_key(key: str) -> str:
     fixed = {
         "pixel_pos": "stem.pos_embed",
         "cls_token": "stages.0.tokens.tokens",
-        "cls_pos": "stages.0.tokens.pos_embed",
-        "patch_pos": "stages.0.pos_embed.pos_embed",
+        "pos_embed.prefix": "stages.0.tokens.pos_embed",
+        "pos_embed.grid": "stages.0.pos_embed.pos_embed",
     }
     if key in fixed:
         return fixed[key]
@@ -296,21 +354,26 @@ LAYOUTS: dict[str, Callable[[str], str]] = {
     "timm-swinv2": _swinv2_key,
     "timm-twins": _twins_key,
     "timm-mvit": _mvit_key,
+    "timm-vit": _vit_key,
     "timm-tnt": _tnt_key,
     "official-ceit": _ceit_key,
-    "official-mvit": _identity,  # renamed by its STATE_TRANSFORMS entry, which needs the whole file
+    "official-mvit": _identity,  # renamed by its PREPARE entry, which needs the whole file
     "official-swin": lambda k: _swin_key(_official_swin_to_timm(k)),
     "official-swinv2": lambda k: _swinv2_key(_official_swin_to_timm(k)),
     "official-pvt_v2": lambda k: _timm_key(_official_pvt_v2_to_timm(k)),
+    "official-pvt": _official_pvt_key,
+    "official-cvt": _official_cvt_key,
     "official-metaformer": lambda k: _timm_key(_official_metaformer_to_timm(k, poolformer_v1=False)),
     "official-poolformer": lambda k: _timm_key(_official_metaformer_to_timm(k, poolformer_v1=True)),
 }
 
 
-# layouts whose tensors are joined or split before the renaming (see the module's docstring)
-STATE_TRANSFORMS: dict[str, Callable[[dict[str, Tensor]], dict[str, Tensor]]] = {
+# state-dict changes a layout needs before its keys are renamed (one tensor that is two in hvtnas)
+PREPARE: dict[str, Callable[[dict[str, Tensor]], dict[str, Tensor]]] = {
+    "timm-vit": _split_pos_embeds,
+    "official-pvt": _split_pos_embeds,
     "timm-tnt": _tnt_state,
-    "official-ceit": lambda state: _split_class_pos(state, "pos_embed"),
+    "official-ceit": _split_pos_embeds,
     "official-mvit": _mvit_v1_state,
 }
 
@@ -372,8 +435,7 @@ class _Fit:
         self.mapped: dict[str, Tensor] = {}
         self.renamed: dict[str, str] = {}  # new key -> key in the file
         rename = LAYOUTS[layout]
-        if layout in STATE_TRANSFORMS:
-            source = STATE_TRANSFORMS[layout](source)
+        source = PREPARE.get(layout, lambda state: state)(source)
         for key, value in source.items():
             if any(c in key for c in _COMPUTED):
                 continue

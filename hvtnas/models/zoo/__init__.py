@@ -69,6 +69,12 @@ PUBLISHED: dict[str, Published] = {
     ),
     "shunted_t": Published(11.5, None, 79.8, "OliverRensu/Shunted-Transformer"),
     "pvt_tiny": Published(13.2, 1.9, 75.1, "whai362/PVT"),
+    "deit_s": Published(22, 4.6, 79.8, "facebookresearch/deit (DeiT-S, paper Table 1)"),
+    # the paper reports no FLOPs (it compares throughput); hvtnas counts 12.62 GMACs
+    "mixer_b16": Published(
+        59, None, 76.4, "arXiv 2105.01601 Table 2, ImageNet-1k only (google-research/vision_transformer)"
+    ),
+    "s2mlp_wide": Published(71, 14.0, 80.0, "paper, arXiv 2106.07477 (no official code)"),
     # huawei-noah/Efficient-AI-Backbones tnt_pytorch/readme.md (23.8M, 5.2 G, 81.5)
     "tnt_s": Published(23.8, 5.2, 81.5, "huawei-noah/Efficient-AI-Backbones (tnt_pytorch)"),
     # coeusguo/ceit README (the authors' code; 24.2M, 82.0) and the paper, arXiv 2103.11816 (4.5 G)
