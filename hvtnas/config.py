@@ -357,13 +357,10 @@ class InnerConfig(_Strict):
     def _heads_fit(self) -> InnerConfig:
         if self.heads is not None and self.width % self.heads:
             _fail(("heads",), self.heads, f"{self.heads} does not divide width {self.width}")
-        for i, mixer in enumerate(self.mixers):
+        for mixer in self.mixers:
             mixer_cls = MIXERS.get(mixer.kind)
             if mixer_cls.uses_heads and self.heads is None:
                 _fail(("heads",), None, f"mixer '{mixer.kind}' needs 'heads'")
-            if mixer_cls.uses_map_size or mixer.kind == "pooling_attention":
-                # the pixel map's size differs from the stage's; these mixers are sized by the stage
-                _fail(("mixers", i), mixer.kind, "cannot be an inner mixer (it is sized by the stage's map)")
             if self.heads is not None and self.heads % mixer_cls.heads_multiple:
                 _fail(
                     ("heads",),
