@@ -29,7 +29,6 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from hvtnas.errors import ConfigError, RegistryError
 from hvtnas.io import atomic_write_text, read_text
-from hvtnas.models.ffn import FFNS
 from hvtnas.models.mixers import MIXERS, MixerParams
 from hvtnas.models.mixers.base import ActivationName as Activation
 from hvtnas.models.tokens import TOKEN_STREAMS, TokenStreamParams
@@ -387,13 +386,10 @@ class InnerConfig(_Strict):
     def _heads_fit(self) -> InnerConfig:
         if self.heads is not None and self.width % self.heads:
             _fail(("heads",), self.heads, f"{self.heads} does not divide width {self.width}")
-        for i, mixer in enumerate(self.mixers):
+        for mixer in self.mixers:
             mixer_cls = MIXERS.get(mixer.kind)
             if mixer_cls.uses_heads and self.heads is None:
                 _fail(("heads",), None, f"mixer '{mixer.kind}' needs 'heads'")
-            if mixer_cls.uses_map_size or mixer.kind == "pooling_attention":
-                # the pixel map's size differs from the stage's; these mixers are sized by the stage
-                _fail(("mixers", i), mixer.kind, "cannot be an inner mixer (it is sized by the stage's map)")
             if self.heads is not None and self.heads % mixer_cls.heads_multiple:
                 _fail(
                     ("heads",),
@@ -562,14 +558,15 @@ class StageConfig(_Strict):
 class HeadConfig(_Strict):
     """Classifier: norm (before or after global average pooling) -> [MLP] -> Linear.
 
-    ``pool``: ``avg`` averages the last map; ``token`` reads the class token beside it instead
-    (``tokens: {kind: class}``; timm's ``global_pool='token'``: ViT/DeiT, CvT, PVT v1);
-    ``layer_attention`` is CeiT's layer-wise class-token attention: the class token after each of
-    the last stage's blocks, plus a learned embedding per block, and one transformer block (the
-    last stage's heads, ``mlp_ratio`` and norm eps) in which the last of them attends over all.
+    A model with a class token (``tokens: {kind: class}``: ViT/DeiT, CvT, PVT v1) classifies from
+    that token, normalised, instead of the pooled map (timm's ``global_pool='token'``); with
+    ``layer_attention`` (CeiT) through a layer-wise class-token attention: the class token after
+    each of the last stage's blocks, plus a learned embedding per block, and one transformer block
+    (the last stage's heads, ``mlp_ratio`` and norm eps) in which the last of them attends over all.
     """
 
-    pool: Literal["avg", "token", "layer_attention"] = "avg"
+    layer_attention: bool = False
+
     norm: NormConfig | None = NormConfig()
     norm_position: Literal["pre_pool", "post_pool"] = "pre_pool"
     mlp_ratio: float | None = Field(None, gt=0)  # MetaFormer baselines' MLP head (ratio 4)
@@ -786,13 +783,6 @@ class ArchConfig(_Strict):
     def _tokens_fit(self) -> ArchConfig:
         tokens = self.tokens
         if tokens is None:
-            if self.head.pool != "avg":
-                _fail(
-                    ("head", "pool"),
-                    self.head.pool,
-                    "reads the class token, but the model has no tokens "
-                    "(add tokens: {kind: class, from_stage: ...})",
-                )
             return self
         if tokens.from_stage >= len(self.stages):
             _fail(
@@ -802,20 +792,12 @@ class ArchConfig(_Strict):
             )
         carrying = range(tokens.from_stage, len(self.stages))
         for i in carrying:
-            stage = self.stages[i]
-            if stage.norm.kind != "layernorm":
+            if self.stages[i].norm.kind == "batchnorm":
                 _fail(
                     ("stages", i, "norm", "kind"),
-                    stage.norm.kind,
-                    "a stage that carries tokens normalises each token alone: its norm must be 'layernorm'",
-                )
-            if stage.ffn.kind != "none" and not FFNS[stage.ffn.kind].takes_tokens:
-                known = ", ".join(k for k, cls in FFNS.items() if cls.takes_tokens)
-                _fail(
-                    ("stages", i, "ffn", "kind"),
-                    stage.ffn.kind,
-                    "the tokens beside the map have no neighbours for its convolution: a stage that "
-                    f"carries tokens needs an FFN with a rule for them ({known}, or 'none')",
+                    "batchnorm",
+                    "a stage that carries tokens normalises each token as a 1x1 map, which batch "
+                    "statistics cannot do: use 'layernorm' or 'groupnorm'",
                 )
         attending = [
             m.kind for i in carrying for m in self.stages[i].mixers if MIXERS.get(m.kind).attends_tokens
@@ -839,23 +821,28 @@ class ArchConfig(_Strict):
                         f"the tokens' position-embedding entries need an absolute position embedding "
                         f"at stage {i} (pos_embed: {{kind: absolute{', per_stage: true' if i else ''}}})",
                     )
-        if self.head.pool != "avg" and not TOKEN_STREAMS.get(tokens.kind).readable_by_head:
+        return self
+
+    @model_validator(mode="after")
+    def _layer_attention_reads_class_tokens(self) -> ArchConfig:
+        if not self.head.layer_attention:
+            return self
+        tokens = self.tokens
+        if tokens is None or not TOKEN_STREAMS.get(tokens.kind).read_by_head:
             _fail(
-                ("head", "pool"),
-                self.head.pool,
-                f"the classifier reads a class token, not '{tokens.kind}' tokens",
+                ("head", "layer_attention"),
+                True,
+                "attends over the class token after every block: the model needs class tokens "
+                "(tokens: {kind: class, ...})",
             )
-        if self.head.pool == "layer_attention":
-            if self.head.mlp_ratio is not None:
-                _fail(
-                    ("head", "mlp_ratio"), self.head.mlp_ratio, "the layer attention has no MLP head after it"
-                )
-            if self.stages[-1].num_heads is None:
-                _fail(
-                    ("stages", len(self.stages) - 1, "heads"),
-                    None,
-                    "head.pool 'layer_attention' attends with the last stage's heads: give it heads",
-                )
+        if self.head.mlp_ratio is not None:
+            _fail(("head", "mlp_ratio"), self.head.mlp_ratio, "the layer attention has no MLP head after it")
+        if self.stages[-1].num_heads is None:
+            _fail(
+                ("stages", len(self.stages) - 1, "heads"),
+                None,
+                "head.layer_attention attends with the last stage's heads: give it heads",
+            )
         return self
 
     @model_validator(mode="after")

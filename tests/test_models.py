@@ -366,5 +366,7 @@ def test_a_patch_stem_of_16_makes_an_isotropic_stage_at_stride_16() -> None:
     assert model.stages[0].pos_embed.pos_embed.shape == (1, 2, 2, 16)  # 32 / 16 at the configured size
     pyramid = model.forward_intermediates(torch.randn(1, 3, 40, 56), intermediates_only=True)
     assert pyramid[0].shape == (1, 16, 3, 4)  # padded to whole patches: ceil(40 / 16), ceil(56 / 16)
-    with pytest.raises(ConfigError, match=r"stem.patch_size: applies to the 'patch' and 'image_to_tokens'"):
+    with pytest.raises(
+        ConfigError, match=r"stem\.patch_size: applies to the 'patch' and 'image_to_tokens' stems only"
+    ):
         ArchConfig.from_dict(tiny_config(["pooling"], stem={"kind": "overlap", "patch_size": 16}))

@@ -32,7 +32,6 @@ def tiny_tnt(**overrides: Any) -> dict[str, Any]:
         "stem": {"kind": "pixel"},
         "pos_embed": {"kind": "absolute"},
         "tokens": {"kind": "class", "pos_embed": True},
-        "head": {"pool": "token"},
         "stages": [{**stage, "inner": {**INNER, **overrides.pop("inner", {})}}],
     }
     cfg.update(overrides)
@@ -45,7 +44,7 @@ def tiny_ceit(**overrides: Any) -> dict[str, Any]:
         "stem": {"kind": "image_to_tokens", "widths": [8], "patch_size": 16, "norm": "batchnorm"},
         "pos_embed": {"kind": "absolute"},
         "tokens": {"kind": "class", "pos_embed": True},
-        "head": {"pool": "layer_attention"},
+        "head": {"layer_attention": True},
         "stages": [{"depth": 3, "width": 32, "heads": 2, "mixers": ["attention"], "ffn": "leff"}],
     }
     cfg.update(overrides)
@@ -73,7 +72,6 @@ def test_nested_config_round_trips_and_sets_the_strides() -> None:
         (tiny_tnt(inner={"heads": 3}), "stages[0].inner.heads: 3 does not divide width 8"),
         (tiny_tnt(inner={"heads": None}), "stages[0].inner.heads: mixer 'window' needs 'heads'"),
         (tiny_tnt(inner={"ffn": "none"}), "stages[0].inner.ffn.kind: the inner block needs an FFN"),
-        (tiny_tnt(inner={"mixers": ["relative_attention"]}), "cannot be an inner mixer"),
         ({**tiny_tnt(), "stem": {"kind": "pixel", "kernel_size": 6}}, "needs an odd kernel"),
     ],
 )
@@ -81,6 +79,11 @@ def test_nested_config_errors_name_the_field(cfg: dict, message: str) -> None:
     with pytest.raises(ConfigError) as err:
         ArchConfig.from_dict(cfg)
     assert message in str(err.value)
+
+
+def test_inner_mixers_sized_by_their_map_get_the_pixel_map() -> None:
+    model = build_model(tiny_tnt(inner={"mixers": ["relative_attention"]}))
+    assert model.stages[0].blocks[0].inner.mixer.map_size == 8  # 32 / 4: the pixels, not the tokens
 
 
 def test_a_later_nested_stage_takes_the_previous_width() -> None:
@@ -117,19 +120,21 @@ def test_image_to_tokens_stem_errors(stem: dict, message: str) -> None:
     assert message in str(err.value)
 
 
-def test_layer_attention_needs_class_tokens() -> None:
-    cfg = tiny_ceit()
-    del cfg["tokens"]
-    with pytest.raises(ConfigError, match=r"head\.pool: reads the class token, but the model has no tokens"):
-        ArchConfig.from_dict(cfg)
-
-
-def test_leff_is_allowed_beside_tokens_and_mixffn_is_not() -> None:
-    ArchConfig.from_dict(tiny_ceit())
-    bad = tiny_ceit()
-    bad["stages"][0]["ffn"] = "mixffn"
-    with pytest.raises(ConfigError, match="needs an FFN with a rule for them"):
-        ArchConfig.from_dict(bad)
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"tokens": None}, "head.layer_attention: attends over the class token after every block"),
+        ({"tokens": {"kind": "global"}}, "head.layer_attention: attends over the class token"),
+        (
+            {"head": {"layer_attention": True, "mlp_ratio": 4}},
+            "head.mlp_ratio: the layer attention has no MLP",
+        ),
+    ],
+)
+def test_layer_attention_needs_class_tokens(overrides: dict, message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        ArchConfig.from_dict(tiny_ceit(**overrides))
+    assert message in str(err.value)
 
 
 # ----------------------------------------------------------------------------- parts
@@ -191,8 +196,7 @@ def test_nested_stage_gradient_checkpointing_gives_the_same_gradients() -> None:
 
 def test_leff_passes_tokens_through_and_mixes_neighbours() -> None:
     ffn = LeFF(4, 8).eval()
-    tokens = torch.randn(2, 1, 4)
-    assert ffn.forward_tokens(tokens) is tokens
+    assert LeFF.passes_tokens
     x = torch.zeros(1, 5, 5, 4)
     with torch.no_grad():
         base = ffn(x)
@@ -246,7 +250,7 @@ def test_image_to_tokens_stem_is_conv_bn_pool_then_patches() -> None:
 # ----------------------------------------------------------------------------- costs
 def test_nested_block_flops_closed_form() -> None:
     """A nested stage's extra cost: the inner block on the pixels and the projection of each patch."""
-    cfg = tiny_tnt(tokens=None, head={"pool": "avg"})
+    cfg = tiny_tnt(tokens=None)
     plain = {**copy.deepcopy(cfg), "stem": {"kind": "patch", "patch_size": 16}}
     del plain["stages"][0]["inner"]
     H = W = 64
@@ -285,7 +289,6 @@ def tiny_mvit_v1(**overrides: Any) -> dict[str, Any]:
         "pos_embed": {"kind": "absolute"},
         "tokens": {"kind": "class", "pos_embed": True},
         "downsample": {"kind": "pooling_attention", "widen": "ffn"},
-        "head": {"pool": "token"},
         "stages": [
             {"depth": 1, "width": 16, "heads": 1, "mixers": [{**pool, "kv_stride": 2}]},
             {"depth": 2, "width": 32, "heads": 2, "mixers": [{**pool, "kv_stride": 1}]},
@@ -355,3 +358,11 @@ def test_pooling_attention_keeps_the_class_token_unpooled() -> None:
     expected = mixer.proj(rearrange(attn, "b n l d -> b l (n d)"))
     torch.testing.assert_close(out_tokens, expected[:, :1])
     torch.testing.assert_close(out, rearrange(expected[:, 1:], "b (h w) c -> b h w c", h=6))
+
+
+def test_reset_classifier_keeps_the_layer_attention() -> None:
+    model = build_model(tiny_ceit())
+    lca = model.head.layer_attention.qkv.weight.clone()
+    model.reset_classifier(5)
+    torch.testing.assert_close(model.head.layer_attention.qkv.weight, lca)  # not re-initialised
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 5)

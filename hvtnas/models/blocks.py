@@ -7,10 +7,26 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
+from einops import rearrange
 from torch import Tensor, nn
 
+from hvtnas.models.ffn import Mlp
 from hvtnas.models.layers import DropPath, Scale, nchw_to_nhwc, nhwc_to_nchw
 from hvtnas.models.mixers.base import TokenMixer
+
+
+def per_token(f: nn.Module, tokens: Tensor) -> Tensor:
+    """``f`` (a norm, an FFN: parts made for maps) on each ``(B, T, C)`` token as a 1x1 map, so a
+    GroupNorm normalises the token over its channels and a Mix-FFN's zero-padded depthwise conv sees
+    no neighbours (its centre tap only)."""
+    maps = rearrange(tokens, "b t c -> (b t) 1 1 c")
+    return rearrange(f(maps), "(b t) 1 1 c -> b t c", b=tokens.shape[0])
+
+
+def _token_ffn(ffn: nn.Module) -> nn.Module:
+    """What an FFN is to the tokens beside the map: itself, or nothing where it ``passes_tokens``
+    (CeiT's LeFF: the class token skips it, so the block adds the token's normalised value)."""
+    return nn.Identity() if getattr(type(ffn), "passes_tokens", False) else ffn
 
 
 def _scale(dim: int, init: float | None) -> nn.Module:
@@ -72,9 +88,21 @@ class MetaFormerBlock(nn.Module):
         else:
             self.ffn = None
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        # the whole block acts on [tokens; pixels] as one sequence: its mixer attends to tokens and
+        # its norms and FFN act on each token alone (so the map needs no neighbours)
+        self.takes_sequence = (
+            self.mixer_residual
+            and mixer.attends_tokens
+            and isinstance(self.norm1, nn.LayerNorm)
+            and (ffn is None or isinstance(ffn, Mlp))
+        )
 
     def _branch(self, f: Callable[[Tensor], Tensor], norm: nn.Module, x: Tensor) -> Tensor:
         return norm(f(x)) if self.post_norm else f(norm(x))
+
+    def _token_branch(self, f: nn.Module, norm: nn.Module, tokens: Tensor) -> Tensor:
+        """``_branch`` on the tokens beside the map, each as a 1x1 map (``per_token``)."""
+        return per_token(lambda t: self._branch(f, norm, t), tokens)
 
     def _add(
         self,
@@ -113,17 +141,32 @@ class MetaFormerBlock(nn.Module):
             x = self._add(x, self._branch(self.ffn, self.norm2, x), self.res_scale2, self.layer_scale2)
         return x
 
+    def forward_sequence(self, sequence: Tensor, num_tokens: int, size: tuple[int, int]) -> Tensor:
+        """The block on ``[tokens; pixels]`` ``(B, T + H*W, C)`` (``takes_sequence`` blocks only):
+        the sequence model's block, without splitting the tokens from the map."""
+        if self.post_norm:
+            mixed = self.norm1(self.mixer.forward_sequence(sequence, num_tokens, size))
+        else:
+            mixed = self.mixer.forward_sequence(self.norm1(sequence), num_tokens, size)
+        sequence = self._add(sequence, mixed, self.res_scale1, self.layer_scale1)
+        if self.ffn is not None:
+            branch = self._branch(self.ffn, self.norm2, sequence)
+            sequence = self._add(sequence, branch, self.res_scale2, self.layer_scale2)
+        return sequence
+
     def forward_with_tokens(self, x: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
         """The block on the map ``(B, H, W, C)`` and the tokens beside it ``(B, T, C)``: the mixer
         attends over both if it can (``attends_tokens``), otherwise the tokens skip its sub-block;
-        norms, FFN, scales and drop path act on the tokens as on the pixels, one drop-path draw
-        per sample for both (the sequence model's block on ``[tokens; pixels]``)."""
+        norms, FFN, scales and drop path act on the tokens as on the pixels, each token as a 1x1
+        map (``per_token``), one drop-path draw per sample for both (with a LayerNorm and an MLP,
+        the sequence model's block on ``[tokens; pixels]``)."""
         if self.mixer_residual and self.mixer.attends_tokens:
             if self.post_norm:
                 mixed, mixed_tokens = self.mixer.forward_with_tokens(x, tokens)
-                mixed, mixed_tokens = self.norm1(mixed), self.norm1(mixed_tokens)
+                mixed, mixed_tokens = self.norm1(mixed), per_token(self.norm1, mixed_tokens)
             else:
-                mixed, mixed_tokens = self.mixer.forward_with_tokens(self.norm1(x), self.norm1(tokens))
+                normed_tokens = per_token(self.norm1, tokens)
+                mixed, mixed_tokens = self.mixer.forward_with_tokens(self.norm1(x), normed_tokens)
             factor = self._drop_factor(x)  # (B, 1, 1, 1)
             x = self._add(x, mixed, self.res_scale1, self.layer_scale1, factor)
             token_factor = factor.flatten(1, 2) if factor is not None else None  # (B, 1, 1)
@@ -140,7 +183,7 @@ class MetaFormerBlock(nn.Module):
             token_factor = factor.flatten(1, 2) if factor is not None else None
             tokens = self._add(
                 tokens,
-                self._branch(self.ffn.forward_tokens, self.norm2, tokens),
+                self._token_branch(_token_ffn(self.ffn), self.norm2, tokens),
                 self.res_scale2,
                 self.layer_scale2,
                 token_factor,
@@ -240,6 +283,8 @@ class Stage(nn.Module):
             x = self.pos_embed(self.downsample(x))
         tokens = self.tokens(x, tokens) if self.tokens is not None else None
         checkpoint = self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting()
+        if tokens is not None and self.peg is None and all(b.takes_sequence for b in self.blocks):
+            return self._forward_sequence(x, tokens, checkpoint)
         history = []
         for i, block in enumerate(self.blocks):
             if self.peg_before_each_block and self.peg is not None:
@@ -263,6 +308,24 @@ class Stage(nn.Module):
                 history.append(tokens[:, 0])  # (B, C): the class token after this block
         if history:
             tokens = torch.stack(history, dim=1)  # (B, depth, C)
+        return self.out_norm(x), tokens
+
+    def _forward_sequence(self, x: Tensor, tokens: Tensor, checkpoint: bool) -> tuple[Tensor, Tensor]:
+        """Every block on ``[tokens; pixels]`` as one sequence (ViT's form): joined once, split once."""
+        H, W, T = x.shape[1], x.shape[2], tokens.shape[1]
+        sequence = torch.cat([tokens, x.flatten(1, 2)], dim=1)  # (B, T + H*W, C)
+        history = []
+        for block in self.blocks:
+            if checkpoint:
+                sequence = torch.utils.checkpoint.checkpoint(
+                    block.forward_sequence, sequence, T, (H, W), use_reentrant=False
+                )
+            else:
+                sequence = block.forward_sequence(sequence, T, (H, W))
+            if self.token_history:
+                history.append(sequence[:, 0])  # (B, C): the class token after this block
+        x = rearrange(sequence[:, T:], "b (h w) c -> b h w c", h=H)
+        tokens = torch.stack(history, dim=1) if history else sequence[:, :T]  # (B, depth, C) or (B, T, C)
         return self.out_norm(x), tokens
 
 
@@ -295,8 +358,8 @@ class FFNTransition(nn.Module):
         return self._shortcut(x, normed) + self.drop_path(self.mlp(normed))
 
     def forward_with_tokens(self, x: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
-        normed, normed_tokens = self.norm(x), self.norm(tokens)
-        mlp, mlp_tokens = _drop_pair(self.drop_path, self.mlp(normed), self.mlp(normed_tokens))
+        normed, normed_tokens = self.norm(x), per_token(self.norm, tokens)
+        mlp, mlp_tokens = _drop_pair(self.drop_path, self.mlp(normed), per_token(self.mlp, normed_tokens))
         return self._shortcut(x, normed) + mlp, self._shortcut(tokens, normed_tokens) + mlp_tokens
 
     def _shortcut(self, x: Tensor, normed: Tensor) -> Tensor:
@@ -351,14 +414,15 @@ class AttentionDownsample(nn.Module):
         """The same on the map and the ``(B, T, C)`` tokens beside it (one drop-path draw per sample)."""
         if self.widen is not None:
             x, tokens = self.widen.forward_with_tokens(x, tokens)
-        normed, normed_tokens = self.norm1(x), self.norm1(tokens)
+        normed, normed_tokens = self.norm1(x), per_token(self.norm1, tokens)
         mixed, mixed_tokens = _drop_pair(
             self.drop_path, *self.attention.forward_with_tokens(normed, normed_tokens)
         )
         shortcut = nchw_to_nhwc(self.shortcut_pool(nhwc_to_nchw(self._shortcut(x, normed))))
         x, tokens = shortcut + mixed, self._shortcut(tokens, normed_tokens) + mixed_tokens
+        token_ffn = _token_ffn(self.ffn)
         ffn, ffn_tokens = _drop_pair(
-            self.drop_path, self.ffn(self.norm2(x)), self.ffn.forward_tokens(self.norm2(tokens))
+            self.drop_path, self.ffn(self.norm2(x)), per_token(lambda t: token_ffn(self.norm2(t)), tokens)
         )
         return x + ffn, tokens + ffn_tokens
 

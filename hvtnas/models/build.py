@@ -57,7 +57,7 @@ from hvtnas.models.layers import make_act, make_norm
 from hvtnas.models.metaformer import ClassifierHead, FeaturePyramid, LayerClassAttention, MetaFormer
 from hvtnas.models.mixers import MIXERS, MixerParams, TokenMixer
 from hvtnas.models.mixers.pooling_attention import PoolingAttention
-from hvtnas.models.tokens import build_token_streams
+from hvtnas.models.tokens import TOKEN_STREAMS, build_token_streams
 
 ModelSpec = str | Path | ArchConfig | dict[str, Any]
 
@@ -396,7 +396,7 @@ def build_model(
         scale_norms = [_optional_norm(cfg.head.norm, widths[i]) or nn.Identity() for i in fused][:-1]
     head_cfg = cfg.head
     layer_attention = None
-    if head_cfg.pool == "layer_attention":  # CeiT's LCA reads the class token after every last-stage block
+    if head_cfg.layer_attention:  # CeiT's LCA reads the class token after every last-stage block
         last = cfg.stages[-1]
         stages[-1].token_history = True
         qkv_bias = getattr(last.mixer_for_block(last.depth - 1), "qkv_bias", True)
@@ -412,7 +412,13 @@ def build_model(
         mlp_ratio=head_cfg.mlp_ratio,
         act=head_cfg.act,
         dropout=head_cfg.dropout,
-        pool=head_cfg.pool,
+        # a class token is what the classifier reads (CeiT: through its layer attention); otherwise it
+        # pools the map
+        pool="layer_attention"
+        if head_cfg.layer_attention
+        else "token"
+        if cfg.tokens is not None and TOKEN_STREAMS.get(cfg.tokens.kind).read_by_head
+        else "avg",
         scale_norms=scale_norms,
         layer_attention=layer_attention,
     )

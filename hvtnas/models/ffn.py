@@ -1,8 +1,7 @@
 """Feed-forward (channel-mixing) sub-blocks on channels-last maps.
 
-Each also says what it does to the tokens that travel beside the map (class tokens; see
-``hvtnas.models.tokens``): ``forward_tokens`` on ``(B, T, C)``, and ``takes_tokens`` False where
-it cannot (a convolution that needs the map's neighbours and has no rule for tokens).
+The tokens that travel beside the map (class tokens; see ``hvtnas.models.tokens``) pass an FFN
+each as a 1x1 map, unless it ``passes_tokens`` on unchanged (CeiT's LeFF).
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ from hvtnas.models.layers import BatchNormLast, make_act, nchw_to_nhwc, nhwc_to_
 class Mlp(nn.Module):
     """Linear -> act -> Linear (1x1 convs in NCHW codebases: same weights, same count)."""
 
-    takes_tokens: ClassVar[bool] = True
+    passes_tokens: ClassVar[bool] = False
 
     def __init__(
         self, dim: int, hidden: int, act: str = "gelu", bias: bool = True, out_dim: int | None = None
@@ -31,15 +30,12 @@ class Mlp(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.fc2(linear_act(x, self.fc1, self.act))
 
-    def forward_tokens(self, tokens: Tensor) -> Tensor:  # (B, T, C): as every pixel
-        return self.forward(tokens)
-
 
 class MixFFN(nn.Module):
     """PVTv2 / SegFormer: Linear -> depthwise 3x3 conv -> act -> Linear. The zero-padded conv
     leaks position information, which is why PVTv2 needs no positional embedding."""
 
-    takes_tokens: ClassVar[bool] = False  # its conv needs neighbours; tokens have none
+    passes_tokens: ClassVar[bool] = False  # a token, a 1x1 map, meets only the conv's centre tap
 
     def __init__(
         self, dim: int, hidden: int, act: str = "gelu", bias: bool = True, dw_residual: bool = False
@@ -57,20 +53,17 @@ class MixFFN(nn.Module):
             return self.fc2(self.act(x + nchw_to_nhwc(self.dwconv(nhwc_to_nchw(x)))))
         return self.fc2(nchw_to_nhwc(conv_act(nhwc_to_nchw(x), self.dwconv, self.act)))
 
-    def forward_tokens(self, tokens: Tensor) -> Tensor:
-        raise NotImplementedError("Mix-FFN has no rule for tokens beside the map")
-
 
 class LeFF(nn.Module):
     """CeiT's locally-enhanced feed-forward: Linear -> BN -> act -> depthwise k x k conv -> BN ->
     act -> Linear -> BN (the official code's 1x1 convs are the linears: same weights). The
     depthwise conv mixes neighbouring tokens, as Mix-FFN's does, but with BatchNorm after each layer.
 
-    Tokens beside the map (CeiT's class token) have no neighbours: ``forward_tokens`` returns
-    them as they came, as CeiT's code does (the block then adds their normalised value).
+    Tokens beside the map (CeiT's class token) pass it unchanged (``passes_tokens``), as in CeiT's
+    code, where the block then adds their normalised value.
     """
 
-    takes_tokens: ClassVar[bool] = True
+    passes_tokens: ClassVar[bool] = True
 
     def __init__(
         self, dim: int, hidden: int, act: str = "gelu", bias: bool = True, kernel_size: int = 3
@@ -88,9 +81,6 @@ class LeFF(nn.Module):
         x = self.act(self.norm1(self.fc1(x)))
         x = self.act(self.norm2(nchw_to_nhwc(self.dwconv(nhwc_to_nchw(x)))))
         return self.norm3(self.fc2(x))
-
-    def forward_tokens(self, tokens: Tensor) -> Tensor:  # (B, T, C): passed through
-        return tokens
 
 
 FFNS: dict[str, type[nn.Module]] = {"mlp": Mlp, "mixffn": MixFFN, "leff": LeFF}

@@ -28,8 +28,8 @@ model is taken, so the caller does not say where a file came from.
 Computed buffers (relative position indices, attention masks) are dropped; a 1x1 convolution's
 weight becomes a linear's (hvtnas's channels-last layers) by a reshape. A layout that is more than
 a renaming (separate query-key and value projections joined into one, a class token's entry split
-off a sequence's position embedding) has a ``STATE_TRANSFORMS`` entry that reshapes the file's
-tensors first.
+off a sequence's position embedding) has a ``PREPARE`` entry that reshapes the file's tensors
+first.
 """
 
 from __future__ import annotations
@@ -280,25 +280,18 @@ def _official_metaformer_to_timm(key: str, poolformer_v1: bool) -> str:
     return re.sub(r"^norm\.", "head.norm.", key)
 
 
-def _split_class_pos(state: dict[str, Tensor], key: str) -> dict[str, Tensor]:
-    """A sequence model's position embedding ``(1, 1 + H*W, C)`` (class token first) split into the
-    class token's entry (``cls_pos``) and the map's ``(1, H, W, C)`` (under ``key`` again)."""
-    pos = state.get(key)
-    if pos is None or pos.dim() != 3 or math.isqrt(pos.shape[1] - 1) ** 2 != pos.shape[1] - 1:
-        return state
-    side = math.isqrt(pos.shape[1] - 1)
-    return {**state, "cls_pos": pos[:, :1], key: pos[:, 1:].reshape(1, side, side, -1)}
-
-
 def _tnt_state(state: dict[str, Tensor]) -> dict[str, Tensor]:
     """timm's TNT: query-key and value projections joined into one ``qkv`` (rows q, k, v, as
-    hvtnas's attention reads them); the class token's entry split off the position embedding."""
+    hvtnas's attention reads them); the class token's entry split off the position embedding
+    (``_split_pos_embeds``)."""
     out = dict(state)
     for key in [k for k in state if k.endswith(".qk.weight")]:
         stem = key.removesuffix(".qk.weight")
         if f"{stem}.v.weight" in out:
             out[f"{stem}.qkv.weight"] = torch.cat([out.pop(key), out.pop(f"{stem}.v.weight")])
-    return _split_class_pos(out, "patch_pos")
+    if "patch_pos" in out:  # TNT's name for a ViT's position embedding
+        out["pos_embed"] = out.pop("patch_pos")
+    return _split_pos_embeds(out)
 
 
 def _mvit_v1_state(state: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -307,7 +300,7 @@ def _mvit_v1_state(state: dict[str, Tensor]) -> dict[str, Tensor]:
     The stages are read off the file: a block whose attention pools its queries (``pool_q``) opens a
     stage and is its downsampling (``AttentionDownsample``); the block before it ends the previous
     stage with its attention, while its widening MLP (``mlp``, ``proj``, ``norm2``) opens the
-    transition (``downsample.widen``). Position embedding: the class token's entry split off."""
+    transition (``downsample.widen``). Position embedding: split as a ViT's (``_split_pos_embeds``)."""
     if "cls_token" not in state or not any(k.startswith("blocks.") for k in state):
         return state
     blocks = sorted({int(k.split(".")[1]) for k in state if k.startswith("blocks.")})
@@ -319,11 +312,11 @@ def _mvit_v1_state(state: dict[str, Tensor]) -> dict[str, Tensor]:
         return stage, k - starts[stage]
 
     out: dict[str, Tensor] = {}
-    for key, value in _split_class_pos(state, "pos_embed").items():
+    for key, value in _split_pos_embeds(state).items():
         new = {
             "cls_token": "stages.0.tokens.tokens",
-            "cls_pos": "stages.0.tokens.pos_embed",
-            "pos_embed": "stages.0.pos_embed.pos_embed",
+            "pos_embed.prefix": "stages.0.tokens.pos_embed",
+            "pos_embed.grid": "stages.0.pos_embed.pos_embed",
         }.get(key, key)
         if m := re.match(r"blocks\.(\d+)\.(\w+)\.(.*)", key):
             k, part, rest = int(m.group(1)), m.group(2), m.group(3)
@@ -349,8 +342,8 @@ def _ceit_key(key: str) -> str:
     """coeusguo/ceit: I2T stem, one stage of LeFF blocks, the layer-wise class-token attention (lca)."""
     fixed = {
         "cls_token": "stages.0.tokens.tokens",
-        "cls_pos": "stages.0.tokens.pos_embed",
-        "pos_embed": "stages.0.pos_embed.pos_embed",
+        "pos_embed.prefix": "stages.0.tokens.pos_embed",
+        "pos_embed.grid": "stages.0.pos_embed.pos_embed",
         "pos_layer_embed": "head.layer_attention.pos_embed",
     }
     if key in fixed:
@@ -379,8 +372,8 @@ def _tnt_key(key: str) -> str:
     fixed = {
         "pixel_pos": "stem.pos_embed",
         "cls_token": "stages.0.tokens.tokens",
-        "cls_pos": "stages.0.tokens.pos_embed",
-        "patch_pos": "stages.0.pos_embed.pos_embed",
+        "pos_embed.prefix": "stages.0.tokens.pos_embed",
+        "pos_embed.grid": "stages.0.pos_embed.pos_embed",
     }
     if key in fixed:
         return fixed[key]
@@ -423,7 +416,7 @@ LAYOUTS: dict[str, Callable[[str], str]] = {
     "timm-coat": _coat_key,
     "timm-tnt": _tnt_key,
     "official-ceit": _ceit_key,
-    "official-mvit": _identity,  # renamed by its STATE_TRANSFORMS entry, which needs the whole file
+    "official-mvit": _identity,  # renamed by its PREPARE entry, which needs the whole file
     "timm-byoanet": _byoanet_key,
     "official-swin": lambda k: _swin_key(_official_swin_to_timm(k)),
     "official-swinv2": lambda k: _swinv2_key(_official_swin_to_timm(k)),
@@ -435,12 +428,12 @@ LAYOUTS: dict[str, Callable[[str], str]] = {
 }
 
 
-# layouts whose tensors are joined or split before the renaming (see the module's docstring)
-STATE_TRANSFORMS: dict[str, Callable[[dict[str, Tensor]], dict[str, Tensor]]] = {
+# state-dict changes a layout needs before its keys are renamed (one tensor that is two in hvtnas)
+PREPARE: dict[str, Callable[[dict[str, Tensor]], dict[str, Tensor]]] = {
     "timm-vit": _split_pos_embeds,
     "official-pvt": _split_pos_embeds,
     "timm-tnt": _tnt_state,
-    "official-ceit": lambda state: _split_class_pos(state, "pos_embed"),
+    "official-ceit": _split_pos_embeds,
     "official-mvit": _mvit_v1_state,
 }
 
@@ -502,8 +495,7 @@ class _Fit:
         self.mapped: dict[str, Tensor] = {}
         self.renamed: dict[str, str] = {}  # new key -> key in the file
         rename = LAYOUTS[layout]
-        if layout in STATE_TRANSFORMS:
-            source = STATE_TRANSFORMS[layout](source)
+        source = PREPARE.get(layout, lambda state: state)(source)
         for key, value in source.items():
             if any(c in key for c in _COMPUTED):
                 continue

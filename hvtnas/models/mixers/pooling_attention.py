@@ -144,10 +144,20 @@ class PoolingAttention(TokenMixer):
         return self._attend(x, None)[0]
 
     def forward_with_tokens(self, x: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
-        """MViT's class token: a query and key like the pixels, never pooled (see ``_Pool``)."""
+        """As ``forward_sequence``, the map and tokens apart: with ``q_stride`` (MViT's transition)
+        the map comes out pooled, which the base class's split of the sequence cannot know."""
         out, out_tokens = self._attend(x, tokens)
         assert out_tokens is not None
         return out, out_tokens
+
+    def forward_sequence(self, sequence: Tensor, num_tokens: int, size: tuple[int, int]) -> Tensor:
+        """MViT's class token: a query and key like the pixels, never pooled (see ``_Pool``); the
+        pooling needs the map, so the sequence ``(B, T + H*W, C)`` is split and joined here."""
+        tokens, pixels = sequence[:, :num_tokens], sequence[:, num_tokens:]
+        x = rearrange(pixels, "b (h w) c -> b h w c", h=size[0])
+        out, out_tokens = self._attend(x, tokens)
+        assert out_tokens is not None
+        return torch.cat([out_tokens, out.flatten(1, 2)], dim=1)  # (B, T + h*w, C_out)
 
     def _attend(self, x: Tensor, tokens: Tensor | None) -> tuple[Tensor, Tensor | None]:
         qkv = rearrange(self.qkv(x), "b h w (three n d) -> three b n h w d", three=3, n=self.num_heads)
