@@ -28,9 +28,20 @@ def describe(cfg: ArchConfig) -> str:
 
 
 def params_per_part(model: MetaFormer) -> dict[str, int]:
-    """Parameters of the stem, each stage (with the downsampling into it) and the head."""
-    stages = {f"stage{i + 1}": count_params(stage) for i, stage in enumerate(model.stages)}
-    return {"stem": count_params(model.stem), **stages, "head": count_params(model.head)}
+    """Parameters of the stem, each stage (with the downsampling into it), CoaT's co-scale group
+    (where the model has one) and the head. A parameter shared by several parts (CoaT's per-stage
+    position encodings, used by the co-scale group too) counts for the first: the parts add up."""
+    parts = {"stem": model.stem, **{f"stage{i + 1}": stage for i, stage in enumerate(model.stages)}}
+    if getattr(model, "co_scale", None) is not None:
+        parts["co_scale"] = model.co_scale
+    parts["head"] = model.head
+    seen: set[int] = set()
+    counts = {}
+    for name, part in parts.items():
+        new = [p for p in part.parameters() if id(p) not in seen]
+        seen.update(id(p) for p in new)
+        counts[name] = sum(p.numel() for p in new)
+    return counts
 
 
 @dataclass
