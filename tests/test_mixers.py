@@ -26,7 +26,7 @@ from hvtnas.models.mixers.conv_attention import (
 from hvtnas.models.mixers.cross_window import CrossShapedWindowAttention
 from hvtnas.models.mixers.focal import FocalAttention
 from hvtnas.models.mixers.halo import HaloAttention
-from hvtnas.models.mixers.mlp import AxialShift, RandomMixing, TokenMLP
+from hvtnas.models.mixers.mlp import AxialShift, RandomMixing, SpatialShift, TokenMLP
 from hvtnas.models.mixers.pooling import Pooling
 from hvtnas.models.mixers.pooling_attention import PoolingAttention
 from hvtnas.models.mixers.shift import Shift
@@ -287,6 +287,25 @@ def test_axial_shift_moves_channel_groups_like_as_mlp() -> None:
 
     torch.testing.assert_close(mixer._shift(x, 2), rolled(x, 3))  # along W
     torch.testing.assert_close(mixer._shift(x, 1), rolled(x, 2))  # along H
+
+
+@pytest.mark.parametrize("C", [8, 10])
+def test_spatial_shift_moves_four_groups_one_pixel_like_s2_mlp(C: int) -> None:
+    """S2-MLP's shift, element by element: groups split at C/4, C/2, 3C/4 move down, up, right,
+    left; the first row or column a group leaves keeps its own values."""
+    H, W = 4, 5
+    x = torch.randn(2, H, W, C)
+    bounds = [0, C // 4, C // 2, C * 3 // 4, C]
+    moves = [(-1, 0), (1, 0), (0, -1), (0, 1)]  # where each group's output reads from
+    expected = torch.empty_like(x)
+    for (lo, hi), (dy, dx) in zip(itertools.pairwise(bounds), moves, strict=True):
+        for i, j in itertools.product(range(H), range(W)):
+            si, sj = i + dy, j + dx
+            inside = 0 <= si < H and 0 <= sj < W
+            expected[:, i, j, lo:hi] = x[:, si, sj, lo:hi] if inside else x[:, i, j, lo:hi]
+    torch.testing.assert_close(SpatialShift.shift(x), expected)
+    mixer = SpatialShift(C)
+    torch.testing.assert_close(mixer(x), mixer.fc2(SpatialShift.shift(mixer.act(mixer.fc1(x)))))
 
 
 def test_cosine_window_attention_logits() -> None:

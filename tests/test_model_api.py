@@ -19,21 +19,28 @@ def test_timm_idioms_on_every_zoo_model(name: str) -> None:
     model = build_model(name, num_classes=10, init_weights=False).eval()
     cfg = model.arch_config
     x = torch.randn(1, 3, 64, 64)
+    strides = [f["reduction"] for f in model.feature_info]  # 4, 8, 16, 32; 16 for an isotropic model
+    assert strides == cfg.stage_strides()
     with torch.inference_mode():
         logits = model(x)
         features = model.forward_features(x)
-        assert features.shape == (1, model.num_features, 64 // 2 ** (len(cfg.stages) + 1), features.shape[3])
-        torch.testing.assert_close(model.forward_head(features), logits)
-        assert model.forward_head(features, pre_logits=True).shape == (1, model.num_features)
+        assert features.shape == (1, model.num_features, 64 // strides[-1], 64 // strides[-1])
+        # a model classifying from its class token needs it beside the map (None for the others)
+        same, tokens = model.forward_features(x, return_tokens=True)
+        torch.testing.assert_close(same, features)
+        assert (tokens is not None) == (cfg.tokens is not None and cfg.tokens.kind == "class")
+        torch.testing.assert_close(model.forward_head(features, tokens=tokens), logits)
+        assert model.forward_head(features, pre_logits=True, tokens=tokens).shape == (1, model.num_features)
         final, pyramid = model.forward_intermediates(x)
         torch.testing.assert_close(final, features)
         assert [f.shape[1] for f in pyramid] == [s.width for s in cfg.stages]
-        assert [f.shape[2] for f in pyramid] == [16, 8, 4, 2][: len(cfg.stages)]
+        assert [f.shape[2] for f in pyramid] == [64 // s for s in strides]
         assert [f["num_chs"] for f in model.feature_info] == [s.width for s in cfg.stages]
         model.reset_classifier(3)  # the trunk is unchanged: its features suffice
-        assert model.forward_head(features).shape == (1, 3) and model.get_classifier().out_features == 3
+        head = model.forward_head(features, tokens=tokens)
+        assert head.shape == (1, 3) and model.get_classifier().out_features == 3
         model.reset_classifier(0)
-        assert model.forward_head(features).shape == (1, model.num_features)
+        assert model.forward_head(features, tokens=tokens).shape == (1, model.num_features)
     assert logits.shape == (1, 10) and torch.isfinite(logits).all()
 
 

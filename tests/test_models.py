@@ -7,6 +7,8 @@ import torch
 from einops import rearrange
 
 from hvtnas import build_model, summarize
+from hvtnas.config import ArchConfig
+from hvtnas.errors import ConfigError
 from hvtnas.models.blocks import CoScaleBlock
 from hvtnas.models.embed import AbsolutePosEmbed, PatchMerging, PixelAttention, SinusoidalPosEmbed
 from hvtnas.models.mixers.pooling import Identity
@@ -320,6 +322,19 @@ def test_describe_is_one_line_of_stem_pe_and_stages() -> None:
     )
 
 
+def test_a_patch_stem_of_16_makes_an_isotropic_stage_at_stride_16() -> None:
+    cfg = tiny_config(["attention"], stem={"kind": "patch", "patch_size": 16}, pos_embed="absolute")
+    cfg["stages"] = cfg["stages"][:1]
+    model = build_model(cfg)
+    assert model.feature_info == [{"num_chs": 16, "reduction": 16, "module": "stages.0"}]
+    assert model.stem.proj.weight.shape == (16, 3, 16, 16)
+    assert model.stages[0].pos_embed.pos_embed.shape == (1, 2, 2, 16)  # 32 / 16 at the configured size
+    pyramid = model.forward_intermediates(torch.randn(1, 3, 40, 56), intermediates_only=True)
+    assert pyramid[0].shape == (1, 16, 3, 4)  # padded to whole patches: ceil(40 / 16), ceil(56 / 16)
+    with pytest.raises(ConfigError, match=r"stem.patch_size: applies to the 'patch' stem only"):
+        ArchConfig.from_dict(tiny_config(["pooling"], stem={"kind": "overlap", "patch_size": 16}))
+
+
 # ----------------------------------------------------------------------------- co-scale group (CoaT)
 def _co_scale_config(**overrides) -> dict:
     """Stages 2-4 of one width, fused by a co-scale group of two blocks; class tokens per stage."""
@@ -350,9 +365,7 @@ def test_co_scale_block_adds_the_other_scales_resized() -> None:
 
 
 def test_co_scale_model_fuses_the_last_stages() -> None:
-    model = build_model(
-        _co_scale_config(tokens={"kind": "class", "each_stage": "new"}, head={"pool": "token"})
-    )
+    model = build_model(_co_scale_config(tokens={"kind": "class", "each_stage": "new"}))
     assert len(model.co_scale.blocks) == 2 and model.head.scales == 3
     # one relative position encoding per stage, shared by its blocks and its co-scale mixers
     assert model.co_scale.blocks[1].mixers[2].crpe is model.stages[3].blocks[0].mixer.crpe

@@ -33,7 +33,11 @@ pytestmark = pytest.mark.skipif(timm is None, reason=SKIP_REASON)
 # input size; the others are checked at a smaller size, which exercises the same code at a fraction
 # of the CPU time.
 SMALL_RESOLUTION = 64
-NEEDS_NATIVE = {"swin_t", "swin_s", "twins_svt_s", "mvitv2_t", "coat_lite_s", "coat_s"}
+# ViT/DeiT and MLP-Mixer in timm take their fixed 224 (14 x 14 patches) only
+NEEDS_NATIVE = {"swin_t", "swin_s", "twins_svt_s", "mvitv2_t", "deit_s", "mixer_b16"}
+NEEDS_NATIVE |= {"coat_lite_s", "coat_s"}  # timm builds CoaT for one input size
+# one stage at stride 16: timm's forward_intermediates lists every block; the stage's map is the last
+ISOTROPIC = {"deit_s", "mixer_b16"}
 # timm's PoolFormer applies the head's GroupNorm after pooling, the official code (which hvtnas
 # follows) before it: the trunk is compared, the logits differ by design.
 LOGITS_DIFFER_BY_DESIGN = {"poolformer_s12"}
@@ -47,8 +51,9 @@ def test_generated_model_matches_timm(name: str) -> None:
     x = torch.randn(2, 3, resolution, resolution)
     with torch.inference_mode():
         pyramid = model.forward_intermediates(x, intermediates_only=True)
-        ref_pyramid = reference.forward_intermediates(x, intermediates_only=True)
-        assert len(pyramid) == len(ref_pyramid) == 4
+        indices = 1 if name in ISOTROPIC else None
+        ref_pyramid = reference.forward_intermediates(x, indices=indices, intermediates_only=True)
+        assert len(pyramid) == len(ref_pyramid) == len(model.arch_config.stages)
         for level, (ours, theirs) in enumerate(zip(pyramid, ref_pyramid, strict=True), start=1):
             # float32 round-off scales with the map: CoaT's unnormalised levels reach values of
             # thousands (a few units in the last place there are 1e-3)

@@ -13,8 +13,11 @@ model is taken, so the caller does not say where a file came from.
 | ``timm-twins`` | timm's Twins | twins_svt_s, twins_pcpvt_s |
 | ``timm-mvit`` | timm's MViTv2 | mvitv2_t |
 | ``timm-coat`` | timm's CoaT and CoaT-Lite (mlpc-ucsd/CoaT's names) | coat_lite_s, coat_s |
+| ``timm-vit`` | timm's VisionTransformer (DeiT) and MlpMixer | deit_s, mixer_b16 |
 | ``official-swin(v2)`` | microsoft/Swin-Transformer (V1, V2) | swin_t, swin_s (swinv2_t) |
 | ``official-pvt_v2`` | whai362/PVT | pvt_v2_* |
+| ``official-pvt`` | whai362/PVT (v1) | pvt_tiny |
+| ``official-cvt`` | microsoft/CvT | cvt_13 |
 | ``official-poolformer`` | sail-sg/poolformer | poolformer_s12 |
 | ``official-metaformer`` | sail-sg/metaformer | convformer_s18, caformer_s18 |
 
@@ -25,12 +28,14 @@ weight becomes a linear's (hvtnas's channels-last layers) by a reshape.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+from einops import rearrange
 from torch import Tensor, nn
 
 from hvtnas.errors import HvtnasError
@@ -50,6 +55,8 @@ TIMM_NAMES = {
     "mvitv2_t": "mvitv2_tiny",
     "coat_lite_s": "coat_lite_small",
     "coat_s": "coat_small",
+    "deit_s": "deit_small_patch16_224",
+    "mixer_b16": "mixer_b16_224",
 }
 
 # computed from the geometry, not learned: never loaded
@@ -150,6 +157,65 @@ def _coat_key(key: str) -> str:
     return re.sub(r"^head\.(weight|bias)$", r"head.fc.\1", key)
 
 
+def _vit_key(key: str) -> str:
+    """timm's VisionTransformer (DeiT) and MlpMixer: one stage of blocks behind the patch stem; the
+    class token and its position entry are the stage's token stream (see ``_split_vit_pos_embed``)."""
+    key = key.replace("patch_embed.", "stem.").replace("cls_token", "stages.0.tokens.tokens")
+    key = key.replace("pos_embed.prefix", "stages.0.tokens.pos_embed")
+    key = key.replace("pos_embed.grid", "stages.0.pos_embed.pos_embed")
+    key = re.sub(r"^blocks\.", "stages.0.blocks.", key)
+    key = key.replace(".attn.", ".mixer.").replace(".mlp_tokens.", ".mixer.")
+    key = key.replace(".mlp_channels.", ".ffn.").replace(".mlp.", ".ffn.")
+    key = re.sub(r"^norm\.", "head.norm.", key)
+    return re.sub(r"^head\.(weight|bias)$", r"head.fc.\1", key)
+
+
+def _split_pos_embeds(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A sequence model's position embedding ``(1, T + H*W, C)`` (``pos_embed``, PVT's
+    ``pos_embed<i>``) is, in hvtnas, the class token's own entries ``(1, T, C)`` (key + ``.prefix``)
+    and the map's ``(1, H, W, C)`` (key + ``.grid``): the map is the largest square it holds (the
+    models' own sizes are square), the T entries before it the tokens'."""
+    out = dict(state)
+    for key in [k for k in state if re.fullmatch(r"pos_embed\d?", k)]:
+        pos = out.pop(key)
+        side = math.isqrt(pos.shape[1])
+        prefix = pos.shape[1] - side * side
+        if prefix:
+            out[f"{key}.prefix"] = pos[:, :prefix]
+        out[f"{key}.grid"] = rearrange(pos[:, prefix:], "one (h w) c -> one h w c", h=side)
+    return out
+
+
+def _official_pvt_key(key: str) -> str:
+    """whai362/PVT's PVT v1: ``patch_embed<i>``, ``pos_embed<i>`` and ``block<i>`` per stage; the
+    class token joins the last stage, whose position embedding holds its entry."""
+    key = key.replace("patch_embed1.", "stem.")
+    key = re.sub(r"^patch_embed(\d)\.proj\.", lambda m: f"stages.{int(m.group(1)) - 1}.downsample.conv.", key)
+    key = re.sub(r"^patch_embed(\d)\.norm\.", lambda m: f"stages.{int(m.group(1)) - 1}.downsample.norm.", key)
+    key = re.sub(r"^pos_embed(\d)\.grid$", lambda m: f"stages.{int(m.group(1)) - 1}.pos_embed.pos_embed", key)
+    key = re.sub(r"^pos_embed(\d)\.prefix$", lambda m: f"stages.{int(m.group(1)) - 1}.tokens.pos_embed", key)
+    key = key.replace("cls_token", "stages.3.tokens.tokens")  # PVT v1 adds it in its 4th stage
+    key = re.sub(r"^block(\d)\.", lambda m: f"stages.{int(m.group(1)) - 1}.blocks.", key)
+    key = key.replace(".attn.", ".mixer.").replace(".mlp.", ".ffn.")
+    key = re.sub(r"^norm\.", "head.norm.", key)
+    return re.sub(r"^head\.(weight|bias)$", r"head.fc.\1", key)
+
+
+def _official_cvt_key(key: str) -> str:
+    """microsoft/CvT: ``stage<i>`` holds its convolutional embedding (the stem in stage 0), blocks
+    and class token; the q/k/v projections are a depthwise conv + BatchNorm, then a Linear."""
+    key = re.sub(r"^stage0\.patch_embed\.", "stem.", key)
+    key = re.sub(r"^stage(\d)\.patch_embed\.proj\.", r"stages.\1.downsample.conv.", key)
+    key = re.sub(r"^stage(\d)\.patch_embed\.norm\.", r"stages.\1.downsample.norm.", key)
+    key = re.sub(r"^stage(\d)\.cls_token$", r"stages.\1.tokens.tokens", key)
+    key = re.sub(r"^stage(\d)\.blocks\.", r"stages.\1.blocks.", key)
+    key = re.sub(r"\.attn\.conv_proj_([qkv])\.conv\.", r".mixer.conv_\1.0.", key)
+    key = re.sub(r"\.attn\.conv_proj_([qkv])\.bn\.", r".mixer.conv_\1.1.", key)
+    key = key.replace(".attn.", ".mixer.").replace(".mlp.", ".ffn.")
+    key = re.sub(r"^norm\.", "head.norm.", key)
+    return re.sub(r"^head\.(weight|bias)$", r"head.fc.\1", key)
+
+
 def _official_swin_to_timm(key: str) -> str:
     """microsoft/Swin-Transformer: the patch merging closes stage i there, opens stage i+1 in timm."""
     key = re.sub(r"layers\.(\d+)\.downsample", lambda m: f"layers.{int(m.group(1)) + 1}.downsample", key)
@@ -196,11 +262,21 @@ LAYOUTS: dict[str, Callable[[str], str]] = {
     "timm-twins": _twins_key,
     "timm-mvit": _mvit_key,
     "timm-coat": _coat_key,
+    "timm-vit": _vit_key,
     "official-swin": lambda k: _swin_key(_official_swin_to_timm(k)),
     "official-swinv2": lambda k: _swinv2_key(_official_swin_to_timm(k)),
     "official-pvt_v2": lambda k: _timm_key(_official_pvt_v2_to_timm(k)),
+    "official-pvt": _official_pvt_key,
+    "official-cvt": _official_cvt_key,
     "official-metaformer": lambda k: _timm_key(_official_metaformer_to_timm(k, poolformer_v1=False)),
     "official-poolformer": lambda k: _timm_key(_official_metaformer_to_timm(k, poolformer_v1=True)),
+}
+
+
+# state-dict changes a layout needs before its keys are renamed (one tensor that is two in hvtnas)
+PREPARE: dict[str, Callable[[dict[str, Tensor]], dict[str, Tensor]]] = {
+    "timm-vit": _split_pos_embeds,
+    "official-pvt": _split_pos_embeds,
 }
 
 
@@ -261,6 +337,7 @@ class _Fit:
         self.mapped: dict[str, Tensor] = {}
         self.renamed: dict[str, str] = {}  # new key -> key in the file
         rename = LAYOUTS[layout]
+        source = PREPARE.get(layout, lambda state: state)(source)
         for key, value in source.items():
             if any(c in key for c in _COMPUTED):
                 continue

@@ -28,7 +28,7 @@ from hvtnas.models.mixers.conv_attention import (
 from hvtnas.models.mixers.cross_window import CrossShapedWindowAttention
 from hvtnas.models.mixers.focal import FocalAttention
 from hvtnas.models.mixers.halo import HaloAttention
-from hvtnas.models.mixers.mlp import AxialShift, RandomMixing, TokenMLP
+from hvtnas.models.mixers.mlp import AxialShift, RandomMixing, SpatialShift, TokenMLP
 from hvtnas.models.mixers.pooling import Identity, Pooling
 from hvtnas.models.mixers.pooling_attention import PoolingAttention
 from hvtnas.models.mixers.shift import Shift
@@ -56,6 +56,7 @@ MIXERS.register("halo", HaloAttention)  # HaloNet blocked local attention with a
 MIXERS.register("token_mlp", TokenMLP)  # MLP-Mixer token mixing (windowed)
 MIXERS.register("random_mixing", RandomMixing)  # RandFormer frozen random mixing (windowed)
 MIXERS.register("axial_shift", AxialShift)  # AS-MLP
+MIXERS.register("spatial_shift", SpatialShift)  # S2-MLP
 MIXERS.register("pooling", Pooling)  # PoolFormer
 MIXERS.register("shift", Shift)  # ShiftViT
 MIXERS.register("sepconv", SepConv)  # ConvFormer

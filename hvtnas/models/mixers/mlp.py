@@ -1,5 +1,5 @@
 """Attention-free mixers built from linear maps: token-mixing MLP (MLP-Mixer), random frozen mixing
-(RandFormer) and axial shift (AS-MLP).
+(RandFormer), axial shift (AS-MLP) and spatial shift (S2-MLP).
 
 MLP-Mixer and RandFormer mix a fixed number of tokens with a fixed matrix, which a pyramid
 evaluated at several input sizes cannot give them. Here both act inside non-overlapping
@@ -148,3 +148,43 @@ class AxialShift(TokenMixer):
         lr = self.act(self.conv2_lr(self._shift(x, 2)))
         td = self.act(self.conv2_td(self._shift(x, 1)))
         return self.conv3(self.norm2(lr + td))
+
+
+# ----------------------------------------------------------------------------- S2-MLP
+class SpatialShiftParams(MixerParams):
+    act: ActivationName = "gelu"
+
+
+class SpatialShift(TokenMixer):
+    """S2-MLP's spatial-shift block: Linear -> act -> spatial shift -> Linear. The shift splits the
+    channels into four groups and moves them one pixel: down, up, right, left. As in the paper's
+    in-place pseudo-code, the first row (or column) a group moves away from keeps its own values.
+
+    The shift is two concatenations of slices per group: no weights, no multiplications.
+    """
+
+    Params: ClassVar[type[MixerParams]] = SpatialShiftParams
+    paper = "S2-MLP (Yu et al., WACV 2022)"
+    complexity = "O(N C²)"
+
+    def __init__(self, dim: int, act: str = "gelu") -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, dim)
+        self.act = make_act(act)
+        self.fc2 = nn.Linear(dim, dim)
+
+    @staticmethod
+    def shift(x: Tensor) -> Tensor:
+        """``(B, H, W, C)``: channel group g of four moves one pixel (1: +H, 2: -H, 3: +W, 4: -W);
+        the groups end at C/4, C/2 and 3C/4 (rounded down), as in the paper."""
+        C = x.shape[-1]
+        cuts = [C // 4, C // 2 - C // 4, C * 3 // 4 - C // 2, C - C * 3 // 4]
+        down, up, right, left = x.split(cuts, dim=-1)
+        down = torch.cat([down[:, :1], down[:, :-1]], dim=1)  # row i reads row i - 1; row 0 keeps its own
+        up = torch.cat([up[:, 1:], up[:, -1:]], dim=1)  # row i reads row i + 1; the last row keeps its own
+        right = torch.cat([right[:, :, :1], right[:, :, :-1]], dim=2)
+        left = torch.cat([left[:, :, 1:], left[:, :, -1:]], dim=2)
+        return torch.cat([down, up, right, left], dim=-1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.shift(self.act(self.fc1(x))))

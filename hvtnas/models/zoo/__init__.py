@@ -72,6 +72,12 @@ PUBLISHED: dict[str, Published] = {
     # params and top-1: mlpc-ucsd/CoaT README.md; GFLOPs: the paper (arXiv 2104.06399), Table 2
     "coat_lite_s": Published(20, 4.0, 81.9, "mlpc-ucsd/CoaT; GFLOPs: paper, arXiv 2104.06399"),
     "coat_s": Published(22, 12.6, 82.1, "mlpc-ucsd/CoaT; GFLOPs: paper, arXiv 2104.06399"),
+    "deit_s": Published(22, 4.6, 79.8, "facebookresearch/deit (DeiT-S, paper Table 1)"),
+    # the paper reports no FLOPs (it compares throughput); hvtnas counts 12.62 GMACs
+    "mixer_b16": Published(
+        59, None, 76.4, "arXiv 2105.01601 Table 2, ImageNet-1k only (google-research/vision_transformer)"
+    ),
+    "s2mlp_wide": Published(71, 14.0, 80.0, "paper, arXiv 2106.07477 (no official code)"),
     # the SegFormer paper and README give no ImageNet figures for the encoder alone
     "mit_b0": Published(3.3, None, None, "NVlabs/SegFormer (encoder, counted on mix_transformer.py)"),
 }
