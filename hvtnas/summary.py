@@ -22,7 +22,8 @@ def describe(cfg: ArchConfig) -> str:
     """One line: stem, positional encoding and, per stage, depth x width and its mixers (and the
     tokens beside the map where they are made), e.g.
     ``patch stem, none PE: 2x96 window+shifted_window | 2x192 window+shifted_window | ...``;
-    ``patch16 stem, absolute PE: 12x384 attention, 1 class token`` (DeiT-S)."""
+    ``patch16 stem, absolute PE: 12x384 attention, 1 class token`` (DeiT-S); CoaT's co-scale
+    group last (``... | 6x co-scale over stages 2-4``)."""
     stages = []
     for i, s in enumerate(cfg.stages):
         text = f"{s.depth}x{s.width} " + "+".join(dict.fromkeys(m.kind for m in s.mixers))
@@ -42,6 +43,9 @@ def describe(cfg: ArchConfig) -> str:
         if cfg.stem.kind == "patch" and cfg.stem.patch_size != 4
         else cfg.stem.kind
     )
+    if cfg.co_scale is not None:  # CoaT's parallel blocks over the last stages
+        first = len(cfg.stages) - cfg.co_scale.scales
+        stages.append(f"{cfg.co_scale.depth}x co-scale over stages {first + 1}-{len(cfg.stages)}")
     return f"{stem} stem, {cfg.pos_embed.kind} PE: {' | '.join(stages)}"
 
 

@@ -320,6 +320,9 @@ def test_describe_is_one_line_of_stem_pe_and_stages() -> None:
         "overlap stem, none PE: 2x32 spatial_reduction | 2x64 spatial_reduction | "
         "2x160 spatial_reduction | 2x256 spatial_reduction"
     )
+    assert describe(build_model("coat_s", init_weights=False).arch_config).endswith(
+        "| 2x320 factorized, 1 class token | 6x co-scale over stages 2-4"
+    )
 
 
 def test_a_patch_stem_of_16_makes_an_isotropic_stage_at_stride_16() -> None:
