@@ -293,3 +293,22 @@ def test_the_one_line_description_names_the_tokens_and_the_patch_size() -> None:
     assert describe(zoo.get_config("deit_s")) == "patch16 stem, absolute PE: 12x384 attention, 1 class token"
     line = describe(ArchConfig.from_dict(tiny_config(["attention"], tokens={"kind": "global", "count": 2})))
     assert line.endswith("1x16 attention, 2 global tokens | 1x32 attention | 1x48 attention | 1x64 attention")
+
+
+def test_the_sequence_form_and_the_split_form_of_a_block_agree() -> None:
+    """A stage whose blocks all take [tokens; pixels] as one sequence keeps it joined (ViT's form);
+    the per-block split form, used otherwise, computes the same."""
+    stage = _class_token_model(["attention", "spatial_reduction"], stage={"depth": 2}).stages[2].eval()
+    assert all(block.takes_sequence for block in stage.blocks)
+    x = torch.randn(2, 6, 10, 32)  # the previous stage's map
+    with torch.inference_mode():
+        joined_map, joined_tokens = stage(x)
+        split_map = stage.pos_embed(stage.downsample(x))
+        split_tokens = stage.tokens(split_map, None)
+        for block in stage.blocks:
+            split_map, split_tokens = block.forward_with_tokens(split_map, split_tokens)
+    torch.testing.assert_close(joined_map, split_map)
+    torch.testing.assert_close(joined_tokens, split_tokens)
+    # a norm that is not per token (GroupNorm over the map) keeps the split form
+    grouped = _class_token_model(stage={"norm": "groupnorm"}).stages[2]
+    assert not any(block.takes_sequence for block in grouped.blocks)
