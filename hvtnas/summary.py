@@ -23,7 +23,8 @@ def describe(cfg: ArchConfig) -> str:
     tokens beside the map where they are made), e.g.
     ``patch stem, none PE: 2x96 window+shifted_window | 2x192 window+shifted_window | ...``;
     ``patch16 stem, absolute PE: 12x384 attention, 1 class token`` (DeiT-S); a nested stage adds
-    its inner blocks' width and mixers (``12x384 attention in 24 window``, TNT-S)."""
+    its inner blocks' width and mixers (``12x384 attention in 24 window``, TNT-S); CoaT's co-scale
+    group last (``... | 6x co-scale over stages 2-4``)."""
 
     def mixers(stage: StageConfig | InnerConfig) -> str:
         return "+".join(dict.fromkeys(m.kind for m in stage.mixers))
@@ -52,13 +53,27 @@ def describe(cfg: ArchConfig) -> str:
         if cfg.stem.kind == "patch" and cfg.stem.patch_size != 4
         else cfg.stem.kind
     )
+    if cfg.co_scale is not None:  # CoaT's parallel blocks over the last stages
+        first = len(cfg.stages) - cfg.co_scale.scales
+        stages.append(f"{cfg.co_scale.depth}x co-scale over stages {first + 1}-{len(cfg.stages)}")
     return f"{stem} stem, {cfg.pos_embed.kind} PE: {' | '.join(stages)}"
 
 
 def params_per_part(model: MetaFormer) -> dict[str, int]:
-    """Parameters of the stem, each stage (with the downsampling into it) and the head."""
-    stages = {f"stage{i + 1}": count_params(stage) for i, stage in enumerate(model.stages)}
-    return {"stem": count_params(model.stem), **stages, "head": count_params(model.head)}
+    """Parameters of the stem, each stage (with the downsampling into it), CoaT's co-scale group
+    (where the model has one) and the head. A parameter shared by several parts (CoaT's per-stage
+    position encodings, used by the co-scale group too) counts for the first: the parts add up."""
+    parts = {"stem": model.stem, **{f"stage{i + 1}": stage for i, stage in enumerate(model.stages)}}
+    if getattr(model, "co_scale", None) is not None:
+        parts["co_scale"] = model.co_scale
+    parts["head"] = model.head
+    seen: set[int] = set()
+    counts = {}
+    for name, part in parts.items():
+        new = [p for p in part.parameters() if id(p) not in seen]
+        seen.update(id(p) for p in new)
+        counts[name] = sum(p.numel() for p in new)
+    return counts
 
 
 @dataclass

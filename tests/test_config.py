@@ -160,6 +160,14 @@ def test_unknown_mixer_lists_known_ones() -> None:
             "stages[0].mixers[0]: dynamic_position_bias needs relative_position_bias: true",
         ),
         (
+            lambda c: c.update(co_scale={"depth": 1, "scales": 3}),
+            "stages[2].width: the co-scale group adds the maps of stages 1-3 together: they need one width",
+        ),
+        (
+            lambda c: c.update(co_scale={"depth": 1, "scales": 5}),
+            "co_scale.scales: Input should be less than or equal to 4",
+        ),
+        (
             lambda c: c.update(pos_embed={"kind": "absolute", "peg_at": "before_each_block"}),
             "pos_embed.peg_at: applies to the 'peg' encoding only (this one is 'absolute')",
         ),

@@ -29,13 +29,22 @@ def test_timm_idioms_on_every_zoo_model(name: str) -> None:
         same, tokens = model.forward_features(x, return_tokens=True)
         torch.testing.assert_close(same, features)
         assert (tokens is not None) == (cfg.tokens is not None and cfg.tokens.kind == "class")
+        scales = model.head.scales
+        if scales > 1:  # CoaT's head weighs the last levels: their maps and tokens, as lists
+            levels = model.forward_intermediates(x, return_prefix_tokens=True, intermediates_only=True)
+            features, tokens = [m for m, _ in levels[-scales:]], [t for _, t in levels[-scales:]]
+            with pytest.raises(HvtnasError, match="weighs the last 3 pyramid levels"):
+                model.forward_head(same, tokens=tokens[-1])
         torch.testing.assert_close(model.forward_head(features, tokens=tokens), logits)
         assert model.forward_head(features, pre_logits=True, tokens=tokens).shape == (1, model.num_features)
+        features = same
         final, pyramid = model.forward_intermediates(x)
         torch.testing.assert_close(final, features)
         assert [f.shape[1] for f in pyramid] == [s.width for s in cfg.stages]
         assert [f.shape[2] for f in pyramid] == [64 // s for s in strides]
         assert [f["num_chs"] for f in model.feature_info] == [s.width for s in cfg.stages]
+        if scales > 1:
+            features, tokens = [m for m, _ in levels[-scales:]], [t for _, t in levels[-scales:]]
         model.reset_classifier(3)  # the trunk is unchanged: its features suffice
         head = model.forward_head(features, tokens=tokens)
         assert head.shape == (1, 3) and model.get_classifier().out_features == 3

@@ -9,7 +9,9 @@ from einops import rearrange
 from hvtnas import build_model, summarize
 from hvtnas.config import ArchConfig
 from hvtnas.errors import ConfigError
+from hvtnas.models.blocks import CoScaleBlock
 from hvtnas.models.embed import AbsolutePosEmbed, PatchMerging, PixelAttention, SinusoidalPosEmbed
+from hvtnas.models.mixers.pooling import Identity
 from tests.conftest import tiny_config
 
 PATTERNS = {
@@ -355,6 +357,9 @@ def test_describe_is_one_line_of_stem_pe_and_stages() -> None:
         "overlap stem, none PE: 2x32 spatial_reduction | 2x64 spatial_reduction | "
         "2x160 spatial_reduction | 2x256 spatial_reduction"
     )
+    assert describe(build_model("coat_s", init_weights=False).arch_config).endswith(
+        "| 2x320 factorized, 1 class token | 6x co-scale over stages 2-4"
+    )
 
 
 def test_a_patch_stem_of_16_makes_an_isotropic_stage_at_stride_16() -> None:
@@ -370,3 +375,50 @@ def test_a_patch_stem_of_16_makes_an_isotropic_stage_at_stride_16() -> None:
         ConfigError, match=r"stem\.patch_size: applies to the 'patch' and 'image_to_tokens' stems only"
     ):
         ArchConfig.from_dict(tiny_config(["pooling"], stem={"kind": "overlap", "patch_size": 16}))
+
+
+# ----------------------------------------------------------------------------- co-scale group (CoaT)
+def _co_scale_config(**overrides) -> dict:
+    """Stages 2-4 of one width, fused by a co-scale group of two blocks; class tokens per stage."""
+    cfg = tiny_config(["factorized"], co_scale={"depth": 2, "scales": 3}, **overrides)
+    for stage in cfg["stages"][1:]:
+        stage["width"] = 32
+    return cfg
+
+
+def test_co_scale_block_adds_the_other_scales_resized() -> None:
+    """With identity mixers and a zero FFN, each scale's output is its input, plus its own mixer
+    output, plus the others' bilinearly resized to its map."""
+    ffn = torch.nn.Linear(4, 4)
+    torch.nn.init.zeros_(ffn.weight)
+    torch.nn.init.zeros_(ffn.bias)
+    block = CoScaleBlock([Identity(4) for _ in range(3)], [ffn] * 3, [torch.nn.Identity] * 3)
+    maps = [torch.randn(1, s, s, 4) for s in (8, 4, 2)]
+    out, tokens = block(maps, [None] * 3)
+    assert tokens == [None] * 3
+
+    def resized(x: torch.Tensor, size: int) -> torch.Tensor:
+        nchw = torch.nn.functional.interpolate(x.permute(0, 3, 1, 2), size=(size, size), mode="bilinear")
+        return nchw.permute(0, 2, 3, 1)
+
+    for i, (x, s) in enumerate(zip(maps, (8, 4, 2), strict=True)):
+        others = sum(resized(maps[j], s) for j in range(3) if j != i)
+        torch.testing.assert_close(out[i], 2 * x + others)
+
+
+def test_co_scale_model_fuses_the_last_stages() -> None:
+    model = build_model(_co_scale_config(tokens={"kind": "class", "each_stage": "new"}))
+    assert len(model.co_scale.blocks) == 2 and model.head.scales == 3
+    # one relative position encoding per stage, shared by its blocks and its co-scale mixers
+    assert model.co_scale.blocks[1].mixers[2].crpe is model.stages[3].blocks[0].mixer.crpe
+    x = torch.randn(2, 3, 32, 32)
+    pyramid = model.forward_intermediates(x, intermediates_only=True)
+    assert [tuple(f.shape[1:]) for f in pyramid] == [(16, 8, 8), (32, 4, 4), (32, 2, 2), (32, 1, 1)]
+    serial = model._forward_levels(x, model.stages[:2])  # stops before the group
+    torch.testing.assert_close(pyramid[0], serial[0][0].permute(0, 3, 1, 2))
+    assert not torch.allclose(pyramid[1], serial[1][0].permute(0, 3, 1, 2))  # level 2 is fused
+    model(x).sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+    features = build_model(_co_scale_config(), features_only=True, out_indices=(0, 1))
+    assert features.model.co_scale is None  # cut stages: the levels are the serial stages'
+    assert [f.shape[1] for f in features(torch.randn(1, 3, 32, 32))] == [16, 32]

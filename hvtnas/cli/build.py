@@ -144,6 +144,9 @@ def build_command(
             f"{summary.params_per_part[part]:,}",
             f"{costs.flops_per_part[part] / 1e9:.3f}",
         )
+    if "co_scale" in summary.params_per_part:  # CoaT's parallel blocks over the last stages
+        co_scale = (summary.params_per_part["co_scale"], costs.flops_per_part.get("co_scale", 0))
+        table.add_row("co-scale", "", "", f"{co_scale[0]:,}", f"{co_scale[1] / 1e9:.3f}")
     table.add_row(
         "head", "", "", f"{summary.params_per_part['head']:,}", f"{costs.flops_per_part['head'] / 1e9:.3f}"
     )

@@ -155,6 +155,38 @@ def _twins_key(key: str) -> str:
     return key.replace("head.", "head.fc.")
 
 
+def _coat_key(key: str) -> str:
+    """timm's CoaT / CoaT-Lite (the same names as mlpc-ucsd/CoaT, less its unused norms): per scale
+    i (1-4) a patch embedding, a class token, a convolutional position encoding and serial blocks,
+    then CoaT's parallel blocks over scales 2-4. The shared encodings are stored under every module
+    that uses them; each name maps to one of hvtnas's (the stage's PEG, each block's mixer)."""
+    key = key.replace("crpe.conv_list.", "crpe.convs.")
+    if m := re.match(r"(patch_embed|cls_token|cpe|crpe)(\d)(.*)", key):
+        part, i, rest = m.group(1), int(m.group(2)) - 1, m.group(3)
+        if part == "patch_embed":
+            return f"stem{rest}" if i == 0 else f"stages.{i}.downsample{rest.replace('.proj.', '.conv.')}"
+        if part == "cls_token":
+            return f"stages.{i}.tokens.tokens"
+        if part == "cpe":
+            return f"stages.{i}.peg{rest}"
+        return f"stages.{i}.blocks.0.mixer.crpe{rest.replace('conv_list', 'convs')}"  # also in each block
+    if m := re.match(r"serial_blocks(\d)\.(\d+)\.(.*)", key):
+        i, j, rest = int(m.group(1)) - 1, m.group(2), m.group(3)
+        if rest.startswith("cpe."):
+            return f"stages.{i}.peg.{rest.removeprefix('cpe.')}"
+        rest = rest.replace("factoratt_crpe.", "mixer.").replace("mlp.", "ffn.")
+        return f"stages.{i}.blocks.{j}.{rest}"
+    if m := re.match(r"parallel_blocks\.(\d+)\.(norm1|norm2|factoratt_crpe|mlp)(\d)\.(.*)", key):
+        p, part, scale, rest = m.group(1), m.group(2), int(m.group(3)) - 2, m.group(4)
+        part = {"norm1": "norms1", "norm2": "norms2", "factoratt_crpe": "mixers", "mlp": "ffns"}[part]
+        return f"co_scale.blocks.{p}.{part}.{scale}.{rest}"
+    if m := re.match(r"norm(\d)\.(.*)", key):  # the classifier's norm of each scale it reads
+        i, rest = int(m.group(1)), m.group(2)
+        return f"head.norm.{rest}" if i == 4 else f"head.scale_norms.{i - 2}.{rest}"
+    key = re.sub(r"^aggregate\.", "head.aggregate.", key)  # CoaT's weighting of the scales
+    return re.sub(r"^head\.(weight|bias)$", r"head.fc.\1", key)
+
+
 def _vit_key(key: str) -> str:
     """timm's VisionTransformer (DeiT) and MlpMixer: one stage of blocks behind the patch stem; the
     class token and its position entry are the stage's token stream (see ``_split_vit_pos_embed``)."""
@@ -211,38 +243,6 @@ def _official_cvt_key(key: str) -> str:
     key = re.sub(r"\.attn\.conv_proj_([qkv])\.bn\.", r".mixer.conv_\1.1.", key)
     key = key.replace(".attn.", ".mixer.").replace(".mlp.", ".ffn.")
     key = re.sub(r"^norm\.", "head.norm.", key)
-    return re.sub(r"^head\.(weight|bias)$", r"head.fc.\1", key)
-
-
-def _coat_key(key: str) -> str:
-    """timm's CoaT / CoaT-Lite (the same names as mlpc-ucsd/CoaT, less its unused norms): per scale
-    i (1-4) a patch embedding, a class token, a convolutional position encoding and serial blocks,
-    then CoaT's parallel blocks over scales 2-4. The shared encodings are stored under every module
-    that uses them; each name maps to one of hvtnas's (the stage's PEG, each block's mixer)."""
-    key = key.replace("crpe.conv_list.", "crpe.convs.")
-    if m := re.match(r"(patch_embed|cls_token|cpe|crpe)(\d)(.*)", key):
-        part, i, rest = m.group(1), int(m.group(2)) - 1, m.group(3)
-        if part == "patch_embed":
-            return f"stem{rest}" if i == 0 else f"stages.{i}.downsample{rest.replace('.proj.', '.conv.')}"
-        if part == "cls_token":
-            return f"stages.{i}.tokens.tokens"
-        if part == "cpe":
-            return f"stages.{i}.peg{rest}"
-        return f"stages.{i}.blocks.0.mixer.crpe{rest.replace('conv_list', 'convs')}"  # also in each block
-    if m := re.match(r"serial_blocks(\d)\.(\d+)\.(.*)", key):
-        i, j, rest = int(m.group(1)) - 1, m.group(2), m.group(3)
-        if rest.startswith("cpe."):
-            return f"stages.{i}.peg.{rest.removeprefix('cpe.')}"
-        rest = rest.replace("factoratt_crpe.", "mixer.").replace("mlp.", "ffn.")
-        return f"stages.{i}.blocks.{j}.{rest}"
-    if m := re.match(r"parallel_blocks\.(\d+)\.(norm1|norm2|factoratt_crpe|mlp)(\d)\.(.*)", key):
-        p, part, scale, rest = m.group(1), m.group(2), int(m.group(3)) - 2, m.group(4)
-        part = {"norm1": "norms1", "norm2": "norms2", "factoratt_crpe": "mixers", "mlp": "ffns"}[part]
-        return f"co_scale.blocks.{p}.{part}.{scale}.{rest}"
-    if m := re.match(r"norm(\d)\.(.*)", key):  # the classifier's norm of each scale it reads
-        i, rest = int(m.group(1)), m.group(2)
-        return f"head.norm.{rest}" if i == 4 else f"head.scale_norms.{i - 2}.{rest}"
-    key = re.sub(r"^aggregate\.", "head.aggregate.", key)  # CoaT's weighting of the scales
     return re.sub(r"^head\.(weight|bias)$", r"head.fc.\1", key)
 
 

@@ -276,9 +276,10 @@ class FactorizedAttention(TokenMixer):
         kernels = list(kwargs.get("crpe_kernel_sizes", (3, 5, 7)))
         return ConvRelativePositionEncoding(dim, kwargs["num_heads"], kernels, kwargs.get("crpe_heads"))
 
-    def _attend(self, sequence: Tensor, T: int, H: int) -> Tensor:
-        """``(B, T + H*W, C)`` -> the same: factorized attention over the whole sequence, the
-        position encoding on its last H*W (map) tokens."""
+    def forward_sequence(self, sequence: Tensor, num_tokens: int, size: tuple[int, int]) -> Tensor:
+        """``[tokens; pixels]`` ``(B, T + H*W, C)`` -> the same: factorized attention over the
+        whole sequence, the position encoding on its H*W map tokens."""
+        T, H = num_tokens, size[0]
         q, k, v = rearrange(self.qkv(sequence), "b l (three n d) -> three b n l d", three=3, n=self.num_heads)
         context = torch.matmul(k.softmax(dim=2).transpose(-2, -1), v)  # (B, n, d, d): linear in N
         out = self.scale * torch.matmul(q, context)  # (B, n, T + H*W, d)
@@ -288,15 +289,9 @@ class FactorizedAttention(TokenMixer):
         return self.proj(rearrange(out, "b n l d -> b l (n d)"))
 
     def forward(self, x: Tensor) -> Tensor:
-        H = x.shape[1]
-        out = self._attend(rearrange(x, "b h w c -> b (h w) c"), 0, H)
+        H, W = x.shape[1], x.shape[2]
+        out = self.forward_sequence(rearrange(x, "b h w c -> b (h w) c"), 0, (H, W))
         return rearrange(out, "b (h w) c -> b h w c", h=H)
-
-    def forward_with_tokens(self, x: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
-        H, T = x.shape[1], tokens.shape[1]
-        sequence = torch.cat([tokens, rearrange(x, "b h w c -> b (h w) c")], dim=1)  # (B, T + H*W, C)
-        out = self._attend(sequence, T, H)
-        return rearrange(out[:, T:], "b (h w) c -> b h w c", h=H), out[:, :T]
 
 
 # ----------------------------------------------------------------------------- LVT
