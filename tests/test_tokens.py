@@ -55,7 +55,15 @@ def test_tokens_round_trip_through_yaml() -> None:
         ),
         (
             {"tokens": {"kind": "class", "pos_embed": True}},
-            "tokens.pos_embed: the tokens' position-embedding entries need an absolute position",
+            "tokens.pos_embed: the tokens' position-embedding entries need a learned (absolute or axial)",
+        ),
+        (
+            {"tokens": {"kind": "global", "from_stage": 2, "last_stage": 1}},
+            "tokens.last_stage: must be a stage index from from_stage (2) to 3",
+        ),
+        (
+            {"tokens": {"kind": "global", "last_stage": 4}},
+            "tokens.last_stage: must be a stage index from from_stage (0) to 3",
         ),
     ],
 )
@@ -96,6 +104,30 @@ def test_streams_are_made_once_and_carried_or_made_fresh_at_each_stage() -> None
     without = count_params(build_model(tiny_config(["attention"])))
     assert count_params(fresh) == without + 2 * (16 + 32 + 48 + 64)
     assert count_params(carried) == without + 32 + (32 * 48 + 48) + (48 * 64 + 64)
+
+
+def test_tokens_end_at_their_last_stage() -> None:
+    """Vision Longformer: fresh global tokens in stages 1-3, none in stage 4 (whose map the
+    classifier averages)."""
+    tokens = {"kind": "global", "each_stage": "new", "last_stage": 2}
+    model = build_model(tiny_config(["attention"], tokens=tokens))
+    assert [s.tokens is None for s in model.stages] == [False, False, False, True]
+    levels = model.forward_intermediates(
+        torch.randn(1, 3, 32, 32), return_prefix_tokens=True, intermediates_only=True
+    )
+    assert [t is None for _, t in levels] == [False, False, False, True]
+    assert count_params(model) == count_params(build_model(tiny_config(["attention"]))) + 16 + 32 + 48
+    assert ArchConfig.from_yaml_text(model.arch_config.to_yaml()).tokens.last_stage == 2
+
+
+def test_axial_position_entries_of_fresh_tokens_at_every_stage() -> None:
+    tokens = {"kind": "global", "each_stage": "new", "pos_embed": True}
+    with pytest.raises(ConfigError, match=r"at stage 1 .*per_stage: true"):
+        ArchConfig.from_dict(tiny_config(["attention"], tokens=tokens, pos_embed="axial"))
+    model = build_model(
+        tiny_config(["attention"], tokens=tokens, pos_embed={"kind": "axial", "per_stage": True})
+    )
+    assert [s.tokens.pos_embed.shape for s in model.stages] == [(1, 1, w) for w in (16, 32, 48, 64)]
 
 
 def test_the_registry_holds_the_kinds() -> None:
@@ -250,7 +282,13 @@ ATTENDING = [k for k in MIXERS.names() if MIXERS.get(k).attends_tokens]
 
 
 def test_the_mixers_that_attend_to_tokens() -> None:
-    assert ATTENDING == ["attention", "conv_projection", "pooled_reduction", "spatial_reduction"]
+    assert ATTENDING == [
+        "attention",
+        "conv_projection",
+        "longformer",
+        "pooled_reduction",
+        "spatial_reduction",
+    ]
 
 
 @pytest.mark.parametrize("kind", ATTENDING)

@@ -58,6 +58,11 @@ OFFICIAL_PARAMS = {
     # timm 1.0.31 mixer_b16_224 (the port of google-research/vision_transformer's Mixer-B/16); same
     # logits with its weights loaded
     "mixer_b16": 59_880_472,
+    # microsoft/vision-longformer src/models/msvit.py MsViT with ViL-Small's arch string and
+    # config/msvit.yaml (NORM_EMBED, SHARE_W); with its weights loaded (layout official-vil) hvtnas's
+    # vil_s gives the same logits (max difference 6e-8, at 224 and at 256, where chunks are padded;
+    # checked locally on the official code, which is no test dependency)
+    "vil_s": 24_635_752,
 }
 
 

@@ -47,6 +47,8 @@ class TokenStreamParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     kind: str
     from_stage: int = Field(0, ge=0)  # index into stages of the first stage that carries them
+    # index of the last stage that carries them (None: the model's last); a later stage has none
+    last_stage: int | None = Field(None, ge=0)
     # at each later stage: the same tokens carried on, or a fresh set (Vision Longformer)
     each_stage: Literal["carry", "new"] = "carry"
 
@@ -124,6 +126,12 @@ TOKEN_STREAMS.register("class", ClassTokens)
 TOKEN_STREAMS.register("global", GlobalTokens)
 
 
+def carrying_stages(params: TokenStreamParams, num_stages: int) -> range:
+    """Indices of the stages that carry the tokens: ``from_stage`` to ``last_stage`` (inclusive)."""
+    last = params.last_stage if params.last_stage is not None else num_stages - 1
+    return range(params.from_stage, last + 1)
+
+
 def build_token_streams(params: TokenStreamParams | None, widths: list[int]) -> list[nn.Module | None]:
     """One module per stage (None where the stage has no tokens): the stream's own module where the
     tokens are made (and at every later stage with ``each_stage: new``), ``CarriedTokens`` after."""
@@ -131,8 +139,8 @@ def build_token_streams(params: TokenStreamParams | None, widths: list[int]) -> 
     if params is None:
         return streams
     cls = TOKEN_STREAMS.get(params.kind)
-    kwargs = params.model_dump(exclude={"kind", "from_stage", "each_stage"})
-    for i in range(params.from_stage, len(widths)):
+    kwargs = params.model_dump(exclude={"kind", "from_stage", "last_stage", "each_stage"})
+    for i in carrying_stages(params, len(widths)):
         if i == params.from_stage or params.each_stage == "new":
             streams[i] = cls(widths[i], **kwargs)
         else:

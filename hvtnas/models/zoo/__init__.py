@@ -75,6 +75,8 @@ PUBLISHED: dict[str, Published] = {
         59, None, 76.4, "arXiv 2105.01601 Table 2, ImageNet-1k only (google-research/vision_transformer)"
     ),
     "s2mlp_wide": Published(71, 14.0, 80.0, "paper, arXiv 2106.07477 (no official code)"),
+    # README "Main Results": ViL-Small with absolute position embedding; hvtnas counts 5.16 GMACs
+    "vil_s": Published(24.6, 5.12, 82.0, "microsoft/vision-longformer (ViL-Small, README)"),
     # the SegFormer paper and README give no ImageNet figures for the encoder alone
     "mit_b0": Published(3.3, None, None, "NVlabs/SegFormer (encoder, counted on mix_transformer.py)"),
 }
