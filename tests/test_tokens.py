@@ -260,6 +260,37 @@ def test_fast_flop_count_equals_fvcore_with_tokens(tokens: dict) -> None:
         assert fast.total == ref.total and fast.by_module == ref.by_module
 
 
+def test_vision_longformer_stages_count_like_fvcore_and_their_closed_form() -> None:
+    """Global tokens made fresh in stages 1-3 (none in 4) meeting the map through the sliding-chunk
+    attention; the map sides at 64 x 48 (16 x 12, 8 x 6, ...) pad the 7 x 7 chunks."""
+    tokens = {"kind": "global", "count": 2, "each_stage": "new", "last_stage": 2}
+    model = build_model(tiny_config(["longformer"], tokens=tokens))
+    for backbone_only in (False, True):
+        fast = count_flops(model, (64, 48), backbone_only=backbone_only)
+        ref = count_flops(model, (64, 48), backbone_only=backbone_only, method="fvcore")
+        assert fast.total == ref.total and fast.by_module == ref.by_module
+
+    C, T, H, W = 16, 2, 9, 12
+    mixer = MIXERS.get("longformer")(C, num_heads=2).eval()
+
+    class WithTokens(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.mixer = mixer
+
+        def forward(self, x: torch.Tensor, tokens: torch.Tensor) -> tuple:
+            return self.mixer.forward_with_tokens(x, tokens)
+
+    N, Np, K = H * W, 14 * 14, 9 * 49  # map padded to whole 7 x 7 chunks; keys of a chunk's neighbourhood
+    analysis = analyse(WithTokens(), (torch.randn(1, H, W, C), torch.randn(1, T, C)))
+    assert analysis.total() == (
+        3 * (N + T) * C * C  # q, kv of the map and the tokens
+        + 2 * Np * (T + K) * C  # every chunk's queries with the tokens and its neighbourhood
+        + 2 * T * (T + N) * C  # every token with all tokens and the whole map
+        + (N + T) * C * C  # output projection
+    )
+
+
 def test_attention_over_tokens_and_map_costs_its_closed_form() -> None:
     C, T, H, W = 16, 2, 5, 6
     L = T + H * W
