@@ -363,11 +363,10 @@ class StageConfig(_Strict):
 class HeadConfig(_Strict):
     """Classifier: norm (before or after global average pooling) -> [MLP] -> Linear.
 
-    ``pool``: ``avg`` averages the last map; ``token`` reads the class token beside it instead
-    (``tokens: {kind: class}``; timm's ``global_pool='token'``: ViT/DeiT, CvT, PVT v1).
+    A model with a class token (``tokens: {kind: class}``: ViT/DeiT, CvT, PVT v1) classifies from
+    that token, normalised, instead of the pooled map (timm's ``global_pool='token'``).
     """
 
-    pool: Literal["avg", "token"] = "avg"
     norm: NormConfig | None = NormConfig()
     norm_position: Literal["pre_pool", "post_pool"] = "pre_pool"
     mlp_ratio: float | None = Field(None, gt=0)  # MetaFormer baselines' MLP head (ratio 4)
@@ -472,13 +471,6 @@ class ArchConfig(_Strict):
     def _tokens_fit(self) -> ArchConfig:
         tokens = self.tokens
         if tokens is None:
-            if self.head.pool == "token":
-                _fail(
-                    ("head", "pool"),
-                    "token",
-                    "reads the class token, but the model has no tokens "
-                    "(add tokens: {kind: class, from_stage: ...})",
-                )
             return self
         if tokens.from_stage >= len(self.stages):
             _fail(
@@ -493,20 +485,20 @@ class ArchConfig(_Strict):
                 f"must be a stage index from from_stage ({tokens.from_stage}) to {len(self.stages) - 1}",
             )
         carrying = carrying_stages(tokens, len(self.stages))
+        if TOKEN_STREAMS.get(tokens.kind).read_by_head and carrying[-1] != len(self.stages) - 1:
+            _fail(
+                ("tokens", "last_stage"),
+                tokens.last_stage,
+                f"the classifier reads the '{tokens.kind}' token, so the last stage "
+                f"({len(self.stages) - 1}) must carry it",
+            )
         for i in carrying:
-            stage = self.stages[i]
-            if stage.norm.kind != "layernorm":
+            if self.stages[i].norm.kind == "batchnorm":
                 _fail(
                     ("stages", i, "norm", "kind"),
-                    stage.norm.kind,
-                    "a stage that carries tokens normalises each token alone: its norm must be 'layernorm'",
-                )
-            if stage.ffn.kind not in ("mlp", "none"):
-                _fail(
-                    ("stages", i, "ffn", "kind"),
-                    stage.ffn.kind,
-                    "the tokens beside the map have no neighbours for its convolution: a stage that "
-                    "carries tokens needs the 'mlp' FFN (or 'none')",
+                    "batchnorm",
+                    "a stage that carries tokens normalises each token as a 1x1 map, which batch "
+                    "statistics cannot do: use 'layernorm' or 'groupnorm'",
                 )
         attending = [
             m.kind for i in carrying for m in self.stages[i].mixers if MIXERS.get(m.kind).attends_tokens
@@ -531,10 +523,6 @@ class ArchConfig(_Strict):
                         f"position embedding at stage {i} "
                         f"(pos_embed: {{kind: absolute{', per_stage: true' if i else ''}}})",
                     )
-        if self.head.pool == "token" and not TOKEN_STREAMS.get(tokens.kind).readable_by_head:
-            _fail(
-                ("head", "pool"), "token", f"the classifier reads a class token, not '{tokens.kind}' tokens"
-            )
         return self
 
     @model_validator(mode="after")

@@ -19,12 +19,30 @@ def count_params(module: nn.Module) -> int:
 
 
 def describe(cfg: ArchConfig) -> str:
-    """One line: stem, positional encoding and, per stage, depth x width and its mixers, e.g.
-    ``patch stem, none PE: 2x96 window+shifted_window | 2x192 window+shifted_window | ...``."""
-    stages = " | ".join(
-        f"{s.depth}x{s.width} " + "+".join(dict.fromkeys(m.kind for m in s.mixers)) for s in cfg.stages
+    """One line: stem, positional encoding and, per stage, depth x width and its mixers (and the
+    tokens beside the map where they are made), e.g.
+    ``patch stem, none PE: 2x96 window+shifted_window | 2x192 window+shifted_window | ...``;
+    ``patch16 stem, absolute PE: 12x384 attention, 1 class token`` (DeiT-S)."""
+    stages = []
+    for i, s in enumerate(cfg.stages):
+        text = f"{s.depth}x{s.width} " + "+".join(dict.fromkeys(m.kind for m in s.mixers))
+        tokens = cfg.tokens
+        made_here = tokens is not None and (
+            i == tokens.from_stage or (i > tokens.from_stage and tokens.each_stage == "new")
+        )
+        if made_here:
+            count = getattr(tokens, "count", None)  # a kind may size itself by the map instead
+            if count is None:
+                text += f", {tokens.kind} tokens"
+            else:
+                text += f", {count} {tokens.kind} token{'s' if count > 1 else ''}"
+        stages.append(text)
+    stem = (
+        f"patch{cfg.stem.patch_size}"
+        if cfg.stem.kind == "patch" and cfg.stem.patch_size != 4
+        else cfg.stem.kind
     )
-    return f"{cfg.stem.kind} stem, {cfg.pos_embed.kind} PE: {stages}"
+    return f"{stem} stem, {cfg.pos_embed.kind} PE: {' | '.join(stages)}"
 
 
 def params_per_part(model: MetaFormer) -> dict[str, int]:

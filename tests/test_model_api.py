@@ -28,7 +28,7 @@ def test_timm_idioms_on_every_zoo_model(name: str) -> None:
         # a model classifying from its class token needs it beside the map (None for the others)
         same, tokens = model.forward_features(x, return_tokens=True)
         torch.testing.assert_close(same, features)
-        assert (tokens is not None) == (cfg.head.pool == "token")
+        assert (tokens is not None) == (cfg.tokens is not None and cfg.tokens.kind == "class")
         torch.testing.assert_close(model.forward_head(features, tokens=tokens), logits)
         assert model.forward_head(features, pre_logits=True, tokens=tokens).shape == (1, model.num_features)
         final, pyramid = model.forward_intermediates(x)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from hvtnas import MIXERS, build_model
 from hvtnas.config import ArchConfig
@@ -15,7 +16,7 @@ from hvtnas.models.tokens import TOKEN_STREAMS, CarriedTokens, ClassTokens
 from hvtnas.summary import count_params
 from tests.conftest import tiny_config
 
-CLASS_TOKEN = {"tokens": {"kind": "class", "from_stage": 2}, "head": {"pool": "token"}}
+CLASS_TOKEN = {"tokens": {"kind": "class", "from_stage": 2}}
 
 
 def _class_token_model(mixers: list | None = None, **overrides: object) -> torch.nn.Module:
@@ -40,18 +41,9 @@ def test_tokens_round_trip_through_yaml() -> None:
         ({"tokens": {"kind": "class", "count": 0}}, "tokens.count: Input should be greater than 0"),
         ({"tokens": {"kind": "class", "from_stage": 4}}, "tokens.from_stage: is not a stage index"),
         ({"tokens": {"kind": "class", "window": 2}}, "tokens.window: unknown key"),
-        ({"head": {"pool": "token"}}, "head.pool: reads the class token, but the model has no tokens"),
-        (
-            {"tokens": {"kind": "global"}, "head": {"pool": "token"}},
-            "head.pool: the classifier reads a class token, not 'global' tokens",
-        ),
         (
             {"tokens": {"kind": "class", "from_stage": 3}, "stage": {"norm": "batchnorm"}},
-            "stages[3].norm.kind: a stage that carries tokens normalises each token alone",
-        ),
-        (
-            {"tokens": {"kind": "class", "from_stage": 3}, "stage": {"ffn": "mixffn"}},
-            "stages[3].ffn.kind: the tokens beside the map have no neighbours",
+            "stages[3].norm.kind: a stage that carries tokens normalises each token as a 1x1 map",
         ),
         (
             {"tokens": {"kind": "class", "pos_embed": True}},
@@ -60,6 +52,10 @@ def test_tokens_round_trip_through_yaml() -> None:
         (
             {"tokens": {"kind": "global", "from_stage": 2, "last_stage": 1}},
             "tokens.last_stage: must be a stage index from from_stage (2) to 3",
+        ),
+        (
+            {"tokens": {"kind": "class", "last_stage": 2}},
+            "tokens.last_stage: the classifier reads the 'class' token, so the last stage (3) must carry it",
         ),
         (
             {"tokens": {"kind": "global", "last_stage": 4}},
@@ -132,7 +128,7 @@ def test_axial_position_entries_of_fresh_tokens_at_every_stage() -> None:
 
 def test_the_registry_holds_the_kinds() -> None:
     assert TOKEN_STREAMS.names() == ["class", "global"]
-    assert TOKEN_STREAMS.get("class").readable_by_head and not TOKEN_STREAMS.get("global").readable_by_head
+    assert TOKEN_STREAMS.get("class").read_by_head and not TOKEN_STREAMS.get("global").read_by_head
 
 
 # ----------------------------------------------------------------------------- semantics
@@ -204,19 +200,41 @@ def test_maps_stay_maps_and_tokens_come_on_request() -> None:
         assert all(m.dim() == 4 for m in backbone(x))
 
 
-def test_reset_classifier_switches_between_the_token_and_the_average() -> None:
-    model = _class_token_model().eval()
+def test_the_kind_decides_what_the_classifier_reads() -> None:
+    assert _class_token_model().head.pool == "token"
     x = torch.randn(1, 3, 32, 32)
-    model.reset_classifier(5, global_pool="avg")
-    assert model.arch_config.head.pool == "avg" and model.head.pool == "avg"
-    features = model.forward_features(x)
-    torch.testing.assert_close(model.forward_head(features), model(x))  # no tokens needed
+    global_tokens = build_model(tiny_config(["attention"], tokens="global")).eval()
+    assert global_tokens.head.pool == "avg"
+    torch.testing.assert_close(
+        global_tokens.forward_head(global_tokens.forward_features(x)), global_tokens(x)
+    )
+
+
+def test_reset_classifier_keeps_the_pooling_the_config_gives() -> None:
+    model = _class_token_model().eval()
     model.reset_classifier(5, global_pool="token")
-    assert model.arch_config.head.pool == "token"
-    with pytest.raises(HvtnasError, match="no class token"):
+    features, tokens = model.forward_features(torch.randn(1, 3, 32, 32), return_tokens=True)
+    assert model.forward_head(features, tokens=tokens).shape == (1, 5)
+    with pytest.raises(HvtnasError, match="this model pools by 'token', not 'avg'"):
+        model.reset_classifier(5, global_pool="avg")
+    with pytest.raises(HvtnasError, match="this model pools by 'avg', not 'token'"):
         build_model(tiny_config(["attention"])).reset_classifier(5, global_pool="token")
-    with pytest.raises(HvtnasError, match="no class token"):
-        build_model(tiny_config(["attention"], tokens="global")).reset_classifier(5, global_pool="token")
+
+
+def test_norms_and_ffns_see_each_token_as_a_1x1_map() -> None:
+    """GroupNorm and Mix-FFN (made for maps) on tokens: with a mixer the tokens pass (pooling, which
+    gives 0 on a 1x1 map), the tokens' block is the map block on each token as a 1x1 map."""
+    stage = {"norm": "groupnorm", "ffn": "mixffn"}
+    model = build_model(tiny_config(["pooling", "attention"], tokens="class", stage=stage))
+    block = model.stages[0].blocks[0].eval()
+    x, tokens = torch.randn(2, 4, 4, 16), torch.randn(2, 3, 16)
+    _, out_tokens = block.forward_with_tokens(x, tokens)
+    as_maps = tokens.reshape(6, 1, 1, 16)
+    torch.testing.assert_close(out_tokens, block(as_maps).reshape(2, 3, 16))
+    # the 1x1 map's GroupNorm is a per-token normalisation over the channels
+    norm = block.norm2
+    expected = F.layer_norm(tokens, (16,), norm.weight, norm.bias, norm.eps)
+    torch.testing.assert_close(norm(as_maps).reshape(2, 3, 16), expected)
 
 
 def test_gradients_reach_the_tokens_and_checkpointing_keeps_them() -> None:
@@ -252,8 +270,7 @@ def test_drop_path_drops_a_samples_tokens_with_its_map() -> None:
     [{"kind": "class", "from_stage": 2}, {"kind": "global", "count": 3, "each_stage": "new"}],
 )
 def test_fast_flop_count_equals_fvcore_with_tokens(tokens: dict) -> None:
-    pool = "token" if tokens["kind"] == "class" else "avg"
-    model = build_model(tiny_config(["attention", "spatial_reduction"], tokens=tokens, head={"pool": pool}))
+    model = build_model(tiny_config(["attention", "spatial_reduction"], tokens=tokens))
     for backbone_only in (False, True):
         fast = count_flops(model, (64, 48), backbone_only=backbone_only)
         ref = count_flops(model, (64, 48), backbone_only=backbone_only, method="fvcore")
@@ -334,3 +351,12 @@ def test_every_attending_mixer_mixes_tokens_and_map_both_ways(kind: str) -> None
     (grad_x,) = torch.autograd.grad(out_tokens.sum(), x, retain_graph=True)
     (grad_tokens,) = torch.autograd.grad(out[0, 4, 5].sum(), tokens)
     assert grad_x.abs().sum() > 0 and grad_tokens.abs().sum() > 0  # the tokens see the map, and back
+
+
+def test_the_one_line_description_names_the_tokens_and_the_patch_size() -> None:
+    from hvtnas.models import zoo
+    from hvtnas.summary import describe
+
+    assert describe(zoo.get_config("deit_s")) == "patch16 stem, absolute PE: 12x384 attention, 1 class token"
+    line = describe(ArchConfig.from_dict(tiny_config(["attention"], tokens={"kind": "global", "count": 2})))
+    assert line.endswith("1x16 attention, 2 global tokens | 1x32 attention | 1x48 attention | 1x64 attention")

@@ -6,10 +6,19 @@ from collections.abc import Callable
 
 import torch
 import torch.utils.checkpoint
+from einops import rearrange
 from torch import Tensor, nn
 
 from hvtnas.models.layers import DropPath, Scale, nchw_to_nhwc, nhwc_to_nchw
 from hvtnas.models.mixers.base import TokenMixer
+
+
+def per_token(f: nn.Module, tokens: Tensor) -> Tensor:
+    """``f`` (a norm, an FFN: parts made for maps) on each ``(B, T, C)`` token as a 1x1 map, so a
+    GroupNorm normalises the token over its channels and a Mix-FFN's zero-padded depthwise conv sees
+    no neighbours (its centre tap only)."""
+    maps = rearrange(tokens, "b t c -> (b t) 1 1 c")
+    return rearrange(f(maps), "(b t) 1 1 c -> b t c", b=tokens.shape[0])
 
 
 def _scale(dim: int, init: float | None) -> nn.Module:
@@ -57,6 +66,10 @@ class MetaFormerBlock(nn.Module):
     def _branch(self, f: nn.Module, norm: nn.Module, x: Tensor) -> Tensor:
         return norm(f(x)) if self.post_norm else f(norm(x))
 
+    def _token_branch(self, f: nn.Module, norm: nn.Module, tokens: Tensor) -> Tensor:
+        """``_branch`` on the tokens beside the map, each as a 1x1 map (``per_token``)."""
+        return per_token(lambda t: self._branch(f, norm, t), tokens)
+
     def _add(
         self,
         x: Tensor,
@@ -95,14 +108,16 @@ class MetaFormerBlock(nn.Module):
     def forward_with_tokens(self, x: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
         """The block on the map ``(B, H, W, C)`` and the tokens beside it ``(B, T, C)``: the mixer
         attends over both if it can (``attends_tokens``), otherwise the tokens skip its sub-block;
-        norms, FFN, scales and drop path act on the tokens as on the pixels, one drop-path draw
-        per sample for both (the sequence model's block on ``[tokens; pixels]``)."""
+        norms, FFN, scales and drop path act on the tokens as on the pixels, each token as a 1x1
+        map (``per_token``), one drop-path draw per sample for both (with a LayerNorm and an MLP,
+        the sequence model's block on ``[tokens; pixels]``)."""
         if self.mixer_residual and self.mixer.attends_tokens:
             if self.post_norm:
                 mixed, mixed_tokens = self.mixer.forward_with_tokens(x, tokens)
-                mixed, mixed_tokens = self.norm1(mixed), self.norm1(mixed_tokens)
+                mixed, mixed_tokens = self.norm1(mixed), per_token(self.norm1, mixed_tokens)
             else:
-                mixed, mixed_tokens = self.mixer.forward_with_tokens(self.norm1(x), self.norm1(tokens))
+                normed_tokens = per_token(self.norm1, tokens)
+                mixed, mixed_tokens = self.mixer.forward_with_tokens(self.norm1(x), normed_tokens)
             factor = self._drop_factor(x)  # (B, 1, 1, 1)
             x = self._add(x, mixed, self.res_scale1, self.layer_scale1, factor)
             token_factor = factor.flatten(1, 2) if factor is not None else None  # (B, 1, 1)
@@ -119,7 +134,7 @@ class MetaFormerBlock(nn.Module):
             token_factor = factor.flatten(1, 2) if factor is not None else None
             tokens = self._add(
                 tokens,
-                self._branch(self.ffn, self.norm2, tokens),
+                self._token_branch(self.ffn, self.norm2, tokens),
                 self.res_scale2,
                 self.layer_scale2,
                 token_factor,

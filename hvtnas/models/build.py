@@ -42,7 +42,7 @@ from hvtnas.models.layers import make_act, make_norm
 from hvtnas.models.metaformer import ClassifierHead, FeaturePyramid, MetaFormer
 from hvtnas.models.mixers import MIXERS, MixerParams
 from hvtnas.models.mixers.pooling_attention import PoolingAttention
-from hvtnas.models.tokens import build_token_streams
+from hvtnas.models.tokens import TOKEN_STREAMS, build_token_streams
 
 ModelSpec = str | Path | ArchConfig | dict[str, Any]
 
@@ -246,7 +246,8 @@ def build_model(
         mlp_ratio=head_cfg.mlp_ratio,
         act=head_cfg.act,
         dropout=head_cfg.dropout,
-        pool=head_cfg.pool,
+        # a class token is what the classifier reads; otherwise it pools the map
+        pool="token" if cfg.tokens is not None and TOKEN_STREAMS.get(cfg.tokens.kind).read_by_head else "avg",
     )
     stem = build_stem(cfg.stem, cfg.input.channels, widths[0])
     model = MetaFormer(stem, stages, head, widths, cfg.stage_strides())

@@ -130,7 +130,7 @@ class MetaFormer(nn.Module):
 
     def forward_head(self, x: Tensor, pre_logits: bool = False, tokens: Tensor | None = None) -> Tensor:
         """Logits (or, ``pre_logits``, the pooled features) from ``forward_features``' map, or from
-        the class token in ``tokens`` for a model whose head reads it (``head.pool: token``)."""
+        the class token in ``tokens`` for a model whose head reads it (``tokens: {kind: class}``)."""
         return self.head(nchw_to_nhwc(x), pre_logits=pre_logits, tokens=tokens)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -202,16 +202,13 @@ class MetaFormer(nn.Module):
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         """A fresh classifier for ``num_classes`` (0: ``forward`` returns pooled features).
-        ``global_pool``: 'avg' (average the map), 'token' (read the class token, for a model
-        whose last stage carries one) or None (keep the current pooling)."""
-        if global_pool == "":
-            global_pool = "avg"
-        if global_pool not in (None, "avg", "token"):
-            raise HvtnasError(f"global_pool: 'avg' or 'token', got {global_pool!r}")
-        if global_pool == "token" and not self._last_stage_has_class_token():
-            raise HvtnasError("global_pool 'token': the last stage carries no class token")
-        if global_pool is not None:
-            self.head.pool = global_pool
+        ``global_pool`` (timm's argument) may only name the pooling the architecture has: 'token'
+        for a model with a class token, 'avg' otherwise (None or '' keep it)."""
+        if global_pool not in (None, "", self.head.pool):
+            raise HvtnasError(
+                f"global_pool: this model pools by {self.head.pool!r}, not {global_pool!r} (its config "
+                "decides: a model with a class token classifies from it, the others average the map)"
+            )
         self.head.reset(num_classes)
         for module in self.head.modules():  # the builder's initialisation (truncated normal)
             if isinstance(module, nn.Linear):
@@ -221,10 +218,7 @@ class MetaFormer(nn.Module):
         cfg = getattr(self, "arch_config", None)
         if cfg is not None:  # keep the config (summaries, exports) in step with the model
             self.arch_config = cfg.model_copy(
-                update={
-                    "input": cfg.input.model_copy(update={"num_classes": num_classes}),
-                    "head": cfg.head.model_copy(update={"pool": self.head.pool}),
-                }
+                update={"input": cfg.input.model_copy(update={"num_classes": num_classes})}
             )
 
     @torch.jit.ignore
@@ -243,14 +237,6 @@ class MetaFormer(nn.Module):
         for stage in self.stages:
             x, tokens = stage(x, tokens)
         return x, tokens
-
-    def _last_stage_has_class_token(self) -> bool:
-        for stage in reversed(self.stages):  # the stream's own module is where it starts
-            if stage.tokens is None:
-                return False
-            if hasattr(type(stage.tokens), "readable_by_head"):
-                return type(stage.tokens).readable_by_head
-        return False
 
     def _norm_on_map(self, i: int) -> bool:
         return i == len(self.stages) - 1 and self.head.norm_position == "pre_pool"

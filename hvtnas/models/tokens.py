@@ -12,15 +12,18 @@ MobileNet. In hvtnas they are one mechanism, whatever they are called:
   at each stage (``each_stage: new``: Vision Longformer's per-stage global tokens). Inside a
   stage they are a ``(B, T, C)`` tensor beside the ``(B, H, W, C)`` map; a stage with no tokens
   returns ``None`` for them.
+- **The kind says what the classifier reads.** A ``class`` token is read by the classifier (its
+  first token, normalised; timm's ``global_pool='token'``); with any other kind the classifier
+  pools the map.
 - **Mixers decide how tokens meet the map.** A mixer with ``attends_tokens = True`` implements
   ``forward_with_tokens(x, tokens)`` and mixes the two together (global attention, PVT's
   spatial-reduction attention and CvT's convolutional projections attend over
   ``[tokens; map]``: tokens are queries and keys like pixels). Every other mixer sees the map
   only, and the tokens pass its sub-block unchanged. Norms, the FFN, layer scale and drop path act
-  on the tokens as on the pixels (one drop-path draw per sample for both), so a block on
+  on the tokens as on the pixels, each token as a 1x1 map (a GroupNorm normalises it over its
+  channels, a Mix-FFN's zero-padded depthwise conv sees its centre tap only; BatchNorm is refused),
+  with one drop-path draw per sample for both: with a LayerNorm and an MLP, a block on
   ``[tokens; map]`` is exactly the sequence model's block.
-- **The classifier may read them.** ``head.pool: token`` classifies from the first token of the
-  last stage (timm's ``global_pool='token'``); ``avg`` pools the map as before.
 - **Maps stay maps.** ``forward_features``, ``forward_intermediates`` and ``features_only`` return
   the maps alone; ``forward_features(x, return_tokens=True)`` and
   ``forward_intermediates(..., return_prefix_tokens=True)`` (timm's name) also give the tokens.
@@ -60,7 +63,7 @@ class TokenStream(nn.Module):
 
     Params: ClassVar[type[TokenStreamParams]] = TokenStreamParams
     paper: ClassVar[str] = ""
-    readable_by_head: ClassVar[bool] = False  # the classifier may read its first token
+    read_by_head: ClassVar[bool] = False  # the classifier reads its first token (a class token)
 
     def forward(self, x: Tensor, previous: Tensor | None) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -93,11 +96,11 @@ class LearnedTokens(TokenStream):
 
 
 class ClassTokens(LearnedTokens):
-    """The class token(s) of ViT / DeiT, CvT (stage 3) and PVT v1 (stage 4): the classifier may
-    read the first one (``head.pool: token``)."""
+    """The class token(s) of ViT / DeiT, CvT (stage 3) and PVT v1 (stage 4): the classifier reads
+    the first one instead of pooling the map."""
 
     paper = "ViT (Dosovitskiy et al., ICLR 2021); CvT (ICCV 2021); PVT (ICCV 2021)"
-    readable_by_head = True
+    read_by_head = True
 
 
 class GlobalTokens(LearnedTokens):
