@@ -360,3 +360,7 @@ def test_the_one_line_description_names_the_tokens_and_the_patch_size() -> None:
     assert describe(zoo.get_config("deit_s")) == "patch16 stem, absolute PE: 12x384 attention, 1 class token"
     line = describe(ArchConfig.from_dict(tiny_config(["attention"], tokens={"kind": "global", "count": 2})))
     assert line.endswith("1x16 attention, 2 global tokens | 1x32 attention | 1x48 attention | 1x64 attention")
+    assert describe(zoo.get_config("vil_s")) == (
+        "patch stem, axial PE: 1x96 longformer, 1 global token | 2x192 longformer, 1 global token | "
+        "8x384 attention, 1 global token | 1x768 attention"
+    )
