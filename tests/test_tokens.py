@@ -114,6 +114,13 @@ def test_tokens_end_at_their_last_stage() -> None:
     assert [t is None for _, t in levels] == [False, False, False, True]
     assert count_params(model) == count_params(build_model(tiny_config(["attention"]))) + 16 + 32 + 48
     assert ArchConfig.from_yaml_text(model.arch_config.to_yaml()).tokens.last_stage == 2
+    # a feature pyramid of the first two stages describes itself with a valid config
+    pyramid = build_model(tiny_config(["attention"], tokens=tokens), features_only=True, out_indices=[0, 1])
+    assert ArchConfig.from_yaml_text(pyramid.arch_config.to_yaml()).tokens.last_stage is None
+    pvt = build_model("pvt_tiny", features_only=True, out_indices=[0, 1], init_weights=False)
+    assert (
+        ArchConfig.from_yaml_text(pvt.arch_config.to_yaml()).tokens is None
+    )  # its class token began in stage 4
 
 
 def test_axial_position_entries_of_fresh_tokens_at_every_stage() -> None:
