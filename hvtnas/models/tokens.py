@@ -71,8 +71,9 @@ class TokenStream(nn.Module):
 
 class LearnedTokensParams(TokenStreamParams):
     count: PositiveInt = Field(1, le=4096)
-    # the tokens' own entries of the absolute position embedding (PVT v1, DeiT): a learned vector
-    # added to each token where it is made; needs an absolute position embedding at that stage
+    # the tokens' own entries of the position embedding (PVT v1, DeiT; Vision Longformer's axial
+    # one): a learned vector added to each token where it is made; needs an absolute or axial
+    # position embedding at that stage
     pos_embed: bool = False
 
 
