@@ -49,6 +49,8 @@ DEFAULT_MODELS = [
     "convformer_s18",
     "caformer_s18",
     "twins_svt_s",
+    "deit_s",
+    "mixer_b16",
 ]
 CPU_TARGET, CUDA_TRAIN_TARGET = 1.0, 0.9
 

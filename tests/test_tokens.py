@@ -371,3 +371,22 @@ def test_the_one_line_description_names_the_tokens_and_the_patch_size() -> None:
         "patch stem, axial PE: 1x96 longformer, 1 global token | 2x192 longformer, 1 global token | "
         "8x384 attention, 1 global token | 1x768 attention"
     )
+
+
+def test_the_sequence_form_and_the_split_form_of_a_block_agree() -> None:
+    """A stage whose blocks all take [tokens; pixels] as one sequence keeps it joined (ViT's form);
+    the per-block split form, used otherwise, computes the same."""
+    stage = _class_token_model(["attention", "spatial_reduction"], stage={"depth": 2}).stages[2].eval()
+    assert all(block.takes_sequence for block in stage.blocks)
+    x = torch.randn(2, 6, 10, 32)  # the previous stage's map
+    with torch.inference_mode():
+        joined_map, joined_tokens = stage(x)
+        split_map = stage.pos_embed(stage.downsample(x))
+        split_tokens = stage.tokens(split_map, None)
+        for block in stage.blocks:
+            split_map, split_tokens = block.forward_with_tokens(split_map, split_tokens)
+    torch.testing.assert_close(joined_map, split_map)
+    torch.testing.assert_close(joined_tokens, split_tokens)
+    # a norm that is not per token (GroupNorm over the map) keeps the split form
+    grouped = _class_token_model(stage={"norm": "groupnorm"}).stages[2]
+    assert not any(block.takes_sequence for block in grouped.blocks)

@@ -9,6 +9,7 @@ import torch.utils.checkpoint
 from einops import rearrange
 from torch import Tensor, nn
 
+from hvtnas.models.ffn import Mlp
 from hvtnas.models.layers import DropPath, Scale, nchw_to_nhwc, nhwc_to_nchw
 from hvtnas.models.mixers.base import TokenMixer
 
@@ -62,6 +63,14 @@ class MetaFormerBlock(nn.Module):
         else:
             self.ffn = None
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        # the whole block acts on [tokens; pixels] as one sequence: its mixer attends to tokens and
+        # its norms and FFN act on each token alone (so the map needs no neighbours)
+        self.takes_sequence = (
+            self.mixer_residual
+            and mixer.attends_tokens
+            and isinstance(self.norm1, nn.LayerNorm)
+            and (ffn is None or isinstance(ffn, Mlp))
+        )
 
     def _branch(self, f: nn.Module, norm: nn.Module, x: Tensor) -> Tensor:
         return norm(f(x)) if self.post_norm else f(norm(x))
@@ -104,6 +113,19 @@ class MetaFormerBlock(nn.Module):
         if self.ffn is not None:
             x = self._add(x, self._branch(self.ffn, self.norm2, x), self.res_scale2, self.layer_scale2)
         return x
+
+    def forward_sequence(self, sequence: Tensor, num_tokens: int, size: tuple[int, int]) -> Tensor:
+        """The block on ``[tokens; pixels]`` ``(B, T + H*W, C)`` (``takes_sequence`` blocks only):
+        the sequence model's block, without splitting the tokens from the map."""
+        if self.post_norm:
+            mixed = self.norm1(self.mixer.forward_sequence(sequence, num_tokens, size))
+        else:
+            mixed = self.mixer.forward_sequence(self.norm1(sequence), num_tokens, size)
+        sequence = self._add(sequence, mixed, self.res_scale1, self.layer_scale1)
+        if self.ffn is not None:
+            branch = self._branch(self.ffn, self.norm2, sequence)
+            sequence = self._add(sequence, branch, self.res_scale2, self.layer_scale2)
+        return sequence
 
     def forward_with_tokens(self, x: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
         """The block on the map ``(B, H, W, C)`` and the tokens beside it ``(B, T, C)``: the mixer
@@ -173,6 +195,8 @@ class Stage(nn.Module):
         x = self.pos_embed(self.downsample(x))
         tokens = self.tokens(x, tokens) if self.tokens is not None else None
         checkpoint = self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting()
+        if tokens is not None and self.peg is None and all(b.takes_sequence for b in self.blocks):
+            return self._forward_sequence(x, tokens, checkpoint)
         for i, block in enumerate(self.blocks):
             # with checkpointing only the block's input is kept; its inside is recomputed in backward
             if tokens is None:
@@ -190,6 +214,20 @@ class Stage(nn.Module):
             if i == 0 and self.peg is not None:
                 x = self.peg(x)
         return self.out_norm(x), tokens
+
+    def _forward_sequence(self, x: Tensor, tokens: Tensor, checkpoint: bool) -> tuple[Tensor, Tensor]:
+        """Every block on ``[tokens; pixels]`` as one sequence (ViT's form): joined once, split once."""
+        H, W, T = x.shape[1], x.shape[2], tokens.shape[1]
+        sequence = torch.cat([tokens, x.flatten(1, 2)], dim=1)  # (B, T + H*W, C)
+        for block in self.blocks:
+            if checkpoint:
+                sequence = torch.utils.checkpoint.checkpoint(
+                    block.forward_sequence, sequence, T, (H, W), use_reentrant=False
+                )
+            else:
+                sequence = block.forward_sequence(sequence, T, (H, W))
+        x = rearrange(sequence[:, T:], "b (h w) c -> b h w c", h=H)
+        return self.out_norm(x), sequence[:, :T]
 
 
 class AttentionDownsample(nn.Module):

@@ -16,14 +16,17 @@ MobileNet. In hvtnas they are one mechanism, whatever they are called:
   first token, normalised; timm's ``global_pool='token'``); with any other kind the classifier
   pools the map.
 - **Mixers decide how tokens meet the map.** A mixer with ``attends_tokens = True`` implements
-  ``forward_with_tokens(x, tokens)`` and mixes the two together (global attention, PVT's
+  ``forward_sequence`` on ``[tokens; pixels]`` ``(B, T + H*W, C)`` and mixes the two together
+  (global attention, PVT's
   spatial-reduction attention and CvT's convolutional projections attend over
   ``[tokens; map]``: tokens are queries and keys like pixels). Every other mixer sees the map
   only, and the tokens pass its sub-block unchanged. Norms, the FFN, layer scale and drop path act
   on the tokens as on the pixels, each token as a 1x1 map (a GroupNorm normalises it over its
   channels, a Mix-FFN's zero-padded depthwise conv sees its centre tap only; BatchNorm is refused),
   with one drop-path draw per sample for both: with a LayerNorm and an MLP, a block on
-  ``[tokens; map]`` is exactly the sequence model's block.
+  ``[tokens; map]`` is exactly the sequence model's block. A stage whose blocks all attend to
+  the tokens and have per-token norms and FFNs keeps ``[tokens; pixels]`` joined from its first
+  block to its last (ViT's form, as fast as timm's ViT); other stages split them in each block.
 - **Maps stay maps.** ``forward_features``, ``forward_intermediates`` and ``features_only`` return
   the maps alone; ``forward_features(x, return_tokens=True)`` and
   ``forward_intermediates(..., return_prefix_tokens=True)`` (timm's name) also give the tokens.

@@ -48,13 +48,10 @@ class GlobalAttention(TokenMixer):
         out = rearrange(out, "b n (h w) d -> b h w (n d)", h=H)
         return self.proj(out)
 
-    def forward_with_tokens(self, x: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
-        """ViT's attention over the sequence ``[tokens; pixels]``: tokens are queries and keys."""
-        H, T = x.shape[1], tokens.shape[1]
-        sequence = torch.cat([tokens, x.flatten(1, 2)], dim=1)  # (B, T + H*W, C), tokens first as in ViT
+    def forward_sequence(self, sequence: Tensor, num_tokens: int, size: tuple[int, int]) -> Tensor:
+        """ViT's attention over ``[tokens; pixels]`` ``(B, T + H*W, C)``: tokens are queries and keys."""
         q, k, v = rearrange(self.qkv(sequence), "b l (three n d) -> three b n l d", three=3, n=self.num_heads)
-        out = self.proj(rearrange(F.scaled_dot_product_attention(q, k, v), "b n l d -> b l (n d)"))
-        return rearrange(out[:, T:], "b (h w) c -> b h w c", h=H), out[:, :T]
+        return self.proj(rearrange(F.scaled_dot_product_attention(q, k, v), "b n l d -> b l (n d)"))
 
 
 class RelativeAttention(GlobalAttention):
@@ -451,16 +448,17 @@ class SpatialReductionAttention(TokenMixer):
         out = rearrange(out, "b n (h w) d -> b h w (n d)", h=H)
         return self.proj(out)
 
-    def forward_with_tokens(self, x: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
+    def forward_sequence(self, sequence: Tensor, num_tokens: int, size: tuple[int, int]) -> Tensor:
         """PVT v1's last stage: queries ``[tokens; pixels]``, keys and values ``[tokens; reduced map]``
         (the tokens are never reduced: they have no place in the map)."""
-        H, T = x.shape[1], tokens.shape[1]
-        queries = torch.cat([tokens, x.flatten(1, 2)], dim=1)  # (B, T + H*W, C)
-        keys = torch.cat([tokens, self.reduce(x).flatten(1, 2)], dim=1)  # (B, T + h*w, C)
-        q = rearrange(self.q(queries), "b l (n d) -> b n l d", n=self.num_heads)
+        x = rearrange(sequence[:, num_tokens:], "b (h w) c -> b h w c", h=size[0])  # the map to reduce
+        reduced = self.reduce(x)
+        keys = (
+            sequence if reduced is x else torch.cat([sequence[:, :num_tokens], reduced.flatten(1, 2)], dim=1)
+        )
+        q = rearrange(self.q(sequence), "b l (n d) -> b n l d", n=self.num_heads)
         k, v = rearrange(self.kv(keys), "b l (two n d) -> two b n l d", two=2, n=self.num_heads)
-        out = self.proj(rearrange(F.scaled_dot_product_attention(q, k, v), "b n l d -> b l (n d)"))
-        return rearrange(out[:, T:], "b (h w) c -> b h w c", h=H), out[:, :T]
+        return self.proj(rearrange(F.scaled_dot_product_attention(q, k, v), "b n l d -> b l (n d)"))
 
 
 class PooledReductionParams(AttentionParams):

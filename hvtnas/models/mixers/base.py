@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Annotated, ClassVar
 
+import torch
+from einops import rearrange
 from pydantic import AfterValidator, BaseModel, ConfigDict
 from pydantic_core import PydanticCustomError
 from torch import Tensor, nn
@@ -48,8 +50,8 @@ class TokenMixer(nn.Module):
     ``paper`` (the papers it comes from) and ``complexity`` (its cost in the number of tokens N,
     for the README's generated mixer table).
     ``attends_tokens``: it mixes the tokens that travel beside the map (class, global tokens; see
-    ``hvtnas.models.tokens``) together with the map, through ``forward_with_tokens``; the tokens
-    pass the sub-block of any other mixer unchanged.
+    ``hvtnas.models.tokens``) together with the map, through ``forward_sequence`` on the sequence
+    ``[tokens; pixels]``; the tokens pass the sub-block of any other mixer unchanged.
     The instance attribute ``residual`` is False for mixers that replace their input instead of
     being added to it (ShiftViT applies the shift with neither norm nor shortcut).
     """
@@ -67,7 +69,14 @@ class TokenMixer(nn.Module):
     def forward(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def forward_with_tokens(self, x: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
-        """Mix the map ``(B, H, W, C)`` and the tokens beside it ``(B, T, C)`` together; returns
-        both, shapes unchanged. Only mixers with ``attends_tokens`` implement it."""
+    def forward_sequence(self, sequence: Tensor, num_tokens: int, size: tuple[int, int]) -> Tensor:
+        """Mix ``[tokens; pixels]`` ``(B, T + H*W, C)``, the ``num_tokens`` tokens first and the
+        H x W map (``size``) row by row after them; same shape out. Only mixers with
+        ``attends_tokens`` implement it (a stage whose blocks all do keeps this form throughout)."""
         raise NotImplementedError(f"{type(self).__name__} does not attend to tokens beside the map")
+
+    def forward_with_tokens(self, x: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
+        """``forward_sequence`` on the map ``(B, H, W, C)`` and the tokens ``(B, T, C)``, returned apart."""
+        H, W, T = x.shape[1], x.shape[2], tokens.shape[1]
+        out = self.forward_sequence(torch.cat([tokens, x.flatten(1, 2)], dim=1), T, (H, W))  # (B, T + H*W, C)
+        return rearrange(out[:, T:], "b (h w) c -> b h w c", h=H), out[:, :T]

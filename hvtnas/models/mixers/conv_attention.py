@@ -74,11 +74,11 @@ class ConvProjectionAttention(TokenMixer):
         out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
         return self.proj(rearrange(out, "b n (h w) d -> b h w (n d)", h=H))
 
-    def forward_with_tokens(self, x: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
+    def forward_sequence(self, sequence: Tensor, num_tokens: int, size: tuple[int, int]) -> Tensor:
         """CvT's stage 3: the class token skips the convolutions and joins the conv-projected pixels
         before the linear projections; then attention over ``[tokens; pixels]``."""
-        H, T = x.shape[1], tokens.shape[1]
-        x_nchw = nhwc_to_nchw(x)
+        tokens = sequence[:, :num_tokens]
+        x_nchw = rearrange(sequence[:, num_tokens:], "b (h w) c -> b c h w", h=size[0])  # for the convs
 
         def heads(conv: nn.Module, linear: nn.Linear) -> Tensor:
             pixels = nchw_to_nhwc(conv(x_nchw)).flatten(1, 2)  # (B, h*w, C)
@@ -89,8 +89,7 @@ class ConvProjectionAttention(TokenMixer):
         k = heads(self.conv_k, self.proj_k)
         v = heads(self.conv_v, self.proj_v)
         out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
-        out = self.proj(rearrange(out, "b n l d -> b l (n d)"))
-        return rearrange(out[:, T:], "b (h w) c -> b h w c", h=H), out[:, :T]
+        return self.proj(rearrange(out, "b n l d -> b l (n d)"))
 
 
 # ----------------------------------------------------------------------------- ResT

@@ -73,10 +73,13 @@ class LongformerAttention(TokenMixer):
     def forward(self, x: Tensor) -> Tensor:
         return self._attend(x, None)[0]
 
-    def forward_with_tokens(self, x: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
-        out, out_tokens = self._attend(x, tokens)
-        assert out_tokens is not None
-        return out, out_tokens
+    def forward_sequence(self, sequence: Tensor, num_tokens: int, size: tuple[int, int]) -> Tensor:
+        """``[tokens; pixels]`` ``(B, T + H*W, C)``: the pixels go back to their map for the chunks."""
+        x = rearrange(sequence[:, num_tokens:], "b (h w) c -> b h w c", h=size[0])
+        if num_tokens == 0:
+            return self._attend(x, None)[0].flatten(1, 2)  # (B, H*W, C)
+        out, out_tokens = self._attend(x, sequence[:, :num_tokens])
+        return torch.cat([out_tokens, out.flatten(1, 2)], dim=1)  # (B, T + H*W, C)
 
     def _attend(self, x: Tensor, tokens: Tensor | None) -> tuple[Tensor, Tensor | None]:
         """The map ``(B, H, W, C)`` and the tokens ``(B, T, C)`` (or None) after attention."""
@@ -94,7 +97,7 @@ class LongformerAttention(TokenMixer):
         kv = kv.unfold(1, 3 * ch, ch).unfold(2, 3 * cw, cw)  # (B, nh, nw, 2C, 3ch, 3cw), a view
         k, v = rearrange(kv, "b nh nw (two n d) kh kw -> two b (nh nw) n (kh kw) d", two=2, n=n)
         mask = self._valid_keys(H, W, ch, cw, x.device)  # (nW, 1, 1, 9 ch cw)
-        out_tokens = None
+        out_tokens: Tensor | None = None
         if tokens is not None:
             T = tokens.shape[1]
             q_tokens = rearrange(self.q(tokens), "b t (n d) -> b n t d", n=n)
