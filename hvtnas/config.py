@@ -31,7 +31,7 @@ from hvtnas.errors import ConfigError, RegistryError
 from hvtnas.io import atomic_write_text, read_text
 from hvtnas.models.mixers import MIXERS, MixerParams
 from hvtnas.models.mixers.base import ActivationName as Activation
-from hvtnas.models.tokens import TOKEN_STREAMS, TokenStreamParams
+from hvtnas.models.tokens import TOKEN_STREAMS, TokenStreamParams, carrying_stages
 
 MAX_STAGES = 4  # strides 4, 8, 16, 32
 # Sizes beyond any real architecture: a mistyped size is refused up front, with why, instead of
@@ -286,8 +286,10 @@ class DownsampleConfig(_Kinded):
 class PosEmbedConfig(_Kinded):
     """Model-level positional encoding.
 
-    ``absolute`` (learnable, interpolated at other input sizes) and ``sinusoidal`` (fixed 2-D)
-    are added at the entrance of stage 1, or of every stage with ``per_stage`` (PVT v1);
+    ``absolute`` (learnable, interpolated at other input sizes), ``axial`` (learnable, one vector
+    per row for half the channels and one per column for the other half: Vision Longformer's) and
+    ``sinusoidal`` (fixed 2-D) are added at the entrance of stage 1, or of every stage with
+    ``per_stage`` (PVT v1, Vision Longformer);
     ``peg`` is CPVT's conditional encoding, a depthwise conv + residual after the first block
     of each stage (Twins), or, with ``peg_at: before_each_block``, before every block of the
     stage, one conv per stage shared by its blocks (CoaT's convolutional position encoding);
@@ -297,7 +299,7 @@ class PosEmbedConfig(_Kinded):
     depthwise conv an FFN kind.
     """
 
-    kind: Literal["none", "absolute", "sinusoidal", "peg", "pixel_attention"] = "none"
+    kind: Literal["none", "absolute", "axial", "sinusoidal", "peg", "pixel_attention"] = "none"
     per_stage: bool = False
     kernel_size: PositiveInt = 3  # peg and pixel_attention
     peg_at: Literal["after_first_block", "before_each_block"] = "after_first_block"  # peg only
@@ -790,7 +792,20 @@ class ArchConfig(_Strict):
                 tokens.from_stage,
                 f"is not a stage index (the model has stages 0 to {len(self.stages) - 1})",
             )
-        carrying = range(tokens.from_stage, len(self.stages))
+        if tokens.last_stage is not None and not tokens.from_stage <= tokens.last_stage < len(self.stages):
+            _fail(
+                ("tokens", "last_stage"),
+                tokens.last_stage,
+                f"must be a stage index from from_stage ({tokens.from_stage}) to {len(self.stages) - 1}",
+            )
+        carrying = carrying_stages(tokens, len(self.stages))
+        if TOKEN_STREAMS.get(tokens.kind).read_by_head and carrying[-1] != len(self.stages) - 1:
+            _fail(
+                ("tokens", "last_stage"),
+                tokens.last_stage,
+                f"the classifier reads the '{tokens.kind}' token, so the last stage "
+                f"({len(self.stages) - 1}) must carry it",
+            )
         for i in carrying:
             if self.stages[i].norm.kind == "batchnorm":
                 _fail(
@@ -814,12 +829,13 @@ class ArchConfig(_Strict):
             pe = self.pos_embed
             made_at = carrying if tokens.each_stage == "new" else [tokens.from_stage]
             for i in made_at:
-                if pe.kind != "absolute" or (i > 0 and not pe.per_stage):
+                if pe.kind not in ("absolute", "axial") or (i > 0 and not pe.per_stage):
                     _fail(
                         ("tokens", "pos_embed"),
                         True,
-                        f"the tokens' position-embedding entries need an absolute position embedding "
-                        f"at stage {i} (pos_embed: {{kind: absolute{', per_stage: true' if i else ''}}})",
+                        f"the tokens' position-embedding entries need a learned (absolute or axial) "
+                        f"position embedding at stage {i} "
+                        f"(pos_embed: {{kind: absolute{', per_stage: true' if i else ''}}})",
                     )
         return self
 
@@ -846,15 +862,18 @@ class ArchConfig(_Strict):
         return self
 
     @model_validator(mode="after")
-    def _sinusoidal_widths(self) -> ArchConfig:
-        if self.pos_embed.kind == "sinusoidal":
+    def _pos_embed_widths(self) -> ArchConfig:
+        # sinusoidal: a quarter of the channels per sin/cos of y/x; axial: half per row/column
+        multiple = {"sinusoidal": 4, "axial": 2}.get(self.pos_embed.kind)
+        if multiple is not None:
             used = self.stages if self.pos_embed.per_stage else self.stages[:1]
             for i, stage in enumerate(used):
-                if stage.width % 4:
+                if stage.width % multiple:
                     _fail(
                         ("stages", i, "width"),
                         stage.width,
-                        f"{stage.width} is not divisible by 4, as the sinusoidal position embedding needs",
+                        f"{stage.width} is not divisible by {multiple}, as the {self.pos_embed.kind} "
+                        "position embedding needs",
                     )
         return self
 

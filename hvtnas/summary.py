@@ -12,6 +12,7 @@ from torch import nn
 from hvtnas.config import ArchConfig, InnerConfig, StageConfig
 from hvtnas.models.build import ModelSpec, build_model
 from hvtnas.models.metaformer import MetaFormer
+from hvtnas.models.tokens import carrying_stages
 
 
 def count_params(module: nn.Module) -> int:
@@ -39,7 +40,8 @@ def describe(cfg: ArchConfig) -> str:
         )
         tokens = cfg.tokens
         made_here = tokens is not None and (
-            i == tokens.from_stage or (i > tokens.from_stage and tokens.each_stage == "new")
+            i == tokens.from_stage
+            or (i in carrying_stages(tokens, len(cfg.stages)) and tokens.each_stage == "new")
         )
         if made_here:
             count = getattr(tokens, "count", None)  # a kind may size itself by the map instead

@@ -128,6 +128,11 @@ def _closed_form(kind: str, H: int, W: int) -> int:
         Np_ = (H + (-H) % bh) * (W + (-W) % bw)  # padded to whole blocks
         K = (bh + 2 * h) * (bw + 2 * h)  # keys per block: the block and its halo (outside masked)
         return Np_ * C * C + Np_ * C * 2 * C + 2 * Np_ * K * C + N * C * C  # q, kv, QK^T + AV, proj
+    if kind == "longformer":  # ViL, chunk 7 (a chunk of the map's size where the map is smaller)
+        ch, cw = min(7, H), min(7, W)
+        Np_ = (H + (-H) % ch) * (W + (-W) % cw)  # padded to whole chunks
+        K = 9 * ch * cw  # keys per chunk: its 3x3 neighbourhood of chunks (outside the map masked)
+        return 3 * N * C * C + 2 * Np_ * K * C + N * C * C  # q, kv (real map), QK^T + AV, proj
     if kind == "pooling_attention":  # MViTv2, kv stride 1: depthwise 3x3 + LN on each head's q, k, v
         # the width table, made for 2 map_size - 1 = 2H - 1 offsets, is linearly resized to 2W - 1
         # (2 taps per entry of width d)
@@ -211,6 +216,7 @@ CLOSED_FORM_KINDS = [
     "factorized",
     "focal",
     "halo",
+    "longformer",
     "pooling_attention",
     "relative_attention",
     "shunted",
@@ -355,6 +361,7 @@ ZOO_MACS = {
     "tnt_s": (5_244_770_688, 246_845_736_960),
     "twins_pcpvt_s": (3_826_723_648, 134_565_184_000),
     "twins_svt_s": (2_941_763_264, 84_894_179_840),
+    "vil_s": (5_156_643_456, 200_294_397_312),
 }
 DENSE = (800, 1280)  # 1280x800
 # cheap at 1280x800 under fvcore, and between them: window padding and shift masks (swin_t at

@@ -28,6 +28,7 @@ from hvtnas.models.mixers.conv_attention import (
 from hvtnas.models.mixers.cross_window import CrossShapedWindowAttention
 from hvtnas.models.mixers.focal import FocalAttention
 from hvtnas.models.mixers.halo import HaloAttention
+from hvtnas.models.mixers.longformer import LongformerAttention
 from hvtnas.models.mixers.mlp import AxialShift, RandomMixing, SpatialShift, TokenMLP
 from hvtnas.models.mixers.pooling import Pooling
 from hvtnas.models.mixers.pooling_attention import PoolingAttention
@@ -246,6 +247,43 @@ def test_halo_covering_the_map_without_bias_is_global_attention() -> None:
     k, v = mixer.kv(x).view(2, 9, 2, 2, 4).permute(3, 0, 2, 1, 4)  # kv channels: (heads, [k, v], d)
     ref = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(2, 3, 3, 8)
     torch.testing.assert_close(mixer(x), mixer.proj(ref))
+
+
+def _longformer_reference(mixer: LongformerAttention, x: torch.Tensor, tokens: torch.Tensor) -> tuple:
+    """Vision Longformer's attention written as dense attention over ``[tokens; pixels]`` with a
+    mask: tokens see everything and are seen by every pixel; a pixel sees the pixels of its chunk's
+    3 x 3 neighbourhood of chunks (chunks of w x w from the top-left corner)."""
+    B, H, W, C = x.shape
+    T, n, w = tokens.shape[1], mixer.num_heads, mixer.window_size
+    sequence = torch.cat([tokens, x.flatten(1, 2)], dim=1)  # (B, T + H W, C)
+    L = sequence.shape[1]
+    q = mixer.q(sequence).view(B, L, n, C // n).transpose(1, 2)
+    k, v = mixer.kv(sequence).view(B, L, 2, n, C // n).permute(2, 0, 3, 1, 4)
+    chunk_row = torch.arange(H).repeat_interleave(W) // min(w, H)  # (H W,)
+    chunk_col = torch.arange(W).repeat(H) // min(w, W)
+    near = ((chunk_row[:, None] - chunk_row[None, :]).abs() <= 1) & (
+        (chunk_col[:, None] - chunk_col[None, :]).abs() <= 1
+    )
+    allowed = torch.ones(L, L, dtype=torch.bool)
+    allowed[T:, T:] = near
+    logits = (q @ k.transpose(-2, -1) / (C // n) ** 0.5).masked_fill(~allowed, float("-inf"))
+    out = mixer.proj((logits.softmax(-1) @ v).transpose(1, 2).reshape(B, L, C))
+    return out[:, T:].reshape(B, H, W, C), out[:, :T]
+
+
+@pytest.mark.parametrize("size", [(14, 14), (9, 16), (4, 11)])
+def test_longformer_is_dense_attention_over_the_chunk_neighbourhood_and_the_tokens(
+    size: tuple[int, int],
+) -> None:
+    """At 9 x 16 the chunks are padded (to 14 x 21), at 4 x 11 a chunk is 4 rows high."""
+    mixer = LongformerAttention(8, num_heads=2, window_size=3 if size == (14, 14) else 4).double()
+    x, tokens = torch.randn(2, *size, 8, dtype=torch.float64), torch.randn(2, 2, 8, dtype=torch.float64)
+    out, out_tokens = mixer.forward_with_tokens(x, tokens)
+    ref, ref_tokens = _longformer_reference(mixer, x, tokens)
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(out_tokens, ref_tokens)
+    ref_alone, _ = _longformer_reference(mixer, x, tokens[:, :0])  # no tokens: local attention alone
+    torch.testing.assert_close(mixer(x), ref_alone)
 
 
 @pytest.mark.parametrize("size", [(8, 8), (9, 10)])

@@ -10,7 +10,13 @@ from hvtnas import build_model, summarize
 from hvtnas.config import ArchConfig
 from hvtnas.errors import ConfigError
 from hvtnas.models.blocks import CoScaleBlock
-from hvtnas.models.embed import AbsolutePosEmbed, PatchMerging, PixelAttention, SinusoidalPosEmbed
+from hvtnas.models.embed import (
+    AbsolutePosEmbed,
+    AxialPosEmbed,
+    PatchMerging,
+    PixelAttention,
+    SinusoidalPosEmbed,
+)
 from hvtnas.models.mixers.pooling import Identity
 from tests.conftest import tiny_config
 
@@ -66,6 +72,26 @@ def test_absolute_position_embedding_is_interpolated_for_other_sizes() -> None:
     # at the configured size the table is added as is
     x = torch.randn(1, 16, 16, 16)
     torch.testing.assert_close(pos(x), x + pos.pos_embed)
+
+
+def test_axial_position_embedding_is_a_row_half_and_a_column_half() -> None:
+    """Vision Longformer's: channel c < C/2 depends on the row only, the rest on the column only;
+    resized linearly along each axis for other sizes."""
+    cfg = tiny_config(
+        ["attention"],
+        pos_embed={"kind": "axial", "per_stage": True},
+        input={"resolution": 64, "num_classes": 10},
+    )
+    model = build_model(cfg)
+    pos = model.stages[1].pos_embed
+    assert isinstance(pos, AxialPosEmbed) and pos.row_embed.shape == pos.col_embed.shape == (8, 16)
+    added = pos(torch.zeros(1, 8, 8, 32))[0]  # (H, W, C)
+    torch.testing.assert_close(added[:, :, :16], pos.row_embed[:, None, :].expand(8, 8, 16))
+    torch.testing.assert_close(added[:, :, 16:], pos.col_embed[None, :, :].expand(8, 8, 16))
+    assert pos(torch.zeros(1, 5, 12, 32)).shape == (1, 5, 12, 32)
+    assert model(torch.randn(1, 3, 96, 80)).shape == (1, 10)
+    with pytest.raises(ConfigError, match=r"stages\[0\].width: 15 is not divisible by 2, as the axial"):
+        ArchConfig.from_dict(tiny_config(["pooling"], pos_embed="axial", stage={"width": 15, "heads": 1}))
 
 
 def test_per_stage_absolute_embeddings_like_pvt_v1() -> None:

@@ -47,7 +47,19 @@ def test_tokens_round_trip_through_yaml() -> None:
         ),
         (
             {"tokens": {"kind": "class", "pos_embed": True}},
-            "tokens.pos_embed: the tokens' position-embedding entries need an absolute position",
+            "tokens.pos_embed: the tokens' position-embedding entries need a learned (absolute or axial)",
+        ),
+        (
+            {"tokens": {"kind": "global", "from_stage": 2, "last_stage": 1}},
+            "tokens.last_stage: must be a stage index from from_stage (2) to 3",
+        ),
+        (
+            {"tokens": {"kind": "class", "last_stage": 2}},
+            "tokens.last_stage: the classifier reads the 'class' token, so the last stage (3) must carry it",
+        ),
+        (
+            {"tokens": {"kind": "global", "last_stage": 4}},
+            "tokens.last_stage: must be a stage index from from_stage (0) to 3",
         ),
     ],
 )
@@ -88,6 +100,37 @@ def test_streams_are_made_once_and_carried_or_made_fresh_at_each_stage() -> None
     without = count_params(build_model(tiny_config(["attention"])))
     assert count_params(fresh) == without + 2 * (16 + 32 + 48 + 64)
     assert count_params(carried) == without + 32 + (32 * 48 + 48) + (48 * 64 + 64)
+
+
+def test_tokens_end_at_their_last_stage() -> None:
+    """Vision Longformer: fresh global tokens in stages 1-3, none in stage 4 (whose map the
+    classifier averages)."""
+    tokens = {"kind": "global", "each_stage": "new", "last_stage": 2}
+    model = build_model(tiny_config(["attention"], tokens=tokens))
+    assert [s.tokens is None for s in model.stages] == [False, False, False, True]
+    levels = model.forward_intermediates(
+        torch.randn(1, 3, 32, 32), return_prefix_tokens=True, intermediates_only=True
+    )
+    assert [t is None for _, t in levels] == [False, False, False, True]
+    assert count_params(model) == count_params(build_model(tiny_config(["attention"]))) + 16 + 32 + 48
+    assert ArchConfig.from_yaml_text(model.arch_config.to_yaml()).tokens.last_stage == 2
+    # a feature pyramid of the first two stages describes itself with a valid config
+    pyramid = build_model(tiny_config(["attention"], tokens=tokens), features_only=True, out_indices=[0, 1])
+    assert ArchConfig.from_yaml_text(pyramid.arch_config.to_yaml()).tokens.last_stage is None
+    pvt = build_model("pvt_tiny", features_only=True, out_indices=[0, 1], init_weights=False)
+    assert (
+        ArchConfig.from_yaml_text(pvt.arch_config.to_yaml()).tokens is None
+    )  # its class token began in stage 4
+
+
+def test_axial_position_entries_of_fresh_tokens_at_every_stage() -> None:
+    tokens = {"kind": "global", "each_stage": "new", "pos_embed": True}
+    with pytest.raises(ConfigError, match=r"at stage 1 .*per_stage: true"):
+        ArchConfig.from_dict(tiny_config(["attention"], tokens=tokens, pos_embed="axial"))
+    model = build_model(
+        tiny_config(["attention"], tokens=tokens, pos_embed={"kind": "axial", "per_stage": True})
+    )
+    assert [s.tokens.pos_embed.shape for s in model.stages] == [(1, 1, w) for w in (16, 32, 48, 64)]
 
 
 def test_the_registry_holds_the_kinds() -> None:
@@ -241,6 +284,37 @@ def test_fast_flop_count_equals_fvcore_with_tokens(tokens: dict) -> None:
         assert fast.total == ref.total and fast.by_module == ref.by_module
 
 
+def test_vision_longformer_stages_count_like_fvcore_and_their_closed_form() -> None:
+    """Global tokens made fresh in stages 1-3 (none in 4) meeting the map through the sliding-chunk
+    attention; the map sides at 64 x 48 (16 x 12, 8 x 6, ...) pad the 7 x 7 chunks."""
+    tokens = {"kind": "global", "count": 2, "each_stage": "new", "last_stage": 2}
+    model = build_model(tiny_config(["longformer"], tokens=tokens))
+    for backbone_only in (False, True):
+        fast = count_flops(model, (64, 48), backbone_only=backbone_only)
+        ref = count_flops(model, (64, 48), backbone_only=backbone_only, method="fvcore")
+        assert fast.total == ref.total and fast.by_module == ref.by_module
+
+    C, T, H, W = 16, 2, 9, 12
+    mixer = MIXERS.get("longformer")(C, num_heads=2).eval()
+
+    class WithTokens(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.mixer = mixer
+
+        def forward(self, x: torch.Tensor, tokens: torch.Tensor) -> tuple:
+            return self.mixer.forward_with_tokens(x, tokens)
+
+    N, Np, K = H * W, 14 * 14, 9 * 49  # map padded to whole 7 x 7 chunks; keys of a chunk's neighbourhood
+    analysis = analyse(WithTokens(), (torch.randn(1, H, W, C), torch.randn(1, T, C)))
+    assert analysis.total() == (
+        3 * (N + T) * C * C  # q, kv of the map and the tokens
+        + 2 * Np * (T + K) * C  # every chunk's queries with the tokens and its neighbourhood
+        + 2 * T * (T + N) * C  # every token with all tokens and the whole map
+        + (N + T) * C * C  # output projection
+    )
+
+
 def test_attention_over_tokens_and_map_costs_its_closed_form() -> None:
     C, T, H, W = 16, 2, 5, 6
     L = T + H * W
@@ -267,6 +341,7 @@ def test_the_mixers_that_attend_to_tokens() -> None:
         "attention",
         "conv_projection",
         "factorized",
+        "longformer",
         "pooled_reduction",
         "pooling_attention",
         "spatial_reduction",
@@ -296,6 +371,10 @@ def test_the_one_line_description_names_the_tokens_and_the_patch_size() -> None:
     assert describe(zoo.get_config("deit_s")) == "patch16 stem, absolute PE: 12x384 attention, 1 class token"
     line = describe(ArchConfig.from_dict(tiny_config(["attention"], tokens={"kind": "global", "count": 2})))
     assert line.endswith("1x16 attention, 2 global tokens | 1x32 attention | 1x48 attention | 1x64 attention")
+    assert describe(zoo.get_config("vil_s")) == (
+        "patch stem, axial PE: 1x96 longformer, 1 global token | 2x192 longformer, 1 global token | "
+        "8x384 attention, 1 global token | 1x768 attention"
+    )
 
 
 def test_the_sequence_form_and_the_split_form_of_a_block_agree() -> None:

@@ -237,6 +237,64 @@ def _official_pvt_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
     return out
 
 
+def _official_vil_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """microsoft/vision-longformer's MsViT names: ``layer<i>.0`` the patch embedding with the global
+    token, its position entry and the axial embedding ((1, n, C/2) tables), then each block as two
+    sub-blocks (attention ``2j + 1``, MLP ``2j + 2``); the global tokens' projections are saved a
+    second time under ``*_global`` (shared modules), and a stage without global tokens saves an
+    empty position entry."""
+    out = {}
+    for key, value in state.items():
+        key = key.replace("head.norm.", "norm.").replace("head.fc.", "head.")
+        key = key.replace("stem.proj.", "layer1.0.proj.").replace("stem.norm.", "layer1.0.norm_embed.")
+        key = re.sub(r"stages\.(\d)\.downsample\.conv\.", lambda m: f"layer{int(m[1]) + 1}.0.proj.", key)
+        key = re.sub(
+            r"stages\.(\d)\.downsample\.post_norm\.", lambda m: f"layer{int(m[1]) + 1}.0.norm_embed.", key
+        )
+        key = re.sub(r"stages\.(\d)\.tokens\.tokens", lambda m: f"layer{int(m[1]) + 1}.0.cls_token", key)
+        key = re.sub(
+            r"stages\.(\d)\.tokens\.pos_embed", lambda m: f"layer{int(m[1]) + 1}.0.cls_pos_embed", key
+        )
+        if ".pos_embed." in key:
+            value = value[None]  # (1, n, C/2)
+        key = re.sub(
+            r"stages\.(\d)\.pos_embed\.row_embed", lambda m: f"layer{int(m[1]) + 1}.0.x_pos_embed", key
+        )
+        key = re.sub(
+            r"stages\.(\d)\.pos_embed\.col_embed", lambda m: f"layer{int(m[1]) + 1}.0.y_pos_embed", key
+        )
+        block = re.match(r"stages\.(\d)\.blocks\.(\d+)\.(norm1|mixer|norm2|ffn)\.(.*)", key)
+        if block:
+            i, j, part, rest = int(block[1]), int(block[2]), block[3], block[4]
+            sub = 2 * j + (1 if part in ("norm1", "mixer") else 2)
+            name = {"norm1": "norm", "norm2": "norm", "mixer": "attn", "ffn": "mlp"}[part]
+            key = f"layer{i + 1}.{sub}.{name}.{rest.replace('q.', 'query.') if part == 'mixer' else rest}"
+            if part == "mixer" and i < 2:  # the global branch of the Longformer attention
+                out[re.sub(r"\.attn\.(query|kv|proj)\.", r".attn.\1_global.", key)] = value
+        out[key] = value
+    out["layer4.0.cls_pos_embed"] = torch.zeros(1, 0, 768)
+    return out
+
+
+def test_official_vil_checkpoint_loads(tmp_path: Path) -> None:
+    with torch.device("meta"):
+        meta = build_model("vil_s", init_weights=False)
+    state = {k: torch.randn(v.shape) for k, v in meta.state_dict().items()}
+    official = _official_vil_state(state)
+    assert "layer1.1.attn.query_global.weight" in official and "layer2.4.mlp.fc2.bias" in official
+    path = tmp_path / "vil_s.pth"
+    torch.save(official, path)
+    model = build_model("vil_s", init_weights=False)
+    assert load_weights(model, path) == ("official-vil", [])
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, state[key], msg=key)
+    # separate global projections (SHARE_W off) are no model of hvtnas's: refused, naming them
+    official["layer1.1.attn.query_global.weight"] = torch.randn(96, 96)
+    torch.save(official, path)
+    with pytest.raises(WeightsError, match=r"query_global"):
+        load_weights(build_model("vil_s", init_weights=False), path)
+
+
 @pytest.mark.parametrize("name", ["cvt_13", "pvt_tiny"])
 def test_official_class_token_checkpoints_load(name: str, tmp_path: Path) -> None:
     source = build_model(name)

@@ -80,6 +80,11 @@ OFFICIAL_PARAMS = {
     # no official code: timm 1.0.31 byoanet.py halonet_h1 (the paper's H1 as timm reads it); with its
     # weights loaded (BatchNorms randomised) pyramid and logits agree (tests/test_reference_equivalence.py)
     "halonet_h1": 8_100_056,
+    # microsoft/vision-longformer src/models/msvit.py MsViT with ViL-Small's arch string and
+    # config/msvit.yaml (NORM_EMBED, SHARE_W); with its weights loaded (layout official-vil) hvtnas's
+    # vil_s gives the same logits (max difference 6e-8, at 224 and at 256, where chunks are padded;
+    # checked locally on the official code, which is no test dependency)
+    "vil_s": 24_635_752,
 }
 
 # Models whose official code builds modules its forward never calls: official count and the

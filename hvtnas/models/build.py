@@ -38,6 +38,7 @@ from hvtnas.models.blocks import (
 from hvtnas.models.embed import (
     PEG,
     AbsolutePosEmbed,
+    AxialPosEmbed,
     ConvDownsample,
     ConvStem,
     CrossScaleConv,
@@ -365,10 +366,11 @@ def build_model(
             blocks.append(block)
         pos_embed = None
         pe = cfg.pos_embed
-        if pe.kind in ("absolute", "sinusoidal", "pixel_attention") and (i == 0 or pe.per_stage):
-            if pe.kind == "absolute":
+        if pe.kind in ("absolute", "axial", "sinusoidal", "pixel_attention") and (i == 0 or pe.per_stage):
+            if pe.kind in ("absolute", "axial"):
                 size = max(1, stem_size // (strides[i] // cfg.stem.stride))
-                pos_embed = AbsolutePosEmbed(dim, (size, size))
+                embed_cls = AbsolutePosEmbed if pe.kind == "absolute" else AxialPosEmbed
+                pos_embed = embed_cls(dim, (size, size))
             elif pe.kind == "pixel_attention":
                 pos_embed = PixelAttention(dim, pe.kernel_size)
             else:

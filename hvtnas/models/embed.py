@@ -310,6 +310,34 @@ class AbsolutePosEmbed(nn.Module):
         return x + pos.to(x.dtype)
 
 
+class AxialPosEmbed(nn.Module):
+    """Learnable embedding factorised over the axes (Vision Longformer's): a vector per row fills
+    the first half of the channels, a vector per column the second half, so a H x W map costs
+    (H + W) C / 2 parameters instead of H W C. Linearly resized along an axis of another length."""
+
+    def __init__(self, dim: int, size: tuple[int, int]) -> None:
+        super().__init__()
+        if dim % 2:
+            raise ValueError(f"axial position embedding needs an even width, got {dim}")
+        self.row_embed = nn.Parameter(torch.zeros(size[0], dim // 2))
+        self.col_embed = nn.Parameter(torch.zeros(size[1], dim // 2))
+        nn.init.trunc_normal_(self.row_embed, std=0.02)
+        nn.init.trunc_normal_(self.col_embed, std=0.02)
+
+    @staticmethod
+    def _resized(table: Tensor, length: int) -> Tensor:
+        if table.shape[0] == length:
+            return table
+        resized = F.interpolate(table.T[None], size=length, mode="linear", align_corners=False)  # (1, C/2, L)
+        return resized[0].T  # (L, C/2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        H, W = x.shape[1:3]
+        rows = self._resized(self.row_embed, H)[:, None, :].expand(H, W, -1)  # (H, W, C/2)
+        cols = self._resized(self.col_embed, W)[None, :, :].expand(H, W, -1)  # (H, W, C/2)
+        return x + torch.cat([rows, cols], dim=-1).to(x.dtype)
+
+
 class SinusoidalPosEmbed(nn.Module):
     """Fixed 2-D sine-cosine embedding (MAE / MoCo v3 style): a quarter of the channels each for
     sin(y), cos(y), sin(x), cos(x) at geometric frequencies. No parameters; computed per map size."""

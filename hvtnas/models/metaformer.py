@@ -280,7 +280,12 @@ class MetaFormer(nn.Module):
             self.head.scales = 1
         cfg = getattr(self, "arch_config", None)
         if cfg is not None:  # the config describes what is left
-            update = {"stages": cfg.stages[: last + 1]}
+            tokens = cfg.tokens
+            if tokens is not None and tokens.from_stage > last:  # they began in a pruned stage
+                tokens = None
+            elif tokens is not None and tokens.last_stage is not None and tokens.last_stage > last:
+                tokens = tokens.model_copy(update={"last_stage": None})  # they now reach the last
+            update = {"stages": cfg.stages[: last + 1], "tokens": tokens}
             if cut:
                 update["co_scale"] = None
             self.arch_config = cfg.model_copy(update=update)

@@ -53,6 +53,8 @@ class TokenStreamParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     kind: str
     from_stage: int = Field(0, ge=0)  # index into stages of the first stage that carries them
+    # index of the last stage that carries them (None: the model's last); a later stage has none
+    last_stage: int | None = Field(None, ge=0)
     # at each later stage: the same tokens carried on, or a fresh set (Vision Longformer)
     each_stage: Literal["carry", "new"] = "carry"
 
@@ -72,8 +74,9 @@ class TokenStream(nn.Module):
 
 class LearnedTokensParams(TokenStreamParams):
     count: PositiveInt = Field(1, le=4096)
-    # the tokens' own entries of the absolute position embedding (PVT v1, DeiT): a learned vector
-    # added to each token where it is made; needs an absolute position embedding at that stage
+    # the tokens' own entries of the position embedding (PVT v1, DeiT; Vision Longformer's axial
+    # one): a learned vector added to each token where it is made; needs an absolute or axial
+    # position embedding at that stage
     pos_embed: bool = False
 
 
@@ -130,6 +133,12 @@ TOKEN_STREAMS.register("class", ClassTokens)
 TOKEN_STREAMS.register("global", GlobalTokens)
 
 
+def carrying_stages(params: TokenStreamParams, num_stages: int) -> range:
+    """Indices of the stages that carry the tokens: ``from_stage`` to ``last_stage`` (inclusive)."""
+    last = params.last_stage if params.last_stage is not None else num_stages - 1
+    return range(params.from_stage, last + 1)
+
+
 def build_token_streams(
     params: TokenStreamParams | None, widths: list[int], carried_by_downsample: bool = False
 ) -> list[nn.Module | None]:
@@ -141,8 +150,8 @@ def build_token_streams(
     if params is None:
         return streams
     cls = TOKEN_STREAMS.get(params.kind)
-    kwargs = params.model_dump(exclude={"kind", "from_stage", "each_stage"})
-    for i in range(params.from_stage, len(widths)):
+    kwargs = params.model_dump(exclude={"kind", "from_stage", "last_stage", "each_stage"})
+    for i in carrying_stages(params, len(widths)):
         if i == params.from_stage or params.each_stage == "new":
             streams[i] = cls(widths[i], **kwargs)
         else:

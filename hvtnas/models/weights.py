@@ -22,6 +22,7 @@ model is taken, so the caller does not say where a file came from.
 | ``official-pvt_v2`` | whai362/PVT | pvt_v2_* |
 | ``official-pvt`` | whai362/PVT (v1) | pvt_tiny |
 | ``official-cvt`` | microsoft/CvT | cvt_13 |
+| ``official-vil`` | microsoft/vision-longformer (MsViT) | vil_s |
 | ``official-poolformer`` | sail-sg/poolformer | poolformer_s12 |
 | ``official-metaformer`` | sail-sg/metaformer | convformer_s18, caformer_s18 |
 
@@ -246,6 +247,47 @@ def _official_cvt_key(key: str) -> str:
     return re.sub(r"^head\.(weight|bias)$", r"head.fc.\1", key)
 
 
+def _official_vil_key(key: str) -> str:
+    """microsoft/vision-longformer's MsViT: ``layer<i>`` is stage i's patch embedding (``.0``: the
+    stem in stage 1; its global tokens and axial position embedding) followed by each block's
+    attention (odd indices) and MLP (even indices) sub-blocks."""
+    key = re.sub(
+        r"^layer1\.0\.(proj|norm_embed)\.", lambda m: f"stem.{'proj' if m[1] == 'proj' else 'norm'}.", key
+    )
+    key = re.sub(r"^layer(\d)\.0\.proj\.", lambda m: f"stages.{int(m[1]) - 1}.downsample.conv.", key)
+    key = re.sub(
+        r"^layer(\d)\.0\.norm_embed\.", lambda m: f"stages.{int(m[1]) - 1}.downsample.post_norm.", key
+    )
+    names = {"cls_token": "tokens.tokens", "cls_pos_embed": "tokens.pos_embed"}
+    names |= {"x_pos_embed": "pos_embed.row_embed", "y_pos_embed": "pos_embed.col_embed"}
+    key = re.sub(r"^layer(\d)\.0\.(\w+)$", lambda m: f"stages.{int(m[1]) - 1}.{names.get(m[2], m[2])}", key)
+
+    def block(m: re.Match) -> str:  # sub-block 2j + 1 is block j's attention, 2j + 2 its MLP
+        j, is_mlp = divmod(int(m[2]) - 1, 2)
+        return f"stages.{int(m[1]) - 1}.blocks.{j}.{'norm2' if is_mlp else 'norm1'}."
+
+    key = re.sub(r"^layer(\d)\.(\d+)\.norm\.", block, key)
+    key = re.sub(
+        r"^layer(\d)\.(\d+)\.", lambda m: f"stages.{int(m[1]) - 1}.blocks.{(int(m[2]) - 1) // 2}.", key
+    )
+    key = key.replace(".attn.query.", ".mixer.q.").replace(".attn.", ".mixer.").replace(".mlp.", ".ffn.")
+    key = re.sub(r"^norm\.", "head.norm.", key)
+    return re.sub(r"^head\.(weight|bias)$", r"head.fc.\1", key)
+
+
+def _official_vil_prepare(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Drops what ViL's state dict holds twice or empty: the global tokens' projections
+    (``query_global``, ``kv_global``, ``proj_global``), which are the map's own modules under
+    ``SHARE_W`` (a file with separate ones keeps them and is refused, naming them), and the
+    position entries of a stage without global tokens (no elements)."""
+    out = {}
+    for key, value in state.items():
+        shared = re.sub(r"\.(query|kv|proj)_global\.", r".\1.", key)
+        if value.numel() and not (shared != key and torch.equal(state.get(shared, value + 1), value)):
+            out[key] = value
+    return out
+
+
 def _official_swin_to_timm(key: str) -> str:
     """microsoft/Swin-Transformer: the patch merging closes stage i there, opens stage i+1 in timm."""
     key = re.sub(r"layers\.(\d+)\.downsample", lambda m: f"layers.{int(m.group(1)) + 1}.downsample", key)
@@ -423,6 +465,7 @@ LAYOUTS: dict[str, Callable[[str], str]] = {
     "official-pvt_v2": lambda k: _timm_key(_official_pvt_v2_to_timm(k)),
     "official-pvt": _official_pvt_key,
     "official-cvt": _official_cvt_key,
+    "official-vil": _official_vil_key,
     "official-metaformer": lambda k: _timm_key(_official_metaformer_to_timm(k, poolformer_v1=False)),
     "official-poolformer": lambda k: _timm_key(_official_metaformer_to_timm(k, poolformer_v1=True)),
 }
@@ -435,6 +478,7 @@ PREPARE: dict[str, Callable[[dict[str, Tensor]], dict[str, Tensor]]] = {
     "timm-tnt": _tnt_state,
     "official-ceit": _split_pos_embeds,
     "official-mvit": _mvit_v1_state,
+    "official-vil": _official_vil_prepare,
 }
 
 

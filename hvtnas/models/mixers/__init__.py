@@ -30,6 +30,7 @@ from hvtnas.models.mixers.conv_attention import (
 from hvtnas.models.mixers.cross_window import CrossShapedWindowAttention
 from hvtnas.models.mixers.focal import FocalAttention
 from hvtnas.models.mixers.halo import HaloAttention
+from hvtnas.models.mixers.longformer import LongformerAttention
 from hvtnas.models.mixers.mlp import AxialShift, RandomMixing, SpatialShift, TokenMLP
 from hvtnas.models.mixers.pooling import Identity, Pooling
 from hvtnas.models.mixers.pooling_attention import PoolingAttention
@@ -57,6 +58,7 @@ MIXERS.register("conv_self_attention", ConvSelfAttention)  # LVT CSA: attention 
 MIXERS.register("recursive_atrous", RecursiveAtrousAttention)  # LVT RASA
 MIXERS.register("focal", FocalAttention)  # Focal Transformer: fine ring + pooled windows
 MIXERS.register("halo", HaloAttention)  # HaloNet blocked local attention with a halo
+MIXERS.register("longformer", LongformerAttention)  # Vision Longformer: sliding chunks + global tokens
 MIXERS.register("token_mlp", TokenMLP)  # MLP-Mixer token mixing (windowed)
 MIXERS.register("random_mixing", RandomMixing)  # RandFormer frozen random mixing (windowed)
 MIXERS.register("axial_shift", AxialShift)  # AS-MLP

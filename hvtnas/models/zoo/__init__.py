@@ -100,6 +100,8 @@ PUBLISHED: dict[str, Published] = {
     # no official code; 8.1M is timm's count of its halonet_h1 (the paper's table was not at hand
     # to check it against), and the paper gives no FLOPs (hvtnas counts 3.00 GMACs at 256)
     "halonet_h1": Published(8.1, None, None, "timm byoanet.py halonet_h1, timm's reading of the paper's H1"),
+    # README "Main Results": ViL-Small with absolute position embedding; hvtnas counts 5.16 GMACs
+    "vil_s": Published(24.6, 5.12, 82.0, "microsoft/vision-longformer (ViL-Small, README)"),
     # the SegFormer paper and README give no ImageNet figures for the encoder alone
     "mit_b0": Published(3.3, None, None, "NVlabs/SegFormer (encoder, counted on mix_transformer.py)"),
 }
