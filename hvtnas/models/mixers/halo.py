@@ -11,7 +11,7 @@ from pydantic import NonNegativeInt, PositiveInt
 from torch import Tensor, nn
 
 from hvtnas.models.layers import pad_to_multiple
-from hvtnas.models.mixers.attention import AttentionParams
+from hvtnas.models.mixers.attention import AttentionParams, attend_in_windows
 from hvtnas.models.mixers.base import MixerParams, TokenMixer
 
 
@@ -106,6 +106,6 @@ class HaloAttention(TokenMixer):
             bias = self.relative_position_bias_table[self._relative_index(bh, bw, x.device)]  # (N, K, n)
             bias = rearrange(bias, "q k n -> n q k").to(q.dtype)
             mask = bias.masked_fill(~valid, float("-inf"))  # (nW, heads, N, K)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        out = attend_in_windows(q, k, v, mask)
         out = rearrange(out, "b (nh nw) n (bh bw) d -> b (nh bh) (nw bw) (n d)", nh=Hp // bh, bh=bh)
         return self.proj(out[:, :H, :W])
