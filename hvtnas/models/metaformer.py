@@ -330,7 +330,7 @@ class MetaFormer(nn.Module):
             stage.grad_checkpointing = enable
 
     # ------------------------------------------------------------------ internals
-    def _stem(self, x: Tensor) -> Tensor:  # (B, 3, H, W) -> (B, H/4, W/4, C)
+    def _stem(self, x: Tensor) -> Tensor:  # (B, 3, H, W) -> (B, H/s, W/s, C), s the stem's stride
         # a channels_last image makes the stem's convolution write channels_last memory, so the
         # (B, H, W, C) maps of every stage are contiguous: from an NCHW image they would be
         # permuted views of NCHW memory, and every linear layer, pooling and norm after would
