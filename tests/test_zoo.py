@@ -59,6 +59,10 @@ OFFICIAL_PARAMS = {
     # no official code: timm 1.0.31 byoanet.py halonet_h1 (the paper's H1 as timm reads it); with its
     # weights loaded (BatchNorms randomised) pyramid and logits agree (tests/test_reference_equivalence.py)
     "halonet_h1": 8_100_056,
+    # liwei109/SepViT classification/sepvit.py SepViT_Tiny (the first author's repository, its README
+    # the paper's); with its weights loaded (window tokens through the block's norm) the logits agree
+    # to 4.5e-7 at 224
+    "sepvit_t": 31_182_856,
 }
 
 # Models whose official count includes a class token, which a feature-map model has no place for
