@@ -74,6 +74,8 @@ def scale_architecture(
         for mixer in stage["mixers"]:
             if isinstance(mixer, dict) and "sr_ratio" in mixer:
                 mixer["sr_ratio"] = max(1, round(mixer["sr_ratio"] * resolution_ratio))
+    if cfg.stem.widths is not None:  # a conv stem's own widths (Shuffle Transformer) scale with the stages
+        data["stem"]["widths"] = [_round_width(w * width_mult, width_multiple) for w in cfg.stem.widths]
     data["name"] = name or f"{cfg.name}_w{width_mult:.3g}_d{depth_mult:.3g}"
     return ArchConfig.model_validate(data)
 
