@@ -10,7 +10,7 @@ process, interleaved round by round so that a slow spell of a shared machine hit
 
 CPU runs in float32 (NCHW input); CUDA in bf16 autocast with channels_last input and weights,
 eager and with ``torch.compile`` (both models compiled alike). The ratio is generated time /
-reference time: below 1 the generated model is faster. Targets (issue 8): <= 1.0 for CPU inference,
+reference time: below 1 the generated model is faster. Targets (issues 8, 17): <= 0.95 for CPU inference,
 <= 0.9 for CUDA bf16 training.
 
     python benchmarks/speed_vs_reference.py                   # CPU: ~15 min on 2 cores, machine idle
@@ -50,7 +50,7 @@ DEFAULT_MODELS = [
     "caformer_s18",
     "twins_svt_s",
 ]
-CPU_TARGET, CUDA_TRAIN_TARGET = 1.0, 0.9
+CPU_TARGET, CUDA_TRAIN_TARGET = 0.95, 0.9
 
 
 @dataclass(frozen=True)

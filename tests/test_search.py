@@ -51,6 +51,9 @@ def test_search_runs_resumes_and_exports(tmp_path: Path) -> None:
     assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
     first = {t.number: t.values for t in study.trials}
     assert len(first) == 3
+    # each trial's line gives its objectives in their units
+    line = r"trial \d+: trained accuracy 0\.\d{4}, params \d+(\.\d)?K"
+    assert re.search(line, result.output), result.output
     complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
     for t in complete:
         assert t.values[0] > 0.15  # well above chance (0.1) after one epoch on digits

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from hvtnas.costs.flops import count_flops as count_model_flops
 from hvtnas.errors import HvtnasError
 from hvtnas.models import build_model
 from hvtnas.train.data import DataConfig, load_dataset
@@ -56,6 +57,13 @@ def test_flop_baseline_counts_multiply_adds_of_a_known_network() -> None:
     net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.Flatten(), nn.Linear(4 * 8 * 8, 10))
     # conv: 8*8 outputs x 4 channels x 9 taps; linear: 256 x 10
     assert count_flops(net, torch.randn(3, 1, 8, 8)) == 8 * 8 * 4 * 9 + 256 * 10
+
+
+def test_flop_baseline_equals_the_cost_count_of_a_built_model() -> None:
+    model = build_model(small_arch(["attention", "pooling"]))
+    expected = count_model_flops(model, (16, 16), in_channels=1, method="fvcore").total
+    assert count_flops(model, torch.randn(2, 1, 16, 16)) == expected
+    assert model.training  # left in the mode it came in
 
 
 def test_naswot_rewards_networks_that_separate_the_inputs() -> None:

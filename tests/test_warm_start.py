@@ -187,3 +187,28 @@ def test_warm_start_settings_are_validated(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert "experiment.warm_start: convformer_s18 is not a point of" in result.output
     assert not (tmp_path / "runs").exists()
+
+
+def test_nsga2_generations_default_to_the_warm_start_designs(tmp_path: Path) -> None:
+    from hvtnas.search.experiment import SamplerConfig
+    from hvtnas.search.study import open_study
+
+    # a first generation of 16 warm-start designs and 4 random points would spend a 40-trial
+    # study on random samples; the designs themselves are the first generation instead
+    assert SamplerConfig(name="nsga2").generation_size(16) == 16
+    assert SamplerConfig(name="nsga2").generation_size(3) == 10
+    assert SamplerConfig(name="nsga2").generation_size(0) == 20
+    assert SamplerConfig(name="nsga2", population_size=6).generation_size(16) == 6
+
+    configs = [_own_arch(tmp_path, width, f"w{width}") for width in (8, 16)]
+    space = tiny_search_space(warm_start={"configs": configs})
+    space["experiment"]["sampler"] = {"name": "nsga2", "seed": None}
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(space, sort_keys=False))
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    created = open_study(load_search_spec(path), "s", storage)
+    # a worker process joining the study queues nothing and builds the same sampler
+    joined = open_study(load_search_spec(path), "s", storage, warm_start=[])
+    for study in (created, joined):
+        assert isinstance(study.sampler, optuna.samplers.NSGAIISampler)
+        assert study.sampler._population_size == 10  # private: Optuna has no getter for it

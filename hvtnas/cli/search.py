@@ -169,7 +169,7 @@ def search_command(
         return text
 
     def line(outcome: TrialOutcome) -> str:
-        text = outcome.describe()
+        text = outcome.describe(exp.objectives)
         if log_file is not None:  # runs/<study>/search.log keeps every trial's line
             log_file.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n")
             log_file.flush()

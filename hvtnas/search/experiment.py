@@ -35,25 +35,35 @@ class _Strict(BaseModel):
 class SamplerConfig(_Strict):
     name: Literal["nsga2", "nsga3", "tpe", "gp", "random", "auto"] = "auto"  # auto: nsga2 / tpe
     seed: int | None = 0
-    population_size: int = Field(20, ge=2)  # NSGA-II/III generation size
+    # NSGA-II/III generation size; none: the warm-start designs are the first generation
+    # (at least 10), or 20 without a warm start
+    population_size: int | None = Field(None, ge=2)
 
-    def build(self, n_objectives: int) -> optuna.samplers.BaseSampler:
+    def generation_size(self, warm_start_trials: int = 0) -> int:
+        """NSGA-II/III's population: a first generation of warm-start designs plus a few random
+        points would spend the budget of a short study on random samples before any breeding."""
+        if self.population_size is not None:
+            return self.population_size
+        return max(10, warm_start_trials) if warm_start_trials else 20
+
+    def build(self, n_objectives: int, warm_start_trials: int = 0) -> optuna.samplers.BaseSampler:
         """The sampler; with a seed, seeded per trial from (seed, trial number), so workers of one
         study sample differently and one worker alone is reproducible (``hvtnas.search.sampling``)."""
         from hvtnas.search.sampling import PerTrialSeedSampler
 
+        population = self.generation_size(warm_start_trials)
         if self.seed is None:
-            return self._build(n_objectives, None)
-        return PerTrialSeedSampler(lambda seed: self._build(n_objectives, seed), self.seed)
+            return self._build(n_objectives, population, None)
+        return PerTrialSeedSampler(lambda seed: self._build(n_objectives, population, seed), self.seed)
 
-    def _build(self, n_objectives: int, seed: int | None) -> optuna.samplers.BaseSampler:
+    def _build(self, n_objectives: int, population: int, seed: int | None) -> optuna.samplers.BaseSampler:
         name = self.name
         if name == "auto":
             name = "nsga2" if n_objectives > 1 else "tpe"
         if name == "nsga2":
-            return optuna.samplers.NSGAIISampler(population_size=self.population_size, seed=seed)
+            return optuna.samplers.NSGAIISampler(population_size=population, seed=seed)
         if name == "nsga3":
-            return optuna.samplers.NSGAIIISampler(population_size=self.population_size, seed=seed)
+            return optuna.samplers.NSGAIIISampler(population_size=population, seed=seed)
         if name == "tpe":
             return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True)
         if name == "gp":

@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -33,6 +33,7 @@ from hvtnas.errors import ConfigError, HvtnasError
 from hvtnas.io import read_text
 from hvtnas.models import build_model
 from hvtnas.search.dashboard import save_trial_note
+from hvtnas.search.display import format_value
 from hvtnas.search.experiment import PROXY_PREFIX, ExperimentConfig
 from hvtnas.search.outcome import (
     DUPLICATE,
@@ -140,13 +141,19 @@ class TrialOutcome:
     measured: bool = True  # False: the values hold a placeholder accuracy (over budget)
     warm_start: str | None = None  # the zoo family an enqueued warm-start trial came from
 
-    def describe(self) -> str:
+    def describe(self, objectives: Sequence[str] = ()) -> str:
         """One line for the terminal and search.log: what became of the trial, values only
-        where they were measured (never the placeholder accuracy of an untrained trial)."""
+        where they were measured (never the placeholder accuracy of an untrained trial), in
+        their units when the ``objectives`` are given (``accuracy 0.8123, flops 3.61 MMACs``)."""
         label = f" (warm start {self.warm_start})" if self.warm_start else ""
         text = f"trial {self.number}{label}: {self.outcome.replace('_', ' ')}"
         if self.values and self.measured and self.state == TrialState.COMPLETE:
-            text += " " + ", ".join(f"{v:.4g}" for v in self.values)
+            if len(objectives) == len(self.values):
+                text += " " + ", ".join(
+                    f"{m} {format_value(m, v)}" for m, v in zip(objectives, self.values, strict=True)
+                )
+            else:
+                text += " " + ", ".join(f"{v:.4g}" for v in self.values)
         return text + (f" ({self.reason})" if self.reason else "")
 
 
@@ -590,4 +597,8 @@ def open_study(
         raise SearchError(
             f"study {study_name!r} has directions {study.directions}, the space asks {exp.directions}"
         )
+    # counted from the study, so that every worker (and a resumed run) builds the same sampler
+    warm_trials = sum(WARM_START_ATTR in t.user_attrs for t in study.get_trials(deepcopy=False))
+    if warm_trials:
+        study.sampler = exp.sampler.build(len(exp.objectives), warm_trials)
     return study

@@ -71,13 +71,17 @@ def warm_start_points(spec: Any) -> list[WarmStartPoint]:
     return points
 
 
+def distinct_points(points: list[WarmStartPoint]) -> list[WarmStartPoint]:
+    """The points without repeats: two designs that are one point of the space (say, two
+    budgets that scale a design to the same width) are one trial."""
+    first_by_params: dict[str, WarmStartPoint] = {}
+    for point in points:
+        first_by_params.setdefault(repr(sorted(point.params.items())), point)
+    return list(first_by_params.values())
+
+
 def enqueue_warm_start(study: optuna.Study, points: list[WarmStartPoint]) -> None:
     """Queue the points as the study's next trials (``hvtnas search`` does this once, when it
     creates the study); two points that are one architecture are queued once."""
-    queued: set[str] = set()
-    for point in points:
-        key = repr(sorted(point.params.items()))
-        if key in queued:
-            continue
-        queued.add(key)
+    for point in distinct_points(points):
         study.enqueue_trial(point.params, user_attrs={WARM_START_ATTR: point.label})

@@ -263,7 +263,7 @@ def worker_main(
     name = multiprocessing.current_process().name
 
     def report(outcome: Any) -> None:
-        print(f"[{name}] {outcome.describe()}", flush=True)
+        print(f"[{name}] {outcome.describe(exp.objectives)}", flush=True)
 
     SearchRun(
         spec,

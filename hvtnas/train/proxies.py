@@ -102,10 +102,16 @@ def params(model: nn.Module, x: Tensor, y: Tensor) -> float:
 
 
 def count_flops(model: nn.Module, x: Tensor) -> float:
-    """Forward MACs of one input, counted the way ``hvtnas.costs`` counts them (attention included)."""
-    from hvtnas.costs.flops import analyse
+    """Forward MACs of one input, counted the way ``hvtnas.costs`` counts them (attention included),
+    on the meta device: nothing is computed (``hvtnas.costs.counter``)."""
+    from hvtnas.costs.counter import count_calls
 
-    return float(analyse(copy.deepcopy(model).eval(), (x[:1],)).total())
+    was_training = model.training
+    model.eval()  # the count of a deployed model: no drop path, BatchNorm in inference form
+    try:
+        return float(count_calls(model, (x[:1],)).total)
+    finally:
+        model.train(was_training)
 
 
 def flops(model: nn.Module, x: Tensor, y: Tensor) -> float:

@@ -92,12 +92,36 @@ class RelativeAttention(GlobalAttention):
     def forward(self, x: Tensor) -> Tensor:
         H, W = x.shape[1:3]
         q, k, v = rearrange(self.qkv(x), "b h w (three n d) -> three b n (h w) d", three=3, n=self.num_heads)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=self.position_bias(H, W).to(q.dtype))
+        bias = self.position_bias(H, W).to(q.dtype)[None]  # 4-D: the fused CPU kernel takes no other
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         out = rearrange(out, "b n (h w) d -> b h w (n d)", h=H)
         return self.proj(out)
 
 
 # ----------------------------------------------------------------------------- window attention
+def attend_in_windows(
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float | None = None
+) -> Tensor:
+    """Attention within windows: ``(B, nW, heads, N, head_dim)`` queries, ``(B, nW, heads, K,
+    head_dim)`` keys and values, under a mask of shape (nW, heads or 1, N, K) (one per window: a
+    shifted map, padding), (heads, N, K) (a position bias alone) or None.
+
+    PyTorch's fused CPU attention kernel takes 4-D inputs and masks only (others run the unfused
+    math path, 1.5-3x slower at Swin's sizes), so windows and heads are folded into 4-D: as
+    ``(B nW, heads)``, a view, where the mask is the same for every window; as ``(B, nW heads)``,
+    with copies of q, k and v, where it differs from window to window."""
+    B, n_windows, heads = q.shape[:3]
+    if mask is None or mask.dim() == 3:
+        q, k, v = (t.flatten(0, 1) for t in (q, k, v))  # (B nW, heads, N, head_dim): views
+        mask = None if mask is None else mask[None]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+        return out.unflatten(0, (B, n_windows))
+    q, k, v = (rearrange(t, "b nw n t d -> b (nw n) t d") for t in (q, k, v))
+    mask = rearrange(mask.expand(n_windows, heads, *mask.shape[-2:]), "nw n t s -> 1 (nw n) t s")
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    return rearrange(out, "b (nw n) t d -> b nw n t d", nw=n_windows)
+
+
 class WindowParams(AttentionParams):
     window_size: PositiveInt = 7
     relative_position_bias: bool = True  # Swin: True; Twins-SVT's locally-grouped attention: False
@@ -290,10 +314,8 @@ class WindowAttention(TokenMixer):
             x = torch.roll(x, shifts=(-sh, -sw), dims=(1, 2))
         Hp = x.shape[1]
         windows = rearrange(x, f"b {self.grid} c -> b (nh nw) (wh ww) c", wh=wh, ww=ww)
-        q, k, v = self.project_qkv(windows)
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=self._attn_mask(H, W, wh, ww, q), scale=self.logit_scale_factor
-        )
+        q, k, v = self.project_qkv(windows)  # (B, nW, heads, N, head_dim)
+        out = attend_in_windows(q, k, v, self._attn_mask(H, W, wh, ww, q), self.logit_scale_factor)
         out = rearrange(out, f"b (nh nw) n (wh ww) d -> b {self.grid} (n d)", nh=Hp // wh, wh=wh, ww=ww)
         out = self.proj(out)
         if sh or sw:

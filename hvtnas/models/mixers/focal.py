@@ -12,7 +12,7 @@ from pydantic import NonNegativeInt, PositiveInt
 from torch import Tensor, nn
 
 from hvtnas.models.layers import pad_to_multiple
-from hvtnas.models.mixers.attention import AttentionParams
+from hvtnas.models.mixers.attention import AttentionParams, attend_in_windows
 from hvtnas.models.mixers.base import MixerParams, TokenMixer
 
 
@@ -177,6 +177,6 @@ class FocalAttention(TokenMixer):
         valid = self._pooled_valid(nh, nw, x.device)  # (nW, f²)
         blocked = F.pad(~valid, (bias.shape[-1] - valid.shape[-1], 0))  # (nW, K_all): only pooled keys
         mask = bias.masked_fill(blocked[:, None, None, :], float("-inf"))  # (nW, heads, N, K_all)
-        out = F.scaled_dot_product_attention(q_w, torch.cat(keys, 3), torch.cat(values, 3), attn_mask=mask)
+        out = attend_in_windows(q_w, torch.cat(keys, 3), torch.cat(values, 3), mask)
         out = rearrange(out, "b (nh nw) n (m1 m2) d -> b (nh m1) (nw m2) (n d)", nh=nh, m1=M, m2=M)
         return self.proj(out[:, :H, :W])

@@ -12,7 +12,7 @@ from pydantic import PositiveInt
 from torch import Tensor, nn
 
 from hvtnas.models.layers import make_act, nchw_to_nhwc, nhwc_to_nchw, pad_to_multiple
-from hvtnas.models.mixers.attention import AttentionParams
+from hvtnas.models.mixers.attention import AttentionParams, attend_in_windows
 from hvtnas.models.mixers.base import MixerParams, TokenMixer
 
 
@@ -110,7 +110,7 @@ class SeparableWindowAttention(TokenMixer):
         if real is not None:  # padded keys are masked (a window token is never padding)
             mask = F.pad(real, (1, 0), value=True) if psa else real
             mask = mask[:, None, None, :]  # (nW, 1, 1, K)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        out = attend_in_windows(q, k, v, mask)  # (B, nW, heads, T, d)
         out = rearrange(out, "b w n t d -> b w t (n d)") + windows  # DSA and its shortcut
         if psa:
             tokens, out = out[:, :, 0], out[:, :, 1:]  # (B, nW, C), (B, nW, M², C)
