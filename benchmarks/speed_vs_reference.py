@@ -184,8 +184,7 @@ def measure_model(name: str, timm: Any, args: argparse.Namespace, settings: dict
                     if compiled:
                         models[k] = torch.compile(m)
                 steps = {
-                    k: make_step(m, setting, device, resolution, channels_last)
-                    for k, m in models.items()
+                    k: make_step(m, setting, device, resolution, channels_last) for k, m in models.items()
                 }
                 warmup = args.warmup + (5 if compiled else 0)
                 iters = args.iters or default_iters(device, setting)

@@ -188,6 +188,21 @@ def _closed_form(kind: str, H: int, W: int) -> int:
             + N * C * C  # output projection
         )
         return 2 * once
+    if kind == "separable_window":  # SepViT, window 7; map_size = H: window tokens and PSA iff H >= 14
+        Np = (H + (-H) % 7) * (W + (-W) % 7)  # padded to whole windows
+        nW = Np // 49
+        if H // 7 < 2:  # one window at the configured size: windowed attention and shortcut only
+            return 3 * Np * C * C + 2 * Np * 49 * C + N * C * C
+        T = 50  # a window's 49 tokens and its window token
+        return (
+            nW * T * 3 * C * C  # qkv of every token, window tokens included
+            + 2 * nW * T * T * C  # DSA: Q K^T + A V inside each window
+            + 5 * nW * C  # LayerNorm of the window tokens
+            + nW * C * 2 * C  # their q, k
+            + nW * nW * C  # PSA logits: window token against window token
+            + nW * nW * 49 * C  # PSA: every window's whole output weighted
+            + N * C * C  # output projection of the real tokens
+        )
     raise KeyError(kind)
 
 
@@ -222,6 +237,7 @@ CLOSED_FORM_KINDS = [
     "shunted",
     "conv_self_attention",
     "recursive_atrous",
+    "separable_window",
 ]
 
 
@@ -352,6 +368,7 @@ ZOO_MACS = {
     "pvt_v2_b2": (4_045_817_152, 139_039_040_000),
     "rest_lite": (1_542_953_600, 61_055_744_000),
     "s2mlp_wide": (14_007_849_984, 285_858_816_000),
+    "sepvit_t": (4_533_371_904, 106_231_989_120),
     "shiftvit_t": (4_608_919_296, 94_040_064_000),
     "shuffle_t": (4_683_668_992, 99_504_114_688),
     "shunted_t": (2_159_978_848, 103_474_016_000),

@@ -32,6 +32,7 @@ from hvtnas.models.mixers.longformer import LongformerAttention
 from hvtnas.models.mixers.mlp import AxialShift, RandomMixing, SpatialShift, TokenMLP
 from hvtnas.models.mixers.pooling import Pooling
 from hvtnas.models.mixers.pooling_attention import PoolingAttention
+from hvtnas.models.mixers.separable import SeparableWindowAttention
 from hvtnas.models.mixers.shift import Shift
 from hvtnas.models.mixers.shunted import ShuntedAttention
 from hvtnas.summary import count_params
@@ -585,3 +586,51 @@ def test_halo_factorized_position_and_unmasked_padding_against_the_definition(st
             )
             out[by * bq + y, bx * bq + xq, n * d : (n + 1) * d] = logits.softmax(0) @ window[:, 1]
     torch.testing.assert_close(mixer(x)[0], out, rtol=1e-4, atol=1e-5)
+
+
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
+    """Multi-head attention of (L, C) queries on (S, C) keys, values (S, heads * Dv), by hand."""
+    d = q.shape[1] // heads
+    out = []
+    for n in range(heads):
+        logits = q[:, n * d : (n + 1) * d] @ k[:, n * d : (n + 1) * d].T / d**0.5
+        out.append(logits.softmax(-1) @ v.view(v.shape[0], heads, -1)[:, n])
+    return torch.stack(out, dim=1)  # (L, heads, Dv)
+
+
+def test_separable_window_attention_against_its_definition() -> None:
+    """SepViT's DSSA written out window by window on a 14x14 map of 2x2 windows of 7."""
+    C, heads, ws = 8, 2, 7
+    mixer = SeparableWindowAttention(C, num_heads=heads, map_size=14, window_size=ws)
+    with torch.no_grad():
+        mixer.window_tokens.normal_()
+    x = torch.randn(1, 14, 14, C)
+    dsa = []
+    for wy, wx in itertools.product(range(2), range(2)):
+        tokens = torch.cat(
+            [
+                mixer.window_tokens[wy, wx][None],
+                x[0, wy * ws : (wy + 1) * ws, wx * ws : (wx + 1) * ws].reshape(-1, C),
+            ]
+        )
+        q, k, v = mixer.qkv(tokens).chunk(3, dim=-1)
+        dsa.append(_attend(q, k, v, heads).reshape(-1, C) + tokens)  # (50, C) with its shortcut
+    dsa = torch.stack(dsa)  # (4 windows, 50, C)
+    q, k = mixer.qk(mixer.token_act(mixer.token_norm(dsa[:, 0]))).chunk(2, dim=-1)
+    d = C // heads
+    values = (
+        dsa[:, 1:].reshape(4, 49, heads, d).permute(0, 2, 1, 3).reshape(4, -1)
+    )  # per window: (heads, 49 d)
+    mixed = _attend(q, k, values, heads).reshape(4, heads, 49, d).permute(0, 2, 1, 3).reshape(4, 49, C)
+    out = (mixed + dsa[:, 1:]).reshape(2, 2, ws, ws, C).permute(0, 2, 1, 3, 4).reshape(14, 14, C)
+    torch.testing.assert_close(mixer(x)[0], mixer.proj(out), rtol=1e-4, atol=1e-5)
+
+
+def test_separable_window_tokens_follow_the_window_grid() -> None:
+    """Built for a 4x4 window grid; a 3x5 grid of windows (a map of 21x35) resizes the tokens."""
+    mixer = SeparableWindowAttention(8, num_heads=2, map_size=28, window_size=7)
+    assert mixer.window_tokens.shape == (4, 4, 8)
+    assert mixer._tokens(3, 5).shape == (15, 8)
+    assert mixer(torch.randn(2, 21, 35, 8)).shape == (2, 21, 35, 8)
+    single = SeparableWindowAttention(8, num_heads=2, map_size=7, window_size=7)
+    assert single.window_tokens is None and not hasattr(single, "qk")  # one window: no PSA

@@ -58,3 +58,8 @@ def test_bad_multipliers_are_refused():
         scale_architecture(zoo.get_config("swin_t"), width_mult=0)
     with pytest.raises(HvtnasError, match="must be positive"):
         scale_to_flops(zoo.get_config("swin_t"), -1)
+
+
+def test_a_conv_stems_own_widths_scale_with_the_stages() -> None:
+    scaled = scale_architecture(zoo.get_config("shuffle_t"), width_mult=0.5)
+    assert scaled.stem.widths == [16, 48] and [s.width for s in scaled.stages] == [48, 96, 192, 384]

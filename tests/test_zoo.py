@@ -85,6 +85,10 @@ OFFICIAL_PARAMS = {
     # vil_s gives the same logits (max difference 6e-8, at 224 and at 256, where chunks are padded;
     # checked locally on the official code, which is no test dependency)
     "vil_s": 24_635_752,
+    # liwei109/SepViT classification/sepvit.py SepViT_Tiny (the first author's repository, its README
+    # the paper's); with its weights loaded (window tokens through the block's norm) the logits agree
+    # to 4.5e-7 at 224
+    "sepvit_t": 31_182_856,
 }
 
 # Models whose official code builds modules its forward never calls: official count and the

@@ -83,6 +83,8 @@ def scale_architecture(
                 inner["width"] = _round_width(original.inner.width * width_mult, min(width_multiple, 4))
             if original.inner.heads is not None:
                 inner["heads"] = _heads_for(inner["width"], original.inner.heads)
+    if cfg.stem.widths is not None:  # a conv stem's own widths (Shuffle Transformer) scale with the stages
+        data["stem"]["widths"] = [_round_width(w * width_mult, width_multiple) for w in cfg.stem.widths]
     data["name"] = name or f"{cfg.name}_w{width_mult:.3g}_d{depth_mult:.3g}"
     return ArchConfig.model_validate(data)
 

@@ -34,6 +34,7 @@ from hvtnas.models.mixers.longformer import LongformerAttention
 from hvtnas.models.mixers.mlp import AxialShift, RandomMixing, SpatialShift, TokenMLP
 from hvtnas.models.mixers.pooling import Identity, Pooling
 from hvtnas.models.mixers.pooling_attention import PoolingAttention
+from hvtnas.models.mixers.separable import SeparableWindowAttention
 from hvtnas.models.mixers.shift import Shift
 from hvtnas.models.mixers.shunted import ShuntedAttention
 from hvtnas.registry import Registry
@@ -59,6 +60,7 @@ MIXERS.register("recursive_atrous", RecursiveAtrousAttention)  # LVT RASA
 MIXERS.register("focal", FocalAttention)  # Focal Transformer: fine ring + pooled windows
 MIXERS.register("halo", HaloAttention)  # HaloNet blocked local attention with a halo
 MIXERS.register("longformer", LongformerAttention)  # Vision Longformer: sliding chunks + global tokens
+MIXERS.register("separable_window", SeparableWindowAttention)  # SepViT DSSA: window tokens, PSA
 MIXERS.register("token_mlp", TokenMLP)  # MLP-Mixer token mixing (windowed)
 MIXERS.register("random_mixing", RandomMixing)  # RandFormer frozen random mixing (windowed)
 MIXERS.register("axial_shift", AxialShift)  # AS-MLP

@@ -173,14 +173,18 @@ class HaloAttention(TokenMixer):
         valid = self._valid_keys(H, W, bh, bw, x.device) if self.mask_outside else None  # (nW, 1, 1, K)
         if self.relative_position_bias_table is not None:
             bias = self.relative_position_bias_table[self._relative_index(bh, bw, x.device)]  # (N, K, n)
-            mask = rearrange(bias, "q k n -> n q k").to(q.dtype)
+            mask = rearrange(bias, "q k n -> n q k").to(q.dtype)  # (heads, N, K)
         elif self.height_rel is not None:
             mask = self._factorized_bias(q, bh // s, bh + 2 * h, bw + 2 * h)  # (B, nW, heads, N, K)
         else:
             mask = None
         if valid is not None:
             mask = valid if mask is None else mask.masked_fill(~valid, float("-inf"))
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        if mask is not None and mask.dim() == 5:  # logits per sample: (B nW) folded for the fused kernel
+            folded = (t.flatten(0, 1) for t in (q, k, v, mask))  # (B nW, heads, ., .): views
+            out = F.scaled_dot_product_attention(*folded).unflatten(0, q.shape[:2])
+        else:
+            out = attend_in_windows(q, k, v, mask)
         out = rearrange(out, "b (nh nw) n (bh bw) d -> b (nh bh) (nw bw) (n d)", nh=Hp // bh, bh=bh // s)
         out = out[:, : -(-H // s), : -(-W // s)]
         return self.proj(out) if self.proj is not None else out

@@ -97,6 +97,7 @@ PUBLISHED: dict[str, Published] = {
     # the README's 3.4M are the backbone's parameters (3,429,092); its 74.8% are lvt_cls's, the
     # backbone with two class-attention blocks and a token-labelling head (see the zoo file)
     "lvt": Published(3.4, 0.9, 74.8, "Chenglin-Yang/LVT"),
+    "sepvit_t": Published(31.2, 4.5, 82.7, "liwei109/SepViT"),
     # no official code; 8.1M is timm's count of its halonet_h1 (the paper's table was not at hand
     # to check it against), and the paper gives no FLOPs (hvtnas counts 3.00 GMACs at 256)
     "halonet_h1": Published(8.1, None, None, "timm byoanet.py halonet_h1, timm's reading of the paper's H1"),
