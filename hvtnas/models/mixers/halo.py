@@ -12,7 +12,7 @@ from pydantic_core import PydanticCustomError
 from torch import Tensor, nn
 
 from hvtnas.models.layers import pad_to_multiple
-from hvtnas.models.mixers.attention import AttentionParams
+from hvtnas.models.mixers.attention import AttentionParams, attend_in_windows
 from hvtnas.models.mixers.base import MixerParams, TokenMixer
 
 
