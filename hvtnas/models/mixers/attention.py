@@ -117,12 +117,12 @@ def attend_in_windows(
     math path, 1.5-3x slower at Swin's sizes), so windows and heads are folded into 4-D: as
     ``(B nW, heads)``, a view, where the mask is the same for every window; as ``(B, nW heads)``,
     with copies of q, k and v, where it differs from window to window."""
-    B, n_windows, heads = q.shape[:3]
+    n_windows, heads = q.shape[1:3]
     if mask is None or mask.dim() == 3:
         q, k, v = (t.flatten(0, 1) for t in (q, k, v))  # (B nW, heads, N, head_dim): views
         mask = None if mask is None else mask[None]
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
-        return out.unflatten(0, (B, n_windows))
+        return rearrange(out, "(b nw) n t d -> b nw n t d", nw=n_windows)
     q, k, v = (rearrange(t, "b nw n t d -> b (nw n) t d") for t in (q, k, v))
     mask = rearrange(mask.expand(n_windows, heads, *mask.shape[-2:]), "nw n t s -> 1 (nw n) t s")
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)

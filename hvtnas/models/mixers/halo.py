@@ -182,7 +182,8 @@ class HaloAttention(TokenMixer):
             mask = valid if mask is None else mask.masked_fill(~valid, float("-inf"))
         if mask is not None and mask.dim() == 5:  # logits per sample: (B nW) folded for the fused kernel
             folded = (t.flatten(0, 1) for t in (q, k, v, mask))  # (B nW, heads, ., .): views
-            out = F.scaled_dot_product_attention(*folded).unflatten(0, q.shape[:2])
+            out = F.scaled_dot_product_attention(*folded)  # (B nW, heads, N, d)
+            out = rearrange(out, "(b nw) n t d -> b nw n t d", nw=q.shape[1])  # einops: ONNX keeps B dynamic
         else:
             out = attend_in_windows(q, k, v, mask)
         out = rearrange(out, "b (nh nw) n (bh bw) d -> b (nh bh) (nw bw) (n d)", nh=Hp // bh, bh=bh // s)
