@@ -190,7 +190,7 @@ def _coat_key(key: str) -> str:
 
 def _vit_key(key: str) -> str:
     """timm's VisionTransformer (DeiT) and MlpMixer: one stage of blocks behind the patch stem; the
-    class token and its position entry are the stage's token stream (see ``_split_vit_pos_embed``)."""
+    class token and its position entry are the stage's token stream (see ``_split_pos_embeds``)."""
     key = key.replace("patch_embed.", "stem.").replace("cls_token", "stages.0.tokens.tokens")
     key = key.replace("pos_embed.prefix", "stages.0.tokens.pos_embed")
     key = key.replace("pos_embed.grid", "stages.0.pos_embed.pos_embed")
@@ -199,6 +199,15 @@ def _vit_key(key: str) -> str:
     key = key.replace(".mlp_channels.", ".ffn.").replace(".mlp.", ".ffn.")
     key = re.sub(r"^norm\.", "head.norm.", key)
     return re.sub(r"^head\.(weight|bias)$", r"head.fc.\1", key)
+
+
+# a sequence model's class token and its position embedding split by ``_split_pos_embeds``, in
+# hvtnas's names when the tokens start in the first stage (ViT-like layouts: CeiT, TNT, MViT v1)
+_ONE_STAGE_TOKEN_KEYS = {
+    "cls_token": "stages.0.tokens.tokens",
+    "pos_embed.prefix": "stages.0.tokens.pos_embed",
+    "pos_embed.grid": "stages.0.pos_embed.pos_embed",
+}
 
 
 def _split_pos_embeds(state: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -355,11 +364,7 @@ def _mvit_v1_state(state: dict[str, Tensor]) -> dict[str, Tensor]:
 
     out: dict[str, Tensor] = {}
     for key, value in _split_pos_embeds(state).items():
-        new = {
-            "cls_token": "stages.0.tokens.tokens",
-            "pos_embed.prefix": "stages.0.tokens.pos_embed",
-            "pos_embed.grid": "stages.0.pos_embed.pos_embed",
-        }.get(key, key)
+        new = _ONE_STAGE_TOKEN_KEYS.get(key, key)
         if m := re.match(r"blocks\.(\d+)\.(\w+)\.(.*)", key):
             k, part, rest = int(m.group(1)), m.group(2), m.group(3)
             stage, j = place(k)
@@ -382,12 +387,7 @@ def _mvit_v1_state(state: dict[str, Tensor]) -> dict[str, Tensor]:
 
 def _ceit_key(key: str) -> str:
     """coeusguo/ceit: I2T stem, one stage of LeFF blocks, the layer-wise class-token attention (lca)."""
-    fixed = {
-        "cls_token": "stages.0.tokens.tokens",
-        "pos_embed.prefix": "stages.0.tokens.pos_embed",
-        "pos_embed.grid": "stages.0.pos_embed.pos_embed",
-        "pos_layer_embed": "head.layer_attention.pos_embed",
-    }
+    fixed = {**_ONE_STAGE_TOKEN_KEYS, "pos_layer_embed": "head.layer_attention.pos_embed"}
     if key in fixed:
         return fixed[key]
     key = key.replace("i2t.backbone.conv.", "stem.conv.").replace("i2t.backbone.bn.", "stem.norm.")
@@ -411,12 +411,7 @@ def _ceit_key(key: str) -> str:
 
 def _tnt_key(key: str) -> str:
     """timm's TNT: one nested stage; each block an inner (pixel) block, a projection, an outer block."""
-    fixed = {
-        "pixel_pos": "stem.pos_embed",
-        "cls_token": "stages.0.tokens.tokens",
-        "pos_embed.prefix": "stages.0.tokens.pos_embed",
-        "pos_embed.grid": "stages.0.pos_embed.pos_embed",
-    }
+    fixed = {**_ONE_STAGE_TOKEN_KEYS, "pixel_pos": "stem.pos_embed"}
     if key in fixed:
         return fixed[key]
     key = key.replace("pixel_embed.proj.", "stem.proj.")
