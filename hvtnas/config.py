@@ -106,9 +106,14 @@ class StemConfig(_Kinded):
     - ``image_to_tokens``: CeiT's I2T: a ``kernel_size`` (default 7) conv with stride 2 and no bias
       to ``widths[0]`` channels, ``norm`` (BatchNorm in CeiT), a 3x3 max pool with stride 2, then
       a (patch_size / 4)-square conv with that stride: stage 1 runs at stride ``patch_size`` (16).
+    - ``mobilenet``: Mobile-Former's: a 3x3 conv with stride 2 and no bias to ``widths[0]``
+      channels, BatchNorm, ``act`` (ReLU6), then a lite bottleneck (depthwise 3x3 with
+      ``lite_expansion`` outputs per channel, BN, ReLU6, pointwise to ``widths[1]``, BN, plus its
+      input where the widths agree). Stride 2: it feeds Mobile-Former stages
+      (``stages[i].mobile_former``), whose first blocks halve the map.
     """
 
-    kind: Literal["patch", "overlap", "conv", "resnet", "pixel", "image_to_tokens"] = "patch"
+    kind: Literal["patch", "overlap", "conv", "resnet", "pixel", "image_to_tokens", "mobilenet"] = "patch"
     patch_size: PositiveInt = Field(4, le=64)  # patch only: the stem's stride (16 for ViT's 16x16 patches)
     kernel_size: PositiveInt | None = None  # overlap, resnet, pixel and image_to_tokens only (default 7)
     padding: NonNegativeInt | None = None  # overlap only (default kernel_size // 2)
@@ -124,6 +129,27 @@ class StemConfig(_Kinded):
     # the output channels of the convs before the last: conv (depth - 1 widths, replaces
     # hidden_ratio) and image_to_tokens ([its first conv's], CeiT: 64)
     widths: list[PositiveInt] | None = None
+    # mobilenet only: outputs per channel of the lite bottleneck's depthwise conv (default 2)
+    lite_expansion: PositiveInt | None = Field(None, le=64)
+
+    @model_validator(mode="after")
+    def _mobilenet_fields(self) -> StemConfig:
+        if self.kind != "mobilenet":
+            if self.lite_expansion is not None:
+                message = f"applies to the 'mobilenet' stem only (this one is '{self.kind}')"
+                _fail(("lite_expansion",), self.lite_expansion, message)
+            return self
+        if self.widths is None or len(self.widths) != 2:
+            _fail(
+                ("widths",),
+                self.widths,
+                "the 'mobilenet' stem needs two widths: its 3x3 conv's and its lite bottleneck's",
+            )
+        if self.norm is not None:
+            _fail(
+                ("norm",), self.norm.kind, "the 'mobilenet' stem has BatchNorm after each conv: leave it out"
+            )
+        return self
 
     @model_validator(mode="after")
     def _fields_fit_kind(self) -> StemConfig:
@@ -160,7 +186,7 @@ class StemConfig(_Kinded):
                     "is the image_to_tokens stem's stride: 4 (conv and pool) times its last conv's, "
                     "a multiple of 4",
                 )
-        elif self.kind != "conv" and self.widths is not None:
+        elif self.kind not in ("conv", "mobilenet") and self.widths is not None:
             message = f"applies to the 'conv' and 'image_to_tokens' stems only (this one is '{self.kind}')"
             _fail(("widths",), self.widths, message)
         if self.kind in ("conv", "resnet") and self.norm is None:
@@ -205,6 +231,8 @@ class StemConfig(_Kinded):
     @property
     def stride(self) -> int:
         """How much smaller stage 1's map is than the image."""
+        if self.kind == "mobilenet":
+            return 2
         return self.patch_size if self.kind in ("patch", "image_to_tokens") else 4
 
     def conv_strides(self) -> list[int]:
@@ -359,6 +387,33 @@ class BottleneckConfig(_Strict):
     act: Activation = "relu"
 
 
+class MobileFormerConfig(_Strict):
+    """Mobile-Former blocks (``hvtnas.models.mobile_former``) instead of MetaFormer blocks: per
+    block, Mobile -> Former cross-attention (the global tokens query the map), the tokens' Former,
+    an inverted residual with dynamic ReLUs made from the first token, Former -> Mobile
+    cross-attention (the map queries the tokens). The stage's first block downsamples: its
+    inverted residual is depthwise 3x3 stride 2 (``expansions[0]`` outputs per input channel) ->
+    pointwise -> depthwise 3x3 (``down_expansion`` per channel) -> pointwise. The others expand
+    their input ``expansions[j]`` times (pointwise -> depthwise 3x3 -> pointwise). The tokens are
+    the model's ``tokens: {kind: global, dim: ...}``; the stage has no mixers or FFN of its own."""
+
+    expansions: list[PositiveInt] = Field(min_length=1)  # one per block
+    # each block's output width (default: the stage's); the last is the stage's width
+    widths: list[PositiveInt] | None = None
+    down_expansion: PositiveInt = Field(4, le=64)
+    bridge_heads: PositiveInt = 2  # of both cross-attentions
+    former_heads: PositiveInt = 4
+    former_mlp_ratio: float = Field(2.0, gt=0, le=64)
+    # the dynamic ReLU's coefficient MLP: token width -> width / reduction -> 2 x channels
+    reduction: PositiveInt = 4
+    # the released models' extra gate on Mobile -> Former: the attended values scaled per channel
+    # by 2 hardsigmoid(Linear(token)) before the projection (not in the paper's equations)
+    token_gate: bool = False
+
+    def block_widths(self, width: int) -> list[int]:
+        return list(self.widths) if self.widths is not None else [width] * len(self.expansions)
+
+
 class InnerConfig(_Strict):
     """TNT's inner transformer: makes a stage *nested*.
 
@@ -454,6 +509,16 @@ class StageConfig(_Strict):
     neighbour_conv: PositiveInt | None = Field(None, le=31)
     # ResNet bottleneck blocks (HaloNet) instead of MetaFormer blocks; none: MetaFormer blocks
     bottleneck: BottleneckConfig | None = None
+    # Mobile-Former blocks instead of MetaFormer blocks (see MobileFormerConfig)
+    mobile_former: MobileFormerConfig | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _mobile_former_has_no_mixers(cls, data: Any) -> Any:
+        # a Mobile-Former stage mixes its map in its own blocks: no mixer or FFN to give
+        if isinstance(data, dict) and data.get("mobile_former") is not None:
+            data = {"mixers": ["identity"], "ffn": "none", **data}
+        return data
 
     @field_validator("head_dim")
     @classmethod
@@ -542,6 +607,52 @@ class StageConfig(_Strict):
             )
         return self
 
+    @model_validator(mode="after")
+    def _mobile_former_fits(self) -> StageConfig:
+        mf = self.mobile_former
+        if mf is None:
+            return self
+        others = {
+            "mixers": [m.kind for m in self.mixers] != ["identity"],
+            "ffn": self.ffn.kind != "none",
+            "layer_scale": self.layer_scale is not None,
+            "res_scale": self.res_scale,
+            "out_norm": self.out_norm,
+            "norm_position": self.norm_position != "pre",
+            "neighbour_conv": self.neighbour_conv is not None,
+            "bottleneck": self.bottleneck is not None,
+            "inner": self.inner is not None,
+        }
+        for field, used in others.items():
+            if used:
+                value = [m.kind for m in self.mixers] if field == "mixers" else getattr(self, field)
+                value = value.kind if isinstance(value, FFNConfig) else value
+                _fail(
+                    (field,),
+                    value,
+                    "does not apply to Mobile-Former blocks (they mix the map themselves): leave it out",
+                )
+        if len(mf.expansions) != self.depth:
+            _fail(
+                ("mobile_former", "expansions"),
+                mf.expansions,
+                f"needs one expansion per block (depth {self.depth})",
+            )
+        if mf.widths is not None and (len(mf.widths) != self.depth or mf.widths[-1] != self.width):
+            _fail(
+                ("mobile_former", "widths"),
+                mf.widths,
+                f"needs one width per block (depth {self.depth}), the last the stage's ({self.width})",
+            )
+        for w in mf.block_widths(self.width):
+            if w % mf.bridge_heads:
+                _fail(
+                    ("mobile_former", "bridge_heads"),
+                    mf.bridge_heads,
+                    f"the bridges split the map's channels into heads: {mf.bridge_heads} does not divide {w}",
+                )
+        return self
+
     @property
     def bottleneck_width(self) -> int:
         """The mixer's width: the stage's, or ``bottleneck.ratio`` times it in a bottleneck block."""
@@ -557,6 +668,15 @@ class StageConfig(_Strict):
         return self.mixers[index % len(self.mixers)]
 
 
+class MobileFormerHeadConfig(_Strict):
+    """Mobile-Former's classifier: the tokens read the last map once more (Mobile -> Former);
+    the map through a 1x1 conv to ``conv_width`` (BN, ReLU6), averaged (h-swish), concatenated with
+    the first token, then Linear to ``hidden`` (BN, h-swish), dropout and the classifier."""
+
+    conv_width: PositiveInt = Field(le=MAX_WIDTH)
+    hidden: PositiveInt = Field(le=MAX_WIDTH)
+
+
 class HeadConfig(_Strict):
     """Classifier: norm (before or after global average pooling) -> [MLP] -> Linear.
 
@@ -568,6 +688,8 @@ class HeadConfig(_Strict):
     """
 
     layer_attention: bool = False
+    # Mobile-Former's head (needs Mobile-Former stages; then no norm or MLP head)
+    mobile_former: MobileFormerHeadConfig | None = None
 
     norm: NormConfig | None = NormConfig()
     norm_position: Literal["pre_pool", "post_pool"] = "pre_pool"
@@ -700,6 +822,8 @@ class ArchConfig(_Strict):
     def _strided_blocks_can_stride(self) -> ArchConfig:
         if self.downsample.kind == "strided_block":
             for i, stage in enumerate(self.stages[1:], start=1):
+                if stage.mobile_former is not None:  # its first block strides (_mobile_former_fits)
+                    continue
                 if stage.bottleneck is None:
                     _fail(
                         ("stages", i, "bottleneck"),
@@ -717,13 +841,123 @@ class ArchConfig(_Strict):
                     )
         return self
 
+    @model_validator(mode="after")
+    def _mobile_former_model_fits(self) -> ArchConfig:
+        """Mobile-Former stages come as a whole model: a stride-2 mobilenet stem, every stage of
+        Mobile-Former blocks (each opening with its downsampling block), global tokens of their own
+        width carried through all of them, and Mobile-Former's head."""
+        mobile = [s.mobile_former is not None for s in self.stages]
+        token_dim = getattr(self.tokens, "dim", None)
+        if not any(mobile):
+            if self.stem.kind == "mobilenet":
+                _fail(
+                    ("stem", "kind"),
+                    "mobilenet",
+                    "the stride-2 'mobilenet' stem feeds Mobile-Former stages "
+                    "(stages[i].mobile_former), whose first blocks halve the map",
+                )
+            if self.head.mobile_former is not None:
+                _fail(
+                    ("head", "mobile_former"),
+                    "mobile_former",
+                    "Mobile-Former's head needs Mobile-Former stages",
+                )
+            if token_dim is not None:
+                _fail(
+                    ("tokens", "dim"),
+                    token_dim,
+                    "tokens of a width of their own are read by Mobile-Former "
+                    "blocks only (stages[i].mobile_former)",
+                )
+            return self
+        if not all(mobile):
+            i = mobile.index(False)
+            _fail(
+                ("stages", i, "mobile_former"),
+                None,
+                "Mobile-Former stages come as a whole model: every stage "
+                "needs mobile_former (the tokens' width and the strides follow from it)",
+            )
+        if self.stem.kind != "mobilenet":
+            _fail(
+                ("stem", "kind"),
+                self.stem.kind,
+                "Mobile-Former stages open with a stride-2 block: they need the stride-2 'mobilenet' stem",
+            )
+        if self.downsample.kind != "strided_block":
+            _fail(
+                ("downsample", "kind"),
+                self.downsample.kind,
+                "Mobile-Former stages downsample in their first block: use 'strided_block'",
+            )
+        tokens = self.tokens
+        if (
+            tokens is None
+            or tokens.kind != "global"
+            or token_dim is None
+            or tokens.from_stage != 0
+            or tokens.last_stage is not None
+            or tokens.each_stage != "carry"
+        ):
+            _fail(
+                ("tokens",),
+                None if tokens is None else tokens.kind,
+                "Mobile-Former stages need global "
+                "tokens of their own width carried through every stage: {kind: global, count: 6, dim: 192}",
+            )
+        assert token_dim is not None
+        if self.head.mobile_former is None:
+            _fail(
+                ("head", "mobile_former"),
+                None,
+                "Mobile-Former stages need Mobile-Former's head "
+                "(head: {mobile_former: {conv_width: ..., hidden: ...}, norm: null})",
+            )
+        for field in ("norm", "mlp_ratio"):
+            if getattr(self.head, field) is not None:
+                _fail(
+                    ("head", field),
+                    getattr(self.head, field),
+                    "does not apply to Mobile-Former's head: set it to null",
+                )
+        if self.head.layer_attention:
+            _fail(("head", "layer_attention"), True, "does not apply to Mobile-Former's head")
+        assert self.stem.widths is not None
+        in_width = self.stem.widths[-1]
+        for i, stage in enumerate(self.stages):
+            mf = stage.mobile_former
+            assert mf is not None
+            if in_width % mf.bridge_heads:
+                _fail(
+                    ("stages", i, "mobile_former", "bridge_heads"),
+                    mf.bridge_heads,
+                    f"the first block's "
+                    f"Mobile->Former bridge splits its input's {in_width} channels into heads",
+                )
+            if token_dim % mf.former_heads:
+                _fail(
+                    ("stages", i, "mobile_former", "former_heads"),
+                    mf.former_heads,
+                    f"does not divide the tokens' width {token_dim}",
+                )
+            if token_dim < mf.reduction:
+                _fail(
+                    ("stages", i, "mobile_former", "reduction"),
+                    mf.reduction,
+                    f"leaves no hidden unit of the tokens' width {token_dim}",
+                )
+            in_width = stage.width
+        return self
+
     def stage_strides(self) -> list[int]:
         """Each stage's stride: the stem's, doubled by every downsampling (4, 8, 16, 32 for a
         pyramid; 16 for an isotropic ViT's one stage), or multiplied by a nested stage's
         ``inner.patch_size`` instead (TNT: 4 x 4)."""
         strides, stride = [], self.stem.stride
         for i, stage in enumerate(self.stages):
-            stride *= stage.inner.patch_size if stage.inner is not None else (2 if i else 1)
+            # a Mobile-Former stage opens with its downsampling block, the first one too
+            opens_strided = i > 0 or stage.mobile_former is not None
+            stride *= stage.inner.patch_size if stage.inner is not None else (2 if opens_strided else 1)
             strides.append(stride)
         return strides
 
@@ -817,6 +1051,7 @@ class ArchConfig(_Strict):
         attending = [
             m.kind for i in carrying for m in self.stages[i].mixers if MIXERS.get(m.kind).attends_tokens
         ]
+        attending += [f"stages[{i}].mobile_former" for i in carrying if self.stages[i].mobile_former]
         if not attending:
             known = ", ".join(n for n in MIXERS.names() if MIXERS.get(n).attends_tokens)
             _fail(

@@ -58,6 +58,7 @@ from hvtnas.models.layers import make_act, make_norm
 from hvtnas.models.metaformer import ClassifierHead, FeaturePyramid, LayerClassAttention, MetaFormer
 from hvtnas.models.mixers import MIXERS, MixerParams, TokenMixer
 from hvtnas.models.mixers.pooling_attention import PoolingAttention
+from hvtnas.models.mobile_former import MobileFormerBlock, MobileFormerHead, MobileNetStem, MobileToFormer
 from hvtnas.models.tokens import TOKEN_STREAMS, build_token_streams
 
 ModelSpec = str | Path | ArchConfig | dict[str, Any]
@@ -93,6 +94,9 @@ def build_stem(cfg: StemConfig, in_channels: int, dim: int, patch_size: int = 16
     """The stem; ``patch_size`` is the patch of the pixel stem (4 x the nested first stage's)."""
     if cfg.kind == "pixel":
         return PixelStem(in_channels, dim, patch_size, cfg.kernel_size or 7)
+    if cfg.kind == "mobilenet":
+        assert cfg.widths is not None  # the config requires them
+        return MobileNetStem(in_channels, cfg.widths, cfg.lite_expansion or 2, make_act(cfg.act))
     if cfg.kind == "image_to_tokens":
         assert cfg.norm is not None and cfg.widths is not None  # the config requires them
         hidden = cfg.widths[0]
@@ -285,6 +289,49 @@ def _bottleneck_block(
     )
 
 
+def _mobile_former_blocks(cfg: ArchConfig, i: int, drop_rates: list[float]) -> list[MobileFormerBlock]:
+    """Stage ``i``'s Mobile-Former blocks: the first downsamples, from the previous stage's width
+    (the stem's for the first stage)."""
+    scfg = cfg.stages[i]
+    mf = scfg.mobile_former
+    assert (
+        mf is not None and cfg.tokens is not None and cfg.stem.widths is not None
+    )  # the config requires them
+    in_dim = cfg.stages[i - 1].width if i > 0 else cfg.stem.widths[-1]
+    first = sum(s.depth for s in cfg.stages[:i])
+    blocks = []
+    for j, (width, expansion) in enumerate(zip(mf.block_widths(scfg.width), mf.expansions, strict=True)):
+        blocks.append(
+            MobileFormerBlock(
+                in_dim,
+                width,
+                cfg.tokens.dim,
+                expansion,
+                stride=2 if j == 0 else 1,
+                down_expansion=mf.down_expansion,
+                bridge_heads=mf.bridge_heads,
+                former_heads=mf.former_heads,
+                former_mlp_ratio=mf.former_mlp_ratio,
+                reduction=mf.reduction,
+                token_gate=mf.token_gate,
+                drop_path=drop_rates[first + j],
+            )
+        )
+        in_dim = width
+    return blocks
+
+
+def _mobile_former_head(cfg: ArchConfig) -> MobileFormerHead:
+    """Mobile-Former's classifier, with the last stage's bridge settings for its Mobile -> Former."""
+    head, mf, tokens = cfg.head.mobile_former, cfg.stages[-1].mobile_former, cfg.tokens
+    assert head is not None and mf is not None and tokens is not None  # the config requires them
+    dim = cfg.stages[-1].width
+    bridge = MobileToFormer(dim, tokens.dim, mf.bridge_heads, mf.token_gate, cfg.drop_path_rate)
+    return MobileFormerHead(
+        dim, cfg.input.num_classes, tokens.dim, head.conv_width, head.hidden, bridge, cfg.head.dropout
+    )
+
+
 def build_model(
     spec: ModelSpec,
     *,
@@ -337,7 +384,9 @@ def build_model(
         blocks = []
         shared: dict[str, nn.Module | None] = {}  # per mixer parameters: what the stage's mixers share
         stage_shared.append(shared)
-        for j in range(first_block, scfg.depth):
+        if scfg.mobile_former is not None:
+            blocks = _mobile_former_blocks(cfg, i, drop_rates)
+        for j in range(first_block, scfg.depth if scfg.mobile_former is None else 0):
             params = scfg.mixer_for_block(j)
             if scfg.bottleneck is not None:
                 blocks.append(
@@ -406,24 +455,27 @@ def build_model(
         layer_attention = LayerClassAttention(
             last.width, last.depth, last.num_heads, last.mlp_ratio, qkv_bias, last.norm.eps
         )
-    head = ClassifierHead(
-        widths[-1],
-        cfg.input.num_classes,
-        norm=_optional_norm(head_cfg.norm, widths[-1]),
-        norm_position=head_cfg.norm_position,
-        mlp_ratio=head_cfg.mlp_ratio,
-        act=head_cfg.act,
-        dropout=head_cfg.dropout,
-        # a class token is what the classifier reads (CeiT: through its layer attention); otherwise it
-        # pools the map
-        pool="layer_attention"
-        if head_cfg.layer_attention
-        else "token"
-        if cfg.tokens is not None and TOKEN_STREAMS.get(cfg.tokens.kind).read_by_head
-        else "avg",
-        scale_norms=scale_norms,
-        layer_attention=layer_attention,
-    )
+    if head_cfg.mobile_former is not None:  # its own classifier: see hvtnas.models.mobile_former
+        head = _mobile_former_head(cfg)
+    else:
+        head = ClassifierHead(
+            widths[-1],
+            cfg.input.num_classes,
+            norm=_optional_norm(head_cfg.norm, widths[-1]),
+            norm_position=head_cfg.norm_position,
+            mlp_ratio=head_cfg.mlp_ratio,
+            act=head_cfg.act,
+            dropout=head_cfg.dropout,
+            # a class token is what the classifier reads (CeiT: through its layer attention); otherwise it
+            # pools the map
+            pool="layer_attention"
+            if head_cfg.layer_attention
+            else "token"
+            if cfg.tokens is not None and TOKEN_STREAMS.get(cfg.tokens.kind).read_by_head
+            else "avg",
+            scale_norms=scale_norms,
+            layer_attention=layer_attention,
+        )
     first = cfg.stages[0].inner
     stem_width = first.width if first is not None else widths[0]  # a nested first stage's pixels
     stem = build_stem(cfg.stem, cfg.input.channels, stem_width, 4 * (first.patch_size if first else 4))

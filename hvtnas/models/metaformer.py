@@ -181,7 +181,9 @@ class MetaFormer(nn.Module):
         self.stages = nn.ModuleList(stages)
         self.co_scale = co_scale  # CoaT's parallel blocks over the last stages' maps
         self.head = head
-        self.num_features = self.head_hidden_size = widths[-1]
+        self.num_features = widths[-1]
+        # what pre_logits returns: the pooled features, wider where the head has a hidden layer
+        self.head_hidden_size = getattr(head, "hidden_size", widths[-1])
         self.num_classes = head.num_classes
         self.grad_checkpointing = False
         strides = strides if strides is not None else [4 * 2**i for i in range(len(widths))]

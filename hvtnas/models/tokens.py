@@ -31,6 +31,10 @@ MobileNet. In hvtnas they are one mechanism, whatever they are called:
   the maps alone; ``forward_features(x, return_tokens=True)`` and
   ``forward_intermediates(..., return_prefix_tokens=True)`` (timm's name) also give the tokens.
 
+Tokens may have a width of their own (``global`` tokens' ``dim``): Mobile-Former's 192-wide
+tokens beside maps of 16 to 192 channels, which its blocks (``hvtnas.models.mobile_former``)
+bridge with cross-attention; they are carried unchanged from stage to stage.
+
 Adding a kind (say RegionViT's regional tokens, one per window of the map): a ``TokenStream``
 subclass with its ``Params`` below and one ``TOKEN_STREAMS.register`` line. Its ``forward``
 gets the stage's map (after the downsampling), so a stream may size itself by the map.
@@ -107,10 +111,18 @@ class ClassTokens(LearnedTokens):
     read_by_head = True
 
 
+class GlobalTokensParams(LearnedTokensParams):
+    # tokens of their own width, the same at every stage whatever the map's (Mobile-Former: 192
+    # beside maps of 16 to 192 channels; only its blocks read tokens that differ from the map's
+    # width); None: the width of each stage that carries them
+    dim: PositiveInt | None = Field(None, le=16384)
+
+
 class GlobalTokens(LearnedTokens):
     """Global tokens that attend to and from every pixel through the mixers that take them
-    (Vision Longformer's; Mobile-Former's token stream)."""
+    (Vision Longformer's; Mobile-Former's token stream, at a width of its own: ``dim``)."""
 
+    Params: ClassVar[type[TokenStreamParams]] = GlobalTokensParams
     paper = "Vision Longformer (Zhang et al., ICCV 2021); Mobile-Former (Chen et al., CVPR 2022)"
 
 
@@ -150,7 +162,10 @@ def build_token_streams(
     if params is None:
         return streams
     cls = TOKEN_STREAMS.get(params.kind)
-    kwargs = params.model_dump(exclude={"kind", "from_stage", "last_stage", "each_stage"})
+    kwargs = params.model_dump(exclude={"kind", "from_stage", "last_stage", "each_stage", "dim"})
+    own_width = getattr(params, "dim", None)  # tokens of a width of their own stay at it
+    if own_width is not None:
+        widths = [own_width] * len(widths)
     for i in carrying_stages(params, len(widths)):
         if i == params.from_stage or params.each_stage == "new":
             streams[i] = cls(widths[i], **kwargs)
