@@ -25,10 +25,12 @@ def test_timm_idioms_on_every_zoo_model(name: str) -> None:
         logits = model(x)
         features = model.forward_features(x)
         assert features.shape == (1, model.num_features, 64 // strides[-1], 64 // strides[-1])
-        # a model classifying from its class token needs it beside the map (None for the others)
+        # a model classifying from its class token (or Mobile-Former's first global token) needs it
+        # beside the map (None for the others)
         same, tokens = model.forward_features(x, return_tokens=True)
         torch.testing.assert_close(same, features)
-        assert (tokens is not None) == (cfg.tokens is not None and cfg.tokens.kind == "class")
+        reads_tokens = cfg.tokens is not None and (cfg.tokens.kind == "class" or cfg.head.mobile_former)
+        assert (tokens is not None) == bool(reads_tokens)
         scales = model.head.scales
         if scales > 1:  # CoaT's head weighs the last levels: their maps and tokens, as lists
             levels = model.forward_intermediates(x, return_prefix_tokens=True, intermediates_only=True)
@@ -36,7 +38,8 @@ def test_timm_idioms_on_every_zoo_model(name: str) -> None:
             with pytest.raises(HvtnasError, match="weighs the last 3 pyramid levels"):
                 model.forward_head(same, tokens=tokens[-1])
         torch.testing.assert_close(model.forward_head(features, tokens=tokens), logits)
-        assert model.forward_head(features, pre_logits=True, tokens=tokens).shape == (1, model.num_features)
+        pooled = model.forward_head(features, pre_logits=True, tokens=tokens)
+        assert pooled.shape == (1, model.head_hidden_size)  # num_features but for a head with a hidden layer
         features = same
         final, pyramid = model.forward_intermediates(x)
         torch.testing.assert_close(final, features)
@@ -49,7 +52,7 @@ def test_timm_idioms_on_every_zoo_model(name: str) -> None:
         head = model.forward_head(features, tokens=tokens)
         assert head.shape == (1, 3) and model.get_classifier().out_features == 3
         model.reset_classifier(0)
-        assert model.forward_head(features, tokens=tokens).shape == (1, model.num_features)
+        assert model.forward_head(features, tokens=tokens).shape == (1, model.head_hidden_size)
     assert logits.shape == (1, 10) and torch.isfinite(logits).all()
 
 

@@ -103,6 +103,9 @@ PUBLISHED: dict[str, Published] = {
     "halonet_h1": Published(8.1, None, None, "timm byoanet.py halonet_h1, timm's reading of the paper's H1"),
     # README "Main Results": ViL-Small with absolute position embedding; hvtnas counts 5.16 GMACs
     "vil_s": Published(24.6, 5.12, 82.0, "microsoft/vision-longformer (ViL-Small, README)"),
+    # the paper's ImageNet results (arXiv 2108.05895, CVPR 2022): Mobile-Former-294M 11.4M, 294M MACs,
+    # 77.9%; AAboys/MobileFormer's README gives the same figures
+    "mobile_former_294m": Published(11.4, 0.294, 77.9, "paper, arXiv 2108.05895 (no official code known)"),
     # the SegFormer paper and README give no ImageNet figures for the encoder alone
     "mit_b0": Published(3.3, None, None, "NVlabs/SegFormer (encoder, counted on mix_transformer.py)"),
 }
