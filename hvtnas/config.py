@@ -819,29 +819,6 @@ class ArchConfig(_Strict):
         return self
 
     @model_validator(mode="after")
-    def _strided_blocks_can_stride(self) -> ArchConfig:
-        if self.downsample.kind == "strided_block":
-            for i, stage in enumerate(self.stages[1:], start=1):
-                if stage.mobile_former is not None:  # its first block strides (_mobile_former_fits)
-                    continue
-                if stage.bottleneck is None:
-                    _fail(
-                        ("stages", i, "bottleneck"),
-                        None,
-                        "downsample 'strided_block' makes this stage's first block the downsampling: "
-                        "the stage needs bottleneck blocks",
-                    )
-                if not MIXERS.get(stage.mixers[0].kind).supports_stride:
-                    striding = [k for k in MIXERS.names() if MIXERS.get(k).supports_stride]
-                    _fail(
-                        ("stages", i, "mixers", 0),
-                        stage.mixers[0].kind,
-                        "downsample 'strided_block' needs a first mixer that can stride: "
-                        + ", ".join(striding),
-                    )
-        return self
-
-    @model_validator(mode="after")
     def _mobile_former_model_fits(self) -> ArchConfig:
         """Mobile-Former stages come as a whole model: a stride-2 mobilenet stem, every stage of
         Mobile-Former blocks (each opening with its downsampling block), global tokens of their own
@@ -947,6 +924,29 @@ class ArchConfig(_Strict):
                     f"leaves no hidden unit of the tokens' width {token_dim}",
                 )
             in_width = stage.width
+        return self
+
+    @model_validator(mode="after")
+    def _strided_blocks_can_stride(self) -> ArchConfig:
+        if self.downsample.kind == "strided_block":
+            for i, stage in enumerate(self.stages[1:], start=1):
+                if stage.mobile_former is not None:  # its first block strides (_mobile_former_fits)
+                    continue
+                if stage.bottleneck is None:
+                    _fail(
+                        ("stages", i, "bottleneck"),
+                        None,
+                        "downsample 'strided_block' makes this stage's first block the downsampling: "
+                        "the stage needs bottleneck blocks",
+                    )
+                if not MIXERS.get(stage.mixers[0].kind).supports_stride:
+                    striding = [k for k in MIXERS.names() if MIXERS.get(k).supports_stride]
+                    _fail(
+                        ("stages", i, "mixers", 0),
+                        stage.mixers[0].kind,
+                        "downsample 'strided_block' needs a first mixer that can stride: "
+                        + ", ".join(striding),
+                    )
         return self
 
     def stage_strides(self) -> list[int]:
