@@ -35,7 +35,7 @@ def describe(cfg: ArchConfig) -> str:
         text = (
             f"{s.depth}x{s.width} "
             + ("bottleneck " if s.bottleneck is not None else "")
-            + mixers(s)
+            + ("mobile_former" if s.mobile_former is not None else mixers(s))  # its blocks mix the map
             + (f" in {s.inner.width} {mixers(s.inner)}" if s.inner else "")
         )
         tokens = cfg.tokens

@@ -14,8 +14,11 @@ from hvtnas import ArchConfig, ConfigError, build_model
 from hvtnas.costs import count_flops
 from hvtnas.costs.counter import count_calls
 from hvtnas.costs.flops import analyse
+from hvtnas.models import zoo
 from hvtnas.models.mobile_former import DynamicReLU, MobileFormerBlock
+from hvtnas.models.scaling import scale_architecture
 from hvtnas.models.tokens import CarriedTokens
+from hvtnas.summary import count_params, describe
 
 T, D = 3, 16  # tokens and their width in the closed forms
 
@@ -190,6 +193,22 @@ def test_mobile_former_parts_need_mobile_former_stages() -> None:
     assert "tokens.dim: tokens of a width of their own" in _error({**plain, "tokens": tokens})
     head = {"mobile_former": {"conv_width": 8, "hidden": 8}}
     assert "head.mobile_former: Mobile-Former's head needs" in _error({**plain, "head": head})
+
+
+def test_scaling_keeps_the_blocks_consistent() -> None:
+    scaled = scale_architecture(zoo.get_config("mobile_former_294m"), width_mult=0.5, depth_mult=0.5)
+    third = scaled.stages[2]
+    assert (third.depth, third.width, third.mobile_former.expansions) == (2, 64, [6, 4])
+    assert third.mobile_former.widths == [48, 64]
+    assert scaled.head.mobile_former.conv_width == 576 and scaled.stem.widths == [8, 8]
+    assert count_params(build_model(scaled, init_weights=False)) < 11_422_648 / 2
+
+
+def test_describe_names_the_block_kind() -> None:
+    assert describe(zoo.get_config("mobile_former_294m")) == (
+        "mobilenet stem, none PE: 2x24 mobile_former, 6 global tokens | 2x48 mobile_former | "
+        "4x128 mobile_former | 3x192 mobile_former"
+    )
 
 
 def test_config_round_trips_without_the_filled_in_mixers() -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from hvtnas.config import ArchConfig, InputConfig
+from hvtnas.config import ArchConfig, InputConfig, MobileFormerConfig
 from hvtnas.errors import HvtnasError
 
 MIN_HEAD_DIM = 8  # narrower heads than this are not worth their softmax
@@ -83,10 +83,32 @@ def scale_architecture(
                 inner["width"] = _round_width(original.inner.width * width_mult, min(width_multiple, 4))
             if original.inner.heads is not None:
                 inner["heads"] = _heads_for(inner["width"], original.inner.heads)
+    for stage, original in zip(data["stages"], cfg.stages, strict=True):
+        if (
+            original.mobile_former is not None
+        ):  # per-block widths and expansions, the last block's the stage's
+            _scale_mobile_former(stage, original.mobile_former, original.width, width_mult, width_multiple)
+    if data["head"]["mobile_former"] is not None:  # Mobile-Former's head widens with the stages
+        head = data["head"]["mobile_former"]
+        head["conv_width"] = _round_width(head["conv_width"] * width_mult, width_multiple)
+        head["hidden"] = _round_width(head["hidden"] * width_mult, width_multiple)
     if cfg.stem.widths is not None:  # a conv stem's own widths (Shuffle Transformer) scale with the stages
         data["stem"]["widths"] = [_round_width(w * width_mult, width_multiple) for w in cfg.stem.widths]
     data["name"] = name or f"{cfg.name}_w{width_mult:.3g}_d{depth_mult:.3g}"
     return ArchConfig.model_validate(data)
+
+
+def _scale_mobile_former(
+    stage: dict[str, Any], original: MobileFormerConfig, width: int, width_mult: float, multiple: int
+) -> None:
+    """A Mobile-Former stage's blocks at the stage's new depth and width: the first blocks kept
+    (the downsampling one first), the last repeated where it deepens; the last block as wide as
+    the stage."""
+    depth, mf = stage["depth"], stage["mobile_former"]
+    widths = [_round_width(w * width_mult, multiple) for w in original.block_widths(width)]
+    expansions = list(original.expansions)
+    mf["expansions"] = (expansions + expansions[-1:] * depth)[:depth]
+    mf["widths"] = [*(widths + widths[-1:] * depth)[: depth - 1], stage["width"]]
 
 
 def scale_to_flops(
