@@ -294,9 +294,8 @@ def _mobile_former_blocks(cfg: ArchConfig, i: int, drop_rates: list[float]) -> l
     (the stem's for the first stage)."""
     scfg = cfg.stages[i]
     mf = scfg.mobile_former
-    assert (
-        mf is not None and cfg.tokens is not None and cfg.stem.widths is not None
-    )  # the config requires them
+    # the config requires them
+    assert mf is not None and cfg.tokens is not None and cfg.stem.widths is not None
     in_dim = cfg.stages[i - 1].width if i > 0 else cfg.stem.widths[-1]
     first = sum(s.depth for s in cfg.stages[:i])
     blocks = []
@@ -384,9 +383,9 @@ def build_model(
         blocks = []
         shared: dict[str, nn.Module | None] = {}  # per mixer parameters: what the stage's mixers share
         stage_shared.append(shared)
-        if scfg.mobile_former is not None:
+        if scfg.mobile_former is not None:  # built whole: their widths change inside the stage
             blocks = _mobile_former_blocks(cfg, i, drop_rates)
-        for j in range(first_block, scfg.depth if scfg.mobile_former is None else 0):
+        for j in range(first_block, scfg.depth if scfg.mobile_former is None else 0):  # the others
             params = scfg.mixer_for_block(j)
             if scfg.bottleneck is not None:
                 blocks.append(
