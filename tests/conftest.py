@@ -1,9 +1,15 @@
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pytest
 import torch
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # each of pytest-xdist's workers has a core of its own: two intra-op threads per worker on a
+    # 2-core machine would only contend
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
