@@ -103,6 +103,8 @@ PUBLISHED: dict[str, Published] = {
     "halonet_h1": Published(8.1, None, None, "timm byoanet.py halonet_h1, timm's reading of the paper's H1"),
     # README "Main Results": ViL-Small with absolute position embedding; hvtnas counts 5.16 GMACs
     "vil_s": Published(24.6, 5.12, 82.0, "microsoft/vision-longformer (ViL-Small, README)"),
+    # README (= paper Table 2): RegionViT-S; hvtnas counts 5.36 GMACs (fvcore on the official code 5.355)
+    "regionvit_s": Published(30.6, 5.3, 82.6, "IBM/RegionViT (RegionViT-S, README)"),
     # the SegFormer paper and README give no ImageNet figures for the encoder alone
     "mit_b0": Published(3.3, None, None, "NVlabs/SegFormer (encoder, counted on mix_transformer.py)"),
 }
