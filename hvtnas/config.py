@@ -839,7 +839,8 @@ class ArchConfig(_Strict):
                 f"the classifier reads the '{tokens.kind}' token, so the last stage "
                 f"({len(self.stages) - 1}) must carry it",
             )
-        if stream.carried_by_downsample and len(carrying) > 1 and self.downsample.kind != "conv":
+        carried = tokens.each_stage == "carry" and len(carrying) > 1
+        if stream.carried_by_downsample and carried and self.downsample.kind != "conv":
             _fail(
                 ("downsample", "kind"),
                 self.downsample.kind,

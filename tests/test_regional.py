@@ -155,6 +155,16 @@ def test_regional_tokens_made_from_the_map() -> None:
     assert [None if t is None else t.shape[1] for _, t in levels] == [None, 9, 4, 1]
 
 
+def test_fresh_regional_tokens_at_every_stage_are_made_from_the_image() -> None:
+    model = build_model(
+        _regional_config(tokens={"kind": "regional", "window_size": WINDOW, "each_stage": "new"})
+    )
+    patches = [s.tokens.proj.weight.shape[-1] for s in model.stages]
+    assert patches == [8, 16, 32, 64] and not any(s.downsample_takes_tokens for s in model.stages)
+    levels = model.forward_intermediates(torch.randn(1, 3, 40, 56), return_prefix_tokens=True)[1]
+    assert [t.shape[1] for _, t in levels] == [35, 12, 4, 1]  # 10x14, 5x7, 3x4, 2x2 maps in windows of 2
+
+
 # ----------------------------------------------------------------------------- FLOPs
 def test_the_fast_count_equals_fvcore_with_regional_tokens() -> None:
     model = build_model(_regional_config())

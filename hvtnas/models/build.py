@@ -348,6 +348,7 @@ def build_model(
     downsampled_tokens = [
         stream_cls is not None
         and stream_cls.carried_by_downsample
+        and cfg.tokens.each_stage == "carry"
         and i > cfg.tokens.from_stage
         and token_streams[i] is not None
         for i in range(len(cfg.stages))
