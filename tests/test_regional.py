@@ -274,3 +274,12 @@ def test_regional_stream_without_the_image_says_so() -> None:
         stream(torch.randn(1, 4, 4, 8), None)
     with pytest.raises(ValueError, match="one token per 2-window"):
         stream(torch.randn(1, 5, 4, 8), None, torch.randn(1, 3, 16, 16))
+
+
+def test_an_onnx_export_reproduces_the_model_where_windows_pad(tmp_path) -> None:
+    """The window grid is computed from traced shapes: by divisions ONNX performs the same way."""
+    pytest.importorskip("onnxruntime", reason="the ONNX export needs the 'export' extra")
+    from hvtnas.models.onnx import export_onnx
+
+    model = build_model(_regional_config())
+    assert export_onnx(model, tmp_path / "regional.onnx", resolution=(40, 56)).max_abs_diff < 1e-4

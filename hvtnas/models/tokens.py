@@ -159,7 +159,8 @@ class RegionalTokensParams(TokenStreamParams):
 def region_grid(height: int, width: int, window_size: int) -> tuple[int, int]:
     """The regional tokens' grid on an ``height`` x ``width`` map: one per window, a partial window
     at the bottom/right included."""
-    return -(-height // window_size), -(-width // window_size)
+    # ceil by a floor division of positive numbers: an ONNX graph traced from it divides the same way
+    return (height + window_size - 1) // window_size, (width + window_size - 1) // window_size
 
 
 class RegionalTokens(TokenStream):

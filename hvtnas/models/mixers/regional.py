@@ -65,13 +65,13 @@ class RegionalLocalAttention(WindowAttention):
             x = rearrange(sequence, "b (h w) c -> b h w c", h=H)
             return self(x).flatten(1, 2)  # (B, H*W, C)
         wh, ww, _, _ = self.geometry(H, W)
-        nh, nw = -(-H // wh), -(-W // ww)
+        x = pad_to_multiple(rearrange(sequence[:, num_tokens:], "b (h w) c -> b h w c", h=H), (wh, ww))
+        nh, nw = x.shape[1] // wh, x.shape[2] // ww  # (of the padded map: ONNX-traceable)
         if num_tokens != nh * nw:
             raise HvtnasError(
                 f"regional_local: {num_tokens} tokens beside a {H}x{W} map, which has {nh}x{nw} "
                 f"windows of {self.window_size}: it needs one regional token per window"
             )
-        x = pad_to_multiple(rearrange(sequence[:, num_tokens:], "b (h w) c -> b h w c", h=H), (wh, ww))
         windows = rearrange(x, "b (nh wh) (nw ww) c -> b (nh nw) (wh ww) c", wh=wh, ww=ww)
         regional = rearrange(sequence[:, :num_tokens], "b t c -> b t 1 c")  # each window's own
         q, k, v = self.project_qkv(torch.cat([regional, windows], dim=2))  # (B, nW, heads, 1 + N, d)
