@@ -58,7 +58,7 @@ from hvtnas.models.layers import make_act, make_norm
 from hvtnas.models.metaformer import ClassifierHead, FeaturePyramid, LayerClassAttention, MetaFormer
 from hvtnas.models.mixers import MIXERS, MixerParams, TokenMixer
 from hvtnas.models.mixers.pooling_attention import PoolingAttention
-from hvtnas.models.tokens import TOKEN_STREAMS, build_token_streams
+from hvtnas.models.tokens import TOKEN_STREAMS, CarriedTokens, build_token_streams
 
 ModelSpec = str | Path | ArchConfig | dict[str, Any]
 
@@ -342,16 +342,12 @@ def build_model(
         strides=strides,
         in_channels=cfg.input.channels,
     )
-    # RegionViT: a stage's downsampling carries the regional tokens too (one per window of the map)
+    # RegionViT: where a stage carries the regional tokens on, its downsampling takes them there too
+    # (as a map of their own, one token per window of the map)
     stream_cls = TOKEN_STREAMS.get(cfg.tokens.kind) if cfg.tokens is not None else None
     token_window = getattr(cfg.tokens, "window_size", None)
     downsampled_tokens = [
-        stream_cls is not None
-        and stream_cls.carried_by_downsample
-        and cfg.tokens.each_stage == "carry"
-        and i > cfg.tokens.from_stage
-        and token_streams[i] is not None
-        for i in range(len(cfg.stages))
+        isinstance(stream, CarriedTokens) and stream_cls.carried_by_downsample for stream in token_streams
     ]
     stages = []
     stage_shared: list[dict[str, nn.Module | None]] = []
