@@ -279,6 +279,9 @@ class DownsampleConfig(_Kinded):
     ``strided_block`` is ResNet's (HaloNet): no separate layer; the first block of each later
     stage, a bottleneck block, halves the map with a stride-2 mixer and a strided 1x1 conv + norm
     on its shortcut (those stages need ``bottleneck`` and a mixer that can stride).
+    ``act`` (conv only) acts between the pre-norm and the conv, and ``depthwise`` (conv only) gives
+    the conv one group per input channel (each makes C_out / C_in channels): RegionViT's LN -> GELU
+    -> depthwise 3x3, which also downsamples its regional tokens.
     """
 
     kind: Literal["conv", "patch_merging", "pool", "pooling_attention", "strided_block"] = "conv"
@@ -291,6 +294,21 @@ class DownsampleConfig(_Kinded):
     bias: bool = True
     norm: NormConfig | None = None
     norm_position: Literal["pre", "post"] = "post"
+    act: Activation | None = None  # conv only: after the pre-norm
+    depthwise: bool = False  # conv only: one group per input channel
+
+    @model_validator(mode="after")
+    def _conv_only_fields(self) -> DownsampleConfig:
+        for field, used in (("act", self.act is not None), ("depthwise", self.depthwise)):
+            if used and self.kind != "conv":
+                _fail(
+                    (field,),
+                    getattr(self, field),
+                    f"applies to the 'conv' downsampling only (this one is '{self.kind}')",
+                )
+        if self.depthwise and self.kernel_sizes is not None:
+            _fail(("depthwise",), True, "the cross-scale embedding (kernel_sizes) has no depthwise form")
+        return self
 
     @model_validator(mode="after")
     def _widen_needs_attention(self) -> DownsampleConfig:
@@ -980,6 +998,20 @@ class ArchConfig(_Strict):
         return self
 
     @model_validator(mode="after")
+    def _depthwise_downsampling_widens_by_a_whole_factor(self) -> ArchConfig:
+        if self.downsample.depthwise:
+            for i in range(1, len(self.stages)):
+                before, width = self.stages[i - 1].width, self.stages[i].width
+                if width % before:
+                    _fail(
+                        ("stages", i, "width"),
+                        width,
+                        f"the depthwise downsampling makes {width} channels from {before}, one group per "
+                        "input channel: it needs a multiple of the previous stage's width",
+                    )
+        return self
+
+    @model_validator(mode="after")
     def _co_scale_fits(self) -> ArchConfig:
         group = self.co_scale
         if group is None:
@@ -1033,13 +1065,27 @@ class ArchConfig(_Strict):
                 f"must be a stage index from from_stage ({tokens.from_stage}) to {len(self.stages) - 1}",
             )
         carrying = carrying_stages(tokens, len(self.stages))
-        if TOKEN_STREAMS.get(tokens.kind).read_by_head and carrying[-1] != len(self.stages) - 1:
+        stream = TOKEN_STREAMS.get(tokens.kind)
+        if (stream.read_by_head or stream.pooled_by_head) and carrying[-1] != len(self.stages) - 1:
             _fail(
                 ("tokens", "last_stage"),
                 tokens.last_stage,
                 f"the classifier reads the '{tokens.kind}' token, so the last stage "
                 f"({len(self.stages) - 1}) must carry it",
             )
+        carried = tokens.each_stage == "carry" and len(carrying) > 1
+        if stream.carried_by_downsample and carried and self.downsample.kind != "conv":
+            _fail(
+                ("downsample", "kind"),
+                self.downsample.kind,
+                f"the '{tokens.kind}' tokens are carried to the next stage by its downsampling, as a "
+                "map of their own: it must be 'conv'",
+            )
+        for i in carrying:
+            for j, mixer in enumerate(self.stages[i].mixers):
+                problem = mixer.tokens_problem(tokens)
+                if problem is not None:
+                    _fail(("stages", i, "mixers", j), mixer.kind, f"mixer '{mixer.kind}' {problem}")
         for i in carrying:
             if self.stages[i].norm.kind == "batchnorm":
                 _fail(

@@ -44,7 +44,7 @@ def _closed_form(kind: str, H: int, W: int) -> int:
     N = H * W
     if kind == "attention":
         return 4 * N * C * C + 2 * N * N * C  # qkv + proj, Q K^T + A V
-    if kind in ("window", "shifted_window", "dilated_window"):
+    if kind in ("window", "shifted_window", "dilated_window", "regional_local"):  # (no regional tokens)
         Np = (H + (-H) % 7) * (W + (-W) % 7)  # padded to whole 7x7 windows
         return 4 * Np * C * C + 2 * Np * 49 * C
     if kind == "spatial_reduction":  # sr_ratio 2
@@ -238,6 +238,7 @@ CLOSED_FORM_KINDS = [
     "conv_self_attention",
     "recursive_atrous",
     "separable_window",
+    "regional_local",
 ]
 
 
@@ -367,6 +368,7 @@ ZOO_MACS = {
     "pvt_v2_b0": (572_024_064, 26_763_008_000),
     "pvt_v2_b1": (2_120_272_384, 73_448_960_000),
     "pvt_v2_b2": (4_045_817_152, 139_039_040_000),
+    "regionvit_s": (5_360_278_272, 114_249_491_136),
     "rest_lite": (1_542_953_600, 61_055_744_000),
     "s2mlp_wide": (14_007_849_984, 285_858_816_000),
     "sepvit_t": (4_533_371_904, 106_231_989_120),

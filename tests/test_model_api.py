@@ -11,6 +11,7 @@ from hvtnas import build_model
 from hvtnas.costs.memory import saved_activation_bytes
 from hvtnas.errors import HvtnasError
 from hvtnas.models import FeaturePyramid, zoo
+from hvtnas.models.tokens import carrying_stages
 from tests.conftest import tiny_config
 
 
@@ -25,12 +26,14 @@ def test_timm_idioms_on_every_zoo_model(name: str) -> None:
         logits = model(x)
         features = model.forward_features(x)
         assert features.shape == (1, model.num_features, 64 // strides[-1], 64 // strides[-1])
-        # a model classifying from its class token (or Mobile-Former's first global token) needs it
-        # beside the map (None for the others)
+        # a model classifying from its class (or regional) tokens needs them beside the map (None for
+        # a model whose last stage carries none)
         same, tokens = model.forward_features(x, return_tokens=True)
         torch.testing.assert_close(same, features)
-        reads_tokens = cfg.tokens is not None and (cfg.tokens.kind == "class" or cfg.head.mobile_former)
-        assert (tokens is not None) == bool(reads_tokens)
+        last = len(cfg.stages) - 1
+        assert (tokens is not None) == (
+            cfg.tokens is not None and carrying_stages(cfg.tokens, last + 1)[-1] == last
+        )
         scales = model.head.scales
         if scales > 1:  # CoaT's head weighs the last levels: their maps and tokens, as lists
             levels = model.forward_intermediates(x, return_prefix_tokens=True, intermediates_only=True)

@@ -37,7 +37,7 @@ def test_tokens_round_trip_through_yaml() -> None:
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"tokens": {"kind": "cls"}}, "tokens: unknown token stream 'cls'; known: class, global"),
+        ({"tokens": {"kind": "cls"}}, "tokens: unknown token stream 'cls'; known: class, global, regional"),
         ({"tokens": {"kind": "class", "count": 0}}, "tokens.count: Input should be greater than 0"),
         ({"tokens": {"kind": "class", "from_stage": 4}}, "tokens.from_stage: is not a stage index"),
         ({"tokens": {"kind": "class", "window": 2}}, "tokens.window: unknown key"),
@@ -134,7 +134,7 @@ def test_axial_position_entries_of_fresh_tokens_at_every_stage() -> None:
 
 
 def test_the_registry_holds_the_kinds() -> None:
-    assert TOKEN_STREAMS.names() == ["class", "global"]
+    assert TOKEN_STREAMS.names() == ["class", "global", "regional"]
     assert TOKEN_STREAMS.get("class").read_by_head and not TOKEN_STREAMS.get("global").read_by_head
 
 
@@ -344,8 +344,14 @@ def test_the_mixers_that_attend_to_tokens() -> None:
         "longformer",
         "pooled_reduction",
         "pooling_attention",
+        "regional_local",
         "spatial_reduction",
     ]
+
+
+# tokens beside a 9 x 11 map: three, or one per window where a mixer needs that (regional_local:
+# 2 x 2 windows of 7)
+TOKENS_BESIDE_THE_MAP = {"regional_local": 4}
 
 
 @pytest.mark.parametrize("kind", ATTENDING)
@@ -356,7 +362,8 @@ def test_every_attending_mixer_mixes_tokens_and_map_both_ways(kind: str) -> None
         kwargs["map_size"] = 9
     mixer = cls(16, num_heads=2, **kwargs).double().eval()
     x = torch.randn(1, 9, 11, 16, dtype=torch.float64, requires_grad=True)
-    tokens = torch.randn(1, 3, 16, dtype=torch.float64, requires_grad=True)
+    count = TOKENS_BESIDE_THE_MAP.get(kind, 3)
+    tokens = torch.randn(1, count, 16, dtype=torch.float64, requires_grad=True)
     out, out_tokens = mixer.forward_with_tokens(x, tokens)
     assert out.shape == x.shape and out_tokens.shape == tokens.shape
     (grad_x,) = torch.autograd.grad(out_tokens.sum(), x, retain_graph=True)

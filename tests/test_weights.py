@@ -295,6 +295,69 @@ def test_official_vil_checkpoint_loads(tmp_path: Path) -> None:
         load_weights(build_model("vil_s", init_weights=False), path)
 
 
+def _official_regionvit_state(state: dict[str, torch.Tensor], rel_pos: torch.Tensor) -> dict:
+    """IBM/RegionViT's names and shapes: the stem a Sequential (convs 0, 3, 6; LayerNorm2d 1, 4 with
+    (1, C, 1, 1) parameters), ``cls_token`` the regional patch embedding, ``layers.<i>.block.0`` the
+    projection (saved twice: ``proj`` and ``proj_cls`` are one module), ``block.<j + 1>`` block j;
+    every block's ``attn.rel_pos`` is ``rel_pos`` (heads, 169), which hvtnas gets in its own layout."""
+    out = {}
+    for key, value in state.items():
+        if key.endswith("relative_position_bias_table"):
+            value = rel_pos[: value.shape[1]]
+        stem = re.match(r"stem\.(convs|norms)\.(\d)\.(\w+)", key)
+        if stem:
+            index = 3 * int(stem[2]) + (stem[1] == "norms")
+            key = f"patch_embed.proj.{index}.{stem[3]}"
+        key = key.replace("stages.0.tokens.proj.", "cls_token.proj.")
+        down = re.match(r"stages\.(\d)\.downsample\.(pre_norm|conv)\.(\w+)", key)
+        if down:
+            for proj in ("proj", "proj_cls"):
+                part = 0 if down[2] == "pre_norm" else 2
+                out[f"layers.{down[1]}.block.0.{proj}.{part}.{down[3]}"] = value
+            continue
+        key = re.sub(r"stages\.(\d)\.blocks\.(\d+)\.", lambda m: f"layers.{m[1]}.block.{int(m[2]) + 1}.", key)
+        key = key.replace(".norm_tokens.", ".norm0.").replace(
+            ".mixer.relative_position_bias_table", ".attn.rel_pos"
+        )
+        key = key.replace(".mixer.", ".attn.").replace(".ffn.", ".mlp.")
+        key = key.replace("head.norm.", "norm.").replace("head.fc.", "head.")
+        out[key] = value
+    for key in [
+        k for k in out if re.match(r"(patch_embed\.proj\.[14]|layers\.\d\.block\.0\.proj\w*\.0)\.", k)
+    ]:
+        out[key] = out[key].reshape(1, -1, 1, 1)  # LayerNorm2d
+    return out
+
+
+def test_official_regionvit_checkpoint_loads_with_its_position_table(tmp_path: Path) -> None:
+    """The official table is read at ``tmp[dy - y + 3, dx - x + 3]`` for query (y, x) and key
+    (dy, dx) in a 7x7 window (a 13x13 grid of indices; Python's negative indices wrap): loaded,
+    hvtnas's bias equals the official one for every query, key and head."""
+    with torch.device("meta"):
+        meta = build_model("regionvit_s", init_weights=False)
+    state = {k: torch.randn(v.shape) for k, v in meta.state_dict().items()}
+    rel_pos = torch.randn(24, 169)
+    official = _official_regionvit_state(state, rel_pos)
+    assert "layers.2.block.0.proj_cls.2.weight" in official and "layers.0.block.2.norm0.bias" in official
+    path = tmp_path / "regionvit_s.pth"
+    torch.save(official, path)
+    model = build_model("regionvit_s", init_weights=False)
+    assert load_weights(model, path) == ("official-regionvit", [])
+    for key, value in model.state_dict().items():
+        if not key.endswith("relative_position_bias_table"):
+            torch.testing.assert_close(value, state[key].reshape(value.shape), msg=key)
+    grid = torch.arange(169).reshape(13, 13)
+    cells = [(y, x) for y in range(7) for x in range(7)]
+    index = torch.tensor([[int(grid[ky - qy + 3, kx - qx + 3]) for ky, kx in cells] for qy, qx in cells])
+    mixer = model.stages[3].blocks[1].mixer  # 24 heads
+    torch.testing.assert_close(mixer.position_bias(7, 7, torch.device("cpu")), rel_pos[:, index])
+    # a regional projection that is not the map's own is no RegionViT hvtnas builds: refused, named
+    official["layers.1.block.0.proj_cls.2.weight"] = torch.randn(192, 1, 3, 3)
+    torch.save(official, path)
+    with pytest.raises(WeightsError, match=r"proj_cls"):
+        load_weights(build_model("regionvit_s", init_weights=False), path)
+
+
 @pytest.mark.parametrize("name", ["cvt_13", "pvt_tiny"])
 def test_official_class_token_checkpoints_load(name: str, tmp_path: Path) -> None:
     source = build_model(name)

@@ -53,7 +53,10 @@ class MetaFormerBlock(nn.Module):
     (shortcut scale); both identity unless configured. A mixer with ``residual = False``
     replaces x (ShiftViT); ``ffn=None`` drops the second sub-block (CoAtNet MBConv stages).
     ``neighbour_conv`` adds a sub-block between the two, ``x = x + neighbour_conv(norm(x))``,
-    without drop path or scales (Shuffle Transformer).
+    without drop path or scales (Shuffle Transformer). In a stage that carries tokens (``carries_tokens``),
+    a mixer with ``attends_tokens_first`` gets a sub-block on the tokens alone before its own,
+    ``tokens = tokens + drop(mixer.forward_tokens(norm(tokens)))``, with a norm of its own and no
+    scales (RegionViT's regional self-attention).
     """
 
     def __init__(
@@ -67,10 +70,13 @@ class MetaFormerBlock(nn.Module):
         res_scale: bool = False,
         post_norm: bool = False,
         neighbour_conv: NeighbourConv | None = None,
+        carries_tokens: bool = False,
     ) -> None:
         super().__init__()
         self.post_norm = post_norm
         self.mixer_residual = mixer.residual
+        # RegionViT: the tokens attend among themselves first, through a norm of their own
+        self.norm_tokens = norm() if carries_tokens and mixer.attends_tokens_first else None
         if self.mixer_residual:
             self.norm1 = norm()
         self.mixer = mixer
@@ -130,6 +136,12 @@ class MetaFormerBlock(nn.Module):
     def _drop_factor(self, x: Tensor) -> Tensor | None:
         return self.drop_path.sample_factor(x) if isinstance(self.drop_path, DropPath) else None
 
+    def _tokens_first(self, tokens: Tensor) -> Tensor:
+        """The sub-block on the ``(B, T, C)`` tokens alone (``norm_tokens``; RegionViT's RSA)."""
+        if self.norm_tokens is None:
+            return tokens
+        return tokens + self.drop_path(self._branch(self.mixer.forward_tokens, self.norm_tokens, tokens))
+
     def forward(self, x: Tensor) -> Tensor:  # x: (B, H, W, C)
         if self.mixer_residual:
             x = self._add(x, self._branch(self.mixer, self.norm1, x), self.res_scale1, self.layer_scale1)
@@ -144,6 +156,9 @@ class MetaFormerBlock(nn.Module):
     def forward_sequence(self, sequence: Tensor, num_tokens: int, size: tuple[int, int]) -> Tensor:
         """The block on ``[tokens; pixels]`` ``(B, T + H*W, C)`` (``takes_sequence`` blocks only):
         the sequence model's block, without splitting the tokens from the map."""
+        if self.norm_tokens is not None:
+            tokens = self._tokens_first(sequence[:, :num_tokens])
+            sequence = torch.cat([tokens, sequence[:, num_tokens:]], dim=1)  # (B, T + H*W, C)
         if self.post_norm:
             mixed = self.norm1(self.mixer.forward_sequence(sequence, num_tokens, size))
         else:
@@ -160,6 +175,7 @@ class MetaFormerBlock(nn.Module):
         norms, FFN, scales and drop path act on the tokens as on the pixels, each token as a 1x1
         map (``per_token``), one drop-path draw per sample for both (with a LayerNorm and an MLP,
         the sequence model's block on ``[tokens; pixels]``)."""
+        tokens = self._tokens_first(tokens)
         if self.mixer_residual and self.mixer.attends_tokens:
             if self.post_norm:
                 mixed, mixed_tokens = self.mixer.forward_with_tokens(x, tokens)
@@ -275,13 +291,18 @@ class Stage(nn.Module):
         self.grad_checkpointing = False  # MetaFormer.set_grad_checkpointing
         self.token_history = False
 
-    def forward(self, x: Tensor, tokens: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+    def forward(
+        self, x: Tensor, tokens: Tensor | None = None, image: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | None]:
+        """``(map, tokens)`` from the previous stage's; ``image``, the model's input, is for a token
+        stream that embeds it (RegionViT's regional tokens)."""
         if tokens is not None and self.tokens is not None and self.downsample_takes_tokens:
-            x, tokens = self.downsample.forward_with_tokens(x, tokens)  # MViT's transition block
+            # MViT's transition block; RegionViT's projection of both the map and its regional tokens
+            x, tokens = self.downsample.forward_with_tokens(x, tokens)
             x = self.pos_embed(x)
         else:
             x = self.pos_embed(self.downsample(x))
-        tokens = self.tokens(x, tokens) if self.tokens is not None else None
+        tokens = self.tokens(x, tokens, image) if self.tokens is not None else None
         checkpoint = self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting()
         if tokens is not None and self.peg is None and all(b.takes_sequence for b in self.blocks):
             return self._forward_sequence(x, tokens, checkpoint)
@@ -544,10 +565,12 @@ class NestedStage(Stage):
     makes from those pixels. The pixels end with the stage: the pyramid level and the next stage
     see its map only."""
 
-    def forward(self, x: Tensor, tokens: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+    def forward(
+        self, x: Tensor, tokens: Tensor | None = None, image: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | None]:
         pixels = x  # (B, h*p, w*p, c)
         x = self.pos_embed(self.downsample(pixels))  # (B, h, w, C)
-        tokens = self.tokens(x, tokens) if self.tokens is not None else None
+        tokens = self.tokens(x, tokens, image) if self.tokens is not None else None
         checkpoint = self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting()
         history = []
         for i, block in enumerate(self.blocks):

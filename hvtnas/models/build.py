@@ -59,7 +59,7 @@ from hvtnas.models.metaformer import ClassifierHead, FeaturePyramid, LayerClassA
 from hvtnas.models.mixers import MIXERS, MixerParams, TokenMixer
 from hvtnas.models.mixers.pooling_attention import PoolingAttention
 from hvtnas.models.mobile_former import MobileFormerBlock, MobileFormerHead, MobileNetStem, MobileToFormer
-from hvtnas.models.tokens import TOKEN_STREAMS, build_token_streams
+from hvtnas.models.tokens import TOKEN_STREAMS, CarriedTokens, build_token_streams
 
 ModelSpec = str | Path | ArchConfig | dict[str, Any]
 
@@ -127,7 +127,11 @@ def build_stem(cfg: StemConfig, in_channels: int, dim: int, patch_size: int = 16
     return ConvStem(in_channels, widths, cfg.conv_strides(), cfg.conv_kernel_sizes(), norms, acts, biases)
 
 
-def build_downsample(cfg: DownsampleConfig, in_dim: int, out_dim: int) -> nn.Module | None:
+def build_downsample(
+    cfg: DownsampleConfig, in_dim: int, out_dim: int, token_window: int | None = None
+) -> nn.Module | None:
+    """The downsampling into a stage of ``out_dim`` channels; ``token_window``: it also carries
+    the regional tokens, one per such window of the map (RegionViT)."""
     if cfg.kind in ("pooling_attention", "strided_block"):
         return None  # built with the stage it opens (build_model)
     post = _optional_norm(cfg.norm, out_dim) if cfg.norm_position == "post" else None
@@ -142,7 +146,18 @@ def build_downsample(cfg: DownsampleConfig, in_dim: int, out_dim: int) -> nn.Mod
         ks = cfg.kernel_sizes
         widths = cross_scale_widths(out_dim, len(ks))
         cross_scale = CrossScaleConv(in_dim, widths, ks, 2, [(k - 1) // 2 for k in ks], cfg.bias)
-    return ConvDownsample(in_dim, out_dim, cfg.kernel_size, cfg.bias, pre, post, cross_scale)
+    return ConvDownsample(
+        in_dim,
+        out_dim,
+        cfg.kernel_size,
+        cfg.bias,
+        pre,
+        post,
+        cross_scale,
+        act=make_act(cfg.act) if cfg.act is not None else None,
+        groups=in_dim if cfg.depthwise else 1,
+        token_window=token_window,
+    )
 
 
 def _init_weights(module: nn.Module) -> None:
@@ -366,14 +381,33 @@ def build_model(
     attention_transitions = cfg.downsample.kind == "pooling_attention"
     # MViT v1: the last block of every stage but the last ends in the next stage's transition
     widen_in_ffn = attention_transitions and cfg.downsample.widen == "ffn"
-    token_streams = build_token_streams(cfg.tokens, widths, carried_by_downsample=attention_transitions)
+    token_streams = build_token_streams(
+        cfg.tokens,
+        widths,
+        carried_by_downsample=attention_transitions,
+        strides=strides,
+        in_channels=cfg.input.channels,
+    )
+    # RegionViT: where a stage carries the regional tokens on, its downsampling takes them there too
+    # (as a map of their own, one token per window of the map)
+    stream_cls = TOKEN_STREAMS.get(cfg.tokens.kind) if cfg.tokens is not None else None
+    token_window = getattr(cfg.tokens, "window_size", None)
+    downsampled_tokens = [
+        isinstance(stream, CarriedTokens) and stream_cls.carried_by_downsample for stream in token_streams
+    ]
     stages = []
     stage_shared: list[dict[str, nn.Module | None]] = []
     for i, scfg in enumerate(cfg.stages):
         dim = scfg.width
         map_size = -(-cfg.input.resolution // strides[i])  # the stage's map side at the configured resolution
         norm_factory = _norm_factory(scfg.norm)
-        downsample = build_downsample(cfg.downsample, widths[i - 1], dim) if i > 0 else None
+        downsample = (
+            build_downsample(
+                cfg.downsample, widths[i - 1], dim, token_window if downsampled_tokens[i] else None
+            )
+            if i > 0
+            else None
+        )
         first_block = 0
         if i > 0 and attention_transitions:
             downsample = _attention_downsample(cfg, i, drop_rates)
@@ -403,6 +437,7 @@ def build_model(
                 res_scale=scfg.res_scale,
                 post_norm=scfg.norm_position == "post",
                 neighbour_conv=NeighbourConv(dim, scfg.neighbour_conv) if scfg.neighbour_conv else None,
+                carries_tokens=token_streams[i] is not None,
             )
             if scfg.inner is not None:
                 pixel_map = map_size * scfg.inner.patch_size
@@ -435,7 +470,7 @@ def build_model(
                 if scfg.out_norm
                 else None,
                 tokens=token_streams[i],
-                downsample_takes_tokens=i > 0 and attention_transitions,
+                downsample_takes_tokens=i > 0 and (attention_transitions or downsampled_tokens[i]),
             )
         )
     co_scale = None
@@ -470,7 +505,9 @@ def build_model(
             pool="layer_attention"
             if head_cfg.layer_attention
             else "token"
-            if cfg.tokens is not None and TOKEN_STREAMS.get(cfg.tokens.kind).read_by_head
+            if stream_cls is not None and stream_cls.read_by_head
+            else "avg_tokens"  # RegionViT: its regional tokens
+            if stream_cls is not None and stream_cls.pooled_by_head
             else "avg",
             scale_norms=scale_norms,
             layer_attention=layer_attention,

@@ -12,6 +12,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from hvtnas.models.layers import nchw_to_nhwc, nhwc_to_nchw, pad_to_multiple
+from hvtnas.models.tokens import region_grid
 
 
 # ----------------------------------------------------------------------------- stems
@@ -192,9 +193,14 @@ class ResNetStem(nn.Module):
 
 # ----------------------------------------------------------------------------- downsampling
 class ConvDownsample(nn.Module):
-    """k x k conv with stride 2 and padding (k-1)//2, with an optional pre- or post-norm.
+    """k x k conv with stride 2 and padding (k-1)//2, with an optional pre- or post-norm, an
+    optional activation after the pre-norm and ``groups`` (RegionViT: LN -> GELU -> a conv with one
+    group per input channel).
 
     With an even k an odd map is zero-padded at the bottom/right first, so no row is dropped.
+    ``token_window``: the tokens beside the map are a coarser map of their own, one per
+    ``token_window`` x ``token_window`` window of it (RegionViT's regional tokens), and go through
+    the same layers (``forward_with_tokens``; the official code's one projection for both).
     """
 
     def __init__(
@@ -206,26 +212,50 @@ class ConvDownsample(nn.Module):
         pre_norm: nn.Module | None,
         post_norm: nn.Module | None,
         cross_scale: CrossScaleConv | None = None,
+        act: nn.Module | None = None,
+        groups: int = 1,
+        token_window: int | None = None,
     ) -> None:
         super().__init__()
         self.pre_norm = pre_norm if pre_norm is not None else nn.Identity()
+        self.act = act if act is not None else nn.Identity()
         if cross_scale is not None:  # CrossFormer: several kernels, concatenated
             self.conv = cross_scale
             kernels = [conv.kernel_size[0] for conv in cross_scale.convs]
         else:
             self.conv = nn.Conv2d(
-                in_dim, out_dim, kernel_size, stride=2, padding=(kernel_size - 1) // 2, bias=bias
+                in_dim,
+                out_dim,
+                kernel_size,
+                stride=2,
+                padding=(kernel_size - 1) // 2,
+                bias=bias,
+                groups=groups,
             )
             kernels = [kernel_size]
         self.post_norm = post_norm if post_norm is not None else nn.Identity()
         # even kernels would drop the last row of an odd map (and disagree with odd ones on its size)
         self.pad_odd = any(k % 2 == 0 for k in kernels)
+        self.token_window = token_window
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.pre_norm(x)
+        x = self.act(self.pre_norm(x))
         if self.pad_odd:
             x = pad_to_multiple(x, 2)
         return self.post_norm(nchw_to_nhwc(self.conv(nhwc_to_nchw(x))))
+
+    def forward_with_tokens(self, x: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
+        """The map ``(B, H, W, C)`` and its ``(B, T, C)`` regional tokens, both downsampled."""
+        if self.token_window is None:
+            raise ValueError("this downsampling has no token grid (token_window) to carry tokens on")
+        grid_h, grid_w = region_grid(x.shape[1], x.shape[2], self.token_window)
+        if tokens.shape[1] != grid_h * grid_w:
+            raise ValueError(
+                f"{tokens.shape[1]} tokens beside a {tuple(x.shape[1:3])} map: expected one per "
+                f"{self.token_window}-window ({grid_h} x {grid_w})"
+            )
+        grid = rearrange(tokens, "b (h w) c -> b h w c", h=grid_h)  # the tokens as their own map
+        return self(x), self(grid).flatten(1, 2)  # (B, H/2, W/2, C'), (B, T', C')
 
 
 class PoolDownsample(nn.Module):

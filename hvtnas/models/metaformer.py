@@ -60,7 +60,8 @@ class ClassifierHead(nn.Module):
     """norm (before or after global average pooling) -> [MLP: fc -> act -> LN] -> dropout -> fc.
 
     ``pool``: ``avg`` averages the map; ``token`` reads the first token beside it (the class token,
-    timm's ``global_pool='token'``) instead, normalised. ``pre_logits`` returns the pooled features
+    timm's ``global_pool='token'``) instead, normalised; ``avg_tokens`` averages the normalised
+    tokens beside it (RegionViT's regional tokens). ``pre_logits`` returns the pooled features
     (``num_features`` wide), as timm's heads do.
     """
 
@@ -143,6 +144,13 @@ class ClassifierHead(nn.Module):
                     "model.forward_head(feats, tokens=tokens)), or call model(x)"
                 )
             return norm(tokens[:, 0])  # (B, C): one token, so pre- and post-pool norms agree
+        if self.pool == "avg_tokens":  # RegionViT: its regional tokens, normalised, averaged
+            if tokens is None:
+                raise HvtnasError(
+                    "this model classifies from the tokens beside its map: give forward_head the tokens "
+                    "(model.forward_features(x, return_tokens=True)), or call model(x)"
+                )
+            return norm(tokens).mean(dim=1)
         if self.pool == "layer_attention":
             if tokens is None or self.layer_attention is None:
                 raise HvtnasError(
@@ -343,9 +351,10 @@ class MetaFormer(nn.Module):
         """(B, 3, H, W) -> per stage run, its map (B, H/s, W/s, C) and the (B, T, C) tokens beside it
         (None for none); the co-scale group's levels after it, where all stages ran."""
         levels = []
+        image = x  # for token streams that embed it (RegionViT's regional tokens)
         x, tokens = self._stem(x), None
         for stage in stages:
-            x, tokens = stage(x, tokens)
+            x, tokens = stage(x, tokens, image)
             levels.append((x, tokens))
         if self.co_scale is not None and len(levels) == len(self.stages):
             fused = len(self.co_scale.blocks[0].mixers)  # the last stages, side by side

@@ -13,8 +13,8 @@ MobileNet. In hvtnas they are one mechanism, whatever they are called:
   stage they are a ``(B, T, C)`` tensor beside the ``(B, H, W, C)`` map; a stage with no tokens
   returns ``None`` for them.
 - **The kind says what the classifier reads.** A ``class`` token is read by the classifier (its
-  first token, normalised; timm's ``global_pool='token'``); with any other kind the classifier
-  pools the map.
+  first token, normalised; timm's ``global_pool='token'``); ``regional`` tokens are normalised and
+  averaged (RegionViT); with any other kind the classifier pools the map.
 - **Mixers decide how tokens meet the map.** A mixer with ``attends_tokens = True`` implements
   ``forward_sequence`` on ``[tokens; pixels]`` ``(B, T + H*W, C)`` and mixes the two together
   (global attention, PVT's
@@ -35,9 +35,19 @@ Tokens may have a width of their own (``global`` tokens' ``dim``): Mobile-Former
 tokens beside maps of 16 to 192 channels, which its blocks (``hvtnas.models.mobile_former``)
 bridge with cross-attention; they are carried unchanged from stage to stage.
 
-Adding a kind (say RegionViT's regional tokens, one per window of the map): a ``TokenStream``
-subclass with its ``Params`` below and one ``TOKEN_STREAMS.register`` line. Its ``forward``
-gets the stage's map (after the downsampling), so a stream may size itself by the map.
+Adding a kind: a ``TokenStream`` subclass with its ``Params`` below and one
+``TOKEN_STREAMS.register`` line. Its ``forward`` gets the stage's map (after the downsampling), so
+a stream may size itself by the map, and the image (RegionViT's regional tokens are a patch
+embedding of it).
+
+RegionViT's ``regional`` tokens are one per ``window_size`` x ``window_size`` window of the map (the
+map's windows counted from its top left, a partial window at the bottom/right included: a grid of
+ceil(H / w) x ceil(W / w)), in the grid's row-major order. They are made at ``from_stage`` from the
+image (a patch embedding with the stage's stride times ``w``) or from the map (one w x w
+convolution per window), and carried on as a coarser map of their own: the stage's downsampling
+acts on them as on the map (RegionViT's one projection for both; ``downsample: {kind: conv}``).
+The ``regional_local`` mixer (``hvtnas.models.mixers.regional``) attends within each window's
+``[regional token; local pixels]``.
 """
 
 from __future__ import annotations
@@ -45,9 +55,12 @@ from __future__ import annotations
 from typing import ClassVar, Literal
 
 import torch
+import torch.nn.functional as F
+from einops import rearrange
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 from torch import Tensor, nn
 
+from hvtnas.models.layers import nchw_to_nhwc, nhwc_to_nchw, pad_to_multiple
 from hvtnas.registry import Registry
 
 
@@ -64,15 +77,23 @@ class TokenStreamParams(BaseModel):
 
 
 class TokenStream(nn.Module):
-    """Base: ``forward(x, previous)`` gives the ``(B, T, C)`` tokens a stage starts with, from its
-    map ``x`` ``(B, H, W, C)`` (after the downsampling) and the previous stage's tokens (None at
-    the first stage that has them)."""
+    """Base: ``forward(x, previous, image)`` gives the ``(B, T, C)`` tokens a stage starts with,
+    from its map ``x`` ``(B, H, W, C)`` (after the downsampling), the previous stage's tokens (None
+    at the first stage that has them) and the model's input image ``(B, C_in, H_in, W_in)`` (None
+    where the caller has none: a stage run on its own)."""
 
     Params: ClassVar[type[TokenStreamParams]] = TokenStreamParams
     paper: ClassVar[str] = ""
     read_by_head: ClassVar[bool] = False  # the classifier reads its first token (a class token)
+    pooled_by_head: ClassVar[bool] = False  # the classifier averages them instead of the map
+    # the stage's downsampling carries them from the previous stage, as a map of their own
+    carried_by_downsample: ClassVar[bool] = False
+    # it may embed the image: its constructor also takes ``in_channels`` and its stage's ``stride``
+    reads_image: ClassVar[bool] = False
 
-    def forward(self, x: Tensor, previous: Tensor | None) -> Tensor:  # pragma: no cover - abstract
+    def forward(
+        self, x: Tensor, previous: Tensor | None, image: Tensor | None = None
+    ) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
 
@@ -98,7 +119,7 @@ class LearnedTokens(TokenStream):
         if self.pos_embed is not None:
             nn.init.trunc_normal_(self.pos_embed, std=0.02)
 
-    def forward(self, x: Tensor, previous: Tensor | None) -> Tensor:
+    def forward(self, x: Tensor, previous: Tensor | None, image: Tensor | None = None) -> Tensor:
         tokens = self.tokens if self.pos_embed is None else self.tokens + self.pos_embed
         return tokens.to(x.dtype).expand(x.shape[0], -1, -1)  # (B, T, C)
 
@@ -134,15 +155,79 @@ class CarriedTokens(nn.Module):
         super().__init__()
         self.proj = nn.Linear(in_dim, out_dim) if in_dim != out_dim else nn.Identity()
 
-    def forward(self, x: Tensor, previous: Tensor | None) -> Tensor:
+    def forward(self, x: Tensor, previous: Tensor | None, image: Tensor | None = None) -> Tensor:
         if previous is None:
             raise ValueError("a stage that carries tokens on needs the previous stage's tokens")
         return self.proj(previous)
 
 
+class RegionalTokensParams(TokenStreamParams):
+    # the side of the map's windows that one regional token stands for (RegionViT: 7)
+    window_size: PositiveInt = Field(7, le=64)
+    # what they are made from: a patch embedding of the image (RegionViT) or of the stage's map
+    source: Literal["image", "map"] = "image"
+
+
+def region_grid(height: int, width: int, window_size: int) -> tuple[int, int]:
+    """The regional tokens' grid on an ``height`` x ``width`` map: one per window, a partial window
+    at the bottom/right included."""
+    # ceil by a floor division of positive numbers: an ONNX graph traced from it divides the same way
+    return (height + window_size - 1) // window_size, (width + window_size - 1) // window_size
+
+
+class RegionalTokens(TokenStream):
+    """RegionViT's regional tokens: one per ``window_size`` window of the map, made from the image
+    (a ``stride * window_size`` patch embedding; an image that is no whole number of patches is
+    zero-padded evenly on both sides first, as the official code does) or from the stage's map
+    (a ``window_size`` convolution with that stride, the map zero-padded at the bottom/right to
+    whole windows). Carried to later stages by their downsampling (``carried_by_downsample``)."""
+
+    Params: ClassVar[type[TokenStreamParams]] = RegionalTokensParams
+    paper = "RegionViT (Chen et al., ICLR 2022)"
+    pooled_by_head = True
+    carried_by_downsample = True
+    reads_image = True
+
+    def __init__(
+        self,
+        dim: int,
+        window_size: int = 7,
+        source: str = "image",
+        in_channels: int = 3,
+        stride: int = 4,
+    ) -> None:
+        super().__init__()
+        self.window_size = window_size
+        self.source = source
+        self.patch = stride * window_size if source == "image" else window_size
+        in_dim = in_channels if source == "image" else dim
+        self.proj = nn.Conv2d(in_dim, dim, kernel_size=self.patch, stride=self.patch)
+
+    def forward(self, x: Tensor, previous: Tensor | None, image: Tensor | None = None) -> Tensor:
+        if self.source == "map":
+            padded = pad_to_multiple(x, self.window_size)  # (B, Hp, Wp, C), whole windows
+            return nchw_to_nhwc(self.proj(nhwc_to_nchw(padded))).flatten(1, 2)  # (B, nh nw, C)
+        if image is None:
+            raise ValueError("regional tokens made from the image need the image: run the whole model")
+        H, W = image.shape[-2:]
+        pad_h, pad_w = (-H) % self.patch, (-W) % self.patch
+        if pad_h or pad_w:  # evenly on both sides, the extra row/column at the bottom/right
+            image = F.pad(image, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2))
+        tokens = rearrange(self.proj(image), "b c h w -> b (h w) c")
+        expected = region_grid(x.shape[1], x.shape[2], self.window_size)
+        if tokens.shape[1] != expected[0] * expected[1]:
+            raise ValueError(
+                f"regional tokens: the image's {tuple(image.shape[-2:])} patches of {self.patch} do not "
+                f"give one token per {self.window_size}-window of the {tuple(x.shape[1:3])} map "
+                f"({expected[0]} x {expected[1]}): the stem's map must be ceil(image / stride)"
+            )
+        return tokens
+
+
 TOKEN_STREAMS: Registry[type[TokenStream]] = Registry("token stream")
 TOKEN_STREAMS.register("class", ClassTokens)
 TOKEN_STREAMS.register("global", GlobalTokens)
+TOKEN_STREAMS.register("regional", RegionalTokens)
 
 
 def carrying_stages(params: TokenStreamParams, num_stages: int) -> range:
@@ -152,22 +237,30 @@ def carrying_stages(params: TokenStreamParams, num_stages: int) -> range:
 
 
 def build_token_streams(
-    params: TokenStreamParams | None, widths: list[int], carried_by_downsample: bool = False
+    params: TokenStreamParams | None,
+    widths: list[int],
+    carried_by_downsample: bool = False,
+    strides: list[int] | None = None,
+    in_channels: int = 3,
 ) -> list[nn.Module | None]:
     """One module per stage (None where the stage has no tokens): the stream's own module where the
     tokens are made (and at every later stage with ``each_stage: new``), ``CarriedTokens`` after.
-    ``carried_by_downsample``: the downsampling is a block that takes the tokens to the new width
-    itself (MViT's transition), so they arrive at the stage's width."""
+    ``carried_by_downsample``: the downsampling takes the tokens to the new width itself (MViT's
+    transition; RegionViT's projection), so they arrive at the stage's width. ``strides`` (the
+    stages') and ``in_channels`` (the image's) size the streams made from the image."""
     streams: list[nn.Module | None] = [None] * len(widths)
     if params is None:
         return streams
     cls = TOKEN_STREAMS.get(params.kind)
+    carried_by_downsample = carried_by_downsample or cls.carried_by_downsample
     kwargs = params.model_dump(exclude={"kind", "from_stage", "last_stage", "each_stage", "dim"})
     own_width = getattr(params, "dim", None)  # tokens of a width of their own stay at it
     if own_width is not None:
         widths = [own_width] * len(widths)
     for i in carrying_stages(params, len(widths)):
         if i == params.from_stage or params.each_stage == "new":
+            if cls.reads_image:
+                kwargs.update(in_channels=in_channels, stride=strides[i] if strides else 4 * 2**i)
             streams[i] = cls(widths[i], **kwargs)
         else:
             streams[i] = CarriedTokens(widths[i] if carried_by_downsample else widths[i - 1], widths[i])

@@ -23,6 +23,7 @@ model is taken, so the caller does not say where a file came from.
 | ``official-pvt`` | whai362/PVT (v1) | pvt_tiny |
 | ``official-cvt`` | microsoft/CvT | cvt_13 |
 | ``official-vil`` | microsoft/vision-longformer (MsViT) | vil_s |
+| ``official-regionvit`` | IBM/RegionViT | regionvit_s |
 | ``official-poolformer`` | sail-sg/poolformer | poolformer_s12 |
 | ``official-metaformer`` | sail-sg/metaformer | convformer_s18, caformer_s18 |
 | ``aaboys-mobile_former`` | AAboys/MobileFormer (authorship unconfirmed) | mobile_former_294m |
@@ -298,6 +299,56 @@ def _official_vil_prepare(state: dict[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
+def _official_regionvit_key(key: str) -> str:
+    """IBM/RegionViT: ``patch_embed`` the 3-conv stem (a Sequential: convs 0, 3, 6, norms 1, 4),
+    ``cls_token`` the regional tokens' patch embedding, ``layers.<i>.block.0`` stage i's projection
+    (an identity in stage 0) and ``block.<j + 1>`` its block j (``norm0``: the regional tokens' own)."""
+    key = re.sub(
+        r"^patch_embed\.proj\.(\d)\.",
+        lambda m: f"stem.{'norms' if int(m[1]) % 3 else 'convs'}.{int(m[1]) // 3}.",
+        key,
+    )
+    key = key.replace("cls_token.proj.", "stages.0.tokens.proj.")
+    key = re.sub(
+        r"^layers\.(\d)\.block\.0\.proj\.(\d)\.",
+        lambda m: f"stages.{m[1]}.downsample.{'conv' if m[2] == '2' else 'pre_norm'}.",
+        key,
+    )
+    key = re.sub(r"^layers\.(\d)\.block\.(\d+)\.", lambda m: f"stages.{m[1]}.blocks.{int(m[2]) - 1}.", key)
+    key = key.replace(".norm0.", ".norm_tokens.").replace(
+        ".attn.rel_pos", ".mixer.relative_position_bias_table"
+    )
+    key = key.replace(".attn.", ".mixer.").replace(".mlp.", ".ffn.")
+    key = re.sub(r"^norm\.", "head.norm.", key)
+    return re.sub(r"^head\.(weight|bias)$", r"head.fc.\1", key)
+
+
+def _official_regionvit_prepare(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """IBM/RegionViT's tensors in hvtnas's shapes: its LayerNorm2d's ``(1, C, 1, 1)`` parameters as
+    ``(C,)``; the regional tokens' projection (``proj_cls``), saved a second time for being the local
+    map's own module, dropped (a file where the two differ keeps it and is refused, naming it); the
+    relative position table ``(heads, (2w-1)^2)`` as hvtnas's ``((2w-1)^2, heads)``. The official
+    table is read at offset ``(key - query + w // 2) mod (2w - 1)`` per axis (its index wraps
+    around), hvtnas's at ``query - key + w - 1``: the rows are permuted to match."""
+    out = {}
+    for key, value in state.items():
+        if ".proj_cls." in key and torch.equal(
+            state.get(key.replace(".proj_cls.", ".proj."), value + 1), value
+        ):
+            continue
+        if value.dim() == 4 and value.shape[0] == 1 and value.shape[2:] == (1, 1):  # LayerNorm2d
+            value = value.flatten()
+        if key.endswith(".attn.rel_pos"):
+            side = math.isqrt(value.shape[1])
+            half = (side + 1) // 2 // 2  # the official offset, w // 2
+            offsets = torch.arange(side) - (side - 1) // 2  # query - key, hvtnas's row order
+            rows = (half - offsets) % side  # the official row of each
+            index = (rows[:, None] * side + rows[None, :]).flatten()
+            value = value[:, index].T.contiguous()  # ((2w-1)^2, heads)
+        out[key] = value
+    return out
+
+
 def _official_swin_to_timm(key: str) -> str:
     """microsoft/Swin-Transformer: the patch merging closes stage i there, opens stage i+1 in timm."""
     key = re.sub(r"layers\.(\d+)\.downsample", lambda m: f"layers.{int(m.group(1)) + 1}.downsample", key)
@@ -545,6 +596,7 @@ LAYOUTS: dict[str, Callable[[str], str]] = {
     "official-pvt": _official_pvt_key,
     "official-cvt": _official_cvt_key,
     "official-vil": _official_vil_key,
+    "official-regionvit": _official_regionvit_key,
     "official-metaformer": lambda k: _timm_key(_official_metaformer_to_timm(k, poolformer_v1=False)),
     "official-poolformer": lambda k: _timm_key(_official_metaformer_to_timm(k, poolformer_v1=True)),
     "aaboys-mobile_former": _identity,  # renamed by its PREPARE entry, which needs the whole file
@@ -560,6 +612,7 @@ PREPARE: dict[str, Callable[[dict[str, Tensor]], dict[str, Tensor]]] = {
     "official-mvit": _mvit_v1_state,
     "official-vil": _official_vil_prepare,
     "aaboys-mobile_former": _mobile_former_state,
+    "official-regionvit": _official_regionvit_prepare,
 }
 
 

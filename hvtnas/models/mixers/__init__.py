@@ -34,6 +34,7 @@ from hvtnas.models.mixers.longformer import LongformerAttention
 from hvtnas.models.mixers.mlp import AxialShift, RandomMixing, SpatialShift, TokenMLP
 from hvtnas.models.mixers.pooling import Identity, Pooling
 from hvtnas.models.mixers.pooling_attention import PoolingAttention
+from hvtnas.models.mixers.regional import RegionalLocalAttention
 from hvtnas.models.mixers.separable import SeparableWindowAttention
 from hvtnas.models.mixers.shift import Shift
 from hvtnas.models.mixers.shunted import ShuntedAttention
@@ -61,6 +62,7 @@ MIXERS.register("focal", FocalAttention)  # Focal Transformer: fine ring + poole
 MIXERS.register("halo", HaloAttention)  # HaloNet blocked local attention with a halo
 MIXERS.register("longformer", LongformerAttention)  # Vision Longformer: sliding chunks + global tokens
 MIXERS.register("separable_window", SeparableWindowAttention)  # SepViT DSSA: window tokens, PSA
+MIXERS.register("regional_local", RegionalLocalAttention)  # RegionViT R2L: regional tokens + windows
 MIXERS.register("token_mlp", TokenMLP)  # MLP-Mixer token mixing (windowed)
 MIXERS.register("random_mixing", RandomMixing)  # RandFormer frozen random mixing (windowed)
 MIXERS.register("axial_shift", AxialShift)  # AS-MLP

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, ClassVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 import torch
 from einops import rearrange
@@ -11,6 +11,9 @@ from pydantic_core import PydanticCustomError
 from torch import Tensor, nn
 
 from hvtnas.models.layers import ACTIVATIONS
+
+if TYPE_CHECKING:
+    from hvtnas.models.tokens import TokenStreamParams
 
 
 def _known_activation(name: str) -> str:
@@ -42,6 +45,12 @@ class MixerParams(BaseModel):
         config validation calls it once the heads are known (a split of the heads that must add up)."""
         return None
 
+    def tokens_problem(self, tokens: TokenStreamParams) -> str | None:
+        """Why these parameters cannot work beside ``tokens`` (a stage's token stream; None: they
+        can). The config validation calls it for every mixer of a stage that carries tokens (RegionViT's
+        regional-to-local attention needs one regional token per window of its own size)."""
+        return None
+
 
 class TokenMixer(nn.Module):
     """Base class: ``forward(x)`` maps ``(B, H, W, C)`` to ``(B, H, W, C)``.
@@ -59,6 +68,9 @@ class TokenMixer(nn.Module):
     ``attends_tokens``: it mixes the tokens that travel beside the map (class, global tokens; see
     ``hvtnas.models.tokens``) together with the map, through ``forward_sequence`` on the sequence
     ``[tokens; pixels]``; the tokens pass the sub-block of any other mixer unchanged.
+    ``attends_tokens_first``: the block first runs a sub-block on the tokens alone,
+    ``tokens + drop(forward_tokens(norm(tokens)))`` with a norm of its own (RegionViT's regional
+    self-attention, with the mixer's weights), then the mixer's on ``[tokens; pixels]``.
     The instance attribute ``residual`` is False for mixers that replace their input instead of
     being added to it (ShiftViT applies the shift with neither norm nor shortcut).
     """
@@ -70,6 +82,7 @@ class TokenMixer(nn.Module):
     supports_stride: ClassVar[bool] = False
     flop_free: ClassVar[bool] = False
     attends_tokens: ClassVar[bool] = False
+    attends_tokens_first: ClassVar[bool] = False
     paper: ClassVar[str] = ""
     complexity: ClassVar[str] = ""
     residual: bool = True
@@ -90,6 +103,10 @@ class TokenMixer(nn.Module):
         H x W map (``size``) row by row after them; same shape out. Only mixers with
         ``attends_tokens`` implement it (a stage whose blocks all do keeps this form throughout)."""
         raise NotImplementedError(f"{type(self).__name__} does not attend to tokens beside the map")
+
+    def forward_tokens(self, tokens: Tensor) -> Tensor:
+        """Mix the ``(B, T, C)`` tokens among themselves (mixers with ``attends_tokens_first``)."""
+        raise NotImplementedError(f"{type(self).__name__} does not mix the tokens on their own")
 
     def forward_with_tokens(self, x: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
         """``forward_sequence`` on the map ``(B, H, W, C)`` and the tokens ``(B, T, C)``, returned apart."""

@@ -106,6 +106,8 @@ PUBLISHED: dict[str, Published] = {
     # the paper's ImageNet results (arXiv 2108.05895, CVPR 2022): Mobile-Former-294M 11.4M, 294M MACs,
     # 77.9%; AAboys/MobileFormer's README gives the same figures
     "mobile_former_294m": Published(11.4, 0.294, 77.9, "paper, arXiv 2108.05895 (no official code known)"),
+    # README (= paper Table 2): RegionViT-S; hvtnas counts 5.36 GMACs (fvcore on the official code 5.355)
+    "regionvit_s": Published(30.6, 5.3, 82.6, "IBM/RegionViT (RegionViT-S, README)"),
     # the SegFormer paper and README give no ImageNet figures for the encoder alone
     "mit_b0": Published(3.3, None, None, "NVlabs/SegFormer (encoder, counted on mix_transformer.py)"),
 }
