@@ -942,6 +942,12 @@ class ArchConfig(_Strict):
         for i, branch in enumerate([self, *self.branches]):
             where = ("branches", i - 1) if i else ()
             stage = branch.stages[0]
+            if stage.inner is not None or stage.bottleneck is not None:
+                _fail(
+                    (*where, "stages", 0, "inner" if stage.inner is not None else "bottleneck"),
+                    "set",
+                    "a branch's stage runs in pieces between the fusion points: MetaFormer blocks only",
+                )
             if stage.depth % points:
                 _fail(
                     (*where, "stages", 0, "depth"),

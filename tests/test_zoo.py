@@ -89,6 +89,10 @@ OFFICIAL_PARAMS = {
     # the paper's); with its weights loaded (window tokens through the block's norm) the logits agree
     # to 4.5e-7 at 224
     "sepvit_t": 31_182_856,
+    # timm 1.0.31 crossvit_small_240 (the port of IBM/CrossViT crossvit_small_224, renamed for its
+    # 240 input); with its weights loaded hvtnas's crossvit_s gives the same pyramid and logits
+    # (tests/test_reference_equivalence.py)
+    "crossvit_s": 26_856_272,
 }
 
 # Models whose official code builds modules its forward never calls: official count and the

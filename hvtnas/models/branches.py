@@ -44,7 +44,8 @@ from hvtnas.models.metaformer import ClassifierHead, MetaFormer, _take_indices
 class ClassCrossAttention(nn.Module):
     """Cross-attention with one query, a class token: ``token + proj(attn(q(t), k(s), v(s)))`` with
     ``s = norm([token; others])`` and ``t`` the token's row of it (CrossViT's cross-attention block:
-    only the token is updated). ``token`` ``(B, 1, C)``, ``others`` ``(B, N, C)`` -> ``(B, 1, C)``."""
+    only the token is updated). ``token`` ``(B, 1, C)``, ``others`` ``(B, N_i, C)`` tensors (joined
+    once, here) -> ``(B, 1, C)``."""
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool, norm: nn.Module) -> None:
         super().__init__()
@@ -54,8 +55,8 @@ class ClassCrossAttention(nn.Module):
         self.kv = nn.Linear(dim, 2 * dim, bias=qkv_bias)  # keys and values in one matrix product
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, token: Tensor, others: Tensor) -> Tensor:
-        normed = self.norm(torch.cat([token, others], dim=1))  # (B, 1 + N, C)
+    def forward(self, token: Tensor, others: Sequence[Tensor]) -> Tensor:
+        normed = self.norm(torch.cat([token, *others], dim=1))  # (B, 1 + N, C)
         q = rearrange(self.q(normed[:, :1]), "b 1 (n d) -> b n 1 d", n=self.num_heads)
         k, v = rearrange(self.kv(normed), "b l (two n d) -> two b n l d", two=2, n=self.num_heads)
         out = F.scaled_dot_product_attention(q, k, v)  # (B, heads, 1, d)
@@ -67,8 +68,8 @@ class ClassTokenExchange(nn.Module):
     width (``to_other``: norm -> act -> Linear), attends over branch j's other tokens and patches
     (``attend``, a ``ClassCrossAttention`` with branch j's heads), is projected back (``back``) and
     replaces branch i's class token (the last branch attends to the first). Every branch reads the
-    others as they were before the exchange. ``forward`` takes and returns one ``(B, T_b + N_b, C_b)``
-    sequence per branch, the class token first."""
+    others as they were before the exchange. ``forward`` takes each branch's map ``(B, H_b, W_b, C_b)``
+    and tokens ``(B, T, C_b)`` (the class token first) and returns the branches' new tokens."""
 
     def __init__(
         self,
@@ -93,12 +94,14 @@ class ClassTokenExchange(nn.Module):
             for i, j in enumerate(others)
         )
 
-    def forward(self, sequences: list[Tensor]) -> list[Tensor]:
-        n = len(sequences)
+    def forward(self, maps: list[Tensor], tokens: list[Tensor]) -> list[Tensor]:
+        n = len(maps)
         out = []
         for i, (to_other, attend, back) in enumerate(zip(self.to_other, self.attend, self.back, strict=True)):
-            token = attend(to_other(sequences[i][:, :1]), sequences[(i + 1) % n][:, 1:])  # (B, 1, C_j)
-            out.append(torch.cat([back(token), sequences[i][:, 1:]], dim=1))
+            j = (i + 1) % n
+            others = [tokens[j][:, 1:], maps[j].flatten(1, 2)]  # (B, T - 1, C_j), (B, H_j W_j, C_j)
+            token = attend(to_other(tokens[i][:, :1]), others)  # (B, 1, C_j)
+            out.append(torch.cat([back(token), tokens[i][:, 1:]], dim=1))  # (B, T, C_i)
         return out
 
 
@@ -185,56 +188,24 @@ class BranchedMetaFormer(MetaFormer):
     def _forward_levels(
         self, x: Tensor, stages: Sequence[Stage] | None = None
     ) -> list[tuple[Tensor, Tensor]]:
-        """(B, 3, H, W) -> per branch its map (B, H_b, W_b, C_b) and tokens (B, T, C_b)."""
-        sequences, shapes = [], []
-        for stem, stage, scale in self._branch_parts():
-            image = _resize(x, scale).contiguous(memory_format=torch.channels_last)  # see MetaFormer._stem
-            patches = stage.pos_embed(stage.downsample(stem(image)))  # (B, H_b, W_b, C_b)
-            tokens = stage.tokens(patches, None)  # (B, T, C_b)
-            sequences.append(torch.cat([tokens, patches.flatten(1, 2)], dim=1))  # (B, T + H_b W_b, C_b)
-            shapes.append((tokens.shape[1], patches.shape[1], patches.shape[2]))
-        stages = [stage for _, stage, _ in self._branch_parts()]
+        """(B, 3, H, W) -> per branch its map (B, H_b, W_b, C_b) and tokens (B, T, C_b): each stage
+        runs in ``len(fusions)`` pieces (``Stage.forward``'s ``blocks``), the branches exchange class
+        tokens after each."""
+        parts = self._branch_parts()
+        maps = [
+            stem(_resize(x, scale).contiguous(memory_format=torch.channels_last))  # see MetaFormer._stem
+            for stem, _, scale in parts
+        ]
+        tokens: list = [None] * len(parts)
+        points = len(self.fusions)
         for k, fusion in enumerate(self.fusions):
-            sequences = [
-                self._run_blocks(stage, seq, shape, k)
-                for stage, seq, shape in zip(stages, sequences, shapes, strict=True)
-            ]
-            sequences = fusion(sequences)
-        levels = []
-        for stage, seq, (T, H, W) in zip(stages, sequences, shapes, strict=True):
-            patches = rearrange(seq[:, T:], "b (h w) c -> b h w c", h=H, w=W)
-            levels.append((stage.out_norm(patches), seq[:, :T]))
-        return levels
-
-    def _run_blocks(self, stage: Stage, sequence: Tensor, shape: tuple[int, int, int], k: int) -> Tensor:
-        """The ``k``-th of the stage's ``len(fusions)`` runs of blocks on ``[tokens; patches]``."""
-        T, H, W = shape
-        per_run = len(stage.blocks) // len(self.fusions)
-        blocks = stage.blocks[k * per_run : (k + 1) * per_run]
-        checkpoint = self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting()
-        if stage.peg is None and all(b.takes_sequence for b in blocks):
-            for block in blocks:  # ViT's form: the sequence stays joined
-                if checkpoint:
-                    sequence = torch.utils.checkpoint.checkpoint(
-                        block.forward_sequence, sequence, T, (H, W), use_reentrant=False
-                    )
-                else:
-                    sequence = block.forward_sequence(sequence, T, (H, W))
-            return sequence
-        tokens = sequence[:, :T]
-        x = rearrange(sequence[:, T:], "b (h w) c -> b h w c", h=H, w=W)
-        for j, block in enumerate(blocks, start=k * per_run):
-            if stage.peg is not None and stage.peg_before_each_block:
-                x = stage.peg(x)
-            if checkpoint:
-                x, tokens = torch.utils.checkpoint.checkpoint(
-                    block.forward_with_tokens, x, tokens, use_reentrant=False
+            for b, (_, stage, _) in enumerate(parts):
+                per_piece = len(stage.blocks) // points
+                maps[b], tokens[b] = stage(
+                    maps[b], tokens[b], blocks=range(k * per_piece, (k + 1) * per_piece)
                 )
-            else:
-                x, tokens = block.forward_with_tokens(x, tokens)
-            if j == 0 and stage.peg is not None and not stage.peg_before_each_block:
-                x = stage.peg(x)
-        return torch.cat([tokens, x.flatten(1, 2)], dim=1)  # (B, T + H W, C)
+            tokens = fusion(maps, tokens)
+        return list(zip(maps, tokens, strict=True))
 
     # ------------------------------------------------------------------ timm's model API
     def forward_intermediates(
@@ -302,7 +273,9 @@ class BranchedMetaFormer(MetaFormer):
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable  # read by _run_blocks
+        self.grad_checkpointing = enable
+        for _, stage, _ in self._branch_parts():
+            stage.grad_checkpointing = enable
 
 
 def _resize(x: Tensor, scale: float) -> Tensor:
@@ -310,7 +283,8 @@ def _resize(x: Tensor, scale: float) -> Tensor:
     input's; sides rounded), as CrossViT does for its large-patch branch."""
     if scale == 1.0:
         return x
-    size = (round(x.shape[-2] * scale), round(x.shape[-1] * scale))
-    if size == tuple(x.shape[-2:]):
+    height, width = (int(side) for side in x.shape[-2:])  # ints also while traced (fvcore)
+    size = (round(height * scale), round(width * scale))
+    if size == (height, width):
         return x
     return F.interpolate(x, size=size, mode="bicubic", align_corners=False)
