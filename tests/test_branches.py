@@ -3,6 +3,7 @@ fusion's closed-form FLOPs, and the branched zoo model through the API on every 
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -288,3 +289,29 @@ def test_timm_idioms_on_every_branched_zoo_model(name: str) -> None:
         torch.testing.assert_close(model.forward_head(maps, tokens=tokens), logits)
         assert model.forward_head(maps, pre_logits=True, tokens=tokens).shape == (1, model.num_features)
     assert logits.shape == (1, 10) and torch.isfinite(logits).all()
+
+
+def test_branches_are_searchable() -> None:
+    """A space may choose any value of the other branches and of the fusion; their dimensions are
+    named by branch and stage, and a choice that leaves a branch's blocks unsplittable is refused
+    when the space is loaded."""
+    from hvtnas.space import SearchSpace
+
+    cfg = tiny_branched()
+    cfg["branches"][0]["resolution"] = {"choice": [36, 48]}
+    cfg["branches"][0]["stages"][0]["width"] = {"choice": [32, 48]}
+    cfg["fusion"]["points"] = {"choice": [1, 2]}
+    space = SearchSpace.from_dict(cfg)
+    assert [d.name for d in space.dimensions()] == [
+        "branch1.resolution",
+        "branch1.stage1.width",
+        "fusion.points",
+    ]
+    assert space.params_for(ArchConfig.from_dict(tiny_branched())) == {
+        "branch1.resolution": 36,
+        "branch1.stage1.width": 32,
+        "fusion.points": 2,
+    }
+    cfg["fusion"]["points"] = {"choice": [1, 3]}
+    with pytest.raises(ConfigError, match=re.escape("with fusion.points = 3: stages[0].depth")):
+        SearchSpace.from_dict(cfg)
