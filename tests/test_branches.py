@@ -315,3 +315,16 @@ def test_branches_are_searchable() -> None:
     cfg["fusion"]["points"] = {"choice": [1, 3]}
     with pytest.raises(ConfigError, match=re.escape("with fusion.points = 3: stages[0].depth")):
         SearchSpace.from_dict(cfg)
+
+
+def test_cli_build_lists_every_branch_and_the_fusion(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from hvtnas.cli import app
+
+    path = tmp_path / "branched.yaml"
+    ArchConfig.from_dict(tiny_branched()).to_yaml(path)
+    result = CliRunner().invoke(app, ["build", str(path)])
+    assert result.exit_code == 0, result.output
+    for row in ("stage1", "16 x 6 x 6", "branch1", "32 x 3 x 3", "fusion"):
+        assert row in result.output
