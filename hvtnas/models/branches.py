@@ -31,7 +31,6 @@ from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
-import torch.utils.checkpoint
 from einops import rearrange
 from torch import Tensor, nn
 
