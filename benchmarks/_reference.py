@@ -28,10 +28,11 @@ TIMM_VERSION = "1.0.31"
 # hvtnas zoo name -> timm name; the state-dict mapping is the package's (hvtnas.models.weights)
 MODELS = TIMM_NAMES
 # models compared at their own input size instead of --resolution
-NATIVE_RESOLUTION = {"swinv2_t": 256, "halonet_h1": 256}
+NATIVE_RESOLUTION = {"swinv2_t": 256, "halonet_h1": 256, "crossvit_s": 240}
 NOTES = {
     "swinv2_t": "compared at 256x256, its native size (window 8)",
     "halonet_h1": "compared at 256x256, its native size (timm's HaloAttn needs maps divisible by its blocks)",
+    "crossvit_s": "compared at 240x240, its native size (timm's CrossViT takes that size only)",
     "poolformer_s12": "timm's port applies the final GroupNorm after pooling; the official "
     "sail-sg/poolformer code (which hvtnas follows) applies it before, so logits differ by design",
 }

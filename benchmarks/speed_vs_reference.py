@@ -51,6 +51,7 @@ DEFAULT_MODELS = [
     "twins_svt_s",
     "deit_s",
     "mixer_b16",
+    "crossvit_s",
 ]
 CPU_TARGET, CUDA_TRAIN_TARGET = 0.95, 0.9
 

@@ -730,6 +730,34 @@ class CoScaleConfig(_Strict):
     share_ffn: bool = True  # one FFN for all scales (CoaT), or one each
 
 
+class BranchConfig(_Strict):
+    """A branch beside the model's own (CrossViT's): its own stem and stages on the image, resized
+    to ``resolution`` (bicubic; None: the input as it is). Everything else (position embedding,
+    tokens, downsampling, classifier head, drop path) is the model's: a branch is the model with
+    this stem and these stages, less the other branches (``ArchConfig.branch_configs``)."""
+
+    resolution: PositiveInt | None = Field(None, le=MAX_RESOLUTION)
+    stem: StemConfig = StemConfig()
+    stages: list[StageConfig] = Field(min_length=1, max_length=1)
+
+
+class FusionConfig(_Kinded):
+    """How parallel branches exchange information (``ArchConfig.branches``).
+
+    ``class_attention`` is CrossViT's cross-attention fusion: ``points`` times (after every
+    depth / points blocks of each branch) every branch's class token is projected to the next
+    branch's width (norm -> act -> Linear), attends as the only query over that branch's
+    ``[class token; patches]`` (norm, q / k / v with the target stage's heads and ``qkv_bias``,
+    output projection; residual on the projected token), is projected back (norm -> act ->
+    Linear) and replaces the branch's class token. The branches exchange in a ring: branch i
+    queries branch i + 1, the last the first."""
+
+    kind: Literal["class_attention"] = "class_attention"
+    points: PositiveInt = Field(le=MAX_BLOCKS)
+    act: Activation = "gelu"
+    qkv_bias: bool = True
+
+
 class ArchConfig(_Strict):
     """One concrete architecture: stem -> up to 4 stages (strides 4..32) -> [co-scale group] -> head."""
 
@@ -746,6 +774,9 @@ class ArchConfig(_Strict):
     head: HeadConfig = HeadConfig()
     # CoaT's parallel blocks over the last stages' maps (None: none)
     co_scale: CoScaleConfig | None = None
+    # CrossViT: branches beside the model's own stem and stages, fused by ``fusion`` (None: none)
+    branches: list[BranchConfig] | None = Field(None, min_length=1, max_length=7)
+    fusion: FusionConfig | None = None
     drop_path_rate: float = Field(0.0, ge=0, lt=1)
 
     @field_validator("name")
@@ -1157,6 +1188,103 @@ class ArchConfig(_Strict):
                         "position embedding needs",
                     )
         return self
+
+    @model_validator(mode="after")
+    def _branches_fit(self) -> ArchConfig:
+        if self.branches is None and self.fusion is None:
+            return self
+        if self.branches is None:
+            _fail(("fusion",), self.fusion.kind, "fuses branches: give the model 'branches' beside its own")
+        if self.fusion is None:
+            _fail(
+                ("fusion",), None, "parallel branches need a fusion (e.g. {kind: class_attention, points: 3})"
+            )
+        if self.co_scale is not None:
+            _fail(("co_scale",), "co_scale", "a model with branches has no co-scale group")
+        if len(self.stages) != 1:
+            _fail(
+                ("stages",),
+                len(self.stages),
+                "the branches are isotropic: the model's own branch has one stage, as each of 'branches'",
+            )
+        tokens = self.tokens
+        if tokens is None or not TOKEN_STREAMS.get(tokens.kind).read_by_head:
+            _fail(
+                ("tokens",),
+                tokens.kind if tokens is not None else None,
+                "the class_attention fusion exchanges the branches' class tokens: tokens: {kind: class}",
+            )
+        blocks = sum(s.depth for s in self.stages) + sum(b.stages[0].depth for b in self.branches)
+        if blocks > MAX_BLOCKS:
+            _fail(
+                ("branches",), blocks, f"{blocks} blocks in all branches: more than the limit of {MAX_BLOCKS}"
+            )
+        points = self.fusion.points
+        for i, branch in enumerate([self, *self.branches]):
+            where = ("branches", i - 1) if i else ()
+            stage = branch.stages[0]
+            if stage.inner is not None or stage.bottleneck is not None:
+                _fail(
+                    (*where, "stages", 0, "inner" if stage.inner is not None else "bottleneck"),
+                    "set",
+                    "a branch's stage runs in pieces between the fusion points: MetaFormer blocks only",
+                )
+            if stage.depth % points:
+                _fail(
+                    (*where, "stages", 0, "depth"),
+                    stage.depth,
+                    f"{stage.depth} blocks do not split into the {points} fusion points (fusion.points): "
+                    "every branch needs a multiple of them",
+                )
+            if stage.num_heads is None:
+                _fail(
+                    (*where, "stages", 0, "heads"),
+                    None,
+                    "the fusion's cross-attention runs with the attended branch's heads: give it heads",
+                )
+            resolution = getattr(branch, "resolution", None) or self.input.resolution
+            stride = branch.stem.stride
+            if resolution % stride:
+                field = (*where, "resolution") if i and branch.resolution else ("input", "resolution")
+                _fail(
+                    field,
+                    resolution,
+                    f"{resolution} pixels are not a whole number of the branch's {stride}-pixel patches "
+                    f"(stem of {'branches[' + str(i - 1) + ']' if i else 'the model'})",
+                )
+        for i in range(1, len(self.branches) + 1):
+            try:
+                ArchConfig.model_validate(self._branch_dict(i))
+            except ValidationError as err:  # the branch as a model of its own: its errors, placed
+                errors = [
+                    InitErrorDetails(
+                        type=PydanticCustomError("invalid", e["msg"]),
+                        loc=("branches", i - 1, *e["loc"]),
+                        input=e.get("input"),
+                    )
+                    for e in err.errors()
+                ]
+                raise ValidationError.from_exception_data("ArchConfig", errors) from None
+        return self
+
+    def _branch_dict(self, index: int) -> dict[str, Any]:
+        """Branch ``index`` (0: the model's own stem and stages) as a model's config dict."""
+        data = self.to_dict()
+        data["branches"] = data["fusion"] = None
+        if index:
+            branch = self.branches[index - 1]
+            data["stem"] = branch.stem.model_dump(mode="json")
+            data["stages"] = [s.model_dump(mode="json") for s in branch.stages]
+            data["input"]["resolution"] = branch.resolution or self.input.resolution
+        if self.name:
+            data["name"] = f"{self.name}.branch{index}"
+        return data
+
+    def branch_configs(self) -> list[ArchConfig]:
+        """Every branch as a model of its own (the model's stem and stages first): what
+        ``build_model`` builds each branch from. A model without branches is its only one."""
+        count = 1 + len(self.branches or [])
+        return [ArchConfig.model_validate(self._branch_dict(i)) for i in range(count)]
 
     # ------------------------------------------------------------------ I/O
     @classmethod

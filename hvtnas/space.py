@@ -219,6 +219,10 @@ class SearchSpace:
     def _child_name(prefix: str, key: Any, yaml_path: tuple) -> str:
         if yaml_path == ("stages",) and isinstance(key, int):
             return f"stage{key + 1}"
+        if yaml_path == ("branches",) and isinstance(key, int):  # CrossViT's other branches
+            return f"branch{key + 1}"
+        if len(yaml_path) == 3 and yaml_path[::2] == ("branches", "stages") and isinstance(key, int):
+            return f"{prefix.removesuffix('.stages')}.stage{key + 1}"
         if isinstance(key, int):
             return prefix  # list items other than stages do not add to the name
         if key == "mixers":

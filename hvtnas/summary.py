@@ -68,6 +68,10 @@ def params_per_part(model: MetaFormer) -> dict[str, int]:
     parts = {"stem": model.stem, **{f"stage{i + 1}": stage for i, stage in enumerate(model.stages)}}
     if getattr(model, "co_scale", None) is not None:
         parts["co_scale"] = model.co_scale
+    for i, branch in enumerate(getattr(model, "branches", [])):  # CrossViT's other branches
+        parts[f"branch{i + 1}"] = branch
+    if getattr(model, "fusions", None) is not None:
+        parts["fusion"] = model.fusions
     parts["head"] = model.head
     seen: set[int] = set()
     counts = {}

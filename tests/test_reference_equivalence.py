@@ -52,6 +52,9 @@ NEEDS_NATIVE = {
 ISOTROPIC = {"deit_s", "mixer_b16", "tnt_s"}
 # timm's ByobNet models (HaloNet) list the stem's stride-2 map as the first pyramid level
 STEM_LEVEL_FIRST = {"halonet_h1"}
+# timm's CrossViT lists every branch's map after each of its 3 multi-scale blocks, branch by branch;
+# hvtnas's pyramid is each branch's last (one level per branch)
+BRANCH_LEVELS = {"crossvit_s": [2, 5]}
 # timm's PoolFormer applies the head's GroupNorm after pooling, the official code (which hvtnas
 # follows) before it: the trunk is compared, the logits differ by design.
 LOGITS_DIFFER_BY_DESIGN = {"poolformer_s12"}
@@ -79,8 +82,9 @@ def test_generated_model_matches_timm(name: str) -> None:
     with torch.inference_mode():
         pyramid = model.forward_intermediates(x, intermediates_only=True)
         indices = 1 if name in ISOTROPIC else [1, 2, 3, 4] if name in STEM_LEVEL_FIRST else None
+        indices = BRANCH_LEVELS.get(name, indices)
         ref_pyramid = reference.forward_intermediates(x, indices=indices, intermediates_only=True)
-        assert len(pyramid) == len(ref_pyramid) == len(model.stages)
+        assert len(pyramid) == len(ref_pyramid) == len(model.feature_info)
         for level, (ours, theirs) in enumerate(zip(pyramid, ref_pyramid, strict=True), start=1):
             # float32 round-off scales with the map: CoaT's unnormalised levels reach values of
             # thousands (a few units in the last place there are 1e-3)

@@ -94,6 +94,10 @@ OFFICIAL_PARAMS = {
     # (max difference 1e-7 at 224 and 448; at sizes whose windows pad, e.g. 256, the same once the
     # official bottom-right window's mask is fixed, see hvtnas/models/mixers/regional.py)
     "regionvit_s": 30_586_618,
+    # timm 1.0.31 crossvit_small_240 (the port of IBM/CrossViT crossvit_small_224, renamed for its
+    # 240 input); with its weights loaded hvtnas's crossvit_s gives the same pyramid and logits
+    # (tests/test_reference_equivalence.py)
+    "crossvit_s": 26_856_272,
 }
 
 # Models whose official code builds modules its forward never calls: official count and the

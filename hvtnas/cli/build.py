@@ -134,9 +134,10 @@ def build_command(
     table.add_row(
         "stem", "", "", f"{summary.params_per_part['stem']:,}", f"{costs.flops_per_part['stem'] / 1e9:.3f}"
     )
-    strides = built.arch_config.stage_strides()
+    strides = [f["reduction"] for f in built.feature_info]  # the stages', then other branches' (CrossViT)
+    own = len(built.arch_config.stages)
     for i, stage in enumerate(summary.stages):
-        part = f"stage{i + 1}"
+        part = f"stage{i + 1}" if i < own else f"branch{i - own + 1}"
         table.add_row(
             part,
             f"{stage['channels']} x {stage['height']} x {stage['width']}",
@@ -147,6 +148,9 @@ def build_command(
     if "co_scale" in summary.params_per_part:  # CoaT's parallel blocks over the last stages
         co_scale = (summary.params_per_part["co_scale"], costs.flops_per_part.get("co_scale", 0))
         table.add_row("co-scale", "", "", f"{co_scale[0]:,}", f"{co_scale[1] / 1e9:.3f}")
+    if "fusion" in summary.params_per_part:  # CrossViT's exchanges between the branches
+        fusion = (summary.params_per_part["fusion"], costs.flops_per_part.get("fusion", 0))
+        table.add_row("fusion", "", "", f"{fusion[0]:,}", f"{fusion[1] / 1e9:.3f}")
     table.add_row(
         "head", "", "", f"{summary.params_per_part['head']:,}", f"{costs.flops_per_part['head'] / 1e9:.3f}"
     )

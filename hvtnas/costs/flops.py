@@ -97,7 +97,8 @@ class FlopCount:
 
     total: int
     input_size: tuple[int, int]
-    by_module: dict[str, int] = field(default_factory=dict)  # stem, stage1 ..., [co_scale,] head
+    # stem, stage1 ..., [co_scale,] [branch1 ..., fusion,] head
+    by_module: dict[str, int] = field(default_factory=dict)
     by_operator: dict[str, int] = field(default_factory=dict)
     skipped_ops: dict[str, int] = field(default_factory=dict)  # operator -> times seen, counted as 0
 
@@ -222,4 +223,7 @@ def _parts(model: nn.Module) -> dict[str, str]:
     forward order."""
     stages = {f"stage{i + 1}": f"stages.{i}" for i in range(len(getattr(model, "stages", [])))}
     co_scale = {"co_scale": "co_scale"} if getattr(model, "co_scale", None) is not None else {}
-    return {"stem": "stem", **stages, **co_scale, "head": "head"}
+    # CrossViT: the other branches (each its stem and stage) and the fusion points
+    branches = {f"branch{i + 1}": f"branches.{i}" for i in range(len(getattr(model, "branches", [])))}
+    fusion = {"fusion": "fusions"} if branches else {}
+    return {"stem": "stem", **stages, **co_scale, **branches, **fusion, "head": "head"}

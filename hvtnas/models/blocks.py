@@ -292,22 +292,33 @@ class Stage(nn.Module):
         self.token_history = False
 
     def forward(
-        self, x: Tensor, tokens: Tensor | None = None, image: Tensor | None = None
+        self,
+        x: Tensor,
+        tokens: Tensor | None = None,
+        image: Tensor | None = None,
+        blocks: range | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """``(map, tokens)`` from the previous stage's; ``image``, the model's input, is for a token
-        stream that embeds it (RegionViT's regional tokens)."""
-        if tokens is not None and self.tokens is not None and self.downsample_takes_tokens:
-            # MViT's transition block; RegionViT's projection of both the map and its regional tokens
-            x, tokens = self.downsample.forward_with_tokens(x, tokens)
-            x = self.pos_embed(x)
-        else:
-            x = self.pos_embed(self.downsample(x))
-        tokens = self.tokens(x, tokens, image) if self.tokens is not None else None
+        stream that embeds it (RegionViT's regional tokens). ``blocks``: run only those blocks, on
+        ``x`` and ``tokens`` as given (a stage run in pieces: CrossViT's branches exchange class
+        tokens between them); the entry (downsampling, position embedding, new tokens) comes with
+        the piece that starts at block 0, the output norm with the one that ends at the last block."""
+        run = range(len(self.blocks)) if blocks is None else blocks
+        if run.start == 0:
+            if tokens is not None and self.tokens is not None and self.downsample_takes_tokens:
+                # MViT's transition block; RegionViT's projection of both the map and its regional tokens
+                x, tokens = self.downsample.forward_with_tokens(x, tokens)
+                x = self.pos_embed(x)
+            else:
+                x = self.pos_embed(self.downsample(x))
+            tokens = self.tokens(x, tokens, image) if self.tokens is not None else None
+        out_norm = self.out_norm if run.stop == len(self.blocks) else nn.Identity()
         checkpoint = self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting()
         if tokens is not None and self.peg is None and all(b.takes_sequence for b in self.blocks):
-            return self._forward_sequence(x, tokens, checkpoint)
+            x, tokens = self._forward_sequence(x, tokens, checkpoint, run)
+            return out_norm(x), tokens
         history = []
-        for i, block in enumerate(self.blocks):
+        for i, block in zip(run, (self.blocks[i] for i in run), strict=True):
             if self.peg_before_each_block and self.peg is not None:
                 x = self.peg(x)
             # with checkpointing only the block's input is kept; its inside is recomputed in backward
@@ -329,14 +340,17 @@ class Stage(nn.Module):
                 history.append(tokens[:, 0])  # (B, C): the class token after this block
         if history:
             tokens = torch.stack(history, dim=1)  # (B, depth, C)
-        return self.out_norm(x), tokens
+        return out_norm(x), tokens
 
-    def _forward_sequence(self, x: Tensor, tokens: Tensor, checkpoint: bool) -> tuple[Tensor, Tensor]:
-        """Every block on ``[tokens; pixels]`` as one sequence (ViT's form): joined once, split once."""
+    def _forward_sequence(
+        self, x: Tensor, tokens: Tensor, checkpoint: bool, run: range
+    ) -> tuple[Tensor, Tensor]:
+        """The ``run`` blocks on ``[tokens; pixels]`` as one sequence (ViT's form): joined once, split
+        once."""
         H, W, T = x.shape[1], x.shape[2], tokens.shape[1]
         sequence = torch.cat([tokens, x.flatten(1, 2)], dim=1)  # (B, T + H*W, C)
         history = []
-        for block in self.blocks:
+        for block in (self.blocks[i] for i in run):
             if checkpoint:
                 sequence = torch.utils.checkpoint.checkpoint(
                     block.forward_sequence, sequence, T, (H, W), use_reentrant=False
@@ -347,7 +361,7 @@ class Stage(nn.Module):
                 history.append(sequence[:, 0])  # (B, C): the class token after this block
         x = rearrange(sequence[:, T:], "b (h w) c -> b h w c", h=H)
         tokens = torch.stack(history, dim=1) if history else sequence[:, :T]  # (B, depth, C) or (B, T, C)
-        return self.out_norm(x), tokens
+        return x, tokens
 
 
 def _drop_pair(drop_path: nn.Module, x: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:

@@ -35,6 +35,7 @@ from hvtnas.models.blocks import (
     NestedStage,
     Stage,
 )
+from hvtnas.models.branches import BranchedMetaFormer, ClassTokenExchange
 from hvtnas.models.embed import (
     PEG,
     AbsolutePosEmbed,
@@ -371,6 +372,45 @@ def build_model(
     cfg = resolve_config(spec)
     if num_classes is not None:
         cfg = cfg.model_copy(update={"input": cfg.input.model_copy(update={"num_classes": num_classes})})
+    model = _branched_model(cfg, init_weights) if cfg.branches is not None else _metaformer(cfg, init_weights)
+    model.arch_config = cfg  # the config it was built from (for summaries and export)
+    if checkpoint is not None:
+        from hvtnas.models.weights import load_weights
+
+        load_weights(model, checkpoint, name=cfg.name)
+    if features_only:
+        return FeaturePyramid(model, out_indices)
+    return model
+
+
+def _branched_model(cfg: ArchConfig, init_weights: bool) -> BranchedMetaFormer:
+    """CrossViT's parallel branches: each built as a model of its own (``ArchConfig.branch_configs``),
+    then fused at ``fusion.points`` points by class-token cross-attention (the attended branch's
+    heads, each side's stage norm)."""
+    branch_cfgs = cfg.branch_configs()
+    parts = [_metaformer(c, init_weights) for c in branch_cfgs]
+    stages = [c.stages[0] for c in branch_cfgs]
+    fusion = cfg.fusion
+    assert fusion is not None  # the config requires it beside branches
+    fusions = [
+        ClassTokenExchange(
+            [s.width for s in stages],
+            [s.num_heads for s in stages],
+            [_norm_factory(s.norm) for s in stages],
+            fusion.act,
+            fusion.qkv_bias,
+        )
+        for _ in range(fusion.points)
+    ]
+    if init_weights:
+        for module in (m for f in fusions for m in f.modules()):
+            _init_weights(module)
+    scales = [c.input.resolution / cfg.input.resolution for c in branch_cfgs]
+    return BranchedMetaFormer(parts, scales, fusions)
+
+
+def _metaformer(cfg: ArchConfig, init_weights: bool) -> MetaFormer:
+    """The single-skeleton model: stem -> stages -> [co-scale group] -> head."""
     widths = [s.width for s in cfg.stages]
     depths = [s.depth for s in cfg.stages]
     co_scale_depth = cfg.co_scale.depth if cfg.co_scale is not None else 0
@@ -519,11 +559,4 @@ def build_model(
     if init_weights:
         for module in model.modules():
             _init_weights(module)
-    model.arch_config = cfg  # the config it was built from (for summaries and export)
-    if checkpoint is not None:
-        from hvtnas.models.weights import load_weights
-
-        load_weights(model, checkpoint, name=cfg.name)
-    if features_only:
-        return FeaturePyramid(model, out_indices)
     return model

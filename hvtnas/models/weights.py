@@ -18,6 +18,7 @@ model is taken, so the caller does not say where a file came from.
 | ``official-ceit`` | coeusguo/ceit (the CeiT authors' code) | ceit_s |
 | ``official-mvit`` | facebookresearch/SlowFast MViT v1 (2-D patches, image models) | mvit_b |
 | ``timm-byoanet`` | timm's ByoaNet (HaloNet) | halonet_h1 |
+| ``timm-crossvit`` | timm's CrossViT (IBM/CrossViT's names) | crossvit_s |
 | ``official-swin(v2)`` | microsoft/Swin-Transformer (V1, V2) | swin_t, swin_s (swinv2_t) |
 | ``official-pvt_v2`` | whai362/PVT | pvt_v2_* |
 | ``official-pvt`` | whai362/PVT (v1) | pvt_tiny |
@@ -69,6 +70,7 @@ TIMM_NAMES = {
     "coat_s": "coat_small",
     "tnt_s": "tnt_s_patch16_224",
     "halonet_h1": "halonet_h1",
+    "crossvit_s": "crossvit_small_240",
 }
 
 # computed from the geometry, not learned: never loaded
@@ -76,6 +78,8 @@ _COMPUTED = ("relative_position_index", "relative_coords_table", "attn_mask")
 # wrappers training scripts put around a state dict
 _WRAPPERS = ("state_dict_ema", "model_ema", "state_dict", "model", "module")
 _CLASSIFIER = ("head.fc.", "head.mlp.")
+# a branched model's (CrossViT's) classifier of each branch
+_BRANCH_CLASSIFIER = re.compile(r"head\.heads\.\d+\.(fc|mlp)\.")
 
 
 class WeightsError(HvtnasError):
@@ -490,6 +494,54 @@ def _tnt_key(key: str) -> str:
     return re.sub(r"^head\.(weight|bias)$", r"head.fc.\1", key)
 
 
+def _crossvit_state(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """timm's CrossViT (IBM/CrossViT's names, position embeddings and class tokens as
+    ``pos_embed_<b>`` / ``cls_token_<b>``) in hvtnas's: branch 0 is the model's own stem and stage,
+    branch b > 0 ``branches.<b-1>``; multi-scale block k's j-th block of branch b is block
+    k * K_b + j of that branch's stage (K_b read off the file); its fusion is ``fusions.<k>``, whose
+    cross-attention keeps keys and values in one matrix (``kv``: wk and wv stacked)."""
+    if "cls_token_0" not in state or "blocks.0.projs.0.0.weight" not in state:
+        return state
+    branches = sum(1 for k in state if re.fullmatch(r"cls_token_\d+", k))
+
+    def branch(b: int) -> str:
+        return "" if b == 0 else f"branches.{b - 1}."
+
+    per_run = [
+        len({k.split(".")[4] for k in state if k.startswith(f"blocks.0.blocks.{b}.")})
+        for b in range(branches)
+    ]
+    out: dict[str, Tensor] = {}
+    for key, value in state.items():
+        if m := re.fullmatch(r"cls_token_(\d+)", key):
+            out[f"{branch(int(m[1]))}stages.0.tokens.tokens"] = value
+        elif m := re.fullmatch(r"pos_embed_(\d+)", key):
+            split = _split_pos_embeds({"pos_embed": value})
+            out[f"{branch(int(m[1]))}stages.0.tokens.pos_embed"] = split["pos_embed.prefix"]
+            out[f"{branch(int(m[1]))}stages.0.pos_embed.pos_embed"] = split["pos_embed.grid"]
+        elif m := re.fullmatch(r"patch_embed\.(\d+)\.(.*)", key):
+            out[f"{branch(int(m[1]))}stem.{m[2]}"] = value
+        elif m := re.fullmatch(r"blocks\.(\d+)\.blocks\.(\d+)\.(\d+)\.(.*)", key):
+            k, b, j, rest = int(m[1]), int(m[2]), int(m[3]), m[4]
+            rest = rest.replace("attn.", "mixer.").replace("mlp.", "ffn.")
+            out[f"{branch(b)}stages.0.blocks.{k * per_run[b] + j}.{rest}"] = value
+        elif m := re.fullmatch(r"blocks\.(\d+)\.(projs|revert_projs)\.(.*)", key):
+            out[f"fusions.{m[1]}.{'to_other' if m[2] == 'projs' else 'back'}.{m[3]}"] = value
+        elif m := re.fullmatch(r"blocks\.(\d+)\.fusion\.(\d+)\.(norm1|attn\.wq|attn\.proj)\.(.*)", key):
+            part = {"norm1": "norm", "attn.wq": "q", "attn.proj": "proj"}[m[3]]
+            out[f"fusions.{m[1]}.attend.{m[2]}.{part}.{m[4]}"] = value
+        elif m := re.fullmatch(r"blocks\.(\d+)\.fusion\.(\d+)\.attn\.wk\.(.*)", key):
+            wv = state[key.replace(".wk.", ".wv.")]
+            out[f"fusions.{m[1]}.attend.{m[2]}.kv.{m[3]}"] = torch.cat([value, wv])
+        elif m := re.fullmatch(r"norm\.(\d+)\.(.*)", key):
+            out[f"head.heads.{m[1]}.norm.{m[2]}"] = value
+        elif m := re.fullmatch(r"head\.(\d+)\.(.*)", key):
+            out[f"head.heads.{m[1]}.fc.{m[2]}"] = value
+        elif not re.fullmatch(r"blocks\.\d+\.fusion\.\d+\.attn\.wv\..*", key):  # wv: in kv
+            out[key] = value
+    return out
+
+
 def _identity(key: str) -> str:
     return key
 
@@ -589,6 +641,7 @@ LAYOUTS: dict[str, Callable[[str], str]] = {
     "timm-tnt": _tnt_key,
     "official-ceit": _ceit_key,
     "official-mvit": _identity,  # renamed by its PREPARE entry, which needs the whole file
+    "timm-crossvit": _identity,  # renamed by its PREPARE entry, which needs the whole file
     "timm-byoanet": _byoanet_key,
     "official-swin": lambda k: _swin_key(_official_swin_to_timm(k)),
     "official-swinv2": lambda k: _swinv2_key(_official_swin_to_timm(k)),
@@ -610,6 +663,7 @@ PREPARE: dict[str, Callable[[dict[str, Tensor]], dict[str, Tensor]]] = {
     "timm-tnt": _tnt_state,
     "official-ceit": _split_pos_embeds,
     "official-mvit": _mvit_v1_state,
+    "timm-crossvit": _crossvit_state,
     "official-vil": _official_vil_prepare,
     "aaboys-mobile_former": _mobile_former_state,
     "official-regionvit": _official_regionvit_prepare,
@@ -736,10 +790,14 @@ def convert_state_dict(
     fits = [_Fit(layout, state, target) for layout in LAYOUTS]
     best = min(fits, key=lambda f: (len(f.problems), -f.matched))
     if new_classifier is None:
-        fc = best.mapped.get("head.fc.weight")
+        fc = best.mapped.get("head.fc.weight", best.mapped.get("head.heads.0.fc.weight"))
         new_classifier = (fc.shape[0] if fc is not None else 0) != getattr(model, "num_classes", None)
     skipped: list[str] = []
-    if best.problems and new_classifier and all(k.startswith(_CLASSIFIER) for k in best.problems):
+    if (
+        best.problems
+        and new_classifier
+        and all(k.startswith(_CLASSIFIER) or _BRANCH_CLASSIFIER.match(k) for k in best.problems)
+    ):
         skipped = sorted(set(best.problems))
         best.missing, best.unexpected, best.mismatched = [], [], []
     if best.problems:

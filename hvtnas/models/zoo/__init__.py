@@ -110,6 +110,9 @@ PUBLISHED: dict[str, Published] = {
     "regionvit_s": Published(30.6, 5.3, 82.6, "IBM/RegionViT (RegionViT-S, README)"),
     # the SegFormer paper and README give no ImageNet figures for the encoder alone
     "mit_b0": Published(3.3, None, None, "NVlabs/SegFormer (encoder, counted on mix_transformer.py)"),
+    # IBM/CrossViT README and the paper (arXiv 2103.14899, Table 2): CrossViT-S at 240x240; fvcore
+    # counts timm's port at 5.630 G (it normalises every token before reading the class tokens)
+    "crossvit_s": Published(26.7, 5.6, 81.0, "IBM/CrossViT (CrossViT-S, 240x240; paper Table 2)"),
 }
 
 
