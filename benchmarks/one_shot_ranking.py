@@ -45,8 +45,10 @@ from scipy import stats
 
 from hvtnas.config import ArchConfig
 from hvtnas.costs import CostCache, measure_costs
+from hvtnas.models.build import build_model
 from hvtnas.search.one_shot import OneShotConfig, build_supernet, inherited_accuracy, train_supernet
 from hvtnas.search.one_shot.strategy import SUPERNET_ATTR
+from hvtnas.search.one_shot.training import finetune
 from hvtnas.search.outcome import evaluated_trials
 from hvtnas.search.study import SearchRun, SearchSpec, arch_key, load_search_spec, open_study, search_recipe
 from hvtnas.search.warm_start import warm_start_points
@@ -92,7 +94,11 @@ def prepared_spec(args: argparse.Namespace) -> SearchSpec:
     train = exp.train.model_copy(update={"epochs": args.proxy_epochs, "device": "cpu"})
     supernet_train = train.model_copy(update={"epochs": args.supernet_epochs, "lr": args.supernet_lr})
     one_shot = OneShotConfig(
-        train=supernet_train, rule=args.rule, sandwich_random=args.sandwich_random, cover_samples=8
+        train=supernet_train,
+        rule=args.rule,
+        sandwich_random=args.sandwich_random,
+        cover_samples=8,
+        finetune_steps=args.finetune_steps,
     )
     spec.experiment = exp.model_copy(
         update={"data": data, "train": train, "strategy": "one_shot", "one_shot": one_shot}
@@ -135,9 +141,18 @@ def train_the_supernet(spec: SearchSpec, data: ImageData, work: Path, cache: Cac
 
 
 def ranking(
-    spec: SearchSpec, data: ImageData, supernet: Any, n: int, costs: CostCache, cache: Cache, seed: int
+    spec: SearchSpec,
+    data: ImageData,
+    supernet: Any,
+    n: int,
+    costs: CostCache,
+    cache: Cache,
+    seed: int,
+    finetune_steps: int = 0,
 ) -> list[dict[str, Any]]:
-    """``n`` random feasible sub-networks: inherited and stand-alone accuracy, FLOPs, params."""
+    """``n`` random feasible sub-networks: inherited and stand-alone accuracy, FLOPs, params; with
+    ``finetune_steps``, also the accuracy after that many steps from the inherited weights and
+    after the same steps from a fresh initialisation (what inheriting is worth at that cost)."""
     exp = spec.experiment
     limits = exp.constraints
     rows: list[dict[str, Any]] = []
@@ -159,6 +174,18 @@ def ranking(
                 "inherited:" + key, {"accuracy": accuracy, "seconds": time.perf_counter() - started}
             )
         alone = standalone(arch, data, exp.train, cache)
+        tuned: dict[str, Any] = {}
+        if finetune_steps:
+            lr = exp.one_shot.train.lr
+            for kind in ("finetuned", "scratch"):
+                tag = f"{kind}{finetune_steps}:{key}"
+                if cache.get(tag) is None:
+                    started = time.perf_counter()
+                    model = supernet.extract(arch) if kind == "finetuned" else build_model(arch)
+                    _, accuracy = finetune(model, data, exp.train, finetune_steps, lr)
+                    cache.put(tag, {"accuracy": accuracy, "seconds": time.perf_counter() - started})
+                tuned[kind] = cache.get(tag)["accuracy"]
+                tuned[f"{kind}_seconds"] = cache.get(tag)["seconds"]
         rows.append(
             {
                 "arch": describe(arch),
@@ -169,6 +196,7 @@ def ranking(
                 "inherited_seconds": inherited["seconds"],
                 "standalone": alone["accuracy"],
                 "standalone_seconds": alone["seconds"],
+                **tuned,
             }
         )
         log(
@@ -193,7 +221,9 @@ def rank_stats(rows: list[dict[str, Any]]) -> dict[str, Any]:
     top = max(1, len(rows) // 4)
     best_alone = {r["key"] for r in sorted(rows, key=lambda r: -r["standalone"])[:top]}
     best_inherited = {r["key"] for r in sorted(rows, key=lambda r: -r["inherited"])[:top]}
+    tuned = {k: against([r[k] for r in rows]) for k in ("finetuned", "scratch") if k in rows[0]}
     return {
+        **tuned,
         "inherited": against([r["inherited"] for r in rows]),
         "flops": against([r["flops"] for r in rows]),
         "params": against([r["params"] for r in rows]),
@@ -373,11 +403,16 @@ def write_results(result: dict[str, Any], out: str) -> None:
         "| ranking by | Kendall tau | p | Spearman rho |",
         "|---|---:|---:|---:|",
     ]
+    steps = s.get("finetune_steps", 0)
     for what, label in (
         ("inherited", "inherited-weight accuracy (no training)"),
+        ("finetuned", f"inherited weights + {steps} fine-tuning steps"),
+        ("scratch", f"{steps} training steps from a fresh initialisation (no supernet)"),
         ("flops", "FLOPs alone"),
         ("params", "parameters alone"),
     ):
+        if what not in rs:
+            continue
         st = rs[what]
         lines.append(f"| {label} | {st['kendall_tau']:.3f} | {st['tau_p']:.3g} | {st['spearman']:.3f} |")
     mean_inh = np.mean([x["inherited_seconds"] for x in r["ranking"]])
@@ -389,13 +424,16 @@ def write_results(result: dict[str, Any], out: str) -> None:
         f"evaluation) against {mean_alone:.1f} s stand-alone training "
         f"({mean_alone / max(mean_inh, 1e-9):.0f}x).",
         "",
-        "| # | MMACs | params | inherited | stand-alone | architecture |",
-        "|---:|---:|---:|---:|---:|---|",
+        "| # | MMACs | params | inherited | "
+        + (f"+{steps} steps | {steps} steps from scratch | " if steps else "")
+        + "stand-alone | architecture |",
+        "|---:|---:|---:|---:|" + ("---:|---:|" if steps else "") + "---:|---|",
     ]
     for i, x in enumerate(sorted(r["ranking"], key=lambda x: -x["standalone"])):
+        tuned = f"{100 * x['finetuned']:.1f} | {100 * x['scratch']:.1f} | " if steps else ""
         lines.append(
             f"| {i + 1} | {x['flops'] / 1e6:.2f} | {x['params']:,} | {100 * x['inherited']:.1f} | "
-            f"{100 * x['standalone']:.1f} | {x['arch']} |"
+            f"{tuned}{100 * x['standalone']:.1f} | {x['arch']} |"
         )
     os_ = r.get("one_shot_study")
     if os_ is not None:
@@ -470,6 +508,9 @@ def main() -> None:
     parser.add_argument("--rule", choices=["uniform", "sandwich"], default="uniform")
     parser.add_argument("--sandwich-random", type=int, default=2)
     parser.add_argument("--subnets", type=int, default=20)
+    parser.add_argument(
+        "--finetune-steps", type=int, default=0, help="also rank after that many steps from inherited weights"
+    )
     parser.add_argument("--trials", type=int, default=100, help="of the one-shot study")
     parser.add_argument("--retrain", type=int, default=6, help="most of the one-shot front retrained")
     parser.add_argument("--per-trial-study", action="store_true")
@@ -493,7 +534,7 @@ def main() -> None:
     log(f"supernet: {args.supernet_epochs} epochs, rule {args.rule}, {data.num_train} training images")
     supernet, supernet_seconds = train_the_supernet(spec, data, args.work, cache)
     log(f"supernet trained in {supernet_seconds / 60:.1f} min")
-    rows = ranking(spec, data, supernet, args.subnets, costs, cache, args.seed)
+    rows = ranking(spec, data, supernet, args.subnets, costs, cache, args.seed, args.finetune_steps)
     rs = rank_stats(rows)
     log(
         f"Kendall tau (inherited vs stand-alone) {rs['inherited']['kendall_tau']:.3f}; "
@@ -515,6 +556,7 @@ def main() -> None:
             "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} thread(s), "
             f"torch {torch.__version__}, optuna {optuna.__version__}",
             "date": time.strftime("%Y-%m-%d"),
+            "finetune_steps": args.finetune_steps,
             "recipe": search_recipe(spec),
         },
         "supernet": cache.get("supernet"),

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import torch
+from pydantic import ValidationError
 
 from hvtnas import MIXERS
 from hvtnas.config import ArchConfig, InputConfig
@@ -217,6 +218,33 @@ def test_inherited_accuracy_of_a_trained_supernet_beats_chance(tmp_path, one_thr
     _, accuracy = inherited_accuracy(supernet, supernet.eval_arch, data, cfg)
     assert accuracy > 0.2  # 10 classes: chance is 0.1
     assert supernet.point(supernet.eval_arch).input == InputConfig(channels=1, resolution=16, num_classes=10)
+
+
+def test_finetuning_inherited_weights_trains_the_path_alone_and_leaves_the_supernet(
+    tmp_path,
+    one_thread: None,  # noqa: F811
+) -> None:
+    space, data, cfg = _tiny_training()
+    supernet = build_supernet(space, data, OneShotConfig(cover_samples=0))
+    train_supernet(supernet, data, cfg.model_copy(update={"epochs": 1, "lr": 0.005}), tmp_path)
+    before = {n: p.clone() for n, p in supernet.state_dict().items()}
+    arch = supernet.eval_arch
+    _, as_inherited = inherited_accuracy(supernet, arch, data, cfg)
+    tuned = [
+        inherited_accuracy(supernet, arch, data, cfg, finetune_steps=4, finetune_lr=0.005) for _ in range(2)
+    ]
+    assert tuned[0] == tuned[1]  # the same batches and draws for every evaluation
+    assert tuned[0][1] != as_inherited  # the steps changed the weights that were evaluated
+    assert all(torch.equal(p, before[n]) for n, p in supernet.state_dict().items())  # on a copy
+    subset = data.training_subset(4 * cfg.batch_size, seed=cfg.seed)
+    assert subset.num_train == 4 * cfg.batch_size and subset.num_val == data.num_val
+
+
+def test_finetune_settings_are_validated() -> None:
+    with pytest.raises(ValidationError, match="finetune_steps"):
+        OneShotConfig(finetune_steps=-1)
+    with pytest.raises(ValidationError, match="finetune_lr"):
+        OneShotConfig(finetune_lr=0)
 
 
 # ------------------------------------------------------------------------------ the study

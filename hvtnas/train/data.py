@@ -18,7 +18,7 @@ import pickle
 import tarfile
 import urllib.request
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, model_validator
 from torch import Tensor
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
 from hvtnas.errors import HvtnasError
 
@@ -142,6 +142,16 @@ class ImageData:
         mean = torch.tensor(self.mean).view(1, -1, 1, 1)
         std = torch.tensor(self.std).view(1, -1, 1, 1)
         return (x.float() - mean) / std, y
+
+    def training_subset(self, n: int, seed: int = 0) -> ImageData:
+        """The same dataset with ``n`` of its training images (a fixed random choice by ``seed``)
+        and all of its validation images: what a few fine-tuning steps train on."""
+        g = torch.Generator().manual_seed(seed)
+        idx = torch.randperm(self.num_train, generator=g)[: min(n, self.num_train)]
+        if self.in_memory:
+            images, labels = self.train_images[idx], self.train_labels[idx]
+            return replace(self, train_images=images, train_labels=labels, _device_cache={})
+        return replace(self, train_dataset=Subset(self.train_dataset, idx.tolist()), _device_cache={})
 
     def on_device(self, device: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """The four tensors on ``device``, copied once and reused by every trial of a search."""

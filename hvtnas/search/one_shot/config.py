@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt
 
 from hvtnas.train import TrainConfig
 
@@ -18,7 +18,13 @@ class OneShotConfig(BaseModel):
     (the largest and the smallest by widths, depths and ratios, plus ``sandwich_random`` random
     ones; BigNAS). ``bn_batches``: training batches that re-estimate a sub-network's BatchNorm
     statistics before it is evaluated (architectures without BatchNorm skip it). ``cover_samples``:
-    random points, beside the covering ones, that size the supernet's shared weights."""
+    random points, beside the covering ones, that size the supernet's shared weights.
+
+    ``finetune_steps``: training steps each sub-network takes on its own from the weights it
+    inherits before it is evaluated (0: evaluated as inherited). A few steps adapt the shared
+    weights to the one path (each trial costs that many steps more); every trial trains on the
+    same ``finetune_steps`` batches of the training split, with ``finetune_lr`` (default: the
+    supernet's learning rate) held constant, no warm-up."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -27,3 +33,5 @@ class OneShotConfig(BaseModel):
     sandwich_random: NonNegativeInt = Field(2, le=16)
     bn_batches: PositiveInt = 4
     cover_samples: NonNegativeInt = 32
+    finetune_steps: NonNegativeInt = Field(0, le=100_000)
+    finetune_lr: PositiveFloat | None = None

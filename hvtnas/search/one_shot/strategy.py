@@ -80,7 +80,15 @@ class InheritedEvaluator:
         """``val_accuracy``, ``val_loss`` and the seconds it took, for the trial's records."""
         cfg, train = one_shot_settings(self.spec)
         started = time.perf_counter()
-        loss, accuracy = inherited_accuracy(self.supernet(), arch, self.data, train, cfg.bn_batches)
+        loss, accuracy = inherited_accuracy(
+            self.supernet(),
+            arch,
+            self.data,
+            train,
+            cfg.bn_batches,
+            finetune_steps=cfg.finetune_steps,
+            finetune_lr=cfg.finetune_lr or train.lr,
+        )
         return {
             "val_accuracy": accuracy,
             "val_loss": loss,

@@ -130,10 +130,40 @@ def train_supernet(
 
 
 def inherited_accuracy(
-    supernet: Supernet, arch: ArchConfig, data: ImageData, cfg: TrainConfig, bn_batches: int = 4
+    supernet: Supernet,
+    arch: ArchConfig,
+    data: ImageData,
+    cfg: TrainConfig,
+    bn_batches: int = 4,
+    *,
+    finetune_steps: int = 0,
+    finetune_lr: float | None = None,
 ) -> tuple[float, float]:
-    """Validation (loss, accuracy) of ``arch`` with the weights it inherits from ``supernet``,
-    no training; BatchNorm statistics re-estimated on ``bn_batches`` training batches first."""
+    """Validation (loss, accuracy) of ``arch`` with the weights it inherits from ``supernet``:
+    BatchNorm statistics re-estimated on ``bn_batches`` training batches first, then, with
+    ``finetune_steps``, that many training steps of the sub-network alone (see ``OneShotConfig``)."""
     model = supernet.extract(arch).to(supernet._device())
+    if finetune_steps > 0:
+        return finetune(model, data, cfg, finetune_steps, finetune_lr)
     recalibrate_batchnorm(model, training_batches(data, cfg, bn_batches))
     return evaluate_model(model.eval(), data, cfg)
+
+
+def finetune(
+    model: torch.nn.Module, data: ImageData, cfg: TrainConfig, steps: int, lr: float | None = None
+) -> tuple[float, float]:
+    """Train ``model`` for ``steps`` steps of ``cfg``'s batch size on a fixed subset of the training
+    images (the same for every sub-network: their fine-tunings compare), at a constant ``lr``
+    (default ``cfg.lr``); then its validation (loss, accuracy). BatchNorm statistics follow the
+    training batches, as in any training."""
+    subset = data.training_subset(steps * cfg.batch_size, seed=cfg.seed)
+    recipe = cfg.model_copy(
+        update={"epochs": 1, "warmup_epochs": 0.0, "min_lr_ratio": 1.0, "lr": lr or cfg.lr}
+    )
+    with torch.random.fork_rng(devices=[]):  # the same draws (drop path, crops) for every trial
+        torch.manual_seed(cfg.seed)
+        result = train_model(model, subset, recipe)
+    if result.status != "completed" or not result.epochs:
+        raise HvtnasError(f"fine-tuning an inherited sub-network failed: {result.reason}")
+    last = result.epochs[-1]
+    return last.val_loss, last.val_accuracy
