@@ -44,7 +44,7 @@ def _mixer_pattern(kind: str) -> list:
     return [{"kind": kind}]
 
 
-@pytest.mark.parametrize("resolution", [32, 224])
+@pytest.mark.parametrize("resolution", [32, 96])
 @pytest.mark.parametrize("kind", MIXERS.names())
 def test_every_mixer_forward_backward(kind: str, resolution: int) -> None:
     stage = {"ffn": "none", "norm": "batchnorm"} if kind == "mbconv" else {}
@@ -66,7 +66,7 @@ def test_every_mixer_forward_backward(kind: str, resolution: int) -> None:
     for name, p in model.named_parameters():
         assert p.grad is not None, f"{kind}: no gradient reaches {name}"
         assert torch.isfinite(p.grad).all(), f"{kind}: non-finite gradient in {name}"
-    if resolution == 224:  # at 32 the last map is 1x1, where attention weights carry no gradient
+    if resolution > 32:  # at 32 the last map is 1x1, where attention weights carry no gradient
         zero = [n for n, p in model.named_parameters() if ".mixer." in n and not p.grad.abs().sum() > 0]
         assert not zero, f"{kind}: all-zero gradient in {zero}"
 
