@@ -569,8 +569,14 @@ class NestedBlock(nn.Module):
         x = x + self.fuse(pixels)
         if tokens is None:
             return pixels, self.outer(x), None
-        x, tokens = self.outer.forward_with_tokens(x, tokens)
-        return pixels, x, tokens
+        if not self.outer.takes_sequence:
+            x, tokens = self.outer.forward_with_tokens(x, tokens)
+            return pixels, x, tokens
+        # TNT's outer block as the sequence model's: its FFN reads its weights once for the class
+        # token and the map together, not once for each (what made batch 1 slower than timm's)
+        H, W, T = x.shape[1], x.shape[2], tokens.shape[1]
+        sequence = self.outer.forward_sequence(torch.cat([tokens, x.flatten(1, 2)], dim=1), T, (H, W))
+        return pixels, rearrange(sequence[:, T:], "b (h w) c -> b h w c", h=H), sequence[:, :T]
 
 
 class NestedStage(Stage):
