@@ -323,11 +323,12 @@ def test_build_without_weight_init_has_the_same_parameters_and_flops() -> None:
 
 
 @pytest.mark.parametrize("name", ["pvt_v2_b0", "convformer_s18"])
-def test_fused_inference_kernels_compute_what_the_plain_ops_compute(name: str) -> None:
+def test_fused_inference_kernels_compute_what_the_plain_ops_compute(name: str, monkeypatch) -> None:
     """CPU inference takes the fused oneDNN kernels (MixFFN conv + GELU, SepConv linear + StarReLU,
     MLP linear + GELU); no_grad and training take the plain ops. Both give the same outputs."""
     from hvtnas.models import fused
 
+    monkeypatch.setattr(fused, "FUSED_LINEAR_MIN_ROWS", 0)  # fuse the small test maps' linears too
     model = build_model(name).eval()
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():  # not inference mode: plain ops
@@ -344,6 +345,31 @@ def test_fused_inference_kernels_compute_what_the_plain_ops_compute(name: str) -
                 mp.setattr(torch.ops.mkldnn, op, lambda *a, op=op, f=original: calls.append(op) or f(*a))
             model(x)
         assert calls  # MixFFN: conv + GELU; ConvFormer: linear + StarReLU's ReLU, linear + GELU
+
+
+def test_a_fused_linear_is_taken_only_from_enough_rows() -> None:
+    """oneDNN's fused linear is slower than the plain ops on a few hundred rows (a ViT at batch 1):
+    below ``FUSED_LINEAR_MIN_ROWS`` rows the plain ops run, above it the fused kernel."""
+    from hvtnas.models import fused
+
+    if not fused._onednn_works("linear", "gelu", "none"):
+        pytest.skip("this torch build has no fused oneDNN linear")
+    linear, act = torch.nn.Linear(8, 16), torch.nn.GELU()
+    original = torch.ops.mkldnn._linear_pointwise
+    calls: list[int] = []
+
+    def counted(x: torch.Tensor, *rest: object) -> torch.Tensor:
+        calls.append(x.shape[1])
+        return original(x, *rest)
+
+    rows = fused.FUSED_LINEAR_MIN_ROWS
+    few, enough = torch.randn(1, rows - 1, 8), torch.randn(1, rows, 8)
+    with torch.inference_mode(), pytest.MonkeyPatch.context() as mp:
+        mp.setattr(torch.ops.mkldnn, "_linear_pointwise", counted)
+        outs = [fused.linear_act(x, linear, act) for x in (few, enough)]
+    assert calls == [rows]  # the larger input only
+    for x, out in zip((few, enough), outs, strict=True):
+        torch.testing.assert_close(out, act(linear(x)), rtol=1e-5, atol=1e-5)
 
 
 def test_training_step_through_fused_residual_and_drop_path_matches_the_unfused_formula() -> None:
