@@ -250,7 +250,7 @@ def to_markdown(env: dict[str, Any], rows: list[dict]) -> str:
         else:
             ref, gen = f"{r['reference_img_s']:.1f} img/s", f"{r['generated_img_s']:.1f} img/s"
         target = (
-            "" if r["target"] is None else f"<= {r['target']:.1f} " + ("yes" if r["meets_target"] else "NO")
+            "" if r["target"] is None else f"<= {r['target']:g} " + ("yes" if r["meets_target"] else "NO")
         )
         compiled = "yes" if r["compile"] else "no"
         lines.append(
