@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from hvtnas.errors import HvtnasError
 from hvtnas.models.blocks import Stage
 from hvtnas.models.layers import make_act, nhwc_to_nchw
-from hvtnas.models.metaformer import ClassifierHead, MetaFormer, _take_indices
+from hvtnas.models.metaformer import ClassifierHead, MetaFormer, _take_indices, run_stem
 
 
 class ClassCrossAttention(nn.Module):
@@ -192,7 +192,7 @@ class BranchedMetaFormer(MetaFormer):
         tokens after each."""
         parts = self._branch_parts()
         maps = [
-            stem(_resize(x, scale).contiguous(memory_format=torch.channels_last))  # see MetaFormer._stem
+            run_stem(stem, _resize(x, scale))
             for stem, _, scale in parts
         ]
         tokens: list = [None] * len(parts)

@@ -163,6 +163,22 @@ class ClassifierHead(nn.Module):
         return norm(x.mean(dim=(1, 2)))
 
 
+def run_stem(stem: nn.Module, x: Tensor) -> Tensor:
+    """``stem`` on the image ``x`` (B, 3, H, W), its (B, H/s, W/s, C) map contiguous.
+
+    The maps of every stage must be contiguous (B, H, W, C) memory: as permuted views of NCHW memory,
+    every linear layer, pooling and norm after would copy or take a slow strided path (PoolFormer's
+    pooling: 15x slower). A channels_last image makes the stem's convolution write that memory
+    directly; but oneDNN then reorders the convolution's weight to channels_last on every call,
+    which costs more than it saves where the weight is larger than the image (ViT's 16x16 patch
+    embedding: 295k weights for 150k pixel values; DeiT-S at batch 1: 5% of its time). There the
+    NCHW image is used as it is and the smaller output is made contiguous instead."""
+    first = next((m for m in stem.modules() if isinstance(m, nn.Conv2d)), None)
+    if first is not None and first.weight.numel() > x[0].numel():
+        return stem(x).contiguous()
+    return stem(x.contiguous(memory_format=torch.channels_last))
+
+
 class MetaFormer(nn.Module):
     """A hierarchical MetaFormer backbone with a classification head, speaking timm 1.x's API.
 
@@ -341,11 +357,7 @@ class MetaFormer(nn.Module):
 
     # ------------------------------------------------------------------ internals
     def _stem(self, x: Tensor) -> Tensor:  # (B, 3, H, W) -> (B, H/s, W/s, C), s the stem's stride
-        # a channels_last image makes the stem's convolution write channels_last memory, so the
-        # (B, H, W, C) maps of every stage are contiguous: from an NCHW image they would be
-        # permuted views of NCHW memory, and every linear layer, pooling and norm after would
-        # copy or take a slow strided path (PoolFormer's pooling: 15x slower)
-        return self.stem(x.contiguous(memory_format=torch.channels_last))
+        return run_stem(self.stem, x)
 
     def _forward_levels(self, x: Tensor, stages: Sequence[Stage]) -> list[tuple[Tensor, Tensor | None]]:
         """(B, 3, H, W) -> per stage run, its map (B, H/s, W/s, C) and the (B, T, C) tokens beside it
