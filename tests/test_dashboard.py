@@ -75,7 +75,11 @@ def server(run_dir: Path) -> Iterator[str]:
         yield url
     finally:
         process.terminate()
-        process.wait(timeout=10)
+        try:  # a graceful stop; on a busy machine it may take long, and then it is killed
+            process.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def test_dashboard_api_lists_the_study(server: str) -> None:
