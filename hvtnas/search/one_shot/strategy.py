@@ -87,7 +87,7 @@ class InheritedEvaluator:
             train,
             cfg.bn_batches,
             finetune_steps=cfg.finetune_steps,
-            finetune_lr=cfg.finetune_lr or train.lr,
+            finetune_lr=cfg.finetune_lr,  # None: the supernet's rate (finetune's default)
         )
         return {
             "val_accuracy": accuracy,
