@@ -310,8 +310,10 @@ def test_export_and_report_of_a_study_named_like_a_path_stay_in_their_folder(
 
 
 # ------------------------------------------------------------------------------- faults
-def _study(tmp_path: Path, name: str = "space") -> optuna.Study:
-    url = f"sqlite:///{tmp_path / 'runs' / name / 'study.db'}"
+def _study(tmp_path: Path, name: str = "space", read_only: bool = False) -> optuna.Study:
+    path = tmp_path / "runs" / name / "study.db"
+    # sqlite's URI form opens an existing file read-only, never creating it or its tables
+    url = f"sqlite:///file:{path}?mode=ro&uri=true" if read_only else f"sqlite:///{path}"
     return optuna.load_study(study_name=name, storage=url)
 
 
@@ -504,6 +506,27 @@ def test_ctrl_c_during_start_up_prints_no_traceback(tmp_path: Path) -> None:
     assert "interrupted" in err
 
 
+class _InterruptedWhileCollected:
+    def __del__(self) -> None:  # Ctrl-C while Python runs a finalizer (a GC or weakref callback)
+        signal.raise_signal(signal.SIGINT)
+
+
+@pytest.mark.parametrize("once", [False, True])  # the command; a worker process
+def test_ctrl_c_that_lands_in_a_finalizer_is_not_lost(
+    once: bool, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hvtnas import interrupts
+
+    monkeypatch.setattr(sys, "unraisablehook", sys.__unraisablehook__)  # Python's own: prints and drops
+    # Python drops the KeyboardInterrupt raised in __del__; it is raised again in the sleep
+    with interrupts.interrupts_raised(once=once), pytest.raises(KeyboardInterrupt):
+        _InterruptedWhileCollected()  # collected at once
+        end = time.monotonic() + 120  # a trial training, until the signal sent again stops it
+        while time.monotonic() < end:
+            time.sleep(0.1)
+    assert "Exception ignored" not in capfd.readouterr().err
+
+
 HANG = (  # hvtnas search whose trials train until interrupted
     "import sys, time; import hvtnas.search.study as s; "
     "s.train_proxy = lambda *a, **k: time.sleep(3600); "
@@ -523,11 +546,12 @@ def test_ctrl_c_during_a_trial_fails_it_with_its_reason_and_resume_retries_it(
     )
 
     def training() -> bool:
-        try:
-            return any(
-                "arch" in t.user_attrs for t in _study(tmp_path).get_trials(states=(TrialState.RUNNING,))
-            )
-        except Exception:  # not created yet
+        if process.poll() is not None:  # it ended before training: say why, not time out
+            raise AssertionError(process.communicate()[1])
+        try:  # read-only: opening the file read-write would create it under the search (a race)
+            study = _study(tmp_path, read_only=True)
+            return any("arch" in t.user_attrs for t in study.get_trials(states=(TrialState.RUNNING,)))
+        except Exception:  # not created yet, or its schema half-written
             return False
 
     _wait_until(training, what="a trial to start training")

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import functools
-import signal
 import sys
-import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -15,6 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from hvtnas.errors import HvtnasError
+from hvtnas.interrupts import interrupts_raised
 
 
 class _LogConsole(Console):
@@ -62,10 +61,6 @@ def _storage_fault(err: Exception) -> str | None:
     return f"{where}: {type(cause).__name__}: {first}"
 
 
-def _terminated(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt  # the running trial is failed with its reason, the command ends quietly
-
-
 def print_table(table: Table) -> None:
     """A table on stdout: fitted to a terminal's width, at its natural width elsewhere (a log
     file or a pipe gets every row on one line, never folded at 80 columns)."""
@@ -90,11 +85,9 @@ def user_errors(func: F) -> F:
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         _storage.clear()
-        previous = None
-        if threading.current_thread() is threading.main_thread():  # SIGTERM (preemption) as Ctrl-C
-            previous = signal.signal(signal.SIGTERM, _terminated)
         try:
-            return func(*args, **kwargs)
+            with interrupts_raised():  # Ctrl-C, and SIGTERM (preemption) as Ctrl-C
+                return func(*args, **kwargs)
         except HvtnasError as err:
             problems = getattr(err, "problems", None)
             for line in problems or [str(err)]:
@@ -113,8 +106,5 @@ def user_errors(func: F) -> F:
                 raise  # a bug: the traceback is for us
             print_error(line)
             raise typer.Exit(code=1) from None
-        finally:
-            if previous is not None:
-                signal.signal(signal.SIGTERM, previous)
 
     return wrapper  # type: ignore[return-value]

@@ -26,6 +26,7 @@ from typing import Any
 
 import optuna
 
+from hvtnas import interrupts
 from hvtnas.errors import HvtnasError
 
 JOURNAL_PREFIX = "journal:"
@@ -187,8 +188,9 @@ def run_workers(n_jobs: int, worker_args: dict[str, Any], devices: list[str] | N
 def worker_process(**kwargs: Any) -> None:
     """The body of a ``--n-jobs`` worker process: ``worker_main``, where Ctrl-C or SIGTERM fail
     the running trial with the reason "interrupted" and end the process quietly (exit 130)."""
-    signal.signal(signal.SIGINT, _raise_interrupt)
-    signal.signal(signal.SIGTERM, _raise_interrupt)
+    # for the process's life (the parent's SIGTERM may come late); SIGINT although the parent
+    # started this process with it ignored (``_sigint_ignored``)
+    interrupts.install(once=True, sigint_even_if_ignored=True)
     try:
         worker_main(**kwargs)
     except KeyboardInterrupt:
@@ -196,19 +198,6 @@ def worker_process(**kwargs: Any) -> None:
     except HvtnasError as err:  # one line, as the command itself would print it
         print(f"[{multiprocessing.current_process().name}] error: {err}", file=sys.stderr, flush=True)
         sys.exit(2)
-
-
-_interrupted: list[int] = []
-
-
-def _raise_interrupt(signum: int, frame: object) -> None:
-    # once: a second signal (Ctrl-C reaches the workers and the parent's SIGTERM follows) must not
-    # interrupt the recording of the first. The handler stays installed (a signal that arrives
-    # while it is swapped for SIG_IGN makes Python print "Signal 15 ignored due to race condition")
-    if _interrupted:
-        return
-    _interrupted.append(signum)
-    raise KeyboardInterrupt
 
 
 @contextlib.contextmanager

@@ -1,0 +1,102 @@
+"""Ctrl-C and SIGTERM as a ``KeyboardInterrupt`` in the main thread that is never lost.
+
+Python runs a signal's handler at the next bytecode of the main thread, wherever that is. When
+that is inside a garbage-collection callback or a ``__del__`` (SQLAlchemy's weakref callbacks run
+often while a study is open), the ``KeyboardInterrupt`` cannot propagate: Python prints "Exception
+ignored in ..." with a traceback and drops it, and the command goes on as if Ctrl-C had not been
+pressed (seen in a search whose trial slept in its training). Here such a dropped interrupt is
+sent again to the main thread (``signal.pthread_kill``, which also wakes a sleeping call) until
+it is raised where it can propagate, and nothing is printed for it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+_received: list[int] = []  # the signal being raised (at most one)
+_dropped: list[bool] = []  # that signal was dropped by Python and is being sent again
+_in_hook: list[bool] = []  # the main thread is in the hook below: a signal now would be dropped too
+RESEND_AFTER_S = 0.01  # lets the main thread leave the hook first; if not, the handler sends again
+
+
+def _send_again(signum: int) -> None:
+    # from another thread: ``pthread_kill`` to the main thread interrupts a sleep or a wait there
+    main = threading.main_thread().ident
+    assert main is not None
+    timer = threading.Timer(RESEND_AFTER_S, signal.pthread_kill, args=(main, signum))
+    timer.daemon = True
+    timer.start()
+
+
+def _raise_interrupt(once: bool) -> Any:
+    def handler(signum: int, frame: object) -> None:
+        if _in_hook:
+            _send_again(signum)
+            return
+        # ``once``: a second signal must not interrupt the recording of the first (a worker gets
+        # Ctrl-C from the terminal and SIGTERM from its parent); a re-sent one is the first again
+        if once and _received and not _dropped:
+            return
+        _received[:] = [signum]
+        _dropped.clear()
+        raise KeyboardInterrupt
+
+    return handler
+
+
+def _resend_dropped(previous: Any) -> Any:
+    def hook(unraisable: Any) -> None:
+        if not (issubclass(unraisable.exc_type, KeyboardInterrupt) and _received):
+            previous(unraisable)
+            return
+        _in_hook[:] = [True]
+        try:
+            _dropped[:] = [True]
+            _send_again(_received[0])
+        finally:
+            _in_hook.clear()
+
+    return hook
+
+
+def install(once: bool = False, sigint_even_if_ignored: bool = False) -> dict[str, Any]:
+    """From now on, in this process's main thread, SIGINT (unless ignored, as in a shell's
+    background job, or ``sigint_even_if_ignored``) and SIGTERM (preemption) raise
+    ``KeyboardInterrupt``, sent again if Python drops it; ``once``: only the first signal does.
+    Returns what it replaced, for ``restore``."""
+    handler = _raise_interrupt(once)
+    replaced: dict[str, Any] = {"hook": sys.unraisablehook}
+    replaced[signal.SIGTERM.name] = signal.signal(signal.SIGTERM, handler)
+    if sigint_even_if_ignored or signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        replaced[signal.SIGINT.name] = signal.signal(signal.SIGINT, handler)
+    sys.unraisablehook = _resend_dropped(replaced["hook"])
+    _received.clear()
+    _dropped.clear()
+    _in_hook.clear()
+    return replaced
+
+
+def restore(replaced: dict[str, Any]) -> None:
+    """Put back the handlers and the hook that ``install`` replaced."""
+    sys.unraisablehook = replaced["hook"]
+    for name in ("SIGTERM", "SIGINT"):
+        if name in replaced:
+            signal.signal(signal.Signals[name], replaced[name])
+
+
+@contextlib.contextmanager
+def interrupts_raised(once: bool = False) -> Iterator[None]:
+    """``install`` for the block (in the main thread; elsewhere nothing changes)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    replaced = install(once)
+    try:
+        yield
+    finally:
+        restore(replaced)
