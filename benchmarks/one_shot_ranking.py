@@ -99,6 +99,7 @@ def prepared_spec(args: argparse.Namespace) -> SearchSpec:
         sandwich_random=args.sandwich_random,
         cover_samples=8,
         finetune_steps=args.finetune_steps,
+        constrained_sampling=not args.unconstrained_sampling,
     )
     spec.experiment = exp.model_copy(
         update={"data": data, "train": train, "strategy": "one_shot", "one_shot": one_shot}
@@ -122,8 +123,11 @@ def standalone(arch: ArchConfig, data: ImageData, train: TrainConfig, cache: Cac
 
 # ------------------------------------------------------------------------------------------- steps
 def train_the_supernet(spec: SearchSpec, data: ImageData, work: Path, cache: Cache) -> tuple[Any, float]:
-    cfg = spec.experiment.one_shot
-    supernet = build_supernet(spec.space, data, cfg, seed=cfg.train.seed)
+    exp = spec.experiment
+    cfg = exp.one_shot
+    supernet = build_supernet(
+        spec.space, data, cfg, seed=cfg.train.seed, constraints=exp.constraints, costs=exp.costs
+    )
     started = time.perf_counter()
     result = train_supernet(supernet, data, cfg.train, work / "supernet")
     if cache.get("supernet") is None or result.train_seconds > cache.get("supernet")["train_seconds"]:
@@ -507,6 +511,11 @@ def main() -> None:
     parser.add_argument("--supernet-lr", type=float, default=0.002)
     parser.add_argument("--rule", choices=["uniform", "sandwich"], default="uniform")
     parser.add_argument("--sandwich-random", type=int, default=2)
+    parser.add_argument(
+        "--unconstrained-sampling",
+        action="store_true",
+        help="train the supernet on random paths of the whole space, not only within the constraints",
+    )
     parser.add_argument("--subnets", type=int, default=20)
     parser.add_argument(
         "--finetune-steps", type=int, default=0, help="also rank after that many steps from inherited weights"
@@ -552,7 +561,8 @@ def main() -> None:
             "proxy": f"{args.proxy_epochs} epochs, batch {exp.train.batch_size}, AdamW lr {exp.train.lr}",
             "supernet": f"{args.supernet_epochs} epochs, rule {args.rule}"
             + (f" (+{args.sandwich_random} random)" if args.rule == "sandwich" else "")
-            + f", lr {args.supernet_lr}",
+            + f", lr {args.supernet_lr}"
+            + (", paths of the whole space" if args.unconstrained_sampling else ", paths in the constraints"),
             "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} thread(s), "
             f"torch {torch.__version__}, optuna {optuna.__version__}",
             "date": time.strftime("%Y-%m-%d"),

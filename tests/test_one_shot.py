@@ -200,6 +200,33 @@ def test_supernet_training_resumes_to_the_same_weights(
     assert all(torch.equal(p, again.state_dict()[n]) for n, p in straight.state_dict().items())
 
 
+def test_training_paths_are_drawn_within_the_constraints(
+    monkeypatch: pytest.MonkeyPatch,
+    one_thread: None,  # noqa: F811
+) -> None:
+    from hvtnas.costs import CostSettings, measure_costs
+
+    space, data, _ = _tiny_training()
+    settings = CostSettings(dense_resolution=None)
+
+    def flops(arch: ArchConfig) -> int:
+        return measure_costs(arch, settings).flops
+
+    free = build_supernet(space, data, OneShotConfig(cover_samples=0), constraints={})
+    torch.manual_seed(0)
+    drawn = sorted(flops(free.sample()) for _ in range(12))
+    limit = drawn[len(drawn) // 2]  # about half of the space's points are over it
+    constrained = build_supernet(space, data, OneShotConfig(cover_samples=0), constraints={"flops": limit})
+    assert all(flops(constrained.sample()) <= limit for _ in range(12))
+    assert flops(constrained.sample("max")) > limit  # the sandwich's largest path stays the largest
+    off = OneShotConfig(cover_samples=0, constrained_sampling=False)
+    assert build_supernet(space, data, off, constraints={"flops": limit}).accept is None
+    impossible = build_supernet(space, data, OneShotConfig(cover_samples=0), constraints={"flops": 1})
+    monkeypatch.setattr("hvtnas.search.one_shot.supernet.ACCEPT_ATTEMPTS", 10)
+    with pytest.raises(SupernetError, match="within the experiment's constraints"):
+        impossible.sample()
+
+
 def test_a_checkpoint_of_another_supernet_is_refused(tmp_path, one_thread: None) -> None:  # noqa: F811
     space, data, cfg = _tiny_training()
     supernet = build_supernet(space, data, OneShotConfig(cover_samples=0))

@@ -24,7 +24,13 @@ class OneShotConfig(BaseModel):
     inherits before it is evaluated (0: evaluated as inherited). A few steps adapt the shared
     weights to the one path (each trial costs that many steps more); every trial trains on the
     same ``finetune_steps`` batches of the training split, with ``finetune_lr`` (default: the
-    supernet's learning rate) held constant, no warm-up."""
+    supernet's learning rate) held constant, no warm-up.
+
+    ``constrained_sampling``: the random paths of supernet training are drawn among the points
+    within the experiment's FLOPs and parameter constraints (SPOS's uniform constraint sampling,
+    Guo et al. 2020, sec. 3.3): the shared weights are trained for the sub-networks the study
+    evaluates, not for ones it never will. The sandwich rule's largest and smallest paths stay
+    as they are; latency and memory constraints are not checked there (they need a real model)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -35,3 +41,4 @@ class OneShotConfig(BaseModel):
     cover_samples: NonNegativeInt = 32
     finetune_steps: NonNegativeInt = Field(0, le=100_000)
     finetune_lr: PositiveFloat | None = None
+    constrained_sampling: bool = True

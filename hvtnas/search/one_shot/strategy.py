@@ -42,7 +42,10 @@ def prepare_supernet(
     """Train the space's supernet into ``out_dir`` (resumed from a checkpoint there; a finished
     one is loaded, not trained again)."""
     cfg, train = one_shot_settings(spec)
-    supernet = build_supernet(spec.space, data, cfg, seed=train.seed)
+    exp = spec.experiment
+    supernet = build_supernet(
+        spec.space, data, cfg, seed=train.seed, constraints=exp.constraints, costs=exp.costs
+    )
     result = train_supernet(supernet, data, train, out_dir, progress=progress)
     if result.status != "completed":
         raise HvtnasError(f"supernet training failed: {result.reason}")

@@ -26,7 +26,7 @@ import hashlib
 import json
 import math
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -46,6 +46,7 @@ from hvtnas.space import ChoiceLeaf, SearchSpace, _is_leaf
 SamplingRule = Literal["uniform", "sandwich"]
 PATH_CACHE = 32  # path modules kept (their buffers and structure; no parameters of their own)
 SAMPLE_ATTEMPTS = 100  # random draws before giving up on a space whose points are mostly invalid
+ACCEPT_ATTEMPTS = 1000  # random points before giving up on finding one that ``accept`` takes
 
 
 class SupernetError(HvtnasError):
@@ -295,9 +296,11 @@ class Supernet(nn.Module):
         sandwich_random: int = 2,
         cover_samples: int = 32,
         seed: int = 0,
+        accept: Callable[[ArchConfig], bool] | None = None,
     ) -> None:
         super().__init__()
         self.space = space
+        self.accept = accept
         self.input = input
         self.rule: SamplingRule = rule
         self.sandwich_random = sandwich_random
@@ -318,8 +321,18 @@ class Supernet(nn.Module):
         return arch.model_copy(update={"input": self.input})
 
     def sample(self, numbers: Literal["max", "min", "random"] = "random") -> ArchConfig:
-        """A random point of the space (``numbers`` at their largest, smallest or random)."""
-        return self.point(choose(self.space, {"numbers": numbers, "categories": "random"}))
+        """A random point of the space (``numbers`` at their largest, smallest or random); a
+        fully random one among those that ``accept`` takes (uniform constraint sampling)."""
+        if numbers != "random" or self.accept is None:
+            return self.point(choose(self.space, {"numbers": numbers, "categories": "random"}))
+        for _ in range(ACCEPT_ATTEMPTS):
+            arch = self.point(choose(self.space, {"numbers": "random", "categories": "random"}))
+            if self.accept(arch):
+                return arch
+        raise SupernetError(
+            f"none of {ACCEPT_ATTEMPTS} random points of {self.space.source} is within the experiment's "
+            "constraints: loosen them, or set one_shot.constrained_sampling: false"
+        )
 
     def set_path(self, arch: ArchConfig | None) -> None:
         """Make ``forward`` run ``arch`` (None: ``eval_arch``)."""

@@ -6,12 +6,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from hvtnas.config import ArchConfig, InputConfig
+from hvtnas.costs import CostSettings, measure_costs
 from hvtnas.errors import HvtnasError
 from hvtnas.search.one_shot.config import OneShotConfig
 from hvtnas.search.one_shot.supernet import Supernet, recalibrate_batchnorm
@@ -23,9 +25,40 @@ SUPERNET_FORMAT = 1
 SUPERNET_FILE = "supernet.pt"
 
 
-def build_supernet(space: SearchSpace, data: ImageData, cfg: OneShotConfig, seed: int = 0) -> Supernet:
-    """The supernet of ``space`` for ``data`` (its channels, resolution and classes)."""
+SAMPLED_LIMITS = ("flops", "flops_dense", "params")  # counted on the meta device: no real compute
+
+
+def within_limits(
+    constraints: Mapping[str, float], costs: CostSettings | None = None
+) -> Callable[[ArchConfig], bool] | None:
+    """Whether a point is within the FLOPs and parameter ``constraints`` (None when there are
+    none of those); ``costs``: the experiment's settings (its dense resolution)."""
+    limits = {name: limit for name, limit in constraints.items() if name in SAMPLED_LIMITS}
+    if not limits:
+        return None
+    dense = costs.dense_resolution if costs is not None and "flops_dense" in limits else None
+    settings = CostSettings(resolution=costs.resolution if costs else None, dense_resolution=dense)
+
+    def accept(arch: ArchConfig) -> bool:
+        measured = measure_costs(arch, settings)
+        values = {"flops": measured.flops, "flops_dense": measured.flops_dense, "params": measured.params}
+        return all(values[name] <= limit for name, limit in limits.items())
+
+    return accept
+
+
+def build_supernet(
+    space: SearchSpace,
+    data: ImageData,
+    cfg: OneShotConfig,
+    seed: int = 0,
+    constraints: Mapping[str, float] | None = None,
+    costs: CostSettings | None = None,
+) -> Supernet:
+    """The supernet of ``space`` for ``data`` (its channels, resolution and classes); with
+    ``cfg.constrained_sampling``, training draws its random paths within ``constraints``."""
     data_input = InputConfig(channels=data.channels, resolution=data.resolution, num_classes=data.num_classes)
+    accept = within_limits(constraints or {}, costs) if cfg.constrained_sampling else None
     return Supernet(
         space,
         data_input,
@@ -33,6 +66,7 @@ def build_supernet(space: SearchSpace, data: ImageData, cfg: OneShotConfig, seed
         sandwich_random=cfg.sandwich_random,
         cover_samples=cfg.cover_samples,
         seed=seed,
+        accept=accept,
     )
 
 
