@@ -329,6 +329,7 @@ def test_fused_inference_kernels_compute_what_the_plain_ops_compute(name: str, m
     from hvtnas.models import fused
 
     monkeypatch.setattr(fused, "FUSED_LINEAR_MIN_ROWS", 0)  # fuse the small test maps' linears too
+    monkeypatch.setenv("HVTNAS_FUSED_KERNELS", "1")  # fused wherever safe, not only where faster
     model = build_model(name).eval()
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():  # not inference mode: plain ops
@@ -347,11 +348,12 @@ def test_fused_inference_kernels_compute_what_the_plain_ops_compute(name: str, m
         assert calls  # MixFFN: conv + GELU; ConvFormer: linear + StarReLU's ReLU, linear + GELU
 
 
-def test_a_fused_linear_is_taken_only_from_enough_rows() -> None:
+def test_a_fused_linear_is_taken_only_from_enough_rows(monkeypatch: pytest.MonkeyPatch) -> None:
     """oneDNN's fused linear is slower than the plain ops on a few hundred rows (a ViT at batch 1):
     below ``FUSED_LINEAR_MIN_ROWS`` rows the plain ops run, above it the fused kernel."""
     from hvtnas.models import fused
 
+    monkeypatch.setenv("HVTNAS_FUSED_KERNELS", "1")  # fused wherever allowed, not timed
     if not fused._onednn_works("linear", "gelu", "none"):
         pytest.skip("this torch build has no fused oneDNN linear")
     linear, act = torch.nn.Linear(8, 16), torch.nn.GELU()
@@ -370,6 +372,49 @@ def test_a_fused_linear_is_taken_only_from_enough_rows() -> None:
     assert calls == [rows]  # the larger input only
     for x, out in zip((few, enough), outs, strict=True):
         torch.testing.assert_close(out, act(linear(x)), rtol=1e-5, atol=1e-5)
+
+
+class _SlowGELU(torch.nn.GELU):  # the plain way made 30x slower: the fused kernel must win
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for _ in range(30):
+            y = super().forward(x)
+        return y
+
+
+def test_fused_or_plain_is_chosen_by_timing_both_once_per_shape(monkeypatch: pytest.MonkeyPatch) -> None:
+    """By default each shape is timed both ways the first time it is met, and the faster way is
+    kept: a fused kernel slower here than the plain ops is not used again."""
+    from hvtnas.models import fused
+
+    if not fused._onednn_works("linear", "gelu", "none"):
+        pytest.skip("this torch build has no fused oneDNN linear")
+    monkeypatch.setenv("HVTNAS_FUSED_KERNELS", "auto")
+    monkeypatch.setattr(fused, "_fused_is_faster", {})
+    original = torch.ops.mkldnn._linear_pointwise
+    calls: list[int] = []
+
+    def slow(*args: object) -> torch.Tensor:  # 30x the work of the fused kernel
+        calls.append(1)
+        return [original(*args) for _ in range(30)][-1]
+
+    def counted(*args: object) -> torch.Tensor:
+        calls.append(1)
+        return original(*args)
+
+    linear, rows = torch.nn.Linear(8, 16), fused.FUSED_LINEAR_MIN_ROWS
+    x = torch.randn(1, rows, 8)
+    with torch.inference_mode(), pytest.MonkeyPatch.context() as mp:
+        mp.setattr(torch.ops.mkldnn, "_linear_pointwise", slow)
+        for _ in range(3):
+            out = fused.linear_act(x, linear, torch.nn.GELU())
+        assert len(calls) == fused.TUNING_RUNS  # timed once, then the plain ops only
+        torch.testing.assert_close(out, torch.nn.functional.gelu(linear(x)), rtol=1e-5, atol=1e-5)
+        calls.clear()
+        mp.setattr(torch.ops.mkldnn, "_linear_pointwise", counted)
+        y = torch.randn(1, rows + 1, 8)  # another shape: timed again
+        for _ in range(3):
+            fused.linear_act(y, linear, _SlowGELU())
+        assert len(calls) == fused.TUNING_RUNS + 2  # the fused kernel kept
 
 
 def test_training_step_through_fused_residual_and_drop_path_matches_the_unfused_formula() -> None:
