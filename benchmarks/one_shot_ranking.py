@@ -46,8 +46,8 @@ from scipy import stats
 from hvtnas.config import ArchConfig
 from hvtnas.costs import CostCache, measure_costs
 from hvtnas.models.build import build_model
-from hvtnas.search.one_shot import OneShotConfig, build_supernet, inherited_accuracy, train_supernet
-from hvtnas.search.one_shot.strategy import SUPERNET_ATTR
+from hvtnas.search.one_shot import OneShotConfig, inherited_accuracy
+from hvtnas.search.one_shot.strategy import SUPERNET_ATTR, prepare_supernet
 from hvtnas.search.one_shot.training import finetune
 from hvtnas.search.outcome import evaluated_trials
 from hvtnas.search.study import SearchRun, SearchSpec, arch_key, load_search_spec, open_study, search_recipe
@@ -123,13 +123,8 @@ def standalone(arch: ArchConfig, data: ImageData, train: TrainConfig, cache: Cac
 
 # ------------------------------------------------------------------------------------------- steps
 def train_the_supernet(spec: SearchSpec, data: ImageData, work: Path, cache: Cache) -> tuple[Any, float]:
-    exp = spec.experiment
-    cfg = exp.one_shot
-    supernet = build_supernet(
-        spec.space, data, cfg, seed=cfg.train.seed, constraints=exp.constraints, costs=exp.costs
-    )
     started = time.perf_counter()
-    result = train_supernet(supernet, data, cfg.train, work / "supernet")
+    supernet, result = prepare_supernet(spec, data, work / "supernet")  # what `hvtnas search` runs
     if cache.get("supernet") is None or result.train_seconds > cache.get("supernet")["train_seconds"]:
         cache.put(
             "supernet",

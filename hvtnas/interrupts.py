@@ -15,13 +15,29 @@ import contextlib
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
-_received: list[int] = []  # the signal being raised (at most one)
-_dropped: list[bool] = []  # that signal was dropped by Python and is being sent again
-_in_hook: list[bool] = []  # the main thread is in the hook below: a signal now would be dropped too
 RESEND_AFTER_S = 0.01  # lets the main thread leave the hook first; if not, the handler sends again
+
+
+@dataclass
+class _Pending:
+    signum: int | None = None  # the signal being raised (at most one)
+    dropped: bool = False  # Python dropped its KeyboardInterrupt: it is being sent again
+    in_hook: bool = False  # the main thread is in the hook: a signal now would be dropped too
+
+
+_pending = _Pending()
+
+
+@dataclass
+class Replaced:
+    """What ``install`` replaced, for ``restore``."""
+
+    hook: Callable[[Any], object]
+    handlers: dict[signal.Signals, Any] = field(default_factory=dict)
 
 
 def _send_again(signum: int) -> None:
@@ -33,60 +49,56 @@ def _send_again(signum: int) -> None:
     timer.start()
 
 
-def _raise_interrupt(once: bool) -> Any:
+def _raise_interrupt(once: bool) -> Callable[[int, object], None]:
     def handler(signum: int, frame: object) -> None:
-        if _in_hook:
+        if _pending.in_hook:
             _send_again(signum)
             return
         # ``once``: a second signal must not interrupt the recording of the first (a worker gets
         # Ctrl-C from the terminal and SIGTERM from its parent); a re-sent one is the first again
-        if once and _received and not _dropped:
+        if once and _pending.signum is not None and not _pending.dropped:
             return
-        _received[:] = [signum]
-        _dropped.clear()
+        _pending.signum, _pending.dropped = signum, False
         raise KeyboardInterrupt
 
     return handler
 
 
-def _resend_dropped(previous: Any) -> Any:
+def _resend_dropped(previous: Callable[[Any], object]) -> Callable[[Any], None]:
     def hook(unraisable: Any) -> None:
-        if not (issubclass(unraisable.exc_type, KeyboardInterrupt) and _received):
+        if not issubclass(unraisable.exc_type, KeyboardInterrupt) or _pending.signum is None:
             previous(unraisable)
             return
-        _in_hook[:] = [True]
+        _pending.in_hook = True
         try:
-            _dropped[:] = [True]
-            _send_again(_received[0])
+            _pending.dropped = True
+            _send_again(_pending.signum)
         finally:
-            _in_hook.clear()
+            _pending.in_hook = False
 
     return hook
 
 
-def install(once: bool = False, sigint_even_if_ignored: bool = False) -> dict[str, Any]:
+def install(once: bool = False, sigint_even_if_ignored: bool = False) -> Replaced:
     """From now on, in this process's main thread, SIGINT (unless ignored, as in a shell's
     background job, or ``sigint_even_if_ignored``) and SIGTERM (preemption) raise
-    ``KeyboardInterrupt``, sent again if Python drops it; ``once``: only the first signal does.
-    Returns what it replaced, for ``restore``."""
+    ``KeyboardInterrupt``, sent again if Python drops it; ``once``: only the first signal does."""
+    global _pending
+    _pending = _Pending()
     handler = _raise_interrupt(once)
-    replaced: dict[str, Any] = {"hook": sys.unraisablehook}
-    replaced[signal.SIGTERM.name] = signal.signal(signal.SIGTERM, handler)
+    replaced = Replaced(hook=sys.unraisablehook)
+    replaced.handlers[signal.SIGTERM] = signal.signal(signal.SIGTERM, handler)
     if sigint_even_if_ignored or signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
-        replaced[signal.SIGINT.name] = signal.signal(signal.SIGINT, handler)
-    sys.unraisablehook = _resend_dropped(replaced["hook"])
-    _received.clear()
-    _dropped.clear()
-    _in_hook.clear()
+        replaced.handlers[signal.SIGINT] = signal.signal(signal.SIGINT, handler)
+    sys.unraisablehook = _resend_dropped(replaced.hook)
     return replaced
 
 
-def restore(replaced: dict[str, Any]) -> None:
+def restore(replaced: Replaced) -> None:
     """Put back the handlers and the hook that ``install`` replaced."""
-    sys.unraisablehook = replaced["hook"]
-    for name in ("SIGTERM", "SIGINT"):
-        if name in replaced:
-            signal.signal(signal.Signals[name], replaced[name])
+    sys.unraisablehook = replaced.hook
+    for signum, former in replaced.handlers.items():
+        signal.signal(signum, former)
 
 
 @contextlib.contextmanager

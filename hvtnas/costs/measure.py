@@ -83,6 +83,21 @@ class Costs(BaseModel):
     latency: LatencyResult | None = None
     cache_hits: int = Field(0, description="how many of the figures came from the cache")
 
+    def metric(self, name: str) -> float:
+        """The figure an objective or constraint ``name`` reads (flops, flops_dense, params,
+        latency: median ms, memory: training activation bytes)."""
+        if name == "flops":
+            return float(self.flops)
+        if name == "flops_dense":
+            return float(self.flops_dense)
+        if name == "params":
+            return float(self.params)
+        if name == "latency":
+            return float(self.latency.median_ms)
+        if name == "memory":
+            return float(self.memory.train_activation_bytes)
+        raise KeyError(name)
+
 
 def measure_costs(
     spec: ModelSpec | MetaFormer, settings: CostSettings | None = None, cache: CostCache | None = None

@@ -44,7 +44,6 @@ from hvtnas.search.outcome import (
     has_accuracy,
     trial_outcome,
 )
-from hvtnas.search.study import metric_value
 
 
 def _objectives(study: optuna.Study) -> list[str]:
@@ -116,7 +115,7 @@ def _zoo_points(
         cfg = zoo.get_config(name)
         cfg = cfg.model_copy(update={"input": arch.input})
         costs = measure_costs(cfg, CostSettings(dense_resolution=None), cache=cache)
-        points.append((name, metric_value(x, costs), metric_value(y, costs)))
+        points.append((name, costs.metric(x), costs.metric(y)))
     return points
 
 

@@ -28,7 +28,7 @@ from optuna.trial import TrialState
 from pydantic import ValidationError
 
 from hvtnas.config import ArchConfig, canonical_config, format_validation_error, load_yaml_with_lines
-from hvtnas.costs import CostCache, Costs, measure_costs
+from hvtnas.costs import CostCache, measure_costs
 from hvtnas.errors import ConfigError, HvtnasError
 from hvtnas.io import read_text
 from hvtnas.models import build_model
@@ -120,20 +120,6 @@ def parse_search_spec(text: str, path: Path) -> SearchSpec:
 def arch_key(cfg: ArchConfig) -> str:
     """Identity of an architecture for duplicate detection (name and regularisation ignored)."""
     return hashlib.sha256(json.dumps(canonical_config(cfg), sort_keys=True).encode()).hexdigest()[:16]
-
-
-def metric_value(metric: str, costs: Costs) -> float:
-    if metric == "flops":
-        return float(costs.flops)
-    if metric == "flops_dense":
-        return float(costs.flops_dense)
-    if metric == "params":
-        return float(costs.params)
-    if metric == "latency":
-        return float(costs.latency.median_ms)
-    if metric == "memory":
-        return float(costs.memory.train_activation_bytes)
-    raise KeyError(metric)
 
 
 @dataclass
@@ -318,13 +304,13 @@ class SearchRun:
         trial.set_user_attr("costs", costs.model_dump(mode="json"))
         constraints, violations = {}, []
         for name, limit in exp.constraints.items():
-            value = metric_value(name, costs)
+            value = costs.metric(name)
             constraints[name] = (value - limit) / limit  # <= 0 feasible; scale-free for the sampler
             trial.set_constraint(name, constraints[name])
             if value > limit:
                 violations.append(f"{name} {value:.4g} > {limit:.4g}")
         trial.set_user_attr("constraints", constraints)
-        cost_values = {m: metric_value(m, costs) for m in exp.cost_objectives}
+        cost_values = {m: costs.metric(m) for m in exp.cost_objectives}
         trial.set_user_attr("cost_objectives", cost_values)
 
         proxy_scores: dict[str, float] = {}

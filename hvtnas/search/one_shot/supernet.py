@@ -296,7 +296,7 @@ class Supernet(nn.Module):
         sandwich_random: int = 2,
         cover_samples: int = 32,
         seed: int = 0,
-        accept: Callable[[ArchConfig], bool] | None = None,
+        accept: Callable[[MetaFormer], bool] | None = None,
     ) -> None:
         super().__init__()
         self.space = space
@@ -322,12 +322,14 @@ class Supernet(nn.Module):
 
     def sample(self, numbers: Literal["max", "min", "random"] = "random") -> ArchConfig:
         """A random point of the space (``numbers`` at their largest, smallest or random); a
-        fully random one among those that ``accept`` takes (uniform constraint sampling)."""
+        fully random one among those whose model ``accept`` takes (uniform constraint sampling).
+        ``accept`` gets the path's module (parameters on the meta device), the one the step then
+        runs: costs are counted on it without a second build."""
         if numbers != "random" or self.accept is None:
             return self.point(choose(self.space, {"numbers": numbers, "categories": "random"}))
         for _ in range(ACCEPT_ATTEMPTS):
             arch = self.point(choose(self.space, {"numbers": "random", "categories": "random"}))
-            if self.accept(arch):
+            if self.accept(self._path(arch)[0]):
                 return arch
         raise SupernetError(
             f"none of {ACCEPT_ATTEMPTS} random points of {self.space.source} is within the experiment's "

@@ -15,6 +15,7 @@ import torch
 from hvtnas.config import ArchConfig, InputConfig
 from hvtnas.costs import CostSettings, measure_costs
 from hvtnas.errors import HvtnasError
+from hvtnas.models.metaformer import MetaFormer
 from hvtnas.search.one_shot.config import OneShotConfig
 from hvtnas.search.one_shot.supernet import Supernet, recalibrate_batchnorm
 from hvtnas.space import SearchSpace
@@ -30,19 +31,19 @@ SAMPLED_LIMITS = ("flops", "flops_dense", "params")  # counted on the meta devic
 
 def within_limits(
     constraints: Mapping[str, float], costs: CostSettings | None = None
-) -> Callable[[ArchConfig], bool] | None:
-    """Whether a point is within the FLOPs and parameter ``constraints`` (None when there are
-    none of those); ``costs``: the experiment's settings (its dense resolution)."""
+) -> Callable[[MetaFormer], bool] | None:
+    """Whether a model (one built by ``build_model``, on the meta device or not) is within the
+    FLOPs and parameter ``constraints`` (None when there are none of those); ``costs``: the
+    experiment's settings (its resolutions)."""
     limits = {name: limit for name, limit in constraints.items() if name in SAMPLED_LIMITS}
     if not limits:
         return None
     dense = costs.dense_resolution if costs is not None and "flops_dense" in limits else None
     settings = CostSettings(resolution=costs.resolution if costs else None, dense_resolution=dense)
 
-    def accept(arch: ArchConfig) -> bool:
-        measured = measure_costs(arch, settings)
-        values = {"flops": measured.flops, "flops_dense": measured.flops_dense, "params": measured.params}
-        return all(values[name] <= limit for name, limit in limits.items())
+    def accept(model: MetaFormer) -> bool:
+        measured = measure_costs(model, settings)
+        return all(measured.metric(name) <= limit for name, limit in limits.items())
 
     return accept
 
