@@ -97,6 +97,7 @@ def prepared_spec(args: argparse.Namespace) -> SearchSpec:
         train=supernet_train,
         rule=args.rule,
         sandwich_random=args.sandwich_random,
+        distill=not args.no_distill,
         cover_samples=8,
         finetune_steps=args.finetune_steps,
         constrained_sampling=not args.unconstrained_sampling,
@@ -105,6 +106,35 @@ def prepared_spec(args: argparse.Namespace) -> SearchSpec:
         update={"data": data, "train": train, "strategy": "one_shot", "one_shot": one_shot}
     )
     return spec
+
+
+def reuse_standalone(path: Path, spec: SearchSpec, cache: Cache) -> int:
+    """Take the stand-alone accuracies (and training times) of an earlier result of this script into
+    the cache, keyed by architecture as this run's own; refused unless that run used the same space,
+    data and proxy recipe. Returns how many were taken."""
+    earlier = json.loads(Path(path).read_text())
+    recipe, theirs = search_recipe(spec), earlier["settings"]["recipe"]
+    for part in ("data", "train"):
+        if json.loads(json.dumps(recipe[part], default=str)) != theirs[part]:
+            raise SystemExit(f"{path}: its {part} recipe differs from this run's; train the references again")
+    if Path(theirs["space"]).name != Path(recipe["space"]).name:
+        raise SystemExit(f"{path}: a run on {theirs['space']}, not {recipe['space']}")
+    for row in earlier["ranking"]:
+        cache.put(
+            "standalone:" + row["key"], {"accuracy": row["standalone"], "seconds": row["standalone_seconds"]}
+        )
+    return len(earlier["ranking"])
+
+
+def cpu_name() -> str:
+    """The CPU's model name (``lscpu``'s), or the architecture where it cannot be read."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def flops_of(arch: ArchConfig, spec: SearchSpec, costs: CostCache) -> float:
@@ -166,11 +196,12 @@ def ranking(
             continue
         key = arch_key(arch)
         inherited = cache.get("inherited:" + key)
-        if inherited is None:
+        if inherited is None or "loss" not in inherited:
             started = time.perf_counter()
-            _, accuracy = inherited_accuracy(supernet, arch, data, exp.train, exp.one_shot.bn_batches)
+            loss, accuracy = inherited_accuracy(supernet, arch, data, exp.train, exp.one_shot.bn_batches)
             inherited = cache.put(
-                "inherited:" + key, {"accuracy": accuracy, "seconds": time.perf_counter() - started}
+                "inherited:" + key,
+                {"accuracy": accuracy, "loss": loss, "seconds": time.perf_counter() - started},
             )
         alone = standalone(arch, data, exp.train, cache)
         tuned: dict[str, Any] = {}
@@ -192,6 +223,7 @@ def ranking(
                 "flops": c.flops,
                 "params": c.params,
                 "inherited": inherited["accuracy"],
+                "inherited_loss": inherited["loss"],
                 "inherited_seconds": inherited["seconds"],
                 "standalone": alone["accuracy"],
                 "standalone_seconds": alone["seconds"],
@@ -224,6 +256,7 @@ def rank_stats(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         **tuned,
         "inherited": against([r["inherited"] for r in rows]),
+        "inherited_loss": against([-r["inherited_loss"] for r in rows]),  # the lower, the better
         "flops": against([r["flops"] for r in rows]),
         "params": against([r["params"] for r in rows]),
         "top_quarter_overlap": f"{len(best_alone & best_inherited)} of {top}",
@@ -405,6 +438,7 @@ def write_results(result: dict[str, Any], out: str) -> None:
     steps = s.get("finetune_steps", 0)
     for what, label in (
         ("inherited", "inherited-weight accuracy (no training)"),
+        ("inherited_loss", "inherited-weight validation loss (no training; lower ranks higher)"),
         ("finetuned", f"inherited weights + {steps} fine-tuning steps"),
         ("scratch", f"{steps} training steps from a fresh initialisation (no supernet)"),
         ("flops", "FLOPs alone"),
@@ -507,6 +541,15 @@ def main() -> None:
     parser.add_argument("--rule", choices=["uniform", "sandwich"], default="uniform")
     parser.add_argument("--sandwich-random", type=int, default=2)
     parser.add_argument(
+        "--no-distill", action="store_true", help="sandwich rule: every path learns from the labels"
+    )
+    parser.add_argument(
+        "--standalone-from",
+        type=Path,
+        help="an earlier results JSON of the same space, data and proxy recipe: its stand-alone accuracies "
+        "are taken instead of training those sub-networks again",
+    )
+    parser.add_argument(
         "--unconstrained-sampling",
         action="store_true",
         help="train the supernet on random paths of the whole space, not only within the constraints",
@@ -534,6 +577,9 @@ def main() -> None:
     inp = spec.space.tree.get("input", {})
     data = load_dataset(exp.data.for_arch(inp.get("channels", 3), inp.get("resolution", 224)))
     started = time.perf_counter()
+    if args.standalone_from is not None:
+        taken = reuse_standalone(args.standalone_from, spec, cache)
+        log(f"{taken} stand-alone results from {args.standalone_from}")
 
     log(f"supernet: {args.supernet_epochs} epochs, rule {args.rule}, {data.num_train} training images")
     supernet, supernet_seconds = train_the_supernet(spec, data, args.work, cache)
@@ -555,13 +601,19 @@ def main() -> None:
             f"training split), {data.num_val} validation images, {data.resolution}x{data.resolution}",
             "proxy": f"{args.proxy_epochs} epochs, batch {exp.train.batch_size}, AdamW lr {exp.train.lr}",
             "supernet": f"{args.supernet_epochs} epochs, rule {args.rule}"
-            + (f" (+{args.sandwich_random} random)" if args.rule == "sandwich" else "")
+            + (
+                f" (+{args.sandwich_random} random, "
+                + ("labels)" if args.no_distill else "inplace distillation)")
+                if args.rule == "sandwich"
+                else ""
+            )
             + f", lr {args.supernet_lr}"
             + (", paths of the whole space" if args.unconstrained_sampling else ", paths in the constraints"),
-            "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} thread(s), "
+            "machine": f"{cpu_name()}, {torch.get_num_threads()} thread(s), "
             f"torch {torch.__version__}, optuna {optuna.__version__}",
             "date": time.strftime("%Y-%m-%d"),
             "finetune_steps": args.finetune_steps,
+            "standalone_from": str(args.standalone_from) if args.standalone_from else None,
             "recipe": search_recipe(spec),
         },
         "supernet": cache.get("supernet"),

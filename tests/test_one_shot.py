@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import torch
+import torch.nn.functional as F
 from pydantic import ValidationError
 
 from hvtnas import MIXERS
@@ -127,6 +128,26 @@ def test_every_mixer_shares_weights_in_a_supernet(kind: str, one_thread: None) -
     loss.backward()
     assert torch.isfinite(loss)
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in supernet.parameters())
+
+
+@pytest.mark.parametrize("distill", [True, False])
+def test_the_sandwich_rules_smaller_paths_learn_the_largest_paths_predictions(
+    distill: bool,
+    one_thread: None,  # noqa: F811
+) -> None:
+    space = SearchSpace.from_dict(_mixer_space("pooling"))
+    supernet = Supernet(space, cover_samples=2, sandwich_random=1, distill=distill).eval()  # no drop path
+    x, y = torch.randn(4, 3, 32, 32), torch.randint(10, (4,))
+    torch.manual_seed(3)
+    loss = supernet.training_loss(x, y, label_smoothing=0.1)
+    torch.manual_seed(3)
+    paths = [supernet.sample("max"), supernet.sample("min"), supernet.sample()]
+    largest, *others = [supernet.forward_path(arch, x) for arch in paths]
+    target = largest.softmax(dim=-1) if distill else y
+    smoothing = 0.0 if distill else 0.1
+    expected = [F.cross_entropy(largest, y, label_smoothing=0.1)]
+    expected += [F.cross_entropy(logits, target, label_smoothing=smoothing) for logits in others]
+    torch.testing.assert_close(loss, torch.stack(expected).mean())
 
 
 def test_a_point_outside_the_space_is_refused_with_its_place() -> None:

@@ -16,7 +16,11 @@ class OneShotConfig(BaseModel):
 
     ``rule``: sub-networks per training step: ``uniform`` (one random path, SPOS) or ``sandwich``
     (the largest and the smallest by widths, depths and ratios, plus ``sandwich_random`` random
-    ones; BigNAS). ``bn_batches``: training batches that re-estimate a sub-network's BatchNorm
+    ones; BigNAS). ``distill`` (sandwich rule; off by default): the largest path learns from the
+    labels and every other path from the largest path's predictions (inplace distillation: BigNAS,
+    Yu et al. 2020; OFA), so the small paths are taught one consistent function instead of each
+    fitting the labels its own way (on a tiny 3-epoch training it lowered inherited accuracies:
+    a poor teacher early on). ``bn_batches``: training batches that re-estimate a sub-network's BatchNorm
     statistics before it is evaluated (architectures without BatchNorm skip it). ``cover_samples``:
     random points, beside the covering ones, that size the supernet's shared weights.
 
@@ -37,6 +41,7 @@ class OneShotConfig(BaseModel):
     train: TrainConfig | None = None
     rule: Literal["uniform", "sandwich"] = "sandwich"
     sandwich_random: NonNegativeInt = Field(2, le=16)
+    distill: bool = False
     bn_batches: PositiveInt = 4
     cover_samples: NonNegativeInt = 32
     finetune_steps: NonNegativeInt = Field(0, le=100_000)

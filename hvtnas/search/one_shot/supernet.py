@@ -283,8 +283,10 @@ class Supernet(nn.Module):
     classes); by default the space's own. ``rule``: how ``training_loss`` samples sub-networks
     per step: ``uniform`` (one random path, SPOS) or ``sandwich`` (the largest and the smallest
     path, by widths, depths and ratios with random categorical choices, plus ``sandwich_random``
-    random ones; BigNAS). ``forward`` runs the active path (``set_path``), by default the largest
-    point with every choice's first option (``eval_arch``), which is what the trainer validates.
+    random ones; BigNAS), whose smaller paths learn the largest one's predictions with ``distill``
+    (inplace distillation) and the labels without. ``forward`` runs the active path
+    (``set_path``), by default the largest point with every choice's first option
+    (``eval_arch``), which is what the trainer validates.
     """
 
     def __init__(
@@ -294,6 +296,7 @@ class Supernet(nn.Module):
         *,
         rule: SamplingRule = "sandwich",
         sandwich_random: int = 2,
+        distill: bool = False,
         cover_samples: int = 32,
         seed: int = 0,
         accept: Callable[[MetaFormer], bool] | None = None,
@@ -304,6 +307,7 @@ class Supernet(nn.Module):
         self.input = input
         self.rule: SamplingRule = rule
         self.sandwich_random = sandwich_random
+        self.distill = distill
         self.slots: dict[str, Slot] = {}
         self.weights = nn.ParameterDict()
         self._paths: OrderedDict[str, tuple[nn.Module, dict[str, tuple[str, tuple[int, ...]]]]] = (
@@ -402,13 +406,15 @@ class Supernet(nn.Module):
     def training_loss(self, x: Tensor, y: Tensor, label_smoothing: float = 0.0) -> Tensor:
         """The loss of one training step: the mean over the sampled paths (the trainer calls it)."""
         if self.rule == "uniform":
-            archs = [self.sample()]
+            return F.cross_entropy(self.forward_path(self.sample(), x), y, label_smoothing=label_smoothing)
+        largest = self.forward_path(self.sample("max"), x)
+        losses = [F.cross_entropy(largest, y, label_smoothing=label_smoothing)]
+        if self.distill:  # inplace distillation: the largest path's predictions as fixed soft targets
+            target, smoothing = largest.detach().softmax(dim=-1), 0.0
         else:
-            archs = [self.sample("max"), self.sample("min")]
-            archs += [self.sample() for _ in range(self.sandwich_random)]
-        losses = [
-            F.cross_entropy(self.forward_path(arch, x), y, label_smoothing=label_smoothing) for arch in archs
-        ]
+            target, smoothing = y, label_smoothing
+        for arch in [self.sample("min")] + [self.sample() for _ in range(self.sandwich_random)]:
+            losses.append(F.cross_entropy(self.forward_path(arch, x), target, label_smoothing=smoothing))
         return torch.stack(losses).mean()
 
     # ------------------------------------------------------------------ extraction

@@ -65,6 +65,7 @@ def build_supernet(
         data_input,
         rule=cfg.rule,
         sandwich_random=cfg.sandwich_random,
+        distill=cfg.distill,
         cover_samples=cfg.cover_samples,
         seed=seed,
         accept=accept,
@@ -124,6 +125,7 @@ def load_supernet(path: Path, space: SearchSpace, cfg: OneShotConfig, seed: int 
         InputConfig(**stored_input) if stored_input is not None else None,
         rule=cfg.rule,
         sandwich_random=cfg.sandwich_random,
+        distill=cfg.distill,
         cover_samples=cfg.cover_samples,
         seed=seed,
     )
