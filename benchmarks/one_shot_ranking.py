@@ -24,6 +24,10 @@ Hypervolume as in ``benchmarks/search_quality.py``: of (FLOPs / limit, error), r
     nice -n 10 python benchmarks/one_shot_ranking.py              # ~25 min on 2 busy CPU cores
     python benchmarks/one_shot_ranking.py --subnets 4 --trials 12 --supernet-epochs 1 \
         --proxy-epochs 1 --fraction 0.1 --work runs/osr-smoke --out smoke   # a smoke run, minutes
+    python benchmarks/one_shot_ranking.py --fraction 1.0 --proxy-epochs 3 --supernet-epochs 12 \
+        --rule sandwich --trials 0 --work runs/osr-sandwich --out cpu_sandwich_labels_12epochs \
+        --standalone-from benchmarks/results/one_shot_cpu_constrained_60epochs.json
+        # another supernet against the same stand-alone trainings (same space, data and recipe)
 
 Results: ``benchmarks/results/one_shot_<out>.{json,md}``. The work folder holds the supernet
 checkpoint, the studies and every finished measurement, so an interrupted run resumes.
@@ -98,6 +102,7 @@ def prepared_spec(args: argparse.Namespace) -> SearchSpec:
         rule=args.rule,
         sandwich_random=args.sandwich_random,
         distill=not args.no_distill,
+        shared_ffn=not args.ffn_per_kind,
         cover_samples=8,
         finetune_steps=args.finetune_steps,
         constrained_sampling=not args.unconstrained_sampling,
@@ -544,6 +549,11 @@ def main() -> None:
         "--no-distill", action="store_true", help="sandwich rule: every path learns from the labels"
     )
     parser.add_argument(
+        "--ffn-per-kind",
+        action="store_true",
+        help="FFN options do not share weights (one_shot.shared_ffn: false)",
+    )
+    parser.add_argument(
         "--standalone-from",
         type=Path,
         help="an earlier results JSON of the same space, data and proxy recipe: its stand-alone accuracies "
@@ -608,7 +618,8 @@ def main() -> None:
                 else ""
             )
             + f", lr {args.supernet_lr}"
-            + (", paths of the whole space" if args.unconstrained_sampling else ", paths in the constraints"),
+            + (", paths of the whole space" if args.unconstrained_sampling else ", paths in the constraints")
+            + (", FFN weights per FFN option" if args.ffn_per_kind else ""),
             "machine": f"{cpu_name()}, {torch.get_num_threads()} thread(s), "
             f"torch {torch.__version__}, optuna {optuna.__version__}",
             "date": time.strftime("%Y-%m-%d"),

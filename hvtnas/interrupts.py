@@ -7,11 +7,16 @@ ignored in ..." with a traceback and drops it, and the command goes on as if Ctr
 pressed (seen in a search whose trial slept in its training). Here such a dropped interrupt is
 sent again to the main thread (``signal.pthread_kill``, which also wakes a sleeping call) until
 it is raised where it can propagate, and nothing is printed for it.
+
+When the interrupt lands inside a query, SQLAlchemy's clean-up on the way out can fail too (the
+connection is already closed) and it logs "Error closing cursor" with a traceback: such records,
+whose exception arose while an interrupt propagated, are not printed either.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import signal
 import sys
 import threading
@@ -38,6 +43,29 @@ class Replaced:
 
     hook: Callable[[Any], object]
     handlers: dict[signal.Signals, Any] = field(default_factory=dict)
+    log_handler: logging.Handler | None = None
+
+
+class _NotCausedByAnInterrupt(logging.Filter):
+    """Passes a record unless its exception was raised while a ``KeyboardInterrupt`` propagated."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        while error is not None:
+            if isinstance(error, KeyboardInterrupt):
+                return False
+            error = error.__context__
+        return True
+
+
+def _quiet_cleanup_log() -> logging.Handler:
+    """SQLAlchemy's records to stderr as Python's last-resort handler prints them (warnings and
+    errors, message and traceback), without those an interrupt caused."""
+    handler = logging.StreamHandler()
+    handler.setLevel(logging.WARNING)
+    handler.addFilter(_NotCausedByAnInterrupt())
+    logging.getLogger("sqlalchemy").addHandler(handler)
+    return handler
 
 
 def _send_again(signum: int) -> None:
@@ -91,12 +119,15 @@ def install(once: bool = False, sigint_even_if_ignored: bool = False) -> Replace
     if sigint_even_if_ignored or signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
         replaced.handlers[signal.SIGINT] = signal.signal(signal.SIGINT, handler)
     sys.unraisablehook = _resend_dropped(replaced.hook)
+    replaced.log_handler = _quiet_cleanup_log()
     return replaced
 
 
 def restore(replaced: Replaced) -> None:
     """Put back the handlers and the hook that ``install`` replaced."""
     sys.unraisablehook = replaced.hook
+    if replaced.log_handler is not None:
+        logging.getLogger("sqlalchemy").removeHandler(replaced.log_handler)
     for signum, former in replaced.handlers.items():
         signal.signal(signum, former)
 

@@ -65,6 +65,20 @@ def test_sub_networks_share_slices_of_one_tensor() -> None:
     assert torch.equal(a, b[:16])  # the narrow stem is the corner of the wide one
 
 
+def test_ffn_options_get_weights_of_their_own_when_asked(one_thread: None) -> None:  # noqa: F811
+    space = SearchSpace.from_yaml("search_spaces/animal_mnist.yaml")
+    shared, own = Supernet(space, cover_samples=0), Supernet(space, cover_samples=0, ffn_per_kind=True)
+    mlp = space.sample(_Fixed({"ffn": "mlp"}))
+    mixffn = space.sample(_Fixed({"ffn": "mixffn"}))
+    fc1 = "stages.0.blocks.0.ffn.fc1.weight"
+    for supernet, same in ((shared, True), (own, False)):
+        a, b = (supernet.extract(arch).state_dict()[fc1] for arch in (mlp, mixffn))
+        assert torch.equal(a, b) is same
+    assert len(own.weights) > len(shared.weights)
+    torch.manual_seed(0)
+    _same_outputs(own, [own.sample() for _ in range(4)], torch.randn(2, 1, 28, 28))
+
+
 def test_fused_qkv_is_sliced_part_by_part() -> None:
     space = SearchSpace.from_yaml("search_spaces/quickstart.yaml")
     supernet = Supernet(space, cover_samples=0)

@@ -34,7 +34,11 @@ class OneShotConfig(BaseModel):
     within the experiment's FLOPs and parameter constraints (SPOS's uniform constraint sampling,
     Guo et al. 2020, sec. 3.3): the shared weights are trained for the sub-networks the study
     evaluates, not for ones it never will. The sandwich rule's largest and smallest paths stay
-    as they are; latency and memory constraints are not checked there (they need a real model)."""
+    as they are; latency and memory constraints are not checked there (they need a real model).
+
+    ``shared_ffn``: a block's FFN options (kinds, activations, biases) share its linear layers
+    (the default: every path trains them); false gives each option weights of its own, so that
+    no option's weights are pulled toward another's function."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -47,3 +51,4 @@ class OneShotConfig(BaseModel):
     finetune_steps: NonNegativeInt = Field(0, le=100_000)
     finetune_lr: PositiveFloat | None = None
     constrained_sampling: bool = True
+    shared_ffn: bool = True

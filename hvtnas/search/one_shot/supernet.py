@@ -182,7 +182,7 @@ def _fragment(value: Any) -> Any:
     return value.model_dump(mode="json") if hasattr(value, "model_dump") else value
 
 
-def slot_of(arch: ArchConfig, name: str) -> tuple[str, str]:
+def slot_of(arch: ArchConfig, name: str, ffn_per_kind: bool = False) -> tuple[str, str]:
     """(place, parameter) of a sub-network's parameter: the part of the network and the choice
     it belongs to, and the parameter's name inside that part. Points whose parameters have the
     same (place, parameter) share one slot.
@@ -194,7 +194,8 @@ def slot_of(arch: ArchConfig, name: str) -> tuple[str, str]:
     gets the most updates. Norms and layer/residual scales are keyed by their place only:
     per-channel affine parameters of every norm kind share one slot, so that no slot depends on
     two independent choices (an output norm and the norm's kind), which the points that build
-    the supernet could not all reach."""
+    the supernet could not all reach. ``ffn_per_kind``: every FFN option (kind, activation,
+    bias) of a block has linear layers of its own instead."""
     parts = name.split(".")
     if parts[0] == "stem":
         return f"stem {json.dumps(_fragment(arch.stem), sort_keys=True)}", ".".join(parts[1:])
@@ -213,6 +214,8 @@ def slot_of(arch: ArchConfig, name: str) -> tuple[str, str]:
         j, sub, rest = int(rest[0]) + first_block, rest[1], rest[2:]
         place = f"stages[{i}].blocks[{j}].{sub}"
         choice = stage.mixer_for_block(j) if sub == "mixer" else None
+        if sub == "ffn" and ffn_per_kind:
+            choice = stage.ffn
     elif where == "downsample" and arch.downsample.kind == "pooling_attention":
         # MViTv2's transition block: its attention is the stage's first mixer
         sub, rest = rest[0], rest[1:]
@@ -297,6 +300,7 @@ class Supernet(nn.Module):
         rule: SamplingRule = "sandwich",
         sandwich_random: int = 2,
         distill: bool = False,
+        ffn_per_kind: bool = False,
         cover_samples: int = 32,
         seed: int = 0,
         accept: Callable[[MetaFormer], bool] | None = None,
@@ -308,6 +312,7 @@ class Supernet(nn.Module):
         self.rule: SamplingRule = rule
         self.sandwich_random = sandwich_random
         self.distill = distill
+        self.ffn_per_kind = ffn_per_kind
         self.slots: dict[str, Slot] = {}
         self.weights = nn.ParameterDict()
         self._paths: OrderedDict[str, tuple[nn.Module, dict[str, tuple[str, tuple[int, ...]]]]] = (
@@ -355,7 +360,7 @@ class Supernet(nn.Module):
             module = build_model(arch, init_weights=False)
         layout: dict[str, tuple[str, tuple[int, ...]]] = {}
         for name, param in module.named_parameters():
-            place, parameter = slot_of(arch, name)
+            place, parameter = slot_of(arch, name, self.ffn_per_kind)
             slot_key = _slot_key(place, parameter)
             shape = tuple(param.shape)
             slot = self.slots.get(slot_key)
@@ -463,7 +468,7 @@ class Supernet(nn.Module):
                 with torch.device("meta"):
                     model = build_model(arch, init_weights=False)
                 for name, param in model.named_parameters():
-                    place, parameter = slot_of(arch, name)
+                    place, parameter = slot_of(arch, name, self.ffn_per_kind)
                     key = _slot_key(place, parameter)
                     shape = tuple(param.shape)
                     if key in shapes and len(shapes[key]) != len(shape):

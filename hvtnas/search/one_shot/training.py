@@ -66,6 +66,7 @@ def build_supernet(
         rule=cfg.rule,
         sandwich_random=cfg.sandwich_random,
         distill=cfg.distill,
+        ffn_per_kind=not cfg.shared_ffn,
         cover_samples=cfg.cover_samples,
         seed=seed,
         accept=accept,
@@ -126,6 +127,7 @@ def load_supernet(path: Path, space: SearchSpace, cfg: OneShotConfig, seed: int 
         rule=cfg.rule,
         sandwich_random=cfg.sandwich_random,
         distill=cfg.distill,
+        ffn_per_kind=not cfg.shared_ffn,
         cover_samples=cfg.cover_samples,
         seed=seed,
     )
