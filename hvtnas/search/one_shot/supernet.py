@@ -288,9 +288,9 @@ class Supernet(nn.Module):
     path, by widths, depths and ratios with random categorical choices, plus ``sandwich_random``
     random ones; BigNAS), whose smaller paths learn the largest one's predictions with ``distill``
     (inplace distillation) and the labels without. ``ffn_per_kind``: each FFN option has weights
-    of its own (``slot_of``). ``forward`` runs the active path
-    (``set_path``), by default the largest point with every choice's first option
-    (``eval_arch``), which is what the trainer validates.
+    of its own (``slot_of``). ``forward`` runs the active path (``set_path``), by default the
+    largest point with every choice's first option (``eval_arch``), which is what the trainer
+    validates.
     """
 
     def __init__(
