@@ -101,7 +101,7 @@ def prepared_spec(args: argparse.Namespace) -> SearchSpec:
         train=supernet_train,
         rule=args.rule,
         sandwich_random=args.sandwich_random,
-        distill=not args.no_distill,
+        distill=args.distill,
         shared_ffn=not args.ffn_per_kind,
         cover_samples=8,
         finetune_steps=args.finetune_steps,
@@ -546,7 +546,7 @@ def main() -> None:
     parser.add_argument("--rule", choices=["uniform", "sandwich"], default="uniform")
     parser.add_argument("--sandwich-random", type=int, default=2)
     parser.add_argument(
-        "--no-distill", action="store_true", help="sandwich rule: every path learns from the labels"
+        "--distill", action="store_true", help="sandwich rule: inplace distillation (one_shot.distill)"
     )
     parser.add_argument(
         "--ffn-per-kind",
@@ -613,7 +613,7 @@ def main() -> None:
             "supernet": f"{args.supernet_epochs} epochs, rule {args.rule}"
             + (
                 f" (+{args.sandwich_random} random, "
-                + ("labels)" if args.no_distill else "inplace distillation)")
+                + ("inplace distillation)" if args.distill else "labels)")
                 if args.rule == "sandwich"
                 else ""
             )
