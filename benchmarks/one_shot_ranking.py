@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 from typing import Any
@@ -49,6 +48,7 @@ from scipy import stats
 
 from hvtnas.config import ArchConfig
 from hvtnas.costs import CostCache, measure_costs
+from hvtnas.costs.latency import cpu_name
 from hvtnas.models.build import build_model
 from hvtnas.search.one_shot import OneShotConfig, inherited_accuracy
 from hvtnas.search.one_shot.strategy import SUPERNET_ATTR, prepare_supernet
@@ -129,17 +129,6 @@ def reuse_standalone(path: Path, spec: SearchSpec, cache: Cache) -> int:
             "standalone:" + row["key"], {"accuracy": row["standalone"], "seconds": row["standalone_seconds"]}
         )
     return len(earlier["ranking"])
-
-
-def cpu_name() -> str:
-    """The CPU's model name (``lscpu``'s), or the architecture where it cannot be read."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def flops_of(arch: ArchConfig, spec: SearchSpec, costs: CostCache) -> float:

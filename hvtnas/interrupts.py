@@ -9,8 +9,9 @@ sent again to the main thread (``signal.pthread_kill``, which also wakes a sleep
 it is raised where it can propagate, and nothing is printed for it.
 
 When the interrupt lands inside a query, SQLAlchemy's clean-up on the way out can fail too (the
-connection is already closed) and it logs "Error closing cursor" with a traceback: such records,
-whose exception arose while an interrupt propagated, are not printed either.
+connection is already closed) and it logs "Error closing cursor" with a traceback, which Python's
+last-resort log handler prints: that handler skips records whose exception arose while an
+interrupt propagated.
 """
 
 from __future__ import annotations
@@ -43,7 +44,6 @@ class Replaced:
 
     hook: Callable[[Any], object]
     handlers: dict[signal.Signals, Any] = field(default_factory=dict)
-    log_handler: logging.Handler | None = None
 
 
 class _NotCausedByAnInterrupt(logging.Filter):
@@ -58,14 +58,7 @@ class _NotCausedByAnInterrupt(logging.Filter):
         return True
 
 
-def _quiet_cleanup_log() -> logging.Handler:
-    """SQLAlchemy's records to stderr as Python's last-resort handler prints them (warnings and
-    errors, message and traceback), without those an interrupt caused."""
-    handler = logging.StreamHandler()
-    handler.setLevel(logging.WARNING)
-    handler.addFilter(_NotCausedByAnInterrupt())
-    logging.getLogger("sqlalchemy").addHandler(handler)
-    return handler
+_QUIET_CLEANUP = _NotCausedByAnInterrupt()  # one instance: adding it again is a no-op
 
 
 def _send_again(signum: int) -> None:
@@ -119,15 +112,16 @@ def install(once: bool = False, sigint_even_if_ignored: bool = False) -> Replace
     if sigint_even_if_ignored or signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
         replaced.handlers[signal.SIGINT] = signal.signal(signal.SIGINT, handler)
     sys.unraisablehook = _resend_dropped(replaced.hook)
-    replaced.log_handler = _quiet_cleanup_log()
+    if logging.lastResort is not None:  # what prints a library's log records when none is configured
+        logging.lastResort.addFilter(_QUIET_CLEANUP)
     return replaced
 
 
 def restore(replaced: Replaced) -> None:
     """Put back the handlers and the hook that ``install`` replaced."""
     sys.unraisablehook = replaced.hook
-    if replaced.log_handler is not None:
-        logging.getLogger("sqlalchemy").removeHandler(replaced.log_handler)
+    if logging.lastResort is not None:
+        logging.lastResort.removeFilter(_QUIET_CLEANUP)
     for signum, former in replaced.handlers.items():
         signal.signal(signum, former)
 
