@@ -328,7 +328,6 @@ def test_fused_inference_kernels_compute_what_the_plain_ops_compute(name: str, m
     MLP linear + GELU); no_grad and training take the plain ops. Both give the same outputs."""
     from hvtnas.models import fused
 
-    monkeypatch.setattr(fused, "FUSED_LINEAR_MIN_ROWS", 0)  # fuse the small test maps' linears too
     monkeypatch.setenv("HVTNAS_FUSED_KERNELS", "1")  # fused wherever safe, not only where faster
     model = build_model(name).eval()
     x = torch.randn(2, 3, 64, 64)
@@ -348,30 +347,41 @@ def test_fused_inference_kernels_compute_what_the_plain_ops_compute(name: str, m
         assert calls  # MixFFN: conv + GELU; ConvFormer: linear + StarReLU's ReLU, linear + GELU
 
 
-def test_a_fused_linear_is_taken_only_from_enough_rows(monkeypatch: pytest.MonkeyPatch) -> None:
-    """oneDNN's fused linear is slower than the plain ops on a few hundred rows (a ViT at batch 1):
-    below ``FUSED_LINEAR_MIN_ROWS`` rows the plain ops run, above it the fused kernel."""
+def test_every_linear_layer_takes_onednns_product_in_cpu_inference_and_computes_the_same(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The models' linear layers are ``fused.Linear``: an ``nn.Linear`` in parameters and state
+    dict whose CPU inference may run oneDNN's matrix product (MKL's is slow on AMD CPUs); no_grad
+    and training run ``F.linear``. Both compute the same."""
     from hvtnas.models import fused
 
-    monkeypatch.setenv("HVTNAS_FUSED_KERNELS", "1")  # fused wherever allowed, not timed
-    if not fused._onednn_works("linear", "gelu", "none"):
-        pytest.skip("this torch build has no fused oneDNN linear")
-    linear, act = torch.nn.Linear(8, 16), torch.nn.GELU()
+    model = build_model("deit_s")
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears and all(isinstance(m, fused.Linear) for m in linears)
+    layer = linears[0]
+    plain = torch.nn.Linear(layer.in_features, layer.out_features)
+    plain.load_state_dict(layer.state_dict())  # the same keys and shapes as torch's
+    monkeypatch.setenv("HVTNAS_FUSED_KERNELS", "1")  # oneDNN wherever safe, not only where faster
+    if not fused._onednn_works("linear", "none", ""):
+        pytest.skip("this torch build has no oneDNN linear")
     original = torch.ops.mkldnn._linear_pointwise
     calls: list[int] = []
 
     def counted(x: torch.Tensor, *rest: object) -> torch.Tensor:
-        calls.append(x.shape[1])
+        calls.append(x.shape[0])
         return original(x, *rest)
 
-    rows = fused.FUSED_LINEAR_MIN_ROWS
-    few, enough = torch.randn(1, rows - 1, 8), torch.randn(1, rows, 8)
-    with torch.inference_mode(), pytest.MonkeyPatch.context() as mp:
+    x = torch.randn(3, 5, layer.in_features)
+    with pytest.MonkeyPatch.context() as mp:
         mp.setattr(torch.ops.mkldnn, "_linear_pointwise", counted)
-        outs = [fused.linear_act(x, linear, act) for x in (few, enough)]
-    assert calls == [rows]  # the larger input only
-    for x, out in zip((few, enough), outs, strict=True):
-        torch.testing.assert_close(out, act(linear(x)), rtol=1e-5, atol=1e-5)
+        with torch.no_grad():
+            expected = plain(x)
+            torch.testing.assert_close(layer(x), expected, rtol=0, atol=0)  # F.linear
+        assert calls == []
+        with torch.inference_mode():
+            torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
+            assert layer(torch.randn(0, layer.in_features)).shape == (0, layer.out_features)
+        assert calls == [3]  # oneDNN, for the non-empty input
 
 
 class _SlowGELU(torch.nn.GELU):  # the plain way made 30x slower: the fused kernel must win
@@ -383,7 +393,7 @@ class _SlowGELU(torch.nn.GELU):  # the plain way made 30x slower: the fused kern
 
 def test_fused_or_plain_is_chosen_by_timing_both_once_per_shape(monkeypatch: pytest.MonkeyPatch) -> None:
     """By default each shape is timed both ways the first time it is met, and the faster way is
-    kept: a fused kernel slower here than the plain ops is not used again."""
+    kept: a oneDNN kernel slower here than the plain ops is not used again."""
     from hvtnas.models import fused
 
     if not fused._onednn_works("linear", "gelu", "none"):
@@ -393,7 +403,7 @@ def test_fused_or_plain_is_chosen_by_timing_both_once_per_shape(monkeypatch: pyt
     original = torch.ops.mkldnn._linear_pointwise
     calls: list[int] = []
 
-    def slow(*args: object) -> torch.Tensor:  # 30x the work of the fused kernel
+    def slow(*args: object) -> torch.Tensor:  # 30x the work of the oneDNN kernel
         calls.append(1)
         return [original(*args) for _ in range(30)][-1]
 
@@ -401,20 +411,28 @@ def test_fused_or_plain_is_chosen_by_timing_both_once_per_shape(monkeypatch: pyt
         calls.append(1)
         return original(*args)
 
-    linear, rows = torch.nn.Linear(8, 16), fused.FUSED_LINEAR_MIN_ROWS
-    x = torch.randn(1, rows, 8)
+    layer, x = torch.nn.Linear(8, 16), torch.randn(1, 100, 8)
     with torch.inference_mode(), pytest.MonkeyPatch.context() as mp:
         mp.setattr(torch.ops.mkldnn, "_linear_pointwise", slow)
-        for _ in range(3):
-            out = fused.linear_act(x, linear, torch.nn.GELU())
-        assert len(calls) == fused.TUNING_RUNS  # timed once, then the plain ops only
-        torch.testing.assert_close(out, torch.nn.functional.gelu(linear(x)), rtol=1e-5, atol=1e-5)
+        out = fused.linear_act(x, layer, torch.nn.GELU())
+        timed = len(calls)
+        assert fused.TUNING_RUNS <= timed <= fused.TUNING_MAX_RUNS
+        for _ in range(2):
+            out = fused.linear_act(x, layer, torch.nn.GELU())
+        assert len(calls) == timed  # the plain ops only, once timed
+        torch.testing.assert_close(out, torch.nn.functional.gelu(layer(x)), rtol=1e-5, atol=1e-5)
+        fused.linear(x, layer)  # the plain product alone: timed for itself, and slower too
+        timed = len(calls)
+        fused.linear(x, layer)
+        assert len(calls) == timed
         calls.clear()
         mp.setattr(torch.ops.mkldnn, "_linear_pointwise", counted)
-        y = torch.randn(1, rows + 1, 8)  # another shape: timed again
-        for _ in range(3):
-            fused.linear_act(y, linear, _SlowGELU())
-        assert len(calls) == fused.TUNING_RUNS + 2  # the fused kernel kept
+        y = torch.randn(1, 101, 8)  # another shape: timed again
+        fused.linear_act(y, layer, _SlowGELU())
+        timed = len(calls)
+        for _ in range(2):
+            fused.linear_act(y, layer, _SlowGELU())
+        assert len(calls) == timed + 2  # the fused kernel kept
 
 
 def test_training_step_through_fused_residual_and_drop_path_matches_the_unfused_formula() -> None:

@@ -11,6 +11,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from hvtnas.models.ffn import Mlp
+from hvtnas.models.fused import Linear
 from hvtnas.models.layers import DropPath, Scale, nchw_to_nhwc, nhwc_to_nchw
 from hvtnas.models.mixers.base import TokenMixer
 
@@ -229,15 +230,15 @@ class BottleneckBlock(nn.Module):
         super().__init__()
         self.stride = stride
         self.shortcut = (
-            nn.Sequential(nn.Linear(in_dim, dim, bias=False), norm(dim))
+            nn.Sequential(Linear(in_dim, dim, bias=False), norm(dim))
             if stride > 1 or in_dim != dim
             else None
         )
-        self.conv1 = nn.Linear(in_dim, mid_dim, bias=False)
+        self.conv1 = Linear(in_dim, mid_dim, bias=False)
         self.norm1 = norm(mid_dim)
         self.mixer = mixer
         self.norm2 = norm(mid_dim)
-        self.conv3 = nn.Linear(mid_dim, dim, bias=False)
+        self.conv3 = Linear(mid_dim, dim, bias=False)
         self.norm3 = norm(dim)
         self.act = act()
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
@@ -426,7 +427,7 @@ class AttentionDownsample(nn.Module):
         super().__init__()
         self.widen = widen
         self.norm1 = norm1
-        self.shortcut_proj = nn.Linear(in_dim, out_dim) if in_dim != out_dim else None
+        self.shortcut_proj = Linear(in_dim, out_dim) if in_dim != out_dim else None
         self.shortcut_pool = nn.MaxPool2d(3, stride=2, padding=1)
         self.attention = attention
         self.norm2 = norm2

@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 from hvtnas.errors import HvtnasError
 from hvtnas.models.blocks import Stage
+from hvtnas.models.fused import Linear
 from hvtnas.models.layers import make_act, nhwc_to_nchw
 from hvtnas.models.metaformer import ClassifierHead, MetaFormer, _take_indices, run_stem
 
@@ -50,9 +51,9 @@ class ClassCrossAttention(nn.Module):
         super().__init__()
         self.num_heads = num_heads
         self.norm = norm
-        self.q = nn.Linear(dim, dim, bias=qkv_bias)
-        self.kv = nn.Linear(dim, 2 * dim, bias=qkv_bias)  # keys and values in one matrix product
-        self.proj = nn.Linear(dim, dim)
+        self.q = Linear(dim, dim, bias=qkv_bias)
+        self.kv = Linear(dim, 2 * dim, bias=qkv_bias)  # keys and values in one matrix product
+        self.proj = Linear(dim, dim)
 
     def forward(self, token: Tensor, others: Sequence[Tensor]) -> Tensor:
         normed = self.norm(torch.cat([token, *others], dim=1))  # (B, 1 + N, C)
@@ -82,14 +83,14 @@ class ClassTokenExchange(nn.Module):
         n = len(widths)
         others = [(i + 1) % n for i in range(n)]
         self.to_other = nn.ModuleList(
-            nn.Sequential(norms[i](widths[i]), make_act(act), nn.Linear(widths[i], widths[j]))
+            nn.Sequential(norms[i](widths[i]), make_act(act), Linear(widths[i], widths[j]))
             for i, j in enumerate(others)
         )
         self.attend = nn.ModuleList(
             ClassCrossAttention(widths[j], heads[j], qkv_bias, norms[j](widths[j])) for j in others
         )
         self.back = nn.ModuleList(
-            nn.Sequential(norms[j](widths[j]), make_act(act), nn.Linear(widths[j], widths[i]))
+            nn.Sequential(norms[j](widths[j]), make_act(act), Linear(widths[j], widths[i]))
             for i, j in enumerate(others)
         )
 

@@ -55,6 +55,7 @@ from hvtnas.models.embed import (
     SinusoidalPosEmbed,
 )
 from hvtnas.models.ffn import FFNS, Mlp
+from hvtnas.models.fused import Linear
 from hvtnas.models.layers import make_act, make_norm
 from hvtnas.models.metaformer import ClassifierHead, FeaturePyramid, LayerClassAttention, MetaFormer
 from hvtnas.models.mixers import MIXERS, MixerParams, TokenMixer
@@ -260,7 +261,7 @@ def _attention_downsample(cfg: ArchConfig, i: int, drop_rates: list[float]) -> A
     if cfg.downsample.widen == "ffn":
         hidden = int(in_dim * previous.mlp_ratio)
         mlp = Mlp(in_dim, hidden, act=previous.ffn.act, bias=previous.ffn.bias, out_dim=dim)
-        proj = nn.Linear(in_dim, dim) if in_dim != dim else None
+        proj = Linear(in_dim, dim) if in_dim != dim else None
         widen = FFNTransition(_norm_factory(previous.norm)(in_dim), mlp, proj, drop_rates[first - 1])
         in_dim = dim
     strides = cfg.stage_strides()

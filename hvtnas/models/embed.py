@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from hvtnas.models.fused import Linear
 from hvtnas.models.layers import nchw_to_nhwc, nhwc_to_nchw, pad_to_multiple
 from hvtnas.models.tokens import region_grid
 
@@ -267,7 +268,7 @@ class PoolDownsample(nn.Module):
     ) -> None:
         super().__init__()
         self.pre_norm = pre_norm if pre_norm is not None else nn.Identity()
-        self.proj = nn.Linear(in_dim, out_dim)
+        self.proj = Linear(in_dim, out_dim)
         self.post_norm = post_norm if post_norm is not None else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
@@ -285,7 +286,7 @@ class PatchMerging(nn.Module):
     ) -> None:
         super().__init__()
         self.norm = norm if norm is not None else nn.Identity()
-        self.reduction = nn.Linear(4 * in_dim, out_dim, bias=False)
+        self.reduction = Linear(4 * in_dim, out_dim, bias=False)
         self.post_norm = post_norm if post_norm is not None else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
@@ -314,7 +315,7 @@ class PatchProjection(nn.Module):
         super().__init__()
         self.patch_size = patch_size
         self.norm_in = norm_in if norm_in is not None else nn.Identity()
-        self.proj = nn.Linear(patch_size * patch_size * in_dim, out_dim, bias=bias)
+        self.proj = Linear(patch_size * patch_size * in_dim, out_dim, bias=bias)
         self.norm_out = norm_out if norm_out is not None else nn.Identity()
 
     def forward(self, pixels: Tensor) -> Tensor:  # (B, h*p, w*p, c) -> (B, h, w, C)

@@ -10,7 +10,7 @@ from typing import ClassVar
 
 from torch import Tensor, nn
 
-from hvtnas.models.fused import conv_act, linear_act
+from hvtnas.models.fused import Linear, conv_act, linear_act
 from hvtnas.models.layers import BatchNormLast, make_act, nchw_to_nhwc, nhwc_to_nchw
 
 
@@ -23,9 +23,9 @@ class Mlp(nn.Module):
         self, dim: int, hidden: int, act: str = "gelu", bias: bool = True, out_dim: int | None = None
     ) -> None:
         super().__init__()
-        self.fc1 = nn.Linear(dim, hidden, bias=bias)
+        self.fc1 = Linear(dim, hidden, bias=bias)
         self.act = make_act(act)
-        self.fc2 = nn.Linear(hidden, out_dim or dim, bias=bias)  # out_dim: MViT v1's widening MLP
+        self.fc2 = Linear(hidden, out_dim or dim, bias=bias)  # out_dim: MViT v1's widening MLP
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fc2(linear_act(x, self.fc1, self.act))
@@ -41,10 +41,10 @@ class MixFFN(nn.Module):
         self, dim: int, hidden: int, act: str = "gelu", bias: bool = True, dw_residual: bool = False
     ) -> None:
         super().__init__()
-        self.fc1 = nn.Linear(dim, hidden, bias=bias)
+        self.fc1 = Linear(dim, hidden, bias=bias)
         self.dwconv = nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden)
         self.act = make_act(act)
-        self.fc2 = nn.Linear(hidden, dim, bias=bias)
+        self.fc2 = Linear(hidden, dim, bias=bias)
         self.dw_residual = dw_residual  # Shunted: act(h + dwconv(h))
 
     def forward(self, x: Tensor) -> Tensor:
@@ -69,12 +69,12 @@ class LeFF(nn.Module):
         self, dim: int, hidden: int, act: str = "gelu", bias: bool = True, kernel_size: int = 3
     ) -> None:
         super().__init__()
-        self.fc1 = nn.Linear(dim, hidden, bias=bias)
+        self.fc1 = Linear(dim, hidden, bias=bias)
         self.norm1 = BatchNormLast(hidden)
         self.dwconv = nn.Conv2d(hidden, hidden, kernel_size, padding=kernel_size // 2, groups=hidden)
         self.norm2 = BatchNormLast(hidden)
         self.act = make_act(act)
-        self.fc2 = nn.Linear(hidden, dim, bias=bias)
+        self.fc2 = Linear(hidden, dim, bias=bias)
         self.norm3 = BatchNormLast(dim)
 
     def forward(self, x: Tensor) -> Tensor:  # (B, H, W, C)

@@ -1,9 +1,17 @@
-"""Fused CPU inference kernels: a linear or convolution and its activation as one oneDNN kernel.
+"""CPU inference kernels: oneDNN's matrix product, alone or fused with the activation after it.
 
-On CPU, an activation after a linear layer is a separate pass over the largest tensor of the block
-(the FFN's hidden layer, 4-8x the width): 15-30% of a MetaFormer's inference time. oneDNN applies
-it inside the matrix product instead (a "post-op", what Inductor's CPU backend emits), and a
-StarReLU becomes a fused ReLU plus one ``addcmul``.
+Two gains, both what Inductor's CPU backend emits:
+
+- **The matrix product itself.** ``F.linear`` on CPU calls MKL's ``sgemm``, which on AMD CPUs
+  takes a generic code path (MKL dispatches its AVX-512 kernels by CPU vendor); oneDNN's JIT
+  kernels use the CPU's vector units whatever the vendor. On an AMD EPYC with AVX-512 (one thread)
+  oneDNN multiplies a ViT's matrices in 0.44-0.57x of MKL's time. Every linear layer of the
+  generated models is a ``Linear`` (an ``nn.Linear``: same parameters, state dict, init), which
+  takes the faster of the two for its shape.
+- **The activation after it.** On CPU, an activation after a linear layer is a separate pass over
+  the largest tensor of the block (the FFN's hidden layer, 4-8x the width): 15-30% of a
+  MetaFormer's inference time. oneDNN applies it inside the matrix product instead (a "post-op"),
+  and a StarReLU becomes a fused ReLU plus one ``addcmul``.
 
 The fused path is taken only where it computes the same function (tested against the plain ops and
 against timm's models): in ``torch.inference_mode`` on CPU float32 tensors, outside tracing,
@@ -11,10 +19,10 @@ against timm's models): in ``torch.inference_mode`` on CPU float32 tensors, outs
 counters must see the plain ops), and once a start-up check has found the private oneDNN ops and
 seen them agree with the plain ones. Everywhere else, training included, the plain ops run.
 
-Whether the fused kernel is also *faster* depends on the CPU and the shape: oneDNN's matrix product
-is not MKL's. On an Intel Xeon, fusing a ViT's MLP at batch 64 (12,608 rows) won; on an AMD EPYC
-(AVX2) the same fused linear + GELU made DeiT-S 13% slower, while ConvFormer still gained from it.
-So each shape is timed both ways the first time it is met in a process (interleaved, best of
+Whether oneDNN is also *faster* depends on the CPU and the shape: on an Intel Xeon, fusing a ViT's
+MLP at batch 64 (12,608 rows) won and at batch 1 (197 rows) lost; on an AMD EPYC with AVX2 only,
+the fused linear + GELU made DeiT-S 13% slower while ConvFormer still gained from it. So each shape
+is timed both ways the first time it is met in a process (interleaved, best of at least
 ``TUNING_RUNS``; what ``torch.backends.cudnn.benchmark`` does for convolutions) and the faster
 way is kept. ``HVTNAS_FUSED_KERNELS`` in the environment: ``auto`` (the default), ``1`` (always
 fused where safe, no timing) or ``0`` (never: to compare, or to rule them out).
@@ -52,6 +60,7 @@ def _post_op(act: nn.Module) -> tuple[str, str] | None:
 
 
 _PLAIN_ACTS = {
+    ("none", ""): lambda y: y,
     ("gelu", "none"): lambda y: F.gelu(y),
     ("gelu", "tanh"): lambda y: F.gelu(y, approximate="tanh"),
     ("relu", ""): F.relu,
@@ -114,12 +123,9 @@ def _finish(act: nn.Module, y: Tensor) -> Tensor:
     return y
 
 
-# Below this many rows (tokens times batch) oneDNN's fused linear is no faster than MKL's matrix
-# product plus a separate activation, and often slower (measured on Intel Xeon, one thread: 0.95-1.9x
-# the plain ops' time at 1-196 rows, 0.94-1.09x at 784, 0.66-0.88x from 3,136 on); a ViT's 197
-# tokens at batch 1 ran 10-20% slower through it. Not even timed there.
-FUSED_LINEAR_MIN_ROWS = 2048
-TUNING_RUNS = 3  # timings of each way, the first time a shape is met
+TUNING_RUNS = 3  # timings of each way at least, the first time a shape is met ...
+TUNING_SECONDS = 2e-3  # ... and more, up to TUNING_MAX_RUNS, until each way has run this long in all:
+TUNING_MAX_RUNS = 20  # a small product (0.05-0.5 ms) is timed often enough to see a 5% difference
 _fused_is_faster: dict[tuple[Any, ...], bool] = {}  # per shape, post-op and thread count
 
 
@@ -132,35 +138,55 @@ def _faster_of(key: tuple[Any, ...], fused: Callable[[], Tensor], plain: Callabl
     if choice is not None:
         return fused() if choice else plain()
     best = {True: math.inf, False: math.inf}
-    for _ in range(TUNING_RUNS):  # interleaved: a slow spell of a shared machine hits both ways
+    spent = {True: 0.0, False: 0.0}
+    for runs in range(1, TUNING_MAX_RUNS + 1):  # interleaved: a slow spell hits both ways alike
         for use_fused, run in ((True, fused), (False, plain)):
             started = time.perf_counter()
             out = run()
-            best[use_fused] = min(best[use_fused], time.perf_counter() - started)
+            elapsed = time.perf_counter() - started
+            best[use_fused], spent[use_fused] = min(best[use_fused], elapsed), spent[use_fused] + elapsed
+        if runs >= TUNING_RUNS and min(spent.values()) >= TUNING_SECONDS:
+            break
     _fused_is_faster[key] = best[True] < best[False]
     log.debug("fused %s: %.3f ms, plain: %.3f ms", key, best[True] * 1e3, best[False] * 1e3)
     return out
 
 
-def linear_act(x: Tensor, linear: nn.Linear, act: nn.Module) -> Tensor:
-    """``act(linear(x))``, as one kernel where that is safe and faster (see the module docstring)."""
+def linear_act(x: Tensor, layer: nn.Linear, act: nn.Module) -> Tensor:
+    """``act(layer(x))``, as one kernel where that is safe and faster (see the module docstring)."""
     post_op = _post_op(act)
-    if (
-        post_op is None
-        or x.numel() < FUSED_LINEAR_MIN_ROWS * x.shape[-1]
-        or not _fusable(x)
-        or not _onednn_works("linear", *post_op)
-    ):
-        return act(linear(x))
+    if post_op is None or x.numel() == 0 or not _fusable(x) or not _onednn_works("linear", *post_op):
+        return act(layer(x))
     attr, algorithm = post_op
 
     def fused() -> Tensor:
-        y = torch.ops.mkldnn._linear_pointwise(x, linear.weight, linear.bias, attr, [None], algorithm)
+        y = torch.ops.mkldnn._linear_pointwise(x, layer.weight, layer.bias, attr, [None], algorithm)
         return _finish(act, y)
 
     rows = x.numel() // x.shape[-1]
-    key = ("linear", rows, *linear.weight.shape, linear.bias is None, *post_op)
-    return _faster_of(key, fused, lambda: act(linear(x)))
+    key = ("linear", rows, *layer.weight.shape, layer.bias is None, *post_op)
+    return _faster_of(key, fused, lambda: act(layer(x)))
+
+
+def linear(x: Tensor, layer: nn.Linear) -> Tensor:
+    """``layer(x)`` by MKL's or oneDNN's matrix product, whichever is faster for this shape here."""
+    if x.dim() < 2 or x.numel() == 0 or not _fusable(x) or not _onednn_works("linear", "none", ""):
+        return F.linear(x, layer.weight, layer.bias)
+
+    def onednn() -> Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x, layer.weight, layer.bias, "none", [None], "")
+
+    rows = x.numel() // x.shape[-1]
+    key = ("linear", rows, *layer.weight.shape, layer.bias is None, "none")
+    return _faster_of(key, onednn, lambda: F.linear(x, layer.weight, layer.bias))
+
+
+class Linear(nn.Linear):
+    """``nn.Linear`` (the same parameters, state dict and initialisation) whose CPU inference runs
+    the faster of MKL's and oneDNN's matrix product for each shape (see the module docstring)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return linear(x, self)
 
 
 def conv_act(x: Tensor, conv: nn.Conv2d, act: nn.Module) -> Tensor:

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from hvtnas.errors import HvtnasError
 from hvtnas.models.blocks import CoScaleGroup, Stage
 from hvtnas.models.ffn import Mlp
+from hvtnas.models.fused import Linear
 from hvtnas.models.layers import make_act, nchw_to_nhwc, nhwc_to_nchw
 
 
@@ -36,8 +37,8 @@ class LayerClassAttention(nn.Module):
         self.num_heads = num_heads
         self.pos_embed = nn.Parameter(torch.zeros(1, layers, dim))  # zeros, as CeiT's
         self.norm1 = nn.LayerNorm(dim, eps=eps)
-        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
+        self.qkv = Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = Linear(dim, dim)
         self.norm2 = nn.LayerNorm(dim, eps=eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
@@ -101,11 +102,11 @@ class ClassifierHead(nn.Module):
             hidden = int(mlp_ratio * dim)
             # MetaFormer baselines' MlpHead: the LayerNorm is part of the head (eps 1e-6)
             self.mlp = nn.Sequential(
-                nn.Linear(dim, hidden), make_act(self.act), nn.LayerNorm(hidden, eps=1e-6)
+                Linear(dim, hidden), make_act(self.act), nn.LayerNorm(hidden, eps=1e-6)
             )
-            self.fc = nn.Linear(hidden, num_classes)
+            self.fc = Linear(hidden, num_classes)
         else:
-            self.mlp, self.fc = None, nn.Linear(dim, num_classes)
+            self.mlp, self.fc = None, Linear(dim, num_classes)
 
     def forward(
         self,

@@ -34,6 +34,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from hvtnas.errors import HvtnasError
+from hvtnas.models.fused import Linear
 from hvtnas.models.layers import DropPath, nchw_to_nhwc, nhwc_to_nchw
 from hvtnas.models.metaformer import ClassifierHead
 
@@ -58,8 +59,8 @@ class DynamicReLU(nn.Module):
 
     def __init__(self, dim: int, token_dim: int, reduction: int = 4) -> None:
         super().__init__()
-        self.fc1 = nn.Linear(token_dim, token_dim // reduction)
-        self.fc2 = nn.Linear(token_dim // reduction, 2 * dim)
+        self.fc1 = Linear(token_dim, token_dim // reduction)
+        self.fc2 = Linear(token_dim // reduction, 2 * dim)
 
     def forward(self, x: Tensor, token: Tensor) -> Tensor:  # x (B, C, H, W), token (B, D)
         s = F.hardsigmoid(self.fc2(F.relu(self.fc1(token))))  # (B, 2C) in [0, 1]
@@ -129,9 +130,9 @@ class MobileToFormer(nn.Module):
         super().__init__()
         _check_heads("the Mobile->Former bridge", dim, num_heads)
         self.num_heads = num_heads
-        self.q = nn.Linear(token_dim, dim)
-        self.gate = nn.Linear(token_dim, dim) if token_gate else None
-        self.proj = nn.Linear(dim, token_dim)
+        self.q = Linear(token_dim, dim)
+        self.gate = Linear(token_dim, dim) if token_gate else None
+        self.proj = Linear(dim, token_dim)
         self.norm = nn.LayerNorm(token_dim)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
@@ -154,11 +155,11 @@ class Former(nn.Module):
         super().__init__()
         _check_heads("the Former", token_dim, num_heads)
         self.num_heads = num_heads
-        self.q = nn.Linear(token_dim, token_dim)
-        self.proj = nn.Linear(token_dim, token_dim)
+        self.q = Linear(token_dim, token_dim)
+        self.proj = Linear(token_dim, token_dim)
         self.norm1 = nn.LayerNorm(token_dim)
         hidden = int(token_dim * mlp_ratio)
-        self.mlp = nn.Sequential(nn.Linear(token_dim, hidden), nn.GELU(), nn.Linear(hidden, token_dim))
+        self.mlp = nn.Sequential(Linear(token_dim, hidden), nn.GELU(), Linear(hidden, token_dim))
         self.norm2 = nn.LayerNorm(token_dim)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
@@ -178,8 +179,8 @@ class FormerToMobile(nn.Module):
         super().__init__()
         _check_heads("the Former->Mobile bridge", dim, num_heads)
         self.num_heads = num_heads
-        self.k = nn.Linear(token_dim, dim)
-        self.v = nn.Linear(token_dim, dim)
+        self.k = Linear(token_dim, dim)
+        self.v = Linear(token_dim, dim)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: Tensor, tokens: Tensor) -> Tensor:
@@ -286,14 +287,14 @@ class MobileFormerHead(ClassifierHead):
         self.conv = _conv_bn(dim, conv_width)
         # the head's hidden layer stays when the classifier is reset (timm's MobileNetV3 conv_head)
         self.hidden = nn.Sequential(
-            nn.Linear(conv_width + token_dim, hidden), nn.BatchNorm1d(hidden), nn.Hardswish()
+            Linear(conv_width + token_dim, hidden), nn.BatchNorm1d(hidden), nn.Hardswish()
         )
 
     def reset(self, num_classes: int) -> None:
         """A fresh classifier on the ``hidden`` features (0: none, the head returns them)."""
         self.num_classes = num_classes
         self.mlp = None
-        self.fc = nn.Linear(self.hidden_size, num_classes) if num_classes > 0 else nn.Identity()
+        self.fc = Linear(self.hidden_size, num_classes) if num_classes > 0 else nn.Identity()
 
     def forward(self, x: Tensor, pre_logits: bool = False, tokens: Tensor | None = None) -> Tensor:
         if tokens is None:

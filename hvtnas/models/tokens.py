@@ -60,6 +60,7 @@ from einops import rearrange
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 from torch import Tensor, nn
 
+from hvtnas.models.fused import Linear
 from hvtnas.models.layers import nchw_to_nhwc, nhwc_to_nchw, pad_to_multiple
 from hvtnas.registry import Registry
 
@@ -153,7 +154,7 @@ class CarriedTokens(nn.Module):
 
     def __init__(self, in_dim: int, out_dim: int) -> None:
         super().__init__()
-        self.proj = nn.Linear(in_dim, out_dim) if in_dim != out_dim else nn.Identity()
+        self.proj = Linear(in_dim, out_dim) if in_dim != out_dim else nn.Identity()
 
     def forward(self, x: Tensor, previous: Tensor | None, image: Tensor | None = None) -> Tensor:
         if previous is None:

@@ -16,6 +16,7 @@ from pydantic import PositiveInt, model_validator
 from pydantic_core import PydanticCustomError
 from torch import Tensor, nn
 
+from hvtnas.models.fused import Linear
 from hvtnas.models.layers import LayerNormLast, make_act, nchw_to_nhwc, nhwc_to_nchw, pad_to_multiple
 from hvtnas.models.mixers.base import MixerParams, TokenMixer
 
@@ -38,8 +39,8 @@ class GlobalAttention(TokenMixer):
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, proj_bias: bool = True) -> None:
         super().__init__()
         self.num_heads = num_heads
-        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim, bias=proj_bias)
+        self.qkv = Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = Linear(dim, dim, bias=proj_bias)
 
     def forward(self, x: Tensor) -> Tensor:
         H = x.shape[1]
@@ -150,10 +151,10 @@ class DynamicPositionBias(nn.Module):
 
     def __init__(self, hidden: int, num_heads: int) -> None:
         super().__init__()
-        self.pos_proj = nn.Linear(2, hidden)
+        self.pos_proj = Linear(2, hidden)
         self.layers = nn.Sequential(
             *(
-                nn.Sequential(nn.LayerNorm(hidden), nn.ReLU(inplace=True), nn.Linear(hidden, out))
+                nn.Sequential(nn.LayerNorm(hidden), nn.ReLU(inplace=True), Linear(hidden, out))
                 for out in (hidden, hidden, num_heads)
             )
         )
@@ -195,8 +196,8 @@ class WindowAttention(TokenMixer):
         super().__init__()
         self.num_heads = num_heads
         self.window_size = window_size
-        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim, bias=proj_bias)
+        self.qkv = Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = Linear(dim, dim, bias=proj_bias)
         # CrossFormer sizes the DPB's hidden layers dim / 16
         self.dynamic_position_bias = (
             DynamicPositionBias(max(1, dim // 16), num_heads)
@@ -384,7 +385,7 @@ class CosineWindowAttention(WindowAttention):
         )
         self.logit_scale = nn.Parameter(torch.full((num_heads, 1, 1), math.log(10.0)))
         self.cpb_mlp = nn.Sequential(
-            nn.Linear(2, cpb_hidden), nn.ReLU(inplace=True), nn.Linear(cpb_hidden, num_heads, bias=False)
+            Linear(2, cpb_hidden), nn.ReLU(inplace=True), Linear(cpb_hidden, num_heads, bias=False)
         )
         self.q_bias = nn.Parameter(torch.zeros(dim)) if qkv_bias else None
         self.v_bias = nn.Parameter(torch.zeros(dim)) if qkv_bias else None
@@ -447,9 +448,9 @@ class SpatialReductionAttention(TokenMixer):
         super().__init__()
         self.num_heads = num_heads
         self.sr_ratio = sr_ratio
-        self.q = nn.Linear(dim, dim, bias=qkv_bias)
-        self.kv = nn.Linear(dim, 2 * dim, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim, bias=proj_bias)
+        self.q = Linear(dim, dim, bias=qkv_bias)
+        self.kv = Linear(dim, 2 * dim, bias=qkv_bias)
+        self.proj = Linear(dim, dim, bias=proj_bias)
         if sr_ratio > 1:
             self.sr = nn.Conv2d(dim, dim, kernel_size=sr_ratio, stride=sr_ratio)
             self.norm = LayerNormLast(dim)

@@ -7,7 +7,7 @@ from typing import ClassVar
 from pydantic import Field, PositiveInt
 from torch import Tensor, nn
 
-from hvtnas.models.fused import linear_act
+from hvtnas.models.fused import Linear, linear_act
 from hvtnas.models.layers import BatchNormLast, make_act, nchw_to_nhwc, nhwc_to_nchw
 from hvtnas.models.mixers.base import ActivationName, MixerParams, TokenMixer
 
@@ -37,12 +37,12 @@ class SepConv(TokenMixer):
     ) -> None:
         super().__init__()
         hidden = int(expansion_ratio * dim)
-        self.pwconv1 = nn.Linear(dim, hidden, bias=bias)
+        self.pwconv1 = Linear(dim, hidden, bias=bias)
         self.act = make_act(act)
         self.dwconv = nn.Conv2d(
             hidden, hidden, kernel_size, padding=kernel_size // 2, groups=hidden, bias=bias
         )
-        self.pwconv2 = nn.Linear(hidden, dim, bias=bias)
+        self.pwconv2 = Linear(hidden, dim, bias=bias)
 
     def forward(self, x: Tensor) -> Tensor:
         x = linear_act(x, self.pwconv1, self.act)
@@ -60,9 +60,9 @@ class MBConvParams(MixerParams):
 class SqueezeExcite(nn.Module):
     def __init__(self, dim: int, reduced: int, act: str) -> None:
         super().__init__()
-        self.reduce = nn.Linear(dim, reduced)
+        self.reduce = Linear(dim, reduced)
         self.act = make_act(act)
-        self.expand = nn.Linear(reduced, dim)
+        self.expand = Linear(reduced, dim)
 
     def forward(self, x: Tensor) -> Tensor:
         s = x.mean(dim=(1, 2), keepdim=True)  # (B, 1, 1, C) squeeze over space
@@ -90,7 +90,7 @@ class MBConv(TokenMixer):
     ) -> None:
         super().__init__()
         hidden = int(expansion_ratio * dim)
-        self.expand = nn.Linear(dim, hidden, bias=False)
+        self.expand = Linear(dim, hidden, bias=False)
         self.norm1 = BatchNormLast(hidden)
         self.act1 = make_act(act)
         self.dwconv = nn.Conv2d(
@@ -100,7 +100,7 @@ class MBConv(TokenMixer):
         self.act2 = make_act(act)
         reduced = max(1, int(dim * se_ratio))
         self.se = SqueezeExcite(hidden, reduced, "silu") if se_ratio > 0 else nn.Identity()
-        self.project = nn.Linear(hidden, dim)
+        self.project = Linear(hidden, dim)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.act1(self.norm1(self.expand(x)))

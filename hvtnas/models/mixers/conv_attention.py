@@ -14,6 +14,7 @@ from pydantic import Field, PositiveInt, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 from torch import Tensor, nn
 
+from hvtnas.models.fused import Linear
 from hvtnas.models.layers import LayerNormLast, nchw_to_nhwc, nhwc_to_nchw
 from hvtnas.models.mixers.attention import AttentionParams, SpatialReductionAttention, SpatialReductionParams
 from hvtnas.models.mixers.base import MixerParams, TokenMixer
@@ -60,10 +61,10 @@ class ConvProjectionAttention(TokenMixer):
         self.conv_q = _depthwise_bn(dim, kernel_size, 1)
         self.conv_k = _depthwise_bn(dim, kernel_size, kv_stride)
         self.conv_v = _depthwise_bn(dim, kernel_size, kv_stride)
-        self.proj_q = nn.Linear(dim, dim, bias=qkv_bias)
-        self.proj_k = nn.Linear(dim, dim, bias=qkv_bias)
-        self.proj_v = nn.Linear(dim, dim, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim, bias=proj_bias)
+        self.proj_q = Linear(dim, dim, bias=qkv_bias)
+        self.proj_k = Linear(dim, dim, bias=qkv_bias)
+        self.proj_v = Linear(dim, dim, bias=qkv_bias)
+        self.proj = Linear(dim, dim, bias=proj_bias)
 
     def _heads(self, conv: nn.Module, linear: nn.Linear, x_nchw: Tensor) -> Tensor:
         tokens = linear(nchw_to_nhwc(conv(x_nchw)))  # (B, h, w, C)
@@ -129,9 +130,9 @@ class EfficientMultiHeadAttention(TokenMixer):
         super().__init__()
         self.num_heads = num_heads
         self.scale = (dim // num_heads) ** -0.5
-        self.q = nn.Linear(dim, dim, bias=qkv_bias)
-        self.kv = nn.Linear(dim, 2 * dim, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim, bias=proj_bias)
+        self.q = Linear(dim, dim, bias=qkv_bias)
+        self.kv = Linear(dim, 2 * dim, bias=qkv_bias)
+        self.proj = Linear(dim, dim, bias=proj_bias)
         self.sr_ratio = sr_ratio
         if sr_ratio > 1:
             self.sr = nn.Conv2d(dim, dim, sr_ratio + 1, stride=sr_ratio, padding=sr_ratio // 2, groups=dim)
@@ -261,8 +262,8 @@ class FactorizedAttention(TokenMixer):
         super().__init__()
         self.num_heads = num_heads
         self.scale = (dim // num_heads) ** -0.5
-        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim, bias=proj_bias)
+        self.qkv = Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = Linear(dim, dim, bias=proj_bias)
         self.crpe = (
             shared
             if shared is not None
@@ -334,11 +335,11 @@ class ConvSelfAttention(TokenMixer):
         self.kernel_size = kernel_size
         self.stride = stride
         self.scale = (dim // num_heads) ** -0.5
-        self.attn = nn.Linear(dim, kernel_size**4 * num_heads)
+        self.attn = Linear(dim, kernel_size**4 * num_heads)
         # (k², C_out, C_in): one value projection per kernel position, no bias (as LVT's)
         self.value_weight = nn.Parameter(torch.empty(kernel_size**2, dim, dim))
         nn.init.trunc_normal_(self.value_weight, std=0.02)
-        self.proj = nn.Linear(dim, dim, bias=proj_bias)
+        self.proj = Linear(dim, dim, bias=proj_bias)
 
     def forward(self, x: Tensor) -> Tensor:
         H, W = x.shape[1:3]

@@ -10,6 +10,7 @@ from einops import rearrange
 from pydantic import PositiveInt
 from torch import Tensor, nn
 
+from hvtnas.models.fused import Linear
 from hvtnas.models.layers import pad_to_multiple
 from hvtnas.models.mixers.base import MixerParams, TokenMixer
 
@@ -45,12 +46,12 @@ class CrossShapedWindowAttention(TokenMixer):
             raise ValueError(f"cross-shaped windows split heads in two: got {num_heads} heads, width {dim}")
         self.num_heads = num_heads
         self.stripe_width = stripe_width
-        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.qkv = Linear(dim, 3 * dim, bias=qkv_bias)
         # one LePE conv per branch (vertical, horizontal), each over its half of the channels
         self.lepe = nn.ModuleList(
             nn.Conv2d(dim // 2, dim // 2, 3, padding=1, groups=dim // 2) for _ in range(2)
         )
-        self.proj = nn.Linear(dim, dim, bias=proj_bias)
+        self.proj = Linear(dim, dim, bias=proj_bias)
         self._mask_cache: dict[tuple[int, int, int, int, torch.device], Tensor | None] = {}
 
     def windows(self, H: int, W: int) -> list[tuple[int, int]]:

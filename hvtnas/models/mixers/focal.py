@@ -11,6 +11,7 @@ from einops import rearrange
 from pydantic import NonNegativeInt, PositiveInt
 from torch import Tensor, nn
 
+from hvtnas.models.fused import Linear
 from hvtnas.models.layers import pad_to_multiple
 from hvtnas.models.mixers.attention import AttentionParams, attend_in_windows
 from hvtnas.models.mixers.base import MixerParams, TokenMixer
@@ -69,8 +70,8 @@ class FocalAttention(TokenMixer):
         self.expand_size = expand_size
         self.focal_window = focal_window
         tokens = window_size**2
-        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim, bias=proj_bias)
+        self.qkv = Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = Linear(dim, dim, bias=proj_bias)
         # window pooling: a learned weighting of the M² tokens (starts as the mean), plus a bias
         self.pool_weight = nn.Parameter(torch.full((tokens,), 1.0 / tokens))
         self.pool_bias = nn.Parameter(torch.zeros(1))

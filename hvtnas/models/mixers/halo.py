@@ -11,6 +11,7 @@ from pydantic import NonNegativeInt, PositiveInt, model_validator
 from pydantic_core import PydanticCustomError
 from torch import Tensor, nn
 
+from hvtnas.models.fused import Linear
 from hvtnas.models.layers import pad_to_multiple
 from hvtnas.models.mixers.attention import AttentionParams, attend_in_windows
 from hvtnas.models.mixers.base import MixerParams, TokenMixer
@@ -83,9 +84,9 @@ class HaloAttention(TokenMixer):
         self.halo_size = halo_size
         self.stride = stride
         self.mask_outside = mask_outside
-        self.q = nn.Linear(dim, dim, bias=qkv_bias)
-        self.kv = nn.Linear(dim, 2 * dim, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim, bias=proj_bias) if output_proj else None
+        self.q = Linear(dim, dim, bias=qkv_bias)
+        self.kv = Linear(dim, 2 * dim, bias=qkv_bias)
+        self.proj = Linear(dim, dim, bias=proj_bias) if output_proj else None
         side = 2 * (block_size + halo_size) - 1
         if relative_position_bias:
             self.relative_position_bias_table = nn.Parameter(torch.zeros(side * side, num_heads))

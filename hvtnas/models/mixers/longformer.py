@@ -17,8 +17,9 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange, repeat
 from pydantic import PositiveInt
-from torch import Tensor, nn
+from torch import Tensor
 
+from hvtnas.models.fused import Linear
 from hvtnas.models.layers import pad_to_multiple
 from hvtnas.models.mixers.attention import AttentionParams
 from hvtnas.models.mixers.base import MixerParams, TokenMixer
@@ -51,9 +52,9 @@ class LongformerAttention(TokenMixer):
         super().__init__()
         self.num_heads = num_heads
         self.window_size = window_size
-        self.q = nn.Linear(dim, dim, bias=qkv_bias)
-        self.kv = nn.Linear(dim, 2 * dim, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim, bias=proj_bias)
+        self.q = Linear(dim, dim, bias=qkv_bias)
+        self.kv = Linear(dim, 2 * dim, bias=qkv_bias)
+        self.proj = Linear(dim, dim, bias=proj_bias)
         self._valid_cache: dict[tuple[int, int, int, int, torch.device], Tensor] = {}
 
     @torch.inference_mode(False)  # cached for later training steps: must not be an inference tensor

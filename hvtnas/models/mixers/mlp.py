@@ -18,8 +18,9 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from pydantic import Field, PositiveInt
-from torch import Tensor, nn
+from torch import Tensor
 
+from hvtnas.models.fused import Linear
 from hvtnas.models.layers import GroupNorm1, make_act, pad_to_multiple
 from hvtnas.models.mixers.base import ActivationName, MixerParams, TokenMixer
 
@@ -62,9 +63,9 @@ class TokenMLP(WindowedTokenMixing):
         super().__init__(window_size)
         tokens = window_size**2
         hidden = max(1, int(hidden_ratio * tokens))
-        self.fc1 = nn.Linear(tokens, hidden)
+        self.fc1 = Linear(tokens, hidden)
         self.act = make_act(act)
-        self.fc2 = nn.Linear(hidden, tokens)
+        self.fc2 = Linear(hidden, tokens)
 
     def mix_tokens(self, tokens: Tensor) -> Tensor:
         return self.fc2(self.act(self.fc1(tokens)))
@@ -112,13 +113,13 @@ class AxialShift(TokenMixer):
     def __init__(self, dim: int, shift_size: int = 5, act: str = "gelu") -> None:
         super().__init__()
         self.shift_size = shift_size
-        self.conv1 = nn.Linear(dim, dim)
+        self.conv1 = Linear(dim, dim)
         self.norm1 = GroupNorm1(dim)
         self.act = make_act(act)
-        self.conv2_lr = nn.Linear(dim, dim)  # after the shift along W
-        self.conv2_td = nn.Linear(dim, dim)  # after the shift along H
+        self.conv2_lr = Linear(dim, dim)  # after the shift along W
+        self.conv2_td = Linear(dim, dim)  # after the shift along H
         self.norm2 = GroupNorm1(dim)
-        self.conv3 = nn.Linear(dim, dim)
+        self.conv3 = Linear(dim, dim)
         self._index_cache: dict[tuple[int, int, torch.device], Tensor] = {}
 
     @torch.inference_mode(False)  # cached for later training steps: must not be an inference tensor
@@ -169,9 +170,9 @@ class SpatialShift(TokenMixer):
 
     def __init__(self, dim: int, act: str = "gelu") -> None:
         super().__init__()
-        self.fc1 = nn.Linear(dim, dim)
+        self.fc1 = Linear(dim, dim)
         self.act = make_act(act)
-        self.fc2 = nn.Linear(dim, dim)
+        self.fc2 = Linear(dim, dim)
 
     @staticmethod
     def shift(x: Tensor) -> Tensor:

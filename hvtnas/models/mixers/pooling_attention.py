@@ -12,6 +12,7 @@ from einops import rearrange
 from pydantic import PositiveInt
 from torch import Tensor, nn
 
+from hvtnas.models.fused import Linear
 from hvtnas.models.mixers.attention import AttentionParams
 from hvtnas.models.mixers.base import MixerParams, TokenMixer
 
@@ -88,8 +89,8 @@ class PoolingAttention(TokenMixer):
         dim_out = dim_out or dim
         self.num_heads = num_heads
         head_dim = dim_out // num_heads
-        self.qkv = nn.Linear(dim, 3 * dim_out, bias=qkv_bias)
-        self.proj = nn.Linear(dim_out, dim_out, bias=proj_bias)
+        self.qkv = Linear(dim, 3 * dim_out, bias=qkv_bias)
+        self.proj = Linear(dim_out, dim_out, bias=proj_bias)
         # MViTv2 pools whenever kernel or stride is above 1
         pooled = kernel_size > 1
         self.pool_q = (

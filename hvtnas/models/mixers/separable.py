@@ -11,6 +11,7 @@ from einops import rearrange
 from pydantic import PositiveInt
 from torch import Tensor, nn
 
+from hvtnas.models.fused import Linear
 from hvtnas.models.layers import make_act, nchw_to_nhwc, nhwc_to_nchw, pad_to_multiple
 from hvtnas.models.mixers.attention import AttentionParams, attend_in_windows
 from hvtnas.models.mixers.base import MixerParams, TokenMixer
@@ -56,14 +57,14 @@ class SeparableWindowAttention(TokenMixer):
         super().__init__()
         self.num_heads = num_heads
         self.window_size = window_size
-        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim, bias=proj_bias)
+        self.qkv = Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = Linear(dim, dim, bias=proj_bias)
         grid = max(1, map_size // window_size)  # windows per side at the configured resolution
         if grid > 1:
             self.window_tokens = nn.Parameter(torch.zeros(grid, grid, dim))
             self.token_norm = nn.LayerNorm(dim)
             self.token_act = make_act("gelu")
-            self.qk = nn.Linear(dim, 2 * dim, bias=qkv_bias)
+            self.qk = Linear(dim, 2 * dim, bias=qkv_bias)
         else:
             self.window_tokens = None
         self._real_cache: dict[tuple[int, int, int, torch.device], Tensor] = {}

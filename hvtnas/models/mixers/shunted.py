@@ -10,6 +10,7 @@ from einops import rearrange
 from pydantic import PositiveInt
 from torch import Tensor, nn
 
+from hvtnas.models.fused import Linear
 from hvtnas.models.layers import LayerNormLast, nchw_to_nhwc, nhwc_to_nchw, pad_to_multiple
 from hvtnas.models.mixers.attention import AttentionParams
 from hvtnas.models.mixers.base import MixerParams, TokenMixer
@@ -28,7 +29,7 @@ class _Reduction(nn.Module):
         self.rate = rate
         self.sr = nn.Conv2d(dim, dim, kernel_size=rate, stride=rate)
         self.norm = LayerNormLast(dim)
-        self.kv = nn.Linear(dim, 2 * kv_dim, bias=qkv_bias)
+        self.kv = Linear(dim, 2 * kv_dim, bias=qkv_bias)
         self.local_conv = nn.Conv2d(kv_dim, kv_dim, 3, padding=1, groups=kv_dim)
 
     def forward(self, x: Tensor, heads: int) -> tuple[Tensor, Tensor]:
@@ -60,15 +61,15 @@ class ShuntedAttention(TokenMixer):
             raise ValueError(f"shunted attention splits heads in two: got {num_heads} heads")
         self.num_heads = num_heads
         self.sr_ratio = sr_ratio
-        self.q = nn.Linear(dim, dim, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim, bias=proj_bias)
+        self.q = Linear(dim, dim, bias=qkv_bias)
+        self.proj = Linear(dim, dim, bias=proj_bias)
         if sr_ratio > 1:
             # coarse (rate R) and fine (rate R/2) head groups
             self.reductions = nn.ModuleList(
                 _Reduction(dim, rate, dim // 2, qkv_bias) for rate in (sr_ratio, max(1, sr_ratio // 2))
             )
         else:
-            self.kv = nn.Linear(dim, 2 * dim, bias=qkv_bias)
+            self.kv = Linear(dim, 2 * dim, bias=qkv_bias)
             self.local_conv = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
 
     def forward(self, x: Tensor) -> Tensor:
