@@ -103,6 +103,7 @@ def prepared_spec(args: argparse.Namespace) -> SearchSpec:
         sandwich_random=args.sandwich_random,
         distill=args.distill,
         shared_ffn=not args.ffn_per_kind,
+        shared_parts=args.shared_parts,
         cover_samples=8,
         finetune_steps=args.finetune_steps,
         constrained_sampling=not args.unconstrained_sampling,
@@ -543,6 +544,12 @@ def main() -> None:
         help="FFN options do not share weights (one_shot.shared_ffn: false)",
     )
     parser.add_argument(
+        "--shared-parts",
+        action="store_true",
+        help="stem and downsampling options differing only in norm, padding or bias share their convolutions "
+        "(one_shot.shared_parts: true)",
+    )
+    parser.add_argument(
         "--standalone-from",
         type=Path,
         help="an earlier results JSON of the same space, data and proxy recipe: its stand-alone accuracies "
@@ -608,7 +615,8 @@ def main() -> None:
             )
             + f", lr {args.supernet_lr}"
             + (", paths of the whole space" if args.unconstrained_sampling else ", paths in the constraints")
-            + (", FFN weights per FFN option" if args.ffn_per_kind else ""),
+            + (", FFN weights per FFN option" if args.ffn_per_kind else "")
+            + (", stems and downsamplings sharing convolutions" if args.shared_parts else ""),
             "machine": f"{cpu_name()}, {torch.get_num_threads()} thread(s), "
             f"torch {torch.__version__}, optuna {optuna.__version__}",
             "date": time.strftime("%Y-%m-%d"),

@@ -88,7 +88,13 @@ def main() -> None:
     earlier = json.loads(args.result.read_text())
     space = earlier["settings"]["space"]
     defaults = {"supernet_epochs": 1, "supernet_lr": 0.002, "rule": "uniform", "sandwich_random": 2}
-    flags = {"distill": False, "ffn_per_kind": False, "finetune_steps": 0, "unconstrained_sampling": False}
+    flags = {
+        "distill": False,
+        "ffn_per_kind": False,
+        "shared_parts": False,
+        "finetune_steps": 0,
+        "unconstrained_sampling": False,
+    }
     spec = prepared_spec(argparse.Namespace(space=space, **vars(args), **defaults, **flags))
     recipe = search_recipe(spec)
     for part in ("data", "train"):

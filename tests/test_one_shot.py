@@ -79,6 +79,32 @@ def test_ffn_options_get_weights_of_their_own_when_asked(one_thread: None) -> No
     _same_outputs(own, [own.sample() for _ in range(4)], torch.randn(2, 1, 28, 28))
 
 
+def test_stem_and_downsampling_options_differing_only_in_norms_share_weights_when_asked(
+    one_thread: None,  # noqa: F811
+) -> None:
+    """With ``shared_parts``, options that differ only in norm, norm position, padding or bias
+    compute their channels with one convolution (the blocks after them see one basis); other
+    kinds and kernels, and every option by default, have weights of their own."""
+    space = SearchSpace.from_yaml("search_spaces/animal_mnist.yaml")
+    shared, own = Supernet(space, cover_samples=0, shared_parts=True), Supernet(space, cover_samples=0)
+    stems = ["overlap(kernel_size=7,padding=3,norm=layernorm)", "overlap(kernel_size=7,padding=2)"]
+    downs = ["conv(kernel_size=3,norm=layernorm,norm_position=post)", "conv(kernel_size=3)"]
+    other = ("conv(norm=layernorm)", "conv(kernel_size=2,norm=layernorm,norm_position=post)")
+    first, second, third = (
+        space.sample(_Fixed({"stem": stem, "downsample": down}))
+        for stem, down in ((stems[0], downs[0]), (stems[1], downs[1]), other)
+    )
+    for supernet, same in ((shared, True), (own, False)):
+        a, b, c = (supernet.extract(arch).state_dict() for arch in (first, second, third))
+        for name in ("stem.proj.weight", "stages.1.downsample.conv.weight"):
+            assert torch.equal(a[name], b[name]) is same
+        down = "stages.1.downsample.conv.weight"  # a 2x2 kernel is no slice of the 3x3 one's slot
+        assert not torch.equal(a[down][..., :2, :2], c[down])
+    assert len(own.weights) > len(shared.weights)
+    torch.manual_seed(0)
+    _same_outputs(shared, [first, second, third, shared.sample()], torch.randn(2, 1, 28, 28))
+
+
 def test_fused_qkv_is_sliced_part_by_part() -> None:
     space = SearchSpace.from_yaml("search_spaces/quickstart.yaml")
     supernet = Supernet(space, cover_samples=0)

@@ -39,7 +39,12 @@ class OneShotConfig(BaseModel):
 
     ``shared_ffn``: a block's FFN options (kinds, activations, biases) share its linear layers
     (the default: every path trains them); false gives each option weights of its own, so that
-    no option's weights are pulled toward another's function."""
+    no option's weights are pulled toward another's function.
+
+    ``shared_parts``: stem and downsampling options that differ only in their norm, its position,
+    padding or bias share their convolution weights; by default each option has weights of its
+    own (sharing raised inherited accuracies on the CPU-scale task but not the ranking; see
+    ``slot_of``)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -53,3 +58,4 @@ class OneShotConfig(BaseModel):
     finetune_lr: PositiveFloat | None = None
     constrained_sampling: bool = True
     shared_ffn: bool = True
+    shared_parts: bool = False

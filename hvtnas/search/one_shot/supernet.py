@@ -182,23 +182,45 @@ def _fragment(value: Any) -> Any:
     return value.model_dump(mode="json") if hasattr(value, "model_dump") else value
 
 
-def slot_of(arch: ArchConfig, name: str, ffn_per_kind: bool = False) -> tuple[str, str]:
+# Fields of a stem or downsampling config that change neither the shapes nor the meaning of its
+# convolution or linear weights: options differing only in these share those weights.
+_WEIGHT_NEUTRAL_FIELDS = ("norm", "norm_position", "padding", "bias")
+
+
+def _weight_structure(part: Any) -> dict[str, Any]:
+    """A stem's or downsampling's config without its weight-neutral fields."""
+    return {k: v for k, v in _fragment(part).items() if k not in _WEIGHT_NEUTRAL_FIELDS}
+
+
+def slot_of(
+    arch: ArchConfig, name: str, ffn_per_kind: bool = False, shared_parts: bool = False
+) -> tuple[str, str]:
     """(place, parameter) of a sub-network's parameter: the part of the network and the choice
     it belongs to, and the parameter's name inside that part. Points whose parameters have the
     same (place, parameter) share one slot.
 
     Token mixers, stems, downsamplings and positional encodings are keyed by their whole config:
-    each option has weights of its own (single-path one-shot). FFNs share their linear layers
-    across kinds and activations (a Mix-FFN is an MLP with a depthwise conv inside), and the
-    classifier across head norms (an MLP head has its own): the largest share of the parameters
-    gets the most updates. Norms and layer/residual scales are keyed by their place only:
+    each option has weights of its own (single-path one-shot). With ``shared_parts``, stems and
+    downsamplings are keyed by what their convolution (or linear) weights compute instead:
+    options that differ only in their norm, its position, padding or bias share those weights
+    (the 7x7 overlapping stems; the 2x2 and the 3x3 conv downsamplings), and their norms a
+    per-channel slot by place. They make the residual stream (a mixer only adds to it), so with
+    weights per option each option hands the shared blocks after it channels in a basis of its
+    own; sharing raised sub-networks' inherited accuracies but not their ranking (README), hence
+    off by default. FFNs share their linear layers across kinds and activations (a Mix-FFN is an
+    MLP with a depthwise conv inside), and the classifier across head norms (an MLP head has its
+    own): the largest share of the parameters gets the most updates. Norms and layer/residual scales are keyed by their place only:
     per-channel affine parameters of every norm kind share one slot, so that no slot depends on
     two independent choices (an output norm and the norm's kind), which the points that build
     the supernet could not all reach. ``ffn_per_kind``: every FFN option (kind, activation,
     bias) of a block has linear layers of its own instead."""
     parts = name.split(".")
     if parts[0] == "stem":
-        return f"stem {json.dumps(_fragment(arch.stem), sort_keys=True)}", ".".join(parts[1:])
+        if not shared_parts:
+            return f"stem {json.dumps(_fragment(arch.stem), sort_keys=True)}", ".".join(parts[1:])
+        if parts[1] == "norm":  # the stem's output norm, of whichever kind
+            return "stem.norm", ".".join(parts[2:])
+        return f"stem {json.dumps(_weight_structure(arch.stem), sort_keys=True)}", ".".join(parts[1:])
     if parts[0] == "head":
         if parts[1] == "norm":
             return "head.norm", ".".join(parts[2:])
@@ -221,8 +243,12 @@ def slot_of(arch: ArchConfig, name: str, ffn_per_kind: bool = False) -> tuple[st
         sub, rest = rest[0], rest[1:]
         place = f"stages[{i}].downsample.{sub}"
         choice = stage.mixers[0] if sub == "attention" else None
-    elif where == "downsample":
+    elif where == "downsample" and not shared_parts:
         place, choice = f"stages[{i}].downsample", arch.downsample
+    elif where == "downsample" and rest[0] in ("pre_norm", "post_norm"):  # of whichever kind
+        place, rest = f"stages[{i}].downsample.{rest[0]}", rest[1:]
+    elif where == "downsample":
+        place, choice = f"stages[{i}].downsample", _weight_structure(arch.downsample)
     elif where in ("pos_embed", "peg"):
         place, choice = f"stages[{i}].{where}", arch.pos_embed
     elif where == "out_norm":
@@ -288,7 +314,8 @@ class Supernet(nn.Module):
     path, by widths, depths and ratios with random categorical choices, plus ``sandwich_random``
     random ones; BigNAS), whose smaller paths learn the largest one's predictions with ``distill``
     (inplace distillation) and the labels without. ``ffn_per_kind``: each FFN option has weights
-    of its own (``slot_of``). ``forward`` runs the active path (``set_path``), by default the
+    of its own; ``shared_parts``: stem and downsampling options share convolutions (``slot_of``).
+    ``forward`` runs the active path (``set_path``), by default the
     largest point with every choice's first option (``eval_arch``), which is what the trainer
     validates.
     """
@@ -302,6 +329,7 @@ class Supernet(nn.Module):
         sandwich_random: int = 2,
         distill: bool = False,
         ffn_per_kind: bool = False,
+        shared_parts: bool = False,
         cover_samples: int = 32,
         seed: int = 0,
         accept: Callable[[MetaFormer], bool] | None = None,
@@ -314,6 +342,7 @@ class Supernet(nn.Module):
         self.sandwich_random = sandwich_random
         self.distill = distill
         self.ffn_per_kind = ffn_per_kind
+        self.shared_parts = shared_parts
         self.slots: dict[str, Slot] = {}
         self.weights = nn.ParameterDict()
         self._paths: OrderedDict[str, tuple[nn.Module, dict[str, tuple[str, tuple[int, ...]]]]] = (
@@ -361,7 +390,7 @@ class Supernet(nn.Module):
             module = build_model(arch, init_weights=False)
         layout: dict[str, tuple[str, tuple[int, ...]]] = {}
         for name, param in module.named_parameters():
-            place, parameter = slot_of(arch, name, self.ffn_per_kind)
+            place, parameter = slot_of(arch, name, self.ffn_per_kind, self.shared_parts)
             slot_key = _slot_key(place, parameter)
             shape = tuple(param.shape)
             slot = self.slots.get(slot_key)
@@ -469,7 +498,7 @@ class Supernet(nn.Module):
                 with torch.device("meta"):
                     model = build_model(arch, init_weights=False)
                 for name, param in model.named_parameters():
-                    place, parameter = slot_of(arch, name, self.ffn_per_kind)
+                    place, parameter = slot_of(arch, name, self.ffn_per_kind, self.shared_parts)
                     key = _slot_key(place, parameter)
                     shape = tuple(param.shape)
                     if key in shapes and len(shapes[key]) != len(shape):

@@ -67,6 +67,7 @@ def build_supernet(
         sandwich_random=cfg.sandwich_random,
         distill=cfg.distill,
         ffn_per_kind=not cfg.shared_ffn,
+        shared_parts=cfg.shared_parts,
         cover_samples=cfg.cover_samples,
         seed=seed,
         accept=accept,
@@ -128,6 +129,7 @@ def load_supernet(path: Path, space: SearchSpace, cfg: OneShotConfig, seed: int 
         sandwich_random=cfg.sandwich_random,
         distill=cfg.distill,
         ffn_per_kind=not cfg.shared_ffn,
+        shared_parts=cfg.shared_parts,
         cover_samples=cfg.cover_samples,
         seed=seed,
     )
