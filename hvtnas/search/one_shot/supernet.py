@@ -209,11 +209,11 @@ def slot_of(
     own; sharing raised sub-networks' inherited accuracies but not their ranking (README), hence
     off by default. FFNs share their linear layers across kinds and activations (a Mix-FFN is an
     MLP with a depthwise conv inside), and the classifier across head norms (an MLP head has its
-    own): the largest share of the parameters gets the most updates. Norms and layer/residual scales are keyed by their place only:
-    per-channel affine parameters of every norm kind share one slot, so that no slot depends on
-    two independent choices (an output norm and the norm's kind), which the points that build
-    the supernet could not all reach. ``ffn_per_kind``: every FFN option (kind, activation,
-    bias) of a block has linear layers of its own instead."""
+    own): the largest share of the parameters gets the most updates. Norms and layer/residual
+    scales are keyed by their place only: per-channel affine parameters of every norm kind share
+    one slot, so that no slot depends on two independent choices (an output norm and the norm's
+    kind), which the points that build the supernet could not all reach. ``ffn_per_kind``: every
+    FFN option (kind, activation, bias) of a block has linear layers of its own instead."""
     parts = name.split(".")
     if parts[0] == "stem":
         if not shared_parts:
