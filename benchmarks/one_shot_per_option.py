@@ -98,6 +98,8 @@ def main() -> None:
         f"{len(rows)} random sub-networks within the constraints (seed {args.seed}), the supernet of "
         f"`{args.work}`; {cpu_name()}, {time.strftime('%Y-%m-%d')}. Mean inherited validation accuracy "
         f"of the sub-networks with each option (all: {100 * np.mean([r['accuracy'] for r in rows]):.1f}%).",
+        "Options are shown by their fields that differ from the defaults (a stem without `kind` is the "
+        "4x4 patch stem, a downsampling without it the conv one, `{}` a LayerNorm).",
     ]
     result: dict[str, Any] = {"space": args.space, "work": str(args.work), "rows": rows, "per_option": {}}
     for choice in CHOICES:
