@@ -22,16 +22,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from one_shot_ranking import RESULTS, log, prepared_spec
+from one_shot_ranking import RESULTS, feasible_samples, log, prepared_spec, space_data
 
-from hvtnas.costs import CostCache, measure_costs
+from hvtnas.costs import CostCache
 from hvtnas.costs.latency import cpu_name
 from hvtnas.search.one_shot import inherited_accuracy
 from hvtnas.search.one_shot.strategy import prepare_supernet
-from hvtnas.space import iter_samples
 from hvtnas.summary import describe
-from hvtnas.train import load_dataset
-from hvtnas.train.trainer import adapt_arch_to_data
 
 CHOICES = ("stem", "pos_embed", "downsample", "head")
 
@@ -68,25 +65,17 @@ def main() -> None:
     )
     spec = prepared_spec(run)
     exp = spec.experiment
-    inp = spec.space.tree.get("input", {})
-    data = load_dataset(exp.data.for_arch(inp.get("channels", 3), inp.get("resolution", 224)))
+    data = space_data(spec)
     if not (args.work / "supernet" / "supernet.pt").exists():
         raise SystemExit(
             f"{args.work}: no trained supernet; run one_shot_ranking.py with --work {args.work} first"
         )
     supernet, _ = prepare_supernet(spec, data, args.work / "supernet")
     supernet.eval()
-    costs, limits = CostCache(args.work / "costs.sqlite"), exp.constraints
     rows: list[dict[str, Any]] = []
-    for arch in iter_samples(spec.space, 40 * args.subnets, seed=args.seed):
-        if len(rows) == args.subnets:
-            break
-        arch = adapt_arch_to_data(arch, data, keep_resolution=True)
-        c = measure_costs(arch, exp.costs, cache=costs)
-        if ("flops" in limits and c.flops > limits["flops"]) or (
-            "params" in limits and c.params > limits["params"]
-        ):
-            continue
+    for arch, _ in feasible_samples(
+        spec, data, args.subnets, args.seed, CostCache(args.work / "costs.sqlite")
+    ):
         _, accuracy = inherited_accuracy(supernet, arch, data, exp.train, exp.one_shot.bn_batches)
         dumped = arch.model_dump(mode="json", exclude_defaults=True)
         rows.append({"accuracy": accuracy, **{k: json.dumps(dumped.get(k), sort_keys=True) for k in CHOICES}})

@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -132,6 +133,31 @@ def reuse_standalone(path: Path, spec: SearchSpec, cache: Cache) -> int:
     return len(earlier["ranking"])
 
 
+def space_data(spec: SearchSpec) -> ImageData:
+    """The experiment's dataset, at the space's input channels and resolution."""
+    inp = spec.space.tree.get("input", {})
+    return load_dataset(spec.experiment.data.for_arch(inp.get("channels", 3), inp.get("resolution", 224)))
+
+
+def feasible_samples(
+    spec: SearchSpec, data: ImageData, n: int, seed: int, costs: CostCache
+) -> Iterator[tuple[ArchConfig, Any]]:
+    """Up to ``n`` random points of the space (adapted to ``data``) within the experiment's FLOPs
+    and parameter constraints, with their costs: the same points for the same seed."""
+    exp, limits, found = spec.experiment, spec.experiment.constraints, 0
+    for arch in iter_samples(spec.space, 40 * n, seed=seed):
+        if found == n:
+            return
+        arch = adapt_arch_to_data(arch, data, keep_resolution=True)
+        c = measure_costs(arch, exp.costs, cache=costs)
+        if ("flops" in limits and c.flops > limits["flops"]) or (
+            "params" in limits and c.params > limits["params"]
+        ):
+            continue
+        found += 1
+        yield arch, c
+
+
 def flops_of(arch: ArchConfig, spec: SearchSpec, costs: CostCache) -> float:
     return float(measure_costs(arch, spec.experiment.costs, cache=costs).flops)
 
@@ -178,17 +204,8 @@ def ranking(
     ``finetune_steps``, also the accuracy after that many steps from the inherited weights and
     after the same steps from a fresh initialisation (what inheriting is worth at that cost)."""
     exp = spec.experiment
-    limits = exp.constraints
     rows: list[dict[str, Any]] = []
-    for arch in iter_samples(spec.space, 40 * n, seed=seed):
-        if len(rows) == n:
-            break
-        arch = adapt_arch_to_data(arch, data, keep_resolution=True)
-        c = measure_costs(arch, exp.costs, cache=costs)
-        if ("flops" in limits and c.flops > limits["flops"]) or (
-            "params" in limits and c.params > limits["params"]
-        ):
-            continue
+    for arch, c in feasible_samples(spec, data, n, seed, costs):
         key = arch_key(arch)
         inherited = cache.get("inherited:" + key)
         if inherited is None or "loss" not in inherited:
@@ -580,8 +597,7 @@ def main() -> None:
     costs = CostCache(args.work / "costs.sqlite")
     spec = prepared_spec(args)
     exp = spec.experiment
-    inp = spec.space.tree.get("input", {})
-    data = load_dataset(exp.data.for_arch(inp.get("channels", 3), inp.get("resolution", 224)))
+    data = space_data(spec)
     started = time.perf_counter()
     if args.standalone_from is not None:
         taken = reuse_standalone(args.standalone_from, spec, cache)

@@ -30,15 +30,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from one_shot_ranking import RESULTS, Cache, log, prepared_spec
+from one_shot_ranking import RESULTS, Cache, feasible_samples, log, prepared_spec, space_data
 from scipy import stats
 
-from hvtnas.costs import CostCache, measure_costs
+from hvtnas.costs import CostCache
 from hvtnas.costs.latency import cpu_name
 from hvtnas.search.study import arch_key, search_recipe
-from hvtnas.space import iter_samples
-from hvtnas.train import load_dataset, train_proxy
-from hvtnas.train.trainer import adapt_arch_to_data
+from hvtnas.train import train_proxy
 
 
 def tau(a: list[float], b: list[float]) -> float:
@@ -49,23 +47,10 @@ def same_architectures(
     spec: Any, data: Any, earlier: dict[str, Any], seed: int, costs: CostCache
 ) -> list[Any]:
     """The earlier result's sub-networks, drawn again as ``one_shot_ranking.ranking`` drew them."""
-    exp, wanted = spec.experiment, [row["key"] for row in earlier["ranking"]]
-    archs: list[Any] = []
-    for arch in iter_samples(spec.space, 40 * len(wanted), seed=seed):
-        if len(archs) == len(wanted):
-            break
-        arch = adapt_arch_to_data(arch, data, keep_resolution=True)
-        c = measure_costs(arch, exp.costs, cache=costs)
-        limits = exp.constraints
-        if ("flops" in limits and c.flops > limits["flops"]) or (
-            "params" in limits and c.params > limits["params"]
-        ):
-            continue
-        if arch_key(arch) != wanted[len(archs)]:
-            raise SystemExit(
-                f"sub-network {len(archs) + 1} differs from the result's: another space or seed?"
-            )
-        archs.append(arch)
+    wanted = [row["key"] for row in earlier["ranking"]]
+    archs = [arch for arch, _ in feasible_samples(spec, data, len(wanted), seed, costs)]
+    if [arch_key(arch) for arch in archs] != wanted:
+        raise SystemExit("the sub-networks drawn differ from the result's: another space or seed?")
     return archs
 
 
@@ -103,8 +88,7 @@ def main() -> None:
                 f"{args.result}: its {part} recipe differs from this run's (--fraction, --proxy-epochs?)"
             )
     exp = spec.experiment
-    inp = spec.space.tree.get("input", {})
-    data = load_dataset(exp.data.for_arch(inp.get("channels", 3), inp.get("resolution", 224)))
+    data = space_data(spec)
     args.work.mkdir(parents=True, exist_ok=True)
     cache = Cache(args.work / "measurements.json")
     archs = same_architectures(spec, data, earlier, args.subnet_seed, CostCache(args.work / "costs.sqlite"))
