@@ -373,8 +373,10 @@ def per_trial_study(spec: SearchSpec, data: ImageData, work: Path, seconds: floa
     per_trial = SearchSpec(spec.space, exp, spec.text, spec.path)
     # the wall time counts from the study's first trial: a rerun adds nothing once it has passed
     storage = f"sqlite:///{work / 'per_trial.db'}"
+    # (the warm-start trials wait in the study from its creation on, without a start time)
     earlier = open_study(per_trial, "per_trial", storage).trials
-    begun = earlier[0].datetime_start.timestamp() if earlier else time.time()
+    starts = [t.datetime_start for t in earlier if t.datetime_start is not None]
+    begun = min(starts).timestamp() if starts else time.time()
     study, _ = run_study(per_trial, data, work, "per_trial", 10_000, begun + seconds)
     ends = [t.datetime_complete.timestamp() for t in study.trials if t.datetime_complete is not None]
     took = max(ends, default=begun) - begun
