@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from one_shot_ranking import RESULTS, feasible_samples, log, prepared_spec, space_data
+from one_shot_ranking import RESULTS, feasible_samples, log, prepared_spec, ranking_settings, space_data
 
 from hvtnas.costs import CostCache
 from hvtnas.costs.latency import cpu_name
@@ -53,15 +53,12 @@ def main() -> None:
     parser.add_argument("--out", default="one_shot_per_option")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    run = argparse.Namespace(
-        **vars(args),
-        supernet_lr=0.002,
-        rule="uniform",
-        sandwich_random=2,
-        distill=False,
-        ffn_per_kind=False,
-        finetune_steps=0,
-        unconstrained_sampling=False,
+    run = ranking_settings(
+        space=args.space,
+        fraction=args.fraction,
+        proxy_epochs=args.proxy_epochs,
+        supernet_epochs=args.supernet_epochs,
+        shared_parts=args.shared_parts,
     )
     spec = prepared_spec(run)
     exp = spec.experiment

@@ -543,7 +543,7 @@ def write_results(result: dict[str, Any], out: str) -> None:
     (RESULTS / f"one_shot_{out}.md").write_text("\n".join(lines) + "\n")
 
 
-def main() -> None:
+def ranking_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -591,7 +591,22 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--work", type=Path, default=Path("runs/one_shot_ranking"))
     parser.add_argument("--out", default="cpu")
-    args = parser.parse_args()
+    return parser
+
+
+def ranking_settings(**values: Any) -> argparse.Namespace:
+    """This script's settings for another benchmark: its defaults, with ``values`` (by attribute
+    name, ``proxy_epochs=3``), so that a run is described one way only."""
+    settings = ranking_parser().parse_args([])
+    unknown = set(values) - set(vars(settings))
+    if unknown:
+        raise ValueError(f"not settings of one_shot_ranking.py: {sorted(unknown)}")
+    vars(settings).update(values)
+    return settings
+
+
+def main() -> None:
+    args = ranking_parser().parse_args()
     torch.set_num_threads(args.threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     args.work.mkdir(parents=True, exist_ok=True)

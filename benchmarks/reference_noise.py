@@ -30,7 +30,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from one_shot_ranking import RESULTS, Cache, feasible_samples, log, prepared_spec, space_data
+from one_shot_ranking import (
+    RESULTS,
+    Cache,
+    feasible_samples,
+    log,
+    prepared_spec,
+    ranking_settings,
+    space_data,
+)
 from scipy import stats
 
 from hvtnas.costs import CostCache
@@ -72,15 +80,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     earlier = json.loads(args.result.read_text())
     space = earlier["settings"]["space"]
-    defaults = {"supernet_epochs": 1, "supernet_lr": 0.002, "rule": "uniform", "sandwich_random": 2}
-    flags = {
-        "distill": False,
-        "ffn_per_kind": False,
-        "shared_parts": False,
-        "finetune_steps": 0,
-        "unconstrained_sampling": False,
-    }
-    spec = prepared_spec(argparse.Namespace(space=space, **vars(args), **defaults, **flags))
+    spec = prepared_spec(
+        ranking_settings(
+            space=space, fraction=args.fraction, proxy_epochs=args.proxy_epochs, seed=args.subnet_seed
+        )
+    )
     recipe = search_recipe(spec)
     for part in ("data", "train"):
         if json.loads(json.dumps(recipe[part], default=str)) != earlier["settings"]["recipe"][part]:

@@ -156,39 +156,42 @@ def _faster_of(key: tuple[Any, ...], fused: Callable[[], Tensor], plain: Callabl
     return out
 
 
-def linear_act(x: Tensor, layer: nn.Linear, act: nn.Module) -> Tensor:
-    """``act(layer(x))``, as one kernel where that is safe and faster (see the module docstring)."""
-    post_op = _post_op(act)
-    if (
-        post_op is None
-        or x.dim() < 2
-        or x.numel() == 0
-        or not _fusable(x)
-        or not _onednn_works("linear", *post_op)
-    ):
-        return act(layer(x))
+def _linear_by_faster(
+    x: Tensor,
+    layer: nn.Linear,
+    post_op: tuple[str, str],
+    finish: Callable[[Tensor], Tensor],
+    plain: Callable[[], Tensor],
+) -> Tensor:
+    """``plain()``, or oneDNN's linear with ``post_op`` followed by ``finish`` (the same function),
+    whichever is faster for this shape here; ``plain()`` wherever oneDNN may not run."""
+    if x.dim() < 2 or x.numel() == 0 or not _fusable(x) or not _onednn_works("linear", *post_op):
+        return plain()
     attr, algorithm = post_op
 
-    def fused() -> Tensor:
-        y = torch.ops.mkldnn._linear_pointwise(x, layer.weight, layer.bias, attr, [None], algorithm)
-        return _finish(act, y)
+    def onednn() -> Tensor:
+        return finish(
+            torch.ops.mkldnn._linear_pointwise(x, layer.weight, layer.bias, attr, [None], algorithm)
+        )
 
     rows = x.numel() // x.shape[-1]
     key = ("linear", rows, *layer.weight.shape, layer.bias is None, *post_op)
-    return _faster_of(key, fused, lambda: act(layer(x)))
+    return _faster_of(key, onednn, plain)
+
+
+def linear_act(x: Tensor, layer: nn.Linear, act: nn.Module) -> Tensor:
+    """``act(layer(x))``, as one kernel where that is safe and faster (see the module docstring)."""
+    post_op = _post_op(act)
+    if post_op is None:
+        return act(layer(x))
+    return _linear_by_faster(x, layer, post_op, functools.partial(_finish, act), lambda: act(layer(x)))
 
 
 def linear(x: Tensor, layer: nn.Linear) -> Tensor:
     """``layer(x)`` by MKL's or oneDNN's matrix product, whichever is faster for this shape here."""
-    if x.dim() < 2 or x.numel() == 0 or not _fusable(x) or not _onednn_works("linear", "none", ""):
-        return F.linear(x, layer.weight, layer.bias)
-
-    def onednn() -> Tensor:
-        return torch.ops.mkldnn._linear_pointwise(x, layer.weight, layer.bias, "none", [None], "")
-
-    rows = x.numel() // x.shape[-1]
-    key = ("linear", rows, *layer.weight.shape, layer.bias is None, "none")
-    return _faster_of(key, onednn, lambda: F.linear(x, layer.weight, layer.bias))
+    return _linear_by_faster(
+        x, layer, ("none", ""), lambda y: y, lambda: F.linear(x, layer.weight, layer.bias)
+    )
 
 
 class Linear(nn.Linear):
