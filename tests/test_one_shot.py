@@ -65,6 +65,32 @@ def test_sub_networks_share_slices_of_one_tensor() -> None:
     assert torch.equal(a, b[:16])  # the narrow stem is the corner of the wide one
 
 
+def test_patch_merging_of_a_narrower_stage_takes_each_pixels_leading_channels(
+    one_thread: None,  # noqa: F811
+) -> None:
+    """Swin's patch merging reads the 2x2 neighbourhood's four pixels one after the other (4C):
+    a narrow network's second pixel must meet the weights of the wide one's second pixel's first
+    channels, not those of its first pixel's last channels (a leading-corner slice)."""
+    space = SearchSpace.from_yaml("search_spaces/animal_mnist.yaml")
+    supernet = Supernet(space, cover_samples=0)
+    merging = "patch_merging(norm=layernorm,norm_position=pre)"
+    narrow, wide = (
+        space.sample(_Fixed({"downsample": merging, "stage1.width": width, "stage2.width": 64}))
+        for width in (16, 48)
+    )
+    a, b = (supernet.extract(arch).state_dict() for arch in (narrow, wide))
+    reduction, norm = "stages.1.downsample.reduction.weight", "stages.1.downsample.norm.weight"
+    assert a[reduction].shape == (64, 4 * 16) and b[reduction].shape == (64, 4 * 48)
+    per_pixel = b[reduction].unflatten(1, (4, 48))[:, :, :16].flatten(1, 2)  # (out, 4 pixels x 16)
+    assert torch.equal(a[reduction], per_pixel)
+    assert torch.equal(a[norm], b[norm].unflatten(0, (4, 48))[:, :16].flatten())
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in supernet.parameters():
+            p.add_(torch.randn_like(p) * 0.01)
+    _same_outputs(supernet, [narrow, wide], torch.randn(2, 1, 28, 28))
+
+
 def test_ffn_options_get_weights_of_their_own_when_asked(one_thread: None) -> None:  # noqa: F811
     space = SearchSpace.from_yaml("search_spaces/animal_mnist.yaml")
     shared, own = Supernet(space, cover_samples=0), Supernet(space, cover_samples=0, ffn_per_kind=True)
@@ -103,6 +129,28 @@ def test_stem_and_downsampling_options_differing_only_in_norms_share_weights_whe
     assert len(own.weights) > len(shared.weights)
     torch.manual_seed(0)
     _same_outputs(shared, [first, second, third, shared.sample()], torch.randn(2, 1, 28, 28))
+
+
+def test_a_classifier_reading_the_unnormalized_residual_stream_has_weights_of_its_own(
+    one_thread: None,  # noqa: F811
+) -> None:
+    """PVTv2's head has no norm of its own (its last stage's output norm does that); without that
+    output norm its classifier reads the raw residual stream, whose scale the normalised heads'
+    shared classifier was never trained for (such paths reached losses of ~50 in training)."""
+    space = SearchSpace.from_yaml("search_spaces/animal_mnist.yaml")
+    supernet = Supernet(space, cover_samples=0)
+    bare = "norm=None"
+    raw, out_normed, normed = (
+        space.sample(_Fixed({"head": head, "out_norm": out_norm}))
+        for head, out_norm in ((bare, False), (bare, True), ("norm=layernorm,norm_position=pre_pool", False))
+    )
+    fc_raw, fc_out_normed, fc_normed = (
+        supernet.extract(arch).state_dict()["head.fc.weight"] for arch in (raw, out_normed, normed)
+    )
+    assert torch.equal(fc_out_normed, fc_normed)  # both read normalised features: one classifier
+    assert not torch.equal(fc_raw, fc_normed)
+    torch.manual_seed(0)
+    _same_outputs(supernet, [raw, out_normed, normed], torch.randn(2, 1, 28, 28))
 
 
 def test_fused_qkv_is_sliced_part_by_part() -> None:

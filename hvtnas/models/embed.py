@@ -281,12 +281,14 @@ class PatchMerging(nn.Module):
     """Swin: concatenate each 2x2 neighbourhood -> norm(4C) -> Linear(4C, C_out, bias=False);
     Swin V2 normalises after the linear instead (``post_norm``: a norm of C_out channels)."""
 
+    PIXELS = 4  # the 4C input: the 2x2 neighbourhood's pixels one after the other, C channels each
+
     def __init__(
         self, in_dim: int, out_dim: int, norm: nn.Module | None, post_norm: nn.Module | None = None
     ) -> None:
         super().__init__()
         self.norm = norm if norm is not None else nn.Identity()
-        self.reduction = Linear(4 * in_dim, out_dim, bias=False)
+        self.reduction = Linear(self.PIXELS * in_dim, out_dim, bias=False)
         self.post_norm = post_norm if post_norm is not None else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:

@@ -39,6 +39,7 @@ from torch.func import functional_call
 from hvtnas.config import ArchConfig, InputConfig
 from hvtnas.errors import ConfigError, HvtnasError
 from hvtnas.models.build import build_model
+from hvtnas.models.embed import PatchMerging
 from hvtnas.models.layers import NORMS
 from hvtnas.models.metaformer import MetaFormer
 from hvtnas.space import ChoiceLeaf, SearchSpace, _is_leaf
@@ -47,6 +48,10 @@ SamplingRule = Literal["uniform", "sandwich"]
 PATH_CACHE = 32  # path modules kept (their buffers and structure; no parameters of their own)
 SAMPLE_ATTEMPTS = 100  # random draws before giving up on a space whose points are mostly invalid
 ACCEPT_ATTEMPTS = 1000  # random points before giving up on finding one that ``accept`` takes
+
+
+# a path's parameter name -> (its slot's key, its shape, the equal parts stacked along each dimension)
+PathLayout = dict[str, tuple[str, tuple[int, ...], tuple[int, ...]]]
 
 
 class SupernetError(HvtnasError):
@@ -209,7 +214,11 @@ def slot_of(
     own; sharing raised sub-networks' inherited accuracies but not their ranking (README), hence
     off by default. FFNs share their linear layers across kinds and activations (a Mix-FFN is an
     MLP with a depthwise conv inside), and the classifier across head norms (an MLP head has its
-    own): the largest share of the parameters gets the most updates. Norms and layer/residual
+    own): the largest share of the parameters gets the most updates. A classifier that reads the
+    raw residual stream (no head norm and no output norm on the last stage: PVTv2's head without
+    its stage norm) has its own: the stream's scale is the path's, not the unit scale the
+    normalised heads' shared classifier is trained for (sharing it, such paths reached training
+    losses of ~50 and their steps pulled the shared weights around). Norms and layer/residual
     scales are keyed by their place only: per-channel affine parameters of every norm kind share
     one slot, so that no slot depends on two independent choices (an output norm and the norm's
     kind), which the points that build the supernet could not all reach. ``ffn_per_kind``: every
@@ -224,7 +233,12 @@ def slot_of(
     if parts[0] == "head":
         if parts[1] == "norm":
             return "head.norm", ".".join(parts[2:])
-        head = {"mlp_ratio": arch.head.mlp_ratio, "act": arch.head.act if arch.head.mlp_ratio else None}
+        head: dict[str, Any] = {
+            "mlp_ratio": arch.head.mlp_ratio,
+            "act": arch.head.act if arch.head.mlp_ratio else None,
+        }
+        if arch.head.norm is None and not arch.stages[-1].out_norm:
+            head["input"] = "unnormalized"  # the raw residual stream: its own classifier (why: slot_of)
         return f"head {json.dumps(head, sort_keys=True)}", ".".join(parts[1:])
     if parts[0] != "stages":
         raise SupernetError(f"parameter {name!r} is outside the stem, stages and head: no slot for it")
@@ -279,29 +293,45 @@ def _tile(tensor: Tensor, shape: tuple[int, ...]) -> Tensor:
     return tensor.repeat(*reps)[tuple(slice(0, m) for m in shape)].clone()
 
 
-def _corner(shape: tuple[int, ...]) -> tuple[slice, ...]:
-    return tuple(slice(0, n) for n in shape)
-
-
 # fused projections whose output stacks equal parts (q, k, v): each part is sliced on its own
 FUSED_PROJECTIONS = {"qkv": 3, "kv": 2}
 
 
-def _fused_chunks(name: str) -> int:
-    """Parts stacked along the first dimension of a parameter (``mixer.qkv.weight``: 3)."""
-    parts = name.split(".")
-    return FUSED_PROJECTIONS.get(parts[-2], 1) if len(parts) >= 2 else 1
+def _stacked_parts(module: nn.Module, name: str, ndim: int) -> tuple[int, ...]:
+    """Per dimension of the parameter ``name`` of ``module``, how many equal parts are stacked
+    along it, each of which a narrower network has a narrower copy of (1: none): a fused
+    projection's output (``qkv.weight``: 3 along dim 0, q, k and v), and the 4C input of Swin's
+    patch merging (the four pixels of each 2x2 neighbourhood, C channels each: its reduction's
+    dim 1 and its pre-norm), which is laid out pixel by pixel, so that a narrow network's
+    second pixel would otherwise take the wide one's first pixel's last channels."""
+    parts = [1] * ndim
+    owner_name, _, param_name = name.rpartition(".")
+    layer = owner_name.rpartition(".")[2]
+    if layer in FUSED_PROJECTIONS and ndim >= 1:
+        parts[0] = FUSED_PROJECTIONS[layer]
+    merging_name = owner_name.rpartition(".")[0]
+    merging = module.get_submodule(merging_name) if merging_name else None
+    if isinstance(merging, PatchMerging):
+        if layer == "reduction" and param_name == "weight":
+            parts[1] = PatchMerging.PIXELS
+        elif layer == "norm" and ndim == 1:
+            parts[0] = PatchMerging.PIXELS
+    return tuple(parts)
 
 
-def _slice(slot: Tensor, shape: tuple[int, ...], chunks: int = 1) -> Tensor:
-    """The sub-network's ``shape`` from ``slot``: its leading corner; for a fused projection of
-    ``chunks`` parts, the leading corner of each part, so that the query of a narrow network is
-    the start of the wide one's query (not a mix of its query and key), as AutoFormer slices qkv."""
-    if chunks == 1 or shape[0] % chunks or slot.shape[0] % chunks:
-        return slot[_corner(shape)]
-    parts = slot.unflatten(0, (chunks, slot.shape[0] // chunks))  # (parts, rows per part, ...)
-    taken = parts[(slice(None), *_corner((shape[0] // chunks, *shape[1:])))]
-    return taken.flatten(0, 1)  # back to (parts * rows, ...)
+def _slice(slot: Tensor, shape: tuple[int, ...], parts: tuple[int, ...] | None = None) -> Tensor:
+    """The sub-network's ``shape`` from ``slot``: its leading corner, except along a dimension of
+    ``parts`` stacked equal parts (``_stacked_parts``), where it is the leading corner of each part,
+    so that the query of a narrow network is the start of the wide one's query (not a mix of its
+    query and key), as AutoFormer slices qkv."""
+    taken = slot
+    for dim, (n, count) in enumerate(zip(shape, parts or (1,) * len(shape), strict=True)):
+        if count == 1 or n % count or slot.shape[dim] % count:
+            taken = taken.narrow(dim, 0, n)
+            continue
+        stacked = taken.unflatten(dim, (count, slot.shape[dim] // count))  # (..., parts, per part, ...)
+        taken = stacked.narrow(dim + 1, 0, n // count).flatten(dim, dim + 1)  # back to (..., n, ...)
+    return taken
 
 
 # ---------------------------------------------------------------------------------- supernet
@@ -345,9 +375,7 @@ class Supernet(nn.Module):
         self.shared_parts = shared_parts
         self.slots: dict[str, Slot] = {}
         self.weights = nn.ParameterDict()
-        self._paths: OrderedDict[str, tuple[nn.Module, dict[str, tuple[str, tuple[int, ...]]]]] = (
-            OrderedDict()
-        )
+        self._paths: OrderedDict[str, tuple[nn.Module, PathLayout]] = OrderedDict()
         self._build_slots(cover_samples, seed)
         self.eval_arch = self.point(choose(space, {"numbers": "max", "categories": "first"}))
         self.active_arch: ArchConfig | None = None
@@ -379,7 +407,7 @@ class Supernet(nn.Module):
         """Make ``forward`` run ``arch`` (None: ``eval_arch``)."""
         self.active_arch = None if arch is None else self.point(arch)
 
-    def _path(self, arch: ArchConfig) -> tuple[nn.Module, dict[str, tuple[str, tuple[int, ...]]]]:
+    def _path(self, arch: ArchConfig) -> tuple[nn.Module, PathLayout]:
         """The module ``build_model`` makes for ``arch`` (cached, parameters on the meta device:
         they come from the slots) and, per parameter, its slot key and shape."""
         key = _path_key(arch)
@@ -388,7 +416,7 @@ class Supernet(nn.Module):
             return self._paths[key]
         with _default_init_skipped():
             module = build_model(arch, init_weights=False)
-        layout: dict[str, tuple[str, tuple[int, ...]]] = {}
+        layout: PathLayout = {}
         for name, param in module.named_parameters():
             place, parameter = slot_of(arch, name, self.ffn_per_kind, self.shared_parts)
             slot_key = _slot_key(place, parameter)
@@ -404,7 +432,7 @@ class Supernet(nn.Module):
                     f"{place}: parameter {parameter} of shape {shape} has {have} in the supernet of "
                     f"{self.space.source}; is this architecture a point of the space?"
                 )
-            layout[name] = (slot_key, shape)
+            layout[name] = (slot_key, shape, _stacked_parts(module, name, len(shape)))
         device = self._device()
         _to_meta_parameters(module, device)
         self._paths[key] = (module, layout)
@@ -416,9 +444,9 @@ class Supernet(nn.Module):
         """The sub-network's parameters: contiguous copies of its slots' corners (differentiable)."""
         _, layout = self._path(self.point(arch))
         params = {}
-        for name, (key, shape) in layout.items():
+        for name, (key, shape, parts) in layout.items():
             slot = self.weights[key]
-            value = _slice(slot, shape, _fused_chunks(name)).contiguous()
+            value = _slice(slot, shape, parts).contiguous()
             if not value.requires_grad and slot.requires_grad:
                 # under no_grad a copied slice does not require grad, while a standalone model's
                 # parameter does, and ATen's matmul folds batch dimensions by requires_grad (its
