@@ -107,6 +107,7 @@ def prepared_spec(args: argparse.Namespace) -> SearchSpec:
         shared_parts=args.shared_parts,
         cover_samples=8,
         finetune_steps=args.finetune_steps,
+        finetune_lr=args.finetune_lr,
         constrained_sampling=not args.unconstrained_sampling,
     )
     spec.experiment = exp.model_copy(
@@ -218,9 +219,9 @@ def ranking(
         alone = standalone(arch, data, exp.train, cache)
         tuned: dict[str, Any] = {}
         if finetune_steps:
-            lr = exp.one_shot.train.lr
+            lr = exp.one_shot.finetune_lr or exp.one_shot.train.lr
             for kind in ("finetuned", "scratch"):
-                tag = f"{kind}{finetune_steps}:{key}"
+                tag = f"{kind}{finetune_steps}@{lr:g}:{key}"
                 if cache.get(tag) is None:
                     started = time.perf_counter()
                     model = supernet.extract(arch) if kind == "finetuned" else build_model(arch)
@@ -583,6 +584,9 @@ def ranking_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--finetune-steps", type=int, default=0, help="also rank after that many steps from inherited weights"
     )
+    parser.add_argument(
+        "--finetune-lr", type=float, default=None, help="their constant rate (default: the supernet's)"
+    )
     parser.add_argument("--trials", type=int, default=100, help="of the one-shot study")
     parser.add_argument("--retrain", type=int, default=6, help="most of the one-shot front retrained")
     parser.add_argument("--per-trial-study", action="store_true")
@@ -654,6 +658,7 @@ def main() -> None:
             f"torch {torch.__version__}, optuna {optuna.__version__}",
             "date": time.strftime("%Y-%m-%d"),
             "finetune_steps": args.finetune_steps,
+            "finetune_lr": args.finetune_lr,
             "standalone_from": str(args.standalone_from) if args.standalone_from else None,
             "recipe": search_recipe(spec),
         },
