@@ -54,6 +54,13 @@ def test_extracted_models_equal_supernet_paths(space_file: str, one_thread: None
     _same_outputs(supernet, archs, torch.randn(3, res.channels, res.resolution, res.resolution))
 
 
+@pytest.fixture(scope="module")
+def animal_mnist_supernet() -> Supernet:
+    """The default supernet of animal_mnist.yaml (seconds to build), for the tests that only read
+    its weights; a test that changes them works on a copy."""
+    return Supernet(SearchSpace.from_yaml("search_spaces/animal_mnist.yaml"), cover_samples=0)
+
+
 def test_sub_networks_share_slices_of_one_tensor() -> None:
     space = SearchSpace.from_yaml("search_spaces/quickstart.yaml")
     supernet = Supernet(space, cover_samples=0)
@@ -66,13 +73,13 @@ def test_sub_networks_share_slices_of_one_tensor() -> None:
 
 
 def test_patch_merging_of_a_narrower_stage_takes_each_pixels_leading_channels(
+    animal_mnist_supernet: Supernet,
     one_thread: None,  # noqa: F811
 ) -> None:
     """Swin's patch merging reads the 2x2 neighbourhood's four pixels one after the other (4C):
     a narrow network's second pixel must meet the weights of the wide one's second pixel's first
     channels, not those of its first pixel's last channels (a leading-corner slice)."""
-    space = SearchSpace.from_yaml("search_spaces/animal_mnist.yaml")
-    supernet = Supernet(space, cover_samples=0)
+    supernet, space = animal_mnist_supernet, animal_mnist_supernet.space
     merging = "patch_merging(norm=layernorm,norm_position=pre)"
     narrow, wide = (
         space.sample(_Fixed({"downsample": merging, "stage1.width": width, "stage2.width": 64}))
@@ -84,16 +91,23 @@ def test_patch_merging_of_a_narrower_stage_takes_each_pixels_leading_channels(
     per_pixel = b[reduction].unflatten(1, (4, 48))[:, :, :16].flatten(1, 2)  # (out, 4 pixels x 16)
     assert torch.equal(a[reduction], per_pixel)
     assert torch.equal(a[norm], b[norm].unflatten(0, (4, 48))[:, :16].flatten())
+    initial = copy.deepcopy(supernet.state_dict())  # the module's supernet: restored after
     torch.manual_seed(0)
-    with torch.no_grad():
-        for p in supernet.parameters():
-            p.add_(torch.randn_like(p) * 0.01)
-    _same_outputs(supernet, [narrow, wide], torch.randn(2, 1, 28, 28))
+    try:
+        with torch.no_grad():
+            for p in supernet.parameters():
+                p.add_(torch.randn_like(p) * 0.01)
+        _same_outputs(supernet, [narrow, wide], torch.randn(2, 1, 28, 28))
+    finally:
+        supernet.load_state_dict(initial)
 
 
-def test_ffn_options_get_weights_of_their_own_when_asked(one_thread: None) -> None:  # noqa: F811
-    space = SearchSpace.from_yaml("search_spaces/animal_mnist.yaml")
-    shared, own = Supernet(space, cover_samples=0), Supernet(space, cover_samples=0, ffn_per_kind=True)
+def test_ffn_options_get_weights_of_their_own_when_asked(
+    animal_mnist_supernet: Supernet,
+    one_thread: None,  # noqa: F811
+) -> None:
+    space = animal_mnist_supernet.space
+    shared, own = animal_mnist_supernet, Supernet(space, cover_samples=0, ffn_per_kind=True)
     mlp = space.sample(_Fixed({"ffn": "mlp"}))
     mixffn = space.sample(_Fixed({"ffn": "mixffn"}))
     fc1 = "stages.0.blocks.0.ffn.fc1.weight"
@@ -106,13 +120,14 @@ def test_ffn_options_get_weights_of_their_own_when_asked(one_thread: None) -> No
 
 
 def test_stem_and_downsampling_options_differing_only_in_norms_share_weights_when_asked(
+    animal_mnist_supernet: Supernet,
     one_thread: None,  # noqa: F811
 ) -> None:
     """With ``shared_parts``, options that differ only in norm, norm position, padding or bias
     compute their channels with one convolution (the blocks after them see one basis); other
     kinds and kernels, and every option by default, have weights of their own."""
-    space = SearchSpace.from_yaml("search_spaces/animal_mnist.yaml")
-    shared, own = Supernet(space, cover_samples=0, shared_parts=True), Supernet(space, cover_samples=0)
+    space = animal_mnist_supernet.space
+    shared, own = Supernet(space, cover_samples=0, shared_parts=True), animal_mnist_supernet
     stems = ["overlap(kernel_size=7,padding=3,norm=layernorm)", "overlap(kernel_size=7,padding=2)"]
     downs = ["conv(kernel_size=3,norm=layernorm,norm_position=post)", "conv(kernel_size=3)"]
     other = ("conv(norm=layernorm)", "conv(kernel_size=2,norm=layernorm,norm_position=post)")
@@ -132,13 +147,13 @@ def test_stem_and_downsampling_options_differing_only_in_norms_share_weights_whe
 
 
 def test_a_classifier_reading_the_unnormalized_residual_stream_has_weights_of_its_own(
+    animal_mnist_supernet: Supernet,
     one_thread: None,  # noqa: F811
 ) -> None:
     """PVTv2's head has no norm of its own (its last stage's output norm does that); without that
     output norm its classifier reads the raw residual stream, whose scale the normalised heads'
     shared classifier was never trained for (such paths reached losses of ~50 in training)."""
-    space = SearchSpace.from_yaml("search_spaces/animal_mnist.yaml")
-    supernet = Supernet(space, cover_samples=0)
+    supernet, space = animal_mnist_supernet, animal_mnist_supernet.space
     bare = "norm=None"
     raw, out_normed, normed = (
         space.sample(_Fixed({"head": head, "out_norm": out_norm}))
