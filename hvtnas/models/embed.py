@@ -279,7 +279,11 @@ class PoolDownsample(nn.Module):
 
 class PatchMerging(nn.Module):
     """Swin: concatenate each 2x2 neighbourhood -> norm(4C) -> Linear(4C, C_out, bias=False);
-    Swin V2 normalises after the linear instead (``post_norm``: a norm of C_out channels)."""
+    Swin V2 normalises after the linear instead (``post_norm``: a norm of C_out channels).
+
+    ``stacked_inputs``: the children whose input features are that many equal parts of C channels
+    one after the other (here the four pixels), which a narrower copy of this module has narrower
+    copies of: what a weight-sharing supernet slices part by part (``hvtnas.search.one_shot``)."""
 
     PIXELS = 4  # the 4C input: the 2x2 neighbourhood's pixels one after the other, C channels each
 
@@ -290,6 +294,7 @@ class PatchMerging(nn.Module):
         self.norm = norm if norm is not None else nn.Identity()
         self.reduction = Linear(self.PIXELS * in_dim, out_dim, bias=False)
         self.post_norm = post_norm if post_norm is not None else nn.Identity()
+        self.stacked_inputs = {"reduction": self.PIXELS, "norm": self.PIXELS}
 
     def forward(self, x: Tensor) -> Tensor:
         x = pad_to_multiple(x, 2)
@@ -319,6 +324,7 @@ class PatchProjection(nn.Module):
         self.norm_in = norm_in if norm_in is not None else nn.Identity()
         self.proj = Linear(patch_size * patch_size * in_dim, out_dim, bias=bias)
         self.norm_out = norm_out if norm_out is not None else nn.Identity()
+        self.stacked_inputs = {"proj": patch_size * patch_size, "norm_in": patch_size * patch_size}
 
     def forward(self, pixels: Tensor) -> Tensor:  # (B, h*p, w*p, c) -> (B, h, w, C)
         p = self.patch_size

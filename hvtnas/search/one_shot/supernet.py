@@ -39,7 +39,6 @@ from torch.func import functional_call
 from hvtnas.config import ArchConfig, InputConfig
 from hvtnas.errors import ConfigError, HvtnasError
 from hvtnas.models.build import build_model
-from hvtnas.models.embed import PatchMerging
 from hvtnas.models.layers import NORMS
 from hvtnas.models.metaformer import MetaFormer
 from hvtnas.space import ChoiceLeaf, SearchSpace, _is_leaf
@@ -300,22 +299,23 @@ FUSED_PROJECTIONS = {"qkv": 3, "kv": 2}
 def _stacked_parts(module: nn.Module, name: str, ndim: int) -> tuple[int, ...]:
     """Per dimension of the parameter ``name`` of ``module``, how many equal parts are stacked
     along it, each of which a narrower network has a narrower copy of (1: none): a fused
-    projection's output (``qkv.weight``: 3 along dim 0, q, k and v), and the 4C input of Swin's
-    patch merging (the four pixels of each 2x2 neighbourhood, C channels each: its reduction's
-    dim 1 and its pre-norm), which is laid out pixel by pixel, so that a narrow network's
-    second pixel would otherwise take the wide one's first pixel's last channels."""
+    projection's output (``qkv.weight``: 3 along dim 0, q, k and v), and the input of a child
+    its parent lists in ``stacked_inputs`` (Swin's patch merging: the four pixels of a 2x2
+    neighbourhood, C channels each; the input dim of its linear, the features of its norm), laid
+    out part by part, so that a narrow network's second part would otherwise take the wide one's
+    first part's last channels."""
     parts = [1] * ndim
     owner_name, _, param_name = name.rpartition(".")
-    layer = owner_name.rpartition(".")[2]
-    if layer in FUSED_PROJECTIONS and ndim >= 1:
+    parent_name, _, layer = owner_name.rpartition(".")
+    if layer in FUSED_PROJECTIONS:
         parts[0] = FUSED_PROJECTIONS[layer]
-    merging_name = owner_name.rpartition(".")[0]
-    merging = module.get_submodule(merging_name) if merging_name else None
-    if isinstance(merging, PatchMerging):
-        if layer == "reduction" and param_name == "weight":
-            parts[1] = PatchMerging.PIXELS
-        elif layer == "norm" and ndim == 1:
-            parts[0] = PatchMerging.PIXELS
+    stacked = getattr(module.get_submodule(parent_name), "stacked_inputs", {}) if owner_name else {}
+    if layer in stacked:
+        if isinstance(module.get_submodule(owner_name), nn.Linear):
+            if param_name == "weight":  # (out, in): its input features; not the bias (outputs)
+                parts[1] = stacked[layer]
+        elif ndim == 1:  # a norm's per-feature weight and bias
+            parts[0] = stacked[layer]
     return tuple(parts)
 
 
@@ -409,7 +409,7 @@ class Supernet(nn.Module):
 
     def _path(self, arch: ArchConfig) -> tuple[nn.Module, PathLayout]:
         """The module ``build_model`` makes for ``arch`` (cached, parameters on the meta device:
-        they come from the slots) and, per parameter, its slot key and shape."""
+        they come from the slots) and, per parameter, its slot key, shape and stacked parts."""
         key = _path_key(arch)
         if key in self._paths:
             self._paths.move_to_end(key)
