@@ -52,6 +52,7 @@ from hvtnas.costs import CostCache, measure_costs
 from hvtnas.costs.latency import cpu_name
 from hvtnas.models.build import build_model
 from hvtnas.search.one_shot import OneShotConfig, inherited_accuracy
+from hvtnas.search.one_shot.config import SUPERNET_LR_FRACTION
 from hvtnas.search.one_shot.strategy import SUPERNET_ATTR, prepare_supernet
 from hvtnas.search.one_shot.training import finetune
 from hvtnas.search.outcome import evaluated_trials
@@ -97,7 +98,8 @@ def prepared_spec(args: argparse.Namespace) -> SearchSpec:
     if data.name == "npz" and not data.path.exists() and DATA.exists():
         data = data.model_copy(update={"path": DATA})
     train = exp.train.model_copy(update={"epochs": args.proxy_epochs, "device": "cpu"})
-    supernet_train = train.model_copy(update={"epochs": args.supernet_epochs, "lr": args.supernet_lr})
+    supernet_lr = args.supernet_lr or train.lr * SUPERNET_LR_FRACTION  # the library's default
+    supernet_train = train.model_copy(update={"epochs": args.supernet_epochs, "lr": supernet_lr})
     one_shot = OneShotConfig(
         train=supernet_train,
         rule=args.rule,
@@ -552,7 +554,9 @@ def ranking_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fraction", type=float, default=0.5, help="of the training images")
     parser.add_argument("--proxy-epochs", type=int, default=2)
     parser.add_argument("--supernet-epochs", type=int, default=12)
-    parser.add_argument("--supernet-lr", type=float, default=0.002)
+    parser.add_argument(
+        "--supernet-lr", type=float, default=None, help="default: the library's (a quarter of the proxy's)"
+    )
     parser.add_argument("--rule", choices=["uniform", "sandwich"], default="uniform")
     parser.add_argument("--sandwich-random", type=int, default=2)
     parser.add_argument(
@@ -650,7 +654,7 @@ def main() -> None:
                 if args.rule == "sandwich"
                 else ""
             )
-            + f", lr {args.supernet_lr}"
+            + f", lr {exp.one_shot.train.lr:g}"
             + (", paths of the whole space" if args.unconstrained_sampling else ", paths in the constraints")
             + (", FFN weights per FFN option" if args.ffn_per_kind else "")
             + (", stems and downsamplings sharing convolutions" if args.shared_parts else ""),

@@ -537,3 +537,39 @@ def test_co_scale_model_fuses_the_last_stages() -> None:
     features = build_model(_co_scale_config(), features_only=True, out_indices=(0, 1))
     assert features.model.co_scale is None  # cut stages: the levels are the serial stages'
     assert [f.shape[1] for f in features(torch.randn(1, 3, 32, 32))] == [16, 32]
+
+
+@pytest.mark.parametrize("size", [4, 1])
+def test_group_norm_learns_behind_frozen_layers(size: int) -> None:
+    """Fine-tuning with the layers before a GroupNorm frozen (its input needs no gradient, its
+    affine does) trains it: PyTorch's channels-last GroupNorm backward crashes the process there
+    (torch 2.13, CPU), so that case takes another layout. Same outputs and affine gradients as
+    the textbook formula; on a 1x1 map too, which is channels-last and contiguous at once."""
+    from hvtnas.models.layers import GroupNorm1
+
+    torch.manual_seed(0)
+    x = torch.randn(2, size, size, 8)  # (B, H, W, C), what the stages hold
+    norm = GroupNorm1(8)
+    weight, bias = (torch.rand(8) + 0.5).requires_grad_(), torch.randn(8).requires_grad_()
+    with torch.no_grad():
+        norm.weight.copy_(weight)
+        norm.bias.copy_(bias)
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)  # one group: statistics over (H, W, C) per image
+    var = x.var(dim=(1, 2, 3), unbiased=False, keepdim=True)
+    expected = (x - mean) / torch.sqrt(var + norm.eps) * weight + bias
+    out = norm(x)
+    assert torch.allclose(out, expected, atol=1e-5)
+    out.square().sum().backward()
+    expected.square().sum().backward()
+    assert torch.allclose(norm.weight.grad, weight.grad, atol=1e-4)
+    assert torch.allclose(norm.bias.grad, bias.grad, atol=1e-4)
+
+
+def test_a_model_with_group_norms_fine_tunes_its_head_alone() -> None:
+    cfg = tiny_config(["pooling"], downsample={"kind": "conv", "kernel_size": 2, "norm": "groupnorm"})
+    cfg["head"] = {"norm": "groupnorm", "norm_position": "pre_pool"}
+    model = build_model(ArchConfig.model_validate(cfg)).train()
+    for name, param in model.named_parameters():
+        param.requires_grad_(name.startswith("head"))
+    model(torch.randn(2, 3, 32, 32)).sum().backward()
+    assert all(p.grad is not None for n, p in model.named_parameters() if n.startswith("head"))

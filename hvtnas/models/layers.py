@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import Tensor, nn
 
 
@@ -45,9 +46,18 @@ class GroupNorm1(nn.Module):
         self.bias = nn.Parameter(torch.zeros(dim)) if bias else None
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.dim() == 4:
-            return nchw_to_nhwc(F.group_norm(nhwc_to_nchw(x), 1, self.weight, self.bias, self.eps))
-        return F.group_norm(x, 1, self.weight, self.bias, self.eps)
+        if x.dim() != 4:
+            return F.group_norm(x, 1, self.weight, self.bias, self.eps)
+        affine_learns = any(p.requires_grad for p in (self.weight, self.bias) if p is not None)
+        if torch.is_grad_enabled() and affine_learns and not x.requires_grad:
+            # PyTorch's CPU channels-last GroupNorm backward crashes (segfault; torch 2.13) when
+            # the affine needs gradients and the input does not (the layers before it frozen):
+            # that case runs on a (B, C, HW) copy, which has no channels-last kernel to take
+            height, width = x.shape[1:3]
+            flat = rearrange(x, "b h w c -> b c (h w)").contiguous()
+            normed = F.group_norm(flat, 1, self.weight, self.bias, self.eps)
+            return rearrange(normed, "b c (h w) -> b h w c", h=height, w=width).contiguous()
+        return nchw_to_nhwc(F.group_norm(nhwc_to_nchw(x), 1, self.weight, self.bias, self.eps))
 
     def extra_repr(self) -> str:
         return f"{self.weight.numel()}, eps={self.eps}, bias={self.bias is not None}"

@@ -33,7 +33,7 @@ def one_shot_settings(spec: SearchSpec) -> tuple[OneShotConfig, TrainConfig]:
     """The experiment's one-shot settings and the supernet's training recipe."""
     exp = spec.experiment
     cfg = exp.one_shot or OneShotConfig()
-    return cfg, cfg.train or exp.train
+    return cfg, cfg.supernet_recipe(exp.train)
 
 
 def prepare_supernet(
