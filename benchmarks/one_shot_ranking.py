@@ -110,6 +110,7 @@ def prepared_spec(args: argparse.Namespace) -> SearchSpec:
         cover_samples=8,
         finetune_steps=args.finetune_steps,
         finetune_lr=args.finetune_lr,
+        finetune_scope=args.finetune_scope,
         constrained_sampling=not args.unconstrained_sampling,
     )
     spec.experiment = exp.model_copy(
@@ -221,13 +222,13 @@ def ranking(
         alone = standalone(arch, data, exp.train, cache)
         tuned: dict[str, Any] = {}
         if finetune_steps:
-            lr = exp.one_shot.finetune_lr or exp.one_shot.train.lr
+            lr, scope = exp.one_shot.finetune_rate(exp.train), exp.one_shot.finetune_scope
             for kind in ("finetuned", "scratch"):
-                tag = f"{kind}{finetune_steps}@{lr:g}:{key}"
+                tag = f"{kind}{finetune_steps}@{lr:g}" + ("" if scope == "all" else f"/{scope}") + f":{key}"
                 if cache.get(tag) is None:
                     started = time.perf_counter()
                     model = supernet.extract(arch) if kind == "finetuned" else build_model(arch)
-                    _, accuracy = finetune(model, data, exp.train, finetune_steps, lr)
+                    _, accuracy = finetune(model, data, exp.train, finetune_steps, lr, scope)
                     cache.put(tag, {"accuracy": accuracy, "seconds": time.perf_counter() - started})
                 tuned[kind] = cache.get(tag)["accuracy"]
                 tuned[f"{kind}_seconds"] = cache.get(tag)["seconds"]
@@ -452,12 +453,13 @@ def write_results(result: dict[str, Any], out: str) -> None:
         "| ranking by | Kendall tau | p | Spearman rho |",
         "|---|---:|---:|---:|",
     ]
-    steps = s.get("finetune_steps", 0)
+    steps, scope = s.get("finetune_steps", 0), s.get("finetune_scope", "all")
+    scope = "the head alone" if scope == "head" else "every weight"
     for what, label in (
         ("inherited", "inherited-weight accuracy (no training)"),
         ("inherited_loss", "inherited-weight validation loss (no training; lower ranks higher)"),
-        ("finetuned", f"inherited weights + {steps} fine-tuning steps"),
-        ("scratch", f"{steps} training steps from a fresh initialisation (no supernet)"),
+        ("finetuned", f"inherited weights + {steps} fine-tuning steps ({scope})"),
+        ("scratch", f"{steps} training steps ({scope}) from a fresh initialisation (no supernet)"),
         ("flops", "FLOPs alone"),
         ("params", "parameters alone"),
     ):
@@ -589,7 +591,10 @@ def ranking_parser() -> argparse.ArgumentParser:
         "--finetune-steps", type=int, default=0, help="also rank after that many steps from inherited weights"
     )
     parser.add_argument(
-        "--finetune-lr", type=float, default=None, help="their constant rate (default: the supernet's)"
+        "--finetune-lr", type=float, default=None, help="their constant rate (default: the library's)"
+    )
+    parser.add_argument(
+        "--finetune-scope", choices=["head", "all"], default="all", help="what they train (one_shot)"
     )
     parser.add_argument("--trials", type=int, default=100, help="of the one-shot study")
     parser.add_argument("--retrain", type=int, default=6, help="most of the one-shot front retrained")
@@ -662,7 +667,8 @@ def main() -> None:
             f"torch {torch.__version__}, optuna {optuna.__version__}",
             "date": time.strftime("%Y-%m-%d"),
             "finetune_steps": args.finetune_steps,
-            "finetune_lr": args.finetune_lr,
+            "finetune_lr": exp.one_shot.finetune_rate(exp.train) if args.finetune_steps else None,
+            "finetune_scope": args.finetune_scope,
             "standalone_from": str(args.standalone_from) if args.standalone_from else None,
             "recipe": search_recipe(spec),
         },
@@ -736,6 +742,13 @@ def main() -> None:
         f"sub-networks (target 0.5: {'met' if tau >= 0.5 else 'not met'}); FLOPs alone reach "
         f"{rs['flops']['kendall_tau']:.3f}, parameters {rs['params']['kendall_tau']:.3f}."
     )
+    if "finetuned" in rs:
+        tuned = rs["finetuned"]["kendall_tau"]
+        notes.append(
+            f"- After {args.finetune_steps} steps ({args.finetune_scope}) from the inherited weights: "
+            f"{tuned:.3f} (target 0.5: {'met' if tuned >= 0.5 else 'not met'}); the same steps from a fresh "
+            f"initialisation: {rs['scratch']['kendall_tau']:.3f}."
+        )
     notes.append(
         f"- Total wall time of this run: {(time.perf_counter() - started) / 60:.1f} min (measurements "
         "cached in the work folder are not counted again). The machine was shared with other jobs: "

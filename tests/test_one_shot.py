@@ -14,11 +14,13 @@ from pydantic import ValidationError
 
 from hvtnas import MIXERS
 from hvtnas.config import ArchConfig, InputConfig
+from hvtnas.errors import HvtnasError
 from hvtnas.search.one_shot import (
     OneShotConfig,
     Supernet,
     SupernetError,
     build_supernet,
+    finetune,
     inherited_accuracy,
     recalibrate_batchnorm,
     save_supernet,
@@ -391,6 +393,40 @@ def test_finetuning_inherited_weights_trains_the_path_alone_and_leaves_the_super
     assert all(torch.equal(p, before[n]) for n, p in supernet.state_dict().items())  # on a copy
     subset = data.training_subset(4 * cfg.batch_size, seed=cfg.seed)
     assert subset.num_train == 4 * cfg.batch_size and subset.num_val == data.num_val
+
+
+def test_a_head_refit_trains_the_classifier_head_on_the_inherited_backbone(
+    tmp_path,
+    one_thread: None,  # noqa: F811
+) -> None:
+    space, data, cfg = _tiny_training()
+    supernet = build_supernet(space, data, OneShotConfig(cover_samples=0))
+    train_supernet(supernet, data, cfg.model_copy(update={"epochs": 1, "lr": 0.005}), tmp_path)
+    arch = supernet.eval_arch
+    model = supernet.extract(arch)
+    inherited = {n: p.detach().clone() for n, p in model.named_parameters()}
+    finetune(model, data, cfg, 4, 0.005, scope="head")
+    for name, param in model.named_parameters():
+        assert torch.equal(param, inherited[name]) is not name.startswith("head."), name
+    refit = [
+        inherited_accuracy(supernet, arch, data, cfg, finetune_steps=4, finetune_scope="head") for _ in "ab"
+    ]
+    assert refit[0] == refit[1]  # the same batches for every evaluation
+    with pytest.raises(HvtnasError, match="scope"):
+        finetune(supernet.extract(arch), data, cfg, 1, scope="stem")
+
+
+def test_finetuning_rates_default_to_the_rate_measured_best_for_their_scope() -> None:
+    experiment = TrainConfig(lr=0.002)
+    assert OneShotConfig().finetune_scope == "head"
+    assert OneShotConfig().finetune_rate(experiment) == pytest.approx(0.002)  # the head: the experiment's
+    every_weight = OneShotConfig(finetune_scope="all")
+    assert every_weight.finetune_rate(experiment) == pytest.approx(0.0005)  # the supernet's
+    own = OneShotConfig(train=TrainConfig(lr=0.001), finetune_scope="all")
+    assert own.finetune_rate(experiment) == pytest.approx(0.001)
+    assert OneShotConfig(finetune_lr=0.01).finetune_rate(experiment) == 0.01
+    with pytest.raises(ValidationError, match="finetune_scope"):
+        OneShotConfig(finetune_scope="stem")
 
 
 def test_finetune_settings_are_validated() -> None:

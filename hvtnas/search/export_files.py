@@ -87,12 +87,12 @@ def export_trial_files(
     weights; ``hvtnas train`` writes trained ones."""
     from hvtnas.artifacts import fill_costs, write_artifacts
     from hvtnas.models import build_model
-    from hvtnas.search.one_shot.strategy import study_supernet
+    from hvtnas.search.one_shot.strategy import study_model
 
     cfg = ArchConfig.from_yaml(config_path)
-    supernet = study_supernet(study.user_attrs, study.user_attrs.get("space_yaml", ""))
-    if supernet is not None:  # a one-shot study: the weights it evaluated, inherited from its supernet
-        model = supernet.extract(cfg).eval()
+    inherited = study_model(study.user_attrs, study.user_attrs.get("space_yaml", ""), cfg)
+    if inherited is not None:  # a one-shot study: the weights it evaluated, inherited from its supernet
+        model = inherited
     else:
         torch.manual_seed(seed)
         model = build_model(cfg).eval()
@@ -102,10 +102,11 @@ def export_trial_files(
         # what the study did not measure: dense FLOPs, latency (on this machine's CPU)
         settings = CostSettings(latency=LatencySettings(warmup=3, repeats=10))
         card = fill_costs(card, model, settings, cache)
-        if which & {"safetensors", "onnx"} and supernet is not None:
+        if which & {"safetensors", "onnx"} and inherited is not None:
             card.notes.append(
-                "The weights and ONNX graph beside this card are inherited from the one-shot study's "
-                "supernet (the weights its accuracy was measured with, untrained on their own): "
+                "The weights and ONNX graph beside this card are the ones the one-shot study measured: "
+                "inherited from its supernet (after the head re-fit or fine-tuning steps its trials took), "
+                "not trained on their own: "
                 "`hvtnas train` this config with `--weights` to fine-tune from them."
             )
         elif which & {"safetensors", "onnx"}:

@@ -154,6 +154,15 @@ def outcome_summary(study: optuna.Study) -> str:
     return f"{len(trials)} trials: {describe_counts(count_outcomes(trials))}"
 
 
+def space_dataset(spec: SearchSpec) -> ImageData:
+    """The experiment's dataset at the space's input channels and resolution."""
+    inp = spec.space.tree.get("input", {})
+    channels, resolution = inp.get("channels", 3), inp.get("resolution", 224)
+    if not (isinstance(channels, int) and isinstance(resolution, int)):
+        raise SearchError("input.channels and input.resolution must be fixed values in a search space")
+    return load_dataset(spec.experiment.data.for_arch(channels, resolution))
+
+
 @dataclass
 class SearchRun:
     """One worker's loop over a study. ``run`` evaluates trials until the study holds ``trials``
@@ -199,13 +208,7 @@ class SearchRun:
     # ------------------------------------------------------------------------- one trial
     def _dataset(self) -> ImageData:
         if self.data is None:
-            inp = self.spec.space.tree.get("input", {})
-            channels, resolution = inp.get("channels", 3), inp.get("resolution", 224)
-            if not (isinstance(channels, int) and isinstance(resolution, int)):
-                raise SearchError(
-                    "input.channels and input.resolution must be fixed values in a search space"
-                )
-            self.data = load_dataset(self.spec.experiment.data.for_arch(channels, resolution))
+            self.data = space_dataset(self.spec)
         return self.data
 
     def run_one(self) -> TrialOutcome:

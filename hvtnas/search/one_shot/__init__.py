@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     )
     from hvtnas.search.one_shot.training import (
         build_supernet,
+        finetune,
         inherited_accuracy,
         load_supernet_state,
         save_supernet,
@@ -47,6 +48,7 @@ _LAZY = {
     "recalibrate_batchnorm": "hvtnas.search.one_shot.supernet",
     "slot_of": "hvtnas.search.one_shot.supernet",
     "build_supernet": "hvtnas.search.one_shot.training",
+    "finetune": "hvtnas.search.one_shot.training",
     "inherited_accuracy": "hvtnas.search.one_shot.training",
     "load_supernet_state": "hvtnas.search.one_shot.training",
     "save_supernet": "hvtnas.search.one_shot.training",
@@ -64,6 +66,7 @@ __all__ = [
     "SupernetError",
     "build_supernet",
     "covering_points",
+    "finetune",
     "inherited_accuracy",
     "load_supernet_state",
     "prepare_supernet",

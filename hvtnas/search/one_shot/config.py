@@ -33,10 +33,15 @@ class OneShotConfig(BaseModel):
     supernet's shared weights.
 
     ``finetune_steps``: training steps each sub-network takes on its own from the weights it
-    inherits before it is evaluated (0: evaluated as inherited). A few steps adapt the shared
-    weights to the one path (each trial costs that many steps more); every trial trains on the
-    same ``finetune_steps`` batches of the training split, with ``finetune_lr`` (default: the
-    supernet's learning rate) held constant, no warm-up.
+    inherits before it is evaluated (0: evaluated as inherited); every trial trains on the same
+    ``finetune_steps`` batches of the training split (more steps than one pass over it become
+    whole passes), at a constant ``finetune_lr``, no warm-up.
+    ``finetune_scope``: what those steps train. ``head``: the classifier head alone, on the
+    features the inherited backbone computes (a linear probe of the supernet's features; the
+    head is the one part whose options each see a fraction of the training, with inputs that
+    differ by head norm, so its inherited weights misjudge whole options; README). ``all``: every
+    weight (the path adapts to itself). ``finetune_lr`` defaults to the experiment's rate for
+    the head, the supernet's for all weights (the rates measured best for each).
 
     ``constrained_sampling``: the random paths of supernet training are drawn among the points
     within the experiment's FLOPs and parameter constraints (SPOS's uniform constraint sampling,
@@ -61,8 +66,9 @@ class OneShotConfig(BaseModel):
     distill: bool = False
     bn_batches: PositiveInt = 4
     cover_samples: NonNegativeInt = 32
-    finetune_steps: NonNegativeInt = Field(0, le=100_000)
+    finetune_steps: NonNegativeInt = Field(64, le=100_000)
     finetune_lr: PositiveFloat | None = None
+    finetune_scope: Literal["head", "all"] = "head"
     constrained_sampling: bool = True
     shared_ffn: bool = True
     shared_parts: bool = False
@@ -73,3 +79,11 @@ class OneShotConfig(BaseModel):
         if self.train is not None:
             return self.train
         return experiment_train.model_copy(update={"lr": experiment_train.lr * SUPERNET_LR_FRACTION})
+
+    def finetune_rate(self, experiment_train: TrainConfig) -> float:
+        """The constant learning rate of the fine-tuning steps before an evaluation."""
+        if self.finetune_lr is not None:
+            return self.finetune_lr
+        if self.finetune_scope == "head":
+            return experiment_train.lr
+        return self.supernet_recipe(experiment_train).lr

@@ -11,12 +11,14 @@ from typing import TYPE_CHECKING, Any
 
 from hvtnas.config import ArchConfig
 from hvtnas.errors import HvtnasError
+from hvtnas.models.metaformer import MetaFormer
 from hvtnas.search.one_shot.config import OneShotConfig
 from hvtnas.search.one_shot.supernet import Supernet
 from hvtnas.search.one_shot.training import (
     SUPERNET_FILE,
     build_supernet,
     inherited_accuracy,
+    inherited_model,
     load_supernet,
     train_supernet,
 )
@@ -90,7 +92,8 @@ class InheritedEvaluator:
             train,
             cfg.bn_batches,
             finetune_steps=cfg.finetune_steps,
-            finetune_lr=cfg.finetune_lr,  # None: the supernet's rate (finetune's default)
+            finetune_lr=cfg.finetune_rate(self.spec.experiment.train),
+            finetune_scope=cfg.finetune_scope,
         )
         return {
             "val_accuracy": accuracy,
@@ -102,6 +105,29 @@ class InheritedEvaluator:
 
 def supernet_checkpoint(out_dir: Path) -> Path:
     return Path(out_dir).resolve() / SUPERNET_FILE
+
+
+def study_model(study_attrs: dict[str, Any], space_text: str, arch: ArchConfig) -> MetaFormer | None:
+    """``arch`` with the weights a one-shot study evaluated it with (inherited from its supernet,
+    after the fine-tuning steps or BatchNorm re-estimation of its trials, on its data), or None
+    for a study of another strategy. What an export writes."""
+    supernet = study_supernet(study_attrs, space_text)
+    if supernet is None:
+        return None
+    from hvtnas.search.study import parse_search_spec, space_dataset
+
+    spec = parse_search_spec(space_text, Path(study_attrs.get("recipe", {}).get("space", "space.yaml")))
+    cfg, train = one_shot_settings(spec)
+    return inherited_model(
+        supernet,
+        arch,
+        space_dataset(spec),
+        train,
+        cfg.bn_batches,
+        finetune_steps=cfg.finetune_steps,
+        finetune_lr=cfg.finetune_rate(spec.experiment.train),
+        finetune_scope=cfg.finetune_scope,
+    )
 
 
 def study_supernet(study_attrs: dict[str, Any], space_text: str) -> Supernet | None:

@@ -170,6 +170,29 @@ def train_supernet(
     )
 
 
+def inherited_model(
+    supernet: Supernet,
+    arch: ArchConfig,
+    data: ImageData,
+    cfg: TrainConfig,
+    bn_batches: int = 4,
+    *,
+    finetune_steps: int = 0,
+    finetune_lr: float | None = None,
+    finetune_scope: str = "all",
+) -> MetaFormer:
+    """``arch`` as a standalone model (eval mode) with the weights it inherits from ``supernet``,
+    as a one-shot trial evaluates it: with ``finetune_steps``, after that many training steps of
+    the sub-network alone (see ``OneShotConfig``), else with its BatchNorm statistics re-estimated
+    on ``bn_batches`` training batches."""
+    model = supernet.extract(arch).to(supernet._device())
+    if finetune_steps > 0:
+        finetune(model, data, cfg, finetune_steps, finetune_lr, finetune_scope)
+    else:
+        recalibrate_batchnorm(model, training_batches(data, cfg, bn_batches))
+    return model.eval()
+
+
 def inherited_accuracy(
     supernet: Supernet,
     arch: ArchConfig,
@@ -179,27 +202,45 @@ def inherited_accuracy(
     *,
     finetune_steps: int = 0,
     finetune_lr: float | None = None,
+    finetune_scope: str = "all",
 ) -> tuple[float, float]:
-    """Validation (loss, accuracy) of ``arch`` with the weights it inherits from ``supernet``:
-    BatchNorm statistics re-estimated on ``bn_batches`` training batches first, then, with
-    ``finetune_steps``, that many training steps of the sub-network alone (see ``OneShotConfig``)."""
-    model = supernet.extract(arch).to(supernet._device())
-    if finetune_steps > 0:
-        return finetune(model, data, cfg, finetune_steps, finetune_lr)
-    recalibrate_batchnorm(model, training_batches(data, cfg, bn_batches))
-    return evaluate_model(model.eval(), data, cfg)
+    """Validation (loss, accuracy) of ``inherited_model`` (same arguments)."""
+    model = inherited_model(
+        supernet,
+        arch,
+        data,
+        cfg,
+        bn_batches,
+        finetune_steps=finetune_steps,
+        finetune_lr=finetune_lr,
+        finetune_scope=finetune_scope,
+    )
+    return evaluate_model(model, data, cfg)
 
 
 def finetune(
-    model: torch.nn.Module, data: ImageData, cfg: TrainConfig, steps: int, lr: float | None = None
+    model: MetaFormer,
+    data: ImageData,
+    cfg: TrainConfig,
+    steps: int,
+    lr: float | None = None,
+    scope: str = "all",
 ) -> tuple[float, float]:
-    """Train ``model`` for ``steps`` steps of ``cfg``'s batch size on a fixed subset of the training
-    images (the same for every sub-network: their fine-tunings compare), at a constant ``lr``
-    (default ``cfg.lr``); then its validation (loss, accuracy). BatchNorm statistics follow the
-    training batches, as in any training."""
+    """Train ``model`` (every weight, or with ``scope="head"`` its classifier head alone) for
+    ``steps`` steps of ``cfg``'s batch size on a fixed subset of the training images (the same for
+    every sub-network: their fine-tunings compare), at a constant ``lr`` (default ``cfg.lr``);
+    then its validation (loss, accuracy). BatchNorm statistics follow the training batches, as in
+    any training."""
+    if scope not in ("all", "head"):
+        raise HvtnasError(f"fine-tuning scope {scope!r}: expected 'all' or 'head'")
+    if scope == "head":  # the backbone as inherited; only the head learns (a linear probe of it)
+        model.requires_grad_(False)
+        model.head.requires_grad_(True)
     subset = data.training_subset(steps * cfg.batch_size, seed=cfg.seed)
+    # steps beyond one pass over the training split: more passes, rounded to whole ones
+    passes = max(1, round(steps * cfg.batch_size / subset.num_train))
     recipe = cfg.model_copy(
-        update={"epochs": 1, "warmup_epochs": 0.0, "min_lr_ratio": 1.0, "lr": lr or cfg.lr}
+        update={"epochs": passes, "warmup_epochs": 0.0, "min_lr_ratio": 1.0, "lr": lr or cfg.lr}
     )
     with torch.random.fork_rng(devices=[]):  # the same draws (drop path, crops) for every trial
         torch.manual_seed(cfg.seed)
