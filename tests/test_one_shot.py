@@ -375,13 +375,18 @@ def test_inherited_accuracy_of_a_trained_supernet_beats_chance(tmp_path, one_thr
     assert supernet.point(supernet.eval_arch).input == InputConfig(channels=1, resolution=16, num_classes=10)
 
 
+def _supernet_trained_one_epoch(tmp_path) -> tuple[Supernet, Any, TrainConfig]:
+    space, data, cfg = _tiny_training()
+    supernet = build_supernet(space, data, OneShotConfig(cover_samples=0))
+    train_supernet(supernet, data, cfg.model_copy(update={"epochs": 1, "lr": 0.005}), tmp_path)
+    return supernet, data, cfg
+
+
 def test_finetuning_inherited_weights_trains_the_path_alone_and_leaves_the_supernet(
     tmp_path,
     one_thread: None,  # noqa: F811
 ) -> None:
-    space, data, cfg = _tiny_training()
-    supernet = build_supernet(space, data, OneShotConfig(cover_samples=0))
-    train_supernet(supernet, data, cfg.model_copy(update={"epochs": 1, "lr": 0.005}), tmp_path)
+    supernet, data, cfg = _supernet_trained_one_epoch(tmp_path)
     before = {n: p.clone() for n, p in supernet.state_dict().items()}
     arch = supernet.eval_arch
     _, as_inherited = inherited_accuracy(supernet, arch, data, cfg)
@@ -399,9 +404,7 @@ def test_a_head_refit_trains_the_classifier_head_on_the_inherited_backbone(
     tmp_path,
     one_thread: None,  # noqa: F811
 ) -> None:
-    space, data, cfg = _tiny_training()
-    supernet = build_supernet(space, data, OneShotConfig(cover_samples=0))
-    train_supernet(supernet, data, cfg.model_copy(update={"epochs": 1, "lr": 0.005}), tmp_path)
+    supernet, data, cfg = _supernet_trained_one_epoch(tmp_path)
     arch = supernet.eval_arch
     model = supernet.extract(arch)
     inherited = {n: p.detach().clone() for n, p in model.named_parameters()}
