@@ -52,7 +52,6 @@ from hvtnas.costs import CostCache, measure_costs
 from hvtnas.costs.latency import cpu_name
 from hvtnas.models.build import build_model
 from hvtnas.search.one_shot import OneShotConfig, inherited_accuracy
-from hvtnas.search.one_shot.config import SUPERNET_LR_FRACTION
 from hvtnas.search.one_shot.strategy import SUPERNET_ATTR, prepare_supernet
 from hvtnas.search.one_shot.training import finetune
 from hvtnas.search.outcome import evaluated_trials
@@ -98,8 +97,10 @@ def prepared_spec(args: argparse.Namespace) -> SearchSpec:
     if data.name == "npz" and not data.path.exists() and DATA.exists():
         data = data.model_copy(update={"path": DATA})
     train = exp.train.model_copy(update={"epochs": args.proxy_epochs, "device": "cpu"})
-    supernet_lr = args.supernet_lr or train.lr * SUPERNET_LR_FRACTION  # the library's default
-    supernet_train = train.model_copy(update={"epochs": args.supernet_epochs, "lr": supernet_lr})
+    supernet_train = OneShotConfig().supernet_recipe(train)  # the library's default rate
+    supernet_train = supernet_train.model_copy(
+        update={"epochs": args.supernet_epochs, "lr": args.supernet_lr or supernet_train.lr}
+    )
     one_shot = OneShotConfig(
         train=supernet_train,
         rule=args.rule,
@@ -453,8 +454,8 @@ def write_results(result: dict[str, Any], out: str) -> None:
         "| ranking by | Kendall tau | p | Spearman rho |",
         "|---|---:|---:|---:|",
     ]
-    steps, scope = s.get("finetune_steps", 0), s.get("finetune_scope", "all")
-    scope = "the head alone" if scope == "head" else "every weight"
+    steps = s.get("finetune_steps", 0)
+    scope = "the head alone" if s.get("finetune_scope", "all") == "head" else "every weight"
     for what, label in (
         ("inherited", "inherited-weight accuracy (no training)"),
         ("inherited_loss", "inherited-weight validation loss (no training; lower ranks higher)"),

@@ -409,6 +409,7 @@ def test_a_head_refit_trains_the_classifier_head_on_the_inherited_backbone(
     model = supernet.extract(arch)
     inherited = {n: p.detach().clone() for n, p in model.named_parameters()}
     finetune(model, data, cfg, 4, 0.005, scope="head")
+    assert all(p.requires_grad for p in model.parameters())  # what trains is the caller's again
     for name, param in model.named_parameters():
         assert torch.equal(param, inherited[name]) is not name.startswith("head."), name
     refit = [

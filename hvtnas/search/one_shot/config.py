@@ -14,6 +14,8 @@ from hvtnas.train import TrainConfig
 # sub-networks at Kendall tau 0.32-0.37 over 40, the proxy's own rate at 0.13-0.21 (README).
 SUPERNET_LR_FRACTION = 0.25
 
+FinetuneScope = Literal["head", "all"]  # what the steps before an evaluation train
+
 
 class OneShotConfig(BaseModel):
     """``strategy: one_shot``: train one supernet over the space (``train``; when left out, the
@@ -68,7 +70,7 @@ class OneShotConfig(BaseModel):
     cover_samples: NonNegativeInt = 32
     finetune_steps: NonNegativeInt = Field(64, le=100_000)
     finetune_lr: PositiveFloat | None = None
-    finetune_scope: Literal["head", "all"] = "head"
+    finetune_scope: FinetuneScope = "head"
     constrained_sampling: bool = True
     shared_ffn: bool = True
     shared_parts: bool = False

@@ -4,6 +4,7 @@ The rest of a trial (sampling, dedup, costs, constraints, records) is the study'
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,20 +82,26 @@ class InheritedEvaluator:
             self._supernet = supernet.to(resolve_device(train.device)).eval()
         return self._supernet
 
+    def _evaluation(self) -> dict[str, Any]:
+        """How a trial's sub-network is readied for evaluation (the one place that reads it)."""
+        cfg, _ = one_shot_settings(self.spec)
+        return {
+            "bn_batches": cfg.bn_batches,
+            "finetune_steps": cfg.finetune_steps,
+            "finetune_lr": cfg.finetune_rate(self.spec.experiment.train),
+            "finetune_scope": cfg.finetune_scope,
+        }
+
+    def model(self, arch: ArchConfig) -> MetaFormer:
+        """``arch`` with the weights a trial evaluates it with (what an export writes)."""
+        _, train = one_shot_settings(self.spec)
+        return inherited_model(self.supernet(), arch, self.data, train, **self._evaluation())[0]
+
     def evaluate(self, arch: ArchConfig) -> dict[str, Any]:
         """``val_accuracy``, ``val_loss`` and the seconds it took, for the trial's records."""
-        cfg, train = one_shot_settings(self.spec)
+        _, train = one_shot_settings(self.spec)
         started = time.perf_counter()
-        loss, accuracy = inherited_accuracy(
-            self.supernet(),
-            arch,
-            self.data,
-            train,
-            cfg.bn_batches,
-            finetune_steps=cfg.finetune_steps,
-            finetune_lr=cfg.finetune_rate(self.spec.experiment.train),
-            finetune_scope=cfg.finetune_scope,
-        )
+        loss, accuracy = inherited_accuracy(self.supernet(), arch, self.data, train, **self._evaluation())
         return {
             "val_accuracy": accuracy,
             "val_loss": loss,
@@ -109,39 +116,22 @@ def supernet_checkpoint(out_dir: Path) -> Path:
 
 def study_model(study_attrs: dict[str, Any], space_text: str, arch: ArchConfig) -> MetaFormer | None:
     """``arch`` with the weights a one-shot study evaluated it with (inherited from its supernet,
-    after the fine-tuning steps or BatchNorm re-estimation of its trials, on its data), or None
-    for a study of another strategy. What an export writes."""
-    supernet = study_supernet(study_attrs, space_text)
-    if supernet is None:
-        return None
-    from hvtnas.search.study import parse_search_spec, space_dataset
-
-    spec = parse_search_spec(space_text, Path(study_attrs.get("recipe", {}).get("space", "space.yaml")))
-    cfg, train = one_shot_settings(spec)
-    return inherited_model(
-        supernet,
-        arch,
-        space_dataset(spec),
-        train,
-        cfg.bn_batches,
-        finetune_steps=cfg.finetune_steps,
-        finetune_lr=cfg.finetune_rate(spec.experiment.train),
-        finetune_scope=cfg.finetune_scope,
-    )
-
-
-def study_supernet(study_attrs: dict[str, Any], space_text: str) -> Supernet | None:
-    """The trained supernet of a one-shot study (from its user attributes and space file), or
-    None for a study of another strategy. What an export takes inherited weights from."""
+    readied as its trials were, on its data), or None for a study of another strategy. What an
+    export writes."""
     checkpoint = study_attrs.get(SUPERNET_ATTR)
     if checkpoint is None:
         return None
-    from hvtnas.search.study import parse_search_spec
-
-    spec = parse_search_spec(space_text, Path(study_attrs.get("recipe", {}).get("space", "space.yaml")))
-    cfg, train = one_shot_settings(spec)
     if not Path(checkpoint).is_file():
         raise HvtnasError(
             f"the study's supernet {checkpoint} is gone: its inherited weights cannot be exported"
         )
-    return load_supernet(Path(checkpoint), spec.space, cfg, seed=train.seed)[0].eval()
+    space_path = study_attrs.get("recipe", {}).get("space", "space.yaml")
+    return _study_evaluator(str(checkpoint), space_text, space_path).model(arch)
+
+
+@functools.lru_cache(maxsize=1)  # an export writes several trials of one study: load it once
+def _study_evaluator(checkpoint: str, space_text: str, space_path: str) -> InheritedEvaluator:
+    from hvtnas.search.study import parse_search_spec, space_dataset
+
+    spec = parse_search_spec(space_text, Path(space_path))
+    return InheritedEvaluator(spec, space_dataset(spec), Path(checkpoint))

@@ -8,7 +8,7 @@ import json
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import torch
 
@@ -16,7 +16,7 @@ from hvtnas.config import ArchConfig, InputConfig
 from hvtnas.costs import CostSettings, measure_costs
 from hvtnas.errors import HvtnasError
 from hvtnas.models.metaformer import MetaFormer
-from hvtnas.search.one_shot.config import OneShotConfig
+from hvtnas.search.one_shot.config import FinetuneScope, OneShotConfig
 from hvtnas.search.one_shot.supernet import Supernet, recalibrate_batchnorm
 from hvtnas.space import SearchSpace
 from hvtnas.train import ImageData, TrainConfig
@@ -179,18 +179,20 @@ def inherited_model(
     *,
     finetune_steps: int = 0,
     finetune_lr: float | None = None,
-    finetune_scope: str = "all",
-) -> MetaFormer:
+    finetune_scope: FinetuneScope = "all",
+) -> tuple[MetaFormer, tuple[float, float] | None]:
     """``arch`` as a standalone model (eval mode) with the weights it inherits from ``supernet``,
     as a one-shot trial evaluates it: with ``finetune_steps``, after that many training steps of
     the sub-network alone (see ``OneShotConfig``), else with its BatchNorm statistics re-estimated
-    on ``bn_batches`` training batches."""
+    on ``bn_batches`` training batches. Beside it, the validation (loss, accuracy) the fine-tuning
+    measured at its end (None without fine-tuning): no second pass over the validation set."""
     model = supernet.extract(arch).to(supernet._device())
+    measured = None
     if finetune_steps > 0:
-        finetune(model, data, cfg, finetune_steps, finetune_lr, finetune_scope)
+        measured = finetune(model, data, cfg, finetune_steps, finetune_lr, finetune_scope)
     else:
         recalibrate_batchnorm(model, training_batches(data, cfg, bn_batches))
-    return model.eval()
+    return model.eval(), measured
 
 
 def inherited_accuracy(
@@ -202,10 +204,10 @@ def inherited_accuracy(
     *,
     finetune_steps: int = 0,
     finetune_lr: float | None = None,
-    finetune_scope: str = "all",
+    finetune_scope: FinetuneScope = "all",
 ) -> tuple[float, float]:
     """Validation (loss, accuracy) of ``inherited_model`` (same arguments)."""
-    model = inherited_model(
+    model, measured = inherited_model(
         supernet,
         arch,
         data,
@@ -215,7 +217,7 @@ def inherited_accuracy(
         finetune_lr=finetune_lr,
         finetune_scope=finetune_scope,
     )
-    return evaluate_model(model, data, cfg)
+    return measured if measured is not None else evaluate_model(model, data, cfg)
 
 
 def finetune(
@@ -224,18 +226,29 @@ def finetune(
     cfg: TrainConfig,
     steps: int,
     lr: float | None = None,
-    scope: str = "all",
+    scope: FinetuneScope = "all",
 ) -> tuple[float, float]:
     """Train ``model`` (every weight, or with ``scope="head"`` its classifier head alone) for
     ``steps`` steps of ``cfg``'s batch size on a fixed subset of the training images (the same for
     every sub-network: their fine-tunings compare), at a constant ``lr`` (default ``cfg.lr``);
     then its validation (loss, accuracy). BatchNorm statistics follow the training batches, as in
-    any training."""
-    if scope not in ("all", "head"):
-        raise HvtnasError(f"fine-tuning scope {scope!r}: expected 'all' or 'head'")
+    any training. Which parameters train is restored afterwards."""
+    if scope not in get_args(FinetuneScope):
+        raise HvtnasError(f"fine-tuning scope {scope!r}: expected one of {get_args(FinetuneScope)}")
+    learns = {param: param.requires_grad for param in model.parameters()}
     if scope == "head":  # the backbone as inherited; only the head learns (a linear probe of it)
         model.requires_grad_(False)
         model.head.requires_grad_(True)
+    try:
+        return _train_briefly(model, data, cfg, steps, lr)
+    finally:
+        for param, flag in learns.items():
+            param.requires_grad_(flag)
+
+
+def _train_briefly(
+    model: MetaFormer, data: ImageData, cfg: TrainConfig, steps: int, lr: float | None
+) -> tuple[float, float]:
     subset = data.training_subset(steps * cfg.batch_size, seed=cfg.seed)
     # steps beyond one pass over the training split: more passes, rounded to whole ones
     passes = max(1, round(steps * cfg.batch_size / subset.num_train))
